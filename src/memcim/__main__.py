@@ -1,0 +1,5 @@
+import sys
+
+from memcim.cli import main
+
+sys.exit(main())
