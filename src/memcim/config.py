@@ -1,0 +1,527 @@
+"""Hardware description: immutable, validated configuration objects.
+
+A :class:`HardwareConfig` is a tree of frozen dataclasses (device, DAC, ADC, array, mapping).
+Every value is checked when the object is built; a bad value raises ``ValueError`` naming the
+field, the value and what is allowed. Configs round-trip through TOML and JSON, and named presets
+live as TOML files in ``memcim/presets``.
+
+Defaults describe an *ideal* 128x128 crossbar: continuous conductances, no noise, no faults and
+ideal converters. Use :func:`preset` (for example ``preset("realistic")``) for non-ideal hardware.
+
+Examples
+--------
+>>> from memcim.config import preset
+>>> hw = preset("realistic")
+>>> hw.device.levels
+64
+>>> hw.without("programming").device.prog_sigma_abs
+0.0
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+#: Non-idealities that :meth:`HardwareConfig.without` / :meth:`HardwareConfig.only` can switch.
+NONIDEALITIES = ("quantization", "programming", "stuck", "thermal", "shot", "dac", "adc")
+
+BOLTZMANN = 1.380649e-23  # J/K
+ELEMENTARY_CHARGE = 1.602176634e-19  # C
+
+
+def _num(name: str, value: Any, *, lo: float | None = None, hi: float | None = None,
+         lo_open: bool = False, hi_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name}: {value!r} is not finite; a finite number is required")
+    if lo is not None and (v < lo or (lo_open and v == lo)):
+        raise ValueError(f"{name}: {value!r} is not allowed; must be {'>' if lo_open else '>='} {lo:g}")
+    if hi is not None and (v > hi or (hi_open and v == hi)):
+        raise ValueError(f"{name}: {value!r} is not allowed; must be {'<' if hi_open else '<='} {hi:g}")
+    return v
+
+
+def _int(name: str, value: Any, *, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
+    if value < lo:
+        raise ValueError(f"{name}: {value!r} is not allowed; must be an integer >= {lo}")
+    return int(value)
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: expected true or false, got {value!r}")
+    return value
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name}: {value!r} is not allowed; choose one of {', '.join(allowed)}")
+    return value
+
+
+class _Section:
+    """Mixin: dict round trip with strict keys, and validated partial replacement."""
+
+    _section = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if v is None:
+                continue
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        if not isinstance(d, dict):
+            raise ValueError(f"{cls._section}: expected a table of settings, got {d!r}")
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"{cls._section}: unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(names))}")
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+        return cls(**kw)
+
+    def replace(self, **changes):
+        d = self.to_dict()
+        d.update(changes)
+        if isinstance(self, DeviceConfig):
+            if "bits" in changes and "levels" not in changes:
+                d.pop("levels", None)
+            if "levels" in changes and "bits" not in changes:
+                d.pop("bits", None)
+        return type(self).from_dict({k: v for k, v in d.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class DeviceConfig(_Section):
+    """Memristive device: conductance window, programmable levels, programming noise, faults, read noise.
+
+    Parameters
+    ----------
+    g_min, g_max : conductance window [S], 0 <= g_min < g_max.
+    levels : number of programmable conductance levels, uniformly spaced over [g_min, g_max]
+        (an integer >= 2), or None for continuous (analog) programming.
+    bits : alternative to ``levels``: ``levels = 2**bits``.
+    prog_sigma_abs : absolute programming-noise standard deviation [S].
+    prog_sigma_rel : programming-noise standard deviation relative to the target conductance.
+    prog_sigma_table : standard deviation per level [S] (length ``levels``), e.g. measured data.
+        The three programming-noise sources are independent and add in variance:
+        ``var = abs**2 + (rel * g_target)**2 + table[level]**2``. A programmed conductance
+        cannot be negative: samples below 0 S are clipped to 0 S.
+    stuck_at_min, stuck_at_max : fraction of devices stuck at g_min / g_max (independent per device).
+    thermal_noise : draw Johnson-Nyquist current noise, variance 4 k T bandwidth G, per device per read.
+    shot_noise : draw shot noise, variance 2 q |I| bandwidth, per device per read.
+    temperature : device temperature [K].
+    bandwidth : read (integration) bandwidth [Hz].
+    """
+
+    _section = "device"
+    g_min: float = 1e-6
+    g_max: float = 100e-6
+    levels: int | None = None
+    bits: int | None = None
+    prog_sigma_abs: float = 0.0
+    prog_sigma_rel: float = 0.0
+    prog_sigma_table: tuple[float, ...] | None = None
+    stuck_at_min: float = 0.0
+    stuck_at_max: float = 0.0
+    thermal_noise: bool = False
+    shot_noise: bool = False
+    temperature: float = 300.0
+    bandwidth: float = 1e8
+
+    def __post_init__(self):
+        s = self._section
+        g_min = _num(f"{s}.g_min", self.g_min, lo=0.0)
+        g_max = _num(f"{s}.g_max", self.g_max, lo=0.0, lo_open=True)
+        if g_min >= g_max:
+            raise ValueError(f"{s}.g_min: {self.g_min!r} must be smaller than {s}.g_max = {self.g_max!r}")
+        object.__setattr__(self, "g_min", g_min)
+        object.__setattr__(self, "g_max", g_max)
+        levels = self.levels
+        if self.bits is not None:
+            bits = _int(f"{s}.bits", self.bits, lo=1)
+            if bits > 24:
+                raise ValueError(f"{s}.bits: {bits} is not allowed; must be between 1 and 24")
+            if levels is not None and _int(f"{s}.levels", levels, lo=2) != 2 ** bits:
+                raise ValueError(f"{s}.levels: {levels} disagrees with {s}.bits = {bits} (2**bits = {2 ** bits}); give one of them")
+            levels = 2 ** bits
+            object.__setattr__(self, "bits", bits)
+        if levels is not None:
+            levels = _int(f"{s}.levels", levels, lo=2)
+        object.__setattr__(self, "levels", levels)
+        for name in ("prog_sigma_abs", "prog_sigma_rel"):
+            object.__setattr__(self, name, _num(f"{s}.{name}", getattr(self, name), lo=0.0))
+        if self.prog_sigma_table is not None:
+            table = tuple(_num(f"{s}.prog_sigma_table[{i}]", v, lo=0.0) for i, v in enumerate(self.prog_sigma_table))
+            if levels is None or len(table) != levels:
+                raise ValueError(f"{s}.prog_sigma_table: has {len(table)} entries; it needs exactly one per level "
+                                 f"({s}.levels = {levels})")
+            object.__setattr__(self, "prog_sigma_table", table)
+        for name in ("stuck_at_min", "stuck_at_max"):
+            object.__setattr__(self, name, _num(f"{s}.{name}", getattr(self, name), lo=0.0, hi=1.0))
+        if self.stuck_at_min + self.stuck_at_max > 1.0:
+            raise ValueError(f"{s}.stuck_at_min + {s}.stuck_at_max = {self.stuck_at_min + self.stuck_at_max:g}; "
+                             "the two fractions must add up to at most 1")
+        _bool(f"{s}.thermal_noise", self.thermal_noise)
+        _bool(f"{s}.shot_noise", self.shot_noise)
+        object.__setattr__(self, "temperature", _num(f"{s}.temperature", self.temperature, lo=0.0, lo_open=True))
+        object.__setattr__(self, "bandwidth", _num(f"{s}.bandwidth", self.bandwidth, lo=0.0, lo_open=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if self.bits is not None:
+            d.pop("levels", None)
+        return d
+
+    @property
+    def level_step(self) -> float | None:
+        """Spacing between adjacent programmable levels [S], or None when continuous."""
+        return None if self.levels is None else (self.g_max - self.g_min) / (self.levels - 1)
+
+    @property
+    def has_programming_noise(self) -> bool:
+        return self.prog_sigma_abs > 0 or self.prog_sigma_rel > 0 or (
+            self.prog_sigma_table is not None and any(v > 0 for v in self.prog_sigma_table))
+
+    @property
+    def thermal_psd(self) -> float:
+        """Thermal current-noise variance per siemens of conductance: 4 k T bandwidth [A^2/S]."""
+        return 4.0 * BOLTZMANN * self.temperature * self.bandwidth
+
+    @property
+    def shot_psd(self) -> float:
+        """Shot current-noise variance per ampere of device current: 2 q bandwidth [A]."""
+        return 2.0 * ELEMENTARY_CHARGE * self.bandwidth
+
+
+@dataclass(frozen=True)
+class DACConfig(_Section):
+    """Input digital-to-analog converter (one per word line).
+
+    A symmetric mid-tread quantizer: ``K = 2**(bits-1) - 1`` steps on each side of zero, step
+    ``x_range / K`` (signed), or ``2**bits - 1`` steps over ``[0, x_range]`` (unsigned).
+
+    Parameters
+    ----------
+    enabled : False makes the DAC ideal (no quantization, no clipping).
+    bits : resolution, >= 2 when signed, >= 1 when unsigned.
+    x_range : inputs map ``[-x_range, x_range]`` onto ``[-v_read, v_read]``. None scales each input
+        vector by its own largest magnitude (dynamic range, undone digitally after the ADC).
+    clip : clip inputs outside the range (True) or raise ``ValueError`` on them (False).
+    signed : bipolar inputs. Unsigned DACs map negative inputs to 0.
+    """
+
+    _section = "dac"
+    enabled: bool = False
+    bits: int = 8
+    x_range: float | None = None
+    clip: bool = True
+    signed: bool = True
+
+    def __post_init__(self):
+        s = self._section
+        _bool(f"{s}.enabled", self.enabled)
+        _bool(f"{s}.clip", self.clip)
+        _bool(f"{s}.signed", self.signed)
+        bits = _int(f"{s}.bits", self.bits, lo=2 if self.signed else 1)
+        if bits > 24:
+            raise ValueError(f"{s}.bits: {bits} is not allowed; must be between {2 if self.signed else 1} and 24")
+        if self.x_range is not None:
+            object.__setattr__(self, "x_range", _num(f"{s}.x_range", self.x_range, lo=0.0, lo_open=True))
+
+    @property
+    def steps(self) -> int:
+        """Number of quantization steps on the positive side."""
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2 ** self.bits - 1
+
+
+@dataclass(frozen=True)
+class ADCConfig(_Section):
+    """Output analog-to-digital converter (one per differential column of every array).
+
+    A symmetric mid-tread quantizer on the TIA output voltage: ``K = 2**(bits-1) - 1`` codes on
+    each side of zero, step ``FS / K``; with ``saturate`` the output clips to ``[-FS, FS]``.
+
+    Parameters
+    ----------
+    enabled : False makes the ADC ideal.
+    bits : resolution (>= 2).
+    full_scale : FS [V] at the TIA output, used when ``fs_mode == "fixed"``.
+    fs_mode : "fixed" (``full_scale``), "max" (the largest output the array can produce: every input
+        at full range and every weight at full conductance), or "calibrated" (the ``calib_quantile``
+        of |output| over sample inputs given when mapping; standard normal inputs when none are given).
+    granularity : one FS per array ("array") or per column ("column").
+    calib_quantile : quantile of |output| used as FS when calibrating (1.0 = the maximum).
+    saturate : clip to [-FS, FS] (True) or let codes beyond FS through (False, an idealisation).
+    """
+
+    _section = "adc"
+    enabled: bool = False
+    bits: int = 8
+    full_scale: float | None = None
+    fs_mode: str = "calibrated"
+    granularity: str = "array"
+    calib_quantile: float = 1.0
+    saturate: bool = True
+
+    def __post_init__(self):
+        s = self._section
+        _bool(f"{s}.enabled", self.enabled)
+        _bool(f"{s}.saturate", self.saturate)
+        bits = _int(f"{s}.bits", self.bits, lo=2)
+        if bits > 24:
+            raise ValueError(f"{s}.bits: {bits} is not allowed; must be between 2 and 24")
+        _choice(f"{s}.fs_mode", self.fs_mode, ("fixed", "max", "calibrated"))
+        _choice(f"{s}.granularity", self.granularity, ("array", "column"))
+        object.__setattr__(self, "calib_quantile",
+                           _num(f"{s}.calib_quantile", self.calib_quantile, lo=0.0, hi=1.0, lo_open=True))
+        if self.full_scale is not None:
+            object.__setattr__(self, "full_scale", _num(f"{s}.full_scale", self.full_scale, lo=0.0, lo_open=True))
+        if self.fs_mode == "fixed" and self.full_scale is None:
+            raise ValueError(f"{s}.full_scale: required when {s}.fs_mode = 'fixed' (a positive voltage)")
+
+    @property
+    def steps(self) -> int:
+        return 2 ** (self.bits - 1) - 1
+
+
+@dataclass(frozen=True)
+class ArrayConfig(_Section):
+    """One crossbar array and its periphery.
+
+    Parameters
+    ----------
+    rows, cols : physical word lines x bit lines per array (default 128 x 128).
+    r_tia : transimpedance-amplifier feedback resistance [Ohm]: V_out = r_tia * I_column.
+    v_read : read voltage [V]: a full-range input drives its word line at +-v_read.
+    """
+
+    _section = "array"
+    rows: int = 128
+    cols: int = 128
+    r_tia: float = 10e3
+    v_read: float = 0.2
+
+    def __post_init__(self):
+        s = self._section
+        _int(f"{s}.rows", self.rows, lo=1)
+        _int(f"{s}.cols", self.cols, lo=2)
+        object.__setattr__(self, "r_tia", _num(f"{s}.r_tia", self.r_tia, lo=0.0, lo_open=True))
+        object.__setattr__(self, "v_read", _num(f"{s}.v_read", self.v_read, lo=0.0, lo_open=True))
+
+
+@dataclass(frozen=True)
+class MappingConfig(_Section):
+    """How a real matrix becomes conductances.
+
+    Parameters
+    ----------
+    scheme : "differential" (a pair of devices per weight, G+ - G-, two physical columns per output)
+        or "offset" (one device per weight around the window's midpoint, minus one reference column
+        per array).
+    scale : one scale factor c per matrix ("matrix") or per output column ("column").
+    """
+
+    _section = "mapping"
+    scheme: str = "differential"
+    scale: str = "matrix"
+
+    def __post_init__(self):
+        _choice("mapping.scheme", self.scheme, ("differential", "offset"))
+        _choice("mapping.scale", self.scale, ("matrix", "column"))
+
+    @property
+    def weights_per_array_col(self) -> int:  # pragma: no cover - documented helper
+        return 2 if self.scheme == "differential" else 1
+
+
+_SECTIONS = {"device": DeviceConfig, "dac": DACConfig, "adc": ADCConfig, "array": ArrayConfig,
+             "mapping": MappingConfig}
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """The whole hardware description: device, converters, array and mapping.
+
+    Build it directly, from a preset (:func:`preset`), or from a file (:meth:`load`).
+    Instances are immutable; :meth:`replace`, :meth:`without` and :meth:`only` return new ones.
+    """
+
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    dac: DACConfig = field(default_factory=DACConfig)
+    adc: ADCConfig = field(default_factory=ADCConfig)
+    array: ArrayConfig = field(default_factory=ArrayConfig)
+    mapping: MappingConfig = field(default_factory=MappingConfig)
+    name: str = "custom"
+
+    def __post_init__(self):
+        for key, cls in _SECTIONS.items():
+            v = getattr(self, key)
+            if isinstance(v, dict):
+                object.__setattr__(self, key, cls.from_dict(v))
+            elif not isinstance(v, cls):
+                raise TypeError(f"{key}: expected {cls.__name__} or a dict, got {type(v).__name__}")
+        if not isinstance(self.name, str):
+            raise ValueError(f"name: expected a string, got {self.name!r}")
+        if self.mapping.scheme == "differential" and self.array.cols < 2:
+            raise ValueError("array.cols: a differential pair needs at least 2 columns per array")
+
+    # ---- dict / file round trip -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name}
+        for key in _SECTIONS:
+            d[key] = getattr(self, key).to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "HardwareConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"hardware config: expected a table, got {type(d).__name__}")
+        allowed = set(_SECTIONS) | {"name"}
+        unknown = sorted(set(d) - allowed)
+        if unknown:
+            raise ValueError(f"hardware config: unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(allowed))}")
+        kw = {k: _SECTIONS[k].from_dict(v) for k, v in d.items() if k in _SECTIONS}
+        if "name" in d:
+            kw["name"] = d["name"]
+        return cls(**kw)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_toml(cls, text: str) -> "HardwareConfig":
+        try:
+            return cls.from_dict(tomllib.loads(text))
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config: invalid TOML ({e})") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "HardwareConfig":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config: invalid JSON ({e})") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HardwareConfig":
+        """Load a config from a ``.toml`` or ``.json`` file."""
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"config: file not found: {p}")
+        try:
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"config: cannot read {p} ({e})") from None
+        if p.suffix == ".json":
+            return cls.from_json(text)
+        if p.suffix == ".toml":
+            return cls.from_toml(text)
+        raise ValueError(f"config: {p} has suffix {p.suffix!r}; use .toml or .json")
+
+    def save(self, path: str | Path) -> Path:
+        """Save to ``.toml`` or ``.json`` (chosen by suffix)."""
+        p = Path(path)
+        if p.suffix not in (".toml", ".json"):
+            raise ValueError(f"config: {p} has suffix {p.suffix!r}; use .toml or .json")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(self.to_json() if p.suffix == ".json" else self.to_toml())
+        return p
+
+    # ---- derived configs ----------------------------------------------------------------------
+    def replace(self, **sections: Any) -> "HardwareConfig":
+        """New config with some settings changed: ``hw.replace(device={"g_max": 5e-5}, name="x")``."""
+        kw: dict[str, Any] = {}
+        for key, value in sections.items():
+            if key == "name":
+                kw["name"] = value
+            elif key in _SECTIONS:
+                cur = getattr(self, key)
+                kw[key] = value if isinstance(value, _SECTIONS[key]) else cur.replace(**value)
+            else:
+                raise ValueError(f"replace: unknown section {key!r}; allowed: {', '.join(list(_SECTIONS) + ['name'])}")
+        return dataclasses.replace(self, **kw)
+
+    def without(self, *names: str) -> "HardwareConfig":
+        """New config with the named non-idealities switched off (see :data:`NONIDEALITIES`)."""
+        hw = self
+        for n in names:
+            _choice("non-ideality", n, NONIDEALITIES)
+            if n == "quantization":
+                dev = dataclasses.replace(hw.device, levels=None, bits=None, prog_sigma_table=None)
+                hw = dataclasses.replace(hw, device=dev)
+            elif n == "programming":
+                hw = hw.replace(device={"prog_sigma_abs": 0.0, "prog_sigma_rel": 0.0, "prog_sigma_table": None})
+            elif n == "stuck":
+                hw = hw.replace(device={"stuck_at_min": 0.0, "stuck_at_max": 0.0})
+            elif n == "thermal":
+                hw = hw.replace(device={"thermal_noise": False})
+            elif n == "shot":
+                hw = hw.replace(device={"shot_noise": False})
+            elif n == "dac":
+                hw = hw.replace(dac={"enabled": False})
+            elif n == "adc":
+                hw = hw.replace(adc={"enabled": False})
+        return hw
+
+    def only(self, *names: str) -> "HardwareConfig":
+        """New config with every non-ideality off except the named ones."""
+        for n in names:
+            _choice("non-ideality", n, NONIDEALITIES)
+        return self.without(*[n for n in NONIDEALITIES if n not in names])
+
+    def active_nonidealities(self) -> tuple[str, ...]:
+        """The non-idealities this config switches on."""
+        d = self.device
+        on = {"quantization": d.levels is not None, "programming": d.has_programming_noise,
+              "stuck": d.stuck_at_min > 0 or d.stuck_at_max > 0, "thermal": d.thermal_noise,
+              "shot": d.shot_noise, "dac": self.dac.enabled, "adc": self.adc.enabled}
+        return tuple(n for n in NONIDEALITIES if on[n])
+
+
+def preset_names() -> list[str]:
+    """Names of the bundled presets."""
+    return sorted(p.name[:-5] for p in resources.files("memcim.presets").iterdir() if p.name.endswith(".toml"))
+
+
+def preset(name: str) -> HardwareConfig:
+    """A named hardware preset (see :func:`preset_names`)."""
+    names = preset_names()
+    if name not in names:
+        raise ValueError(f"preset: unknown preset {name!r}; available: {', '.join(names)}")
+    text = resources.files("memcim.presets").joinpath(f"{name}.toml").read_text()
+    return HardwareConfig.from_toml(text)
+
+
+def resolve_config(spec: str | Path | HardwareConfig | None, default: str = "realistic") -> HardwareConfig:
+    """A config from a preset name, a file path, an object, or None (the default preset)."""
+    if isinstance(spec, HardwareConfig):
+        return spec
+    if spec is None:
+        return preset(default)
+    s = str(spec)
+    if s.endswith((".toml", ".json")) or Path(s).exists():
+        return HardwareConfig.load(s)
+    return preset(s)

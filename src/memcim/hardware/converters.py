@@ -1,0 +1,60 @@
+"""Data converters: the word-line DAC and the column ADC (pure functions on tensors).
+
+Both are symmetric mid-tread quantizers, so zero is exact and the transfer is odd:
+
+* DAC (signed, ``b`` bits): ``K = 2**(b-1) - 1`` steps each side; an input ``x`` in
+  ``[-x_range, x_range]`` becomes the word-line fraction ``u = round(x / x_range * K) / K`` of
+  ``v_read``. Unsigned: ``K = 2**b - 1`` steps over ``[0, x_range]``, negatives become 0.
+* ADC (``b`` bits, full scale ``FS``): ``y = clip(round(V / (FS/K)), -K, K) * FS/K`` with
+  ``K = 2**(b-1) - 1``. Without saturation the clip is skipped (an idealisation).
+"""
+from __future__ import annotations
+
+import torch
+
+from memcim.config import ADCConfig, DACConfig
+
+
+def dac_convert(x: torch.Tensor, dac: DACConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Convert inputs to word-line drive fractions.
+
+    Parameters
+    ----------
+    x : inputs, shape (..., batch, in).
+    dac : the DAC settings.
+
+    Returns
+    -------
+    u : drive fractions in [-1, 1] (unsigned: [0, 1]), same shape as ``x``; the word-line
+        voltage is ``u * v_read``.
+    scale : the input value that full drive represents, shape (..., batch, 1): ``x_range``, or each
+        vector's own largest magnitude when ``x_range`` is None (all-zero vectors get 1).
+        The ideal reconstruction is ``u * scale``.
+    """
+    if dac.x_range is None:
+        scale = x.abs().amax(dim=-1, keepdim=True)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    else:
+        scale = torch.full_like(x[..., :1], dac.x_range)
+    u = x / scale
+    if not dac.enabled:
+        return u, scale
+    lo = -1.0 if dac.signed else 0.0
+    if not dac.clip and bool(((u > 1.0) | (u < lo)).any()):
+        raise ValueError(f"inputs: values outside the DAC range [{lo * (dac.x_range or 1):g}, {dac.x_range}] "
+                         "and dac.clip is false; enable clipping or widen dac.x_range")
+    u = u.clamp(lo, 1.0)
+    k = dac.steps
+    return torch.round(u * k) / k, scale
+
+
+def adc_convert(v: torch.Tensor, full_scale: torch.Tensor | float, adc: ADCConfig) -> torch.Tensor:
+    """Quantize TIA output voltages ``v`` [V] with full scale ``full_scale`` [V] (broadcastable)."""
+    if not adc.enabled:
+        return v
+    step = full_scale / adc.steps
+    q = torch.round(v / step)
+    if adc.saturate:
+        k = float(adc.steps)
+        q = q.clamp(-k, k)
+    return q * step

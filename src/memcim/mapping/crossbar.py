@@ -1,0 +1,248 @@
+"""Map a real matrix W (in x out) onto tiled crossbar conductances.
+
+Two schemes (``hw.mapping.scheme``):
+
+* **differential**: each weight is a pair of devices on two physical columns,
+  ``G+ = g_min + c*max(W, 0)`` and ``G- = g_min + c*max(-W, 0)``; the column currents are subtracted
+  before the TIA, so the array computes ``v @ (G+ - G-) = c * v @ W``. An array of ``rows x cols``
+  devices holds ``rows x cols//2`` weights.
+* **offset**: one device per weight around the window's midpoint, ``G = g_ref + c*W`` with
+  ``g_ref = (g_min + g_max)/2``; one reference column per array, every device at ``g_ref``, is
+  subtracted from each column. An array holds ``rows x (cols - 1)`` weights.
+
+The scale is ``c = (g_max - g_min)/max|W|`` (differential) or ``(g_max - g_min)/(2 max|W|)`` (offset),
+over the whole matrix or per output column (``hw.mapping.scale``). Targets are then rounded to the
+device's levels. Matrices larger than one array are tiled: row tile ``r`` and column tile ``k`` go to
+their own array with its own TIAs and ADCs, and the partial sums of the row tiles are added digitally.
+
+Tile-padding positions hold no device (0 S, no noise). The ADC full scale of every array (or column)
+is fixed here, at mapping time, as on a real chip.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from memcim.config import HardwareConfig
+from memcim.hardware.converters import dac_convert
+from memcim.hardware.device import quantize_conductance
+
+
+def as_matrix(W, name: str = "W") -> torch.Tensor:
+    """Validate a real 2-D matrix and return it as float64 tensor (CPU or its own device)."""
+    if isinstance(W, np.ndarray):
+        if not np.issubdtype(W.dtype, np.number) or np.iscomplexobj(W):
+            raise ValueError(f"{name}: dtype {W.dtype} is not allowed; a real numeric matrix is required")
+        W = torch.from_numpy(np.asarray(W, dtype=np.float64))
+    elif not isinstance(W, torch.Tensor):
+        raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(W).__name__}")
+    if W.is_complex():
+        raise ValueError(f"{name}: complex values are not allowed")
+    if W.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D matrix (in, out), got shape {tuple(W.shape)}")
+    if W.numel() == 0:
+        raise ValueError(f"{name}: empty matrix of shape {tuple(W.shape)}")
+    W = W.detach().to(torch.float64)
+    if not bool(torch.isfinite(W).all()):
+        raise ValueError(f"{name}: contains NaN or inf; all entries must be finite")
+    return W
+
+
+@dataclass
+class MappedMatrix:
+    """A conductance plan for one matrix: the targets every device is programmed to.
+
+    Attributes
+    ----------
+    hw : the hardware config used.
+    in_features, out_features : the shape of W.
+    tile_rows, tile_cols : weights per array (rows, weight columns).
+    n_row_tiles, n_col_tiles : number of arrays along each dimension.
+    scale : c per output column, shape (out_pad,) [S per weight unit].
+    g_pos : target conductances [S] of the positive devices, shape (n_row_tiles, tile_rows, out_pad).
+    g_neg : differential: negative devices, same shape. Offset: the reference columns,
+        shape (n_row_tiles, tile_rows, n_col_tiles).
+    level_pos, level_neg : level indices (int64) or None when continuous.
+    mask_pos, mask_neg : which positions hold a device (False in tile padding).
+    full_scale : ADC full scale [V] per row tile and output column, shape (n_row_tiles, out_pad).
+    """
+
+    hw: HardwareConfig
+    in_features: int
+    out_features: int
+    tile_rows: int
+    tile_cols: int
+    n_row_tiles: int
+    n_col_tiles: int
+    scale: torch.Tensor
+    g_pos: torch.Tensor
+    g_neg: torch.Tensor
+    level_pos: torch.Tensor | None
+    level_neg: torch.Tensor | None
+    mask_pos: torch.Tensor
+    mask_neg: torch.Tensor
+    full_scale: torch.Tensor
+
+    @property
+    def scheme(self) -> str:
+        return self.hw.mapping.scheme
+
+    @property
+    def n_tiles(self) -> tuple[int, int]:
+        return self.n_row_tiles, self.n_col_tiles
+
+    @property
+    def n_devices(self) -> int:
+        """Physical devices programmed (padding excluded)."""
+        return int(self.mask_pos.sum()) + int(self.mask_neg.sum())
+
+    @property
+    def out_pad(self) -> int:
+        return self.n_col_tiles * self.tile_cols
+
+    def expand_neg(self, g_neg: torch.Tensor) -> torch.Tensor:
+        """Negative-side conductances per output column: offset reference columns are repeated."""
+        if self.scheme == "differential":
+            return g_neg
+        return g_neg.repeat_interleave(self.tile_cols, dim=-1)
+
+    def realized(self) -> torch.Tensor:
+        """The matrix the hardware computes with noise and converters off, (in, out) float64."""
+        gd = self.g_pos - self.expand_neg(self.g_neg)
+        w = (gd / self.scale).reshape(self.n_row_tiles * self.tile_rows, self.out_pad)
+        return w[: self.in_features, : self.out_features]
+
+    def to(self, device) -> "MappedMatrix":
+        """A copy with every tensor on ``device``."""
+        kw = {}
+        for k, v in self.__dict__.items():
+            kw[k] = v.to(device) if isinstance(v, torch.Tensor) else v
+        return MappedMatrix(**kw)
+
+    def summary(self) -> dict:
+        return {"shape": [self.in_features, self.out_features], "scheme": self.scheme,
+                "tiles": [self.n_row_tiles, self.n_col_tiles], "tile_weights": [self.tile_rows, self.tile_cols],
+                "devices": self.n_devices, "scale_mode": self.hw.mapping.scale}
+
+
+def _tile_shape(hw: HardwareConfig) -> tuple[int, int]:
+    cols = hw.array.cols // 2 if hw.mapping.scheme == "differential" else hw.array.cols - 1
+    return hw.array.rows, cols
+
+
+def map_matrix(W, hw: HardwareConfig, calib_inputs=None, *, calib_seed: int = 0) -> MappedMatrix:
+    """Map ``W`` (in x out) onto crossbar conductances.
+
+    Parameters
+    ----------
+    W : real matrix, numpy array or torch tensor, shape (in, out).
+    hw : hardware config.
+    calib_inputs : sample inputs (batch, in) for ``adc.fs_mode == "calibrated"``. When None,
+        512 standard normal vectors (seeded by ``calib_seed``) are used.
+
+    Returns
+    -------
+    MappedMatrix
+    """
+    if not isinstance(hw, HardwareConfig):
+        raise TypeError(f"hw: expected a HardwareConfig, got {type(hw).__name__}")
+    W = as_matrix(W)
+    n, m = W.shape
+    dev = hw.device
+    R, Cw = _tile_shape(hw)
+    nrt, nct = math.ceil(n / R), math.ceil(m / Cw)
+    m_pad = nct * Cw
+    Wp = torch.zeros(nrt * R, m_pad, dtype=torch.float64, device=W.device)
+    Wp[:n, :m] = W
+    mask = torch.zeros_like(Wp, dtype=torch.bool)
+    mask[:n, :m] = True
+
+    window = dev.g_max - dev.g_min
+    if hw.mapping.scheme == "offset":
+        window = window / 2
+    if hw.mapping.scale == "matrix":
+        wmax = W.abs().max()
+        scale = torch.full((m_pad,), float(window / wmax) if wmax > 0 else 1.0, dtype=torch.float64, device=W.device)
+    else:
+        colmax = Wp.abs().amax(dim=0)
+        scale = torch.where(colmax > 0, window / colmax.clamp_min(1e-300), torch.ones_like(colmax))
+
+    Wt = Wp.reshape(nrt, R, m_pad)
+    mask_pos = mask.reshape(nrt, R, m_pad)
+    if hw.mapping.scheme == "differential":
+        gp, lp = quantize_conductance(dev.g_min + scale * Wt.clamp_min(0), dev)
+        gn, ln = quantize_conductance(dev.g_min + scale * (-Wt).clamp_min(0), dev)
+        mask_neg = mask_pos
+    else:
+        g_ref = (dev.g_min + dev.g_max) / 2
+        gp, lp = quantize_conductance(g_ref + scale * Wt, dev)
+        row_used = mask_pos.any(dim=2, keepdim=True)  # (nrt, R, 1)
+        mask_neg = row_used.expand(nrt, R, nct).clone()
+        gn, ln = quantize_conductance(torch.full((nrt, R, nct), g_ref, dtype=torch.float64, device=W.device), dev)
+    gp = gp * mask_pos
+    gn = gn * mask_neg
+    mapped = MappedMatrix(hw=hw, in_features=n, out_features=m, tile_rows=R, tile_cols=Cw, n_row_tiles=nrt,
+                          n_col_tiles=nct, scale=scale, g_pos=gp, g_neg=gn, level_pos=lp, level_neg=ln,
+                          mask_pos=mask_pos, mask_neg=mask_neg,
+                          full_scale=torch.ones(nrt, m_pad, dtype=torch.float64, device=W.device))
+    mapped.full_scale = _full_scale(mapped, calib_inputs, calib_seed)
+    return mapped
+
+
+def _per_array(fs_col: torch.Tensor, mapped: MappedMatrix) -> torch.Tensor:
+    """Replace per-column values by the maximum over each array's columns."""
+    nrt, Cw, nct = mapped.n_row_tiles, mapped.tile_cols, mapped.n_col_tiles
+    fs = fs_col.reshape(nrt, nct, Cw).amax(dim=2, keepdim=True).expand(nrt, nct, Cw)
+    return fs.reshape(nrt, nct * Cw)
+
+
+def _full_scale(mapped: MappedMatrix, calib_inputs, calib_seed: int) -> torch.Tensor:
+    """ADC full scale [V] per row tile and output column."""
+    hw = mapped.hw
+    adc = hw.adc
+    k = hw.array.r_tia * hw.array.v_read
+    gd = mapped.g_pos - mapped.expand_neg(mapped.g_neg)  # (nrt, R, m_pad)
+    if adc.fs_mode == "fixed":
+        return torch.full((mapped.n_row_tiles, mapped.out_pad), float(adc.full_scale), dtype=torch.float64,
+                          device=gd.device)
+    if adc.fs_mode == "max":
+        fs = k * gd.abs().sum(dim=1)  # worst case over inputs in range, per column
+    else:
+        if calib_inputs is None:
+            g = torch.Generator(device="cpu").manual_seed(calib_seed)
+            x = torch.randn(512, mapped.in_features, generator=g, dtype=torch.float64).to(gd.device)
+        else:
+            x = calib_inputs.detach() if isinstance(calib_inputs, torch.Tensor) else torch.as_tensor(calib_inputs)
+            x = x.to(device=gd.device, dtype=torch.float64)
+            if x.ndim != 2 or x.shape[1] != mapped.in_features:
+                raise ValueError(f"calib_inputs: shape {tuple(x.shape)} does not match (batch, {mapped.in_features})")
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError("calib_inputs: contains NaN or inf")
+        u, _ = dac_convert(x, hw.dac)
+        up = torch.zeros(u.shape[0], mapped.n_row_tiles * mapped.tile_rows, dtype=torch.float64, device=gd.device)
+        up[:, : mapped.in_features] = u
+        up = up.reshape(u.shape[0], mapped.n_row_tiles, mapped.tile_rows).transpose(0, 1)
+        v = k * (up @ gd).abs()  # (nrt, batch, m_pad)
+        if adc.calib_quantile >= 1.0:
+            fs = v.amax(dim=1)
+        else:
+            fs = torch.quantile(v, adc.calib_quantile, dim=1)
+        if adc.granularity == "array" and adc.calib_quantile < 1.0:
+            # per-array quantile over all samples and columns of the array
+            nrt, nct, Cw = mapped.n_row_tiles, mapped.n_col_tiles, mapped.tile_cols
+            va = v.reshape(nrt, v.shape[1], nct, Cw).permute(0, 2, 1, 3).reshape(nrt, nct, -1)
+            q = torch.quantile(va, adc.calib_quantile, dim=2)
+            return _positive(q.unsqueeze(-1).expand(nrt, nct, Cw).reshape(nrt, nct * Cw))
+    if adc.granularity == "array":
+        fs = _per_array(fs, mapped)
+    return _positive(fs)
+
+
+def _positive(fs: torch.Tensor) -> torch.Tensor:
+    """A full scale of 0 (an all-zero column) would divide by zero: use the largest one instead."""
+    top = fs.max()
+    fill = top if top > 0 else torch.ones_like(top)
+    return torch.where(fs > 0, fs, fill)
