@@ -1,0 +1,650 @@
+"""Analog twins of PyTorch models: conversion, explicit programming, and hardware-aware layers.
+
+Flow (modelled on ``torch.ao.quantization``'s prepare/convert)::
+
+    analog = convert_to_analog(model, preset("realistic"), calib_data=x_train[:256])
+    program(analog, seed=0)        # sample one chip (programming noise, stuck devices)
+    y = analog(x)                  # eval mode: every Linear/Conv2d runs on the chip, fresh read noise
+    program(analog, seed=1)        # another chip: Monte Carlo over chips
+    digital = convert_to_digital(analog)
+
+An :class:`AnalogLinear` computes ``y = x W^T + b`` with ``x W^T`` done by the crossbar simulator of
+:mod:`memcim.simulate` (DAC, tiled differential/offset arrays, read noise, TIA, ADC, digital sum of
+row-tile partial sums); the bias is added digitally. An :class:`AnalogConv2d` unfolds its input into
+patches and runs every patch through the *same* programmed chip, so programming noise is correlated
+across positions as on real hardware. Layers that are not ``Linear``/``Conv2d`` stay digital.
+
+In **training mode** the analog layers instead run a differentiable surrogate of the same hardware
+(:func:`hardware_aware_matmul`): weight noise drawn like programming noise, stuck devices, level,
+DAC and ADC quantization with straight-through gradients, and read noise; everything is redrawn on
+every forward, i.e. every mini-batch. Training an analog model is hardware-aware training.
+
+State: ``analog.state_dict()`` holds the weights plus, per analog layer, an ``_extra_state`` entry
+with the hardware config, the programmed conductances, the ADC full scales and the read-noise
+generator state, so ``load_state_dict`` into a converted model reproduces outputs bit for bit.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memcim.config import HardwareConfig
+from memcim.mapping.crossbar import map_matrix
+from memcim.simulate import ProgrammedChip, program as program_chip
+
+_MAX_CALIB_ROWS = 4096
+
+
+def layer_seed(seed: int, index: int) -> int:
+    """Independent 63-bit seed for layer ``index`` derived from a model-level ``seed``."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"--seed: {seed!r} is not allowed; use a non-negative integer")
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(2, np.uint32).astype(np.uint64)
+               .dot([1 << 31, 1])) & ((1 << 63) - 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# differentiable surrogate (hardware-aware training)
+# ------------------------------------------------------------------------------------------------
+
+def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Forward value ``q``, gradient of ``x`` (straight-through estimator)."""
+    return x + (q - x).detach()
+
+
+def hardware_aware_matmul(x: torch.Tensor, W: torch.Tensor, hw: HardwareConfig,
+                          generator: torch.Generator, *, noise: bool = True) -> torch.Tensor:
+    """Differentiable noisy ``x @ W`` that mimics one freshly programmed chip and one read.
+
+    Parameters
+    ----------
+    x : inputs (batch, in).
+    W : weights (in, out) (a crossbar's orientation).
+    hw : hardware config.
+    generator : source of the weight, fault and read noise (redrawn on every call).
+    noise : False keeps quantization (levels, DAC, ADC) but draws no noise.
+
+    Returns
+    -------
+    (batch, out) tensor; gradients flow to ``x`` and ``W`` straight through every quantizer.
+
+    Notes
+    -----
+    Same model as :mod:`memcim.simulate`, re-derived on differentiable tensors: the scale
+    ``c = window / max|W|`` is taken per matrix or column (detached), targets are rounded to levels,
+    programming noise has variance ``abs^2 + (rel g)^2 + table[level]^2`` (detached), stuck devices
+    are redrawn, the DAC uses ``x_range`` or per-vector scaling, row-tile partial sums are ADC
+    quantized with a full scale per array/column (``fixed``: from the config; ``max``: worst case;
+    ``calibrated``: the batch's own ``calib_quantile`` of |partial sum|, detached), and thermal and
+    shot noise are added to each partial sum. For the offset scheme the reference device is drawn
+    once per row (not once per column tile).
+    """
+    dev, arr, dac, adc = hw.device, hw.array, hw.dac, hw.adc
+    n, m = W.shape
+    kind = {"dtype": W.dtype, "device": W.device}
+    window = dev.g_max - dev.g_min
+    offset = hw.mapping.scheme == "offset"
+    if offset:
+        window = window / 2
+    with torch.no_grad():
+        wmax = W.abs().amax() if hw.mapping.scale == "matrix" else W.abs().amax(dim=0)
+        c = window / torch.where(wmax > 0, wmax, torch.ones_like(wmax))
+
+    def quant_levels(g):
+        g = g.clamp(dev.g_min, dev.g_max)
+        if dev.levels is None:
+            return g, None
+        step = window * (2 if offset else 1) / (dev.levels - 1)
+        lev = torch.round((g.detach() - dev.g_min) / step).clamp(0, dev.levels - 1)
+        return _ste(g, dev.g_min + lev * step), lev.long()
+
+    def program_like(g, lev):
+        if noise and dev.has_programming_noise:
+            with torch.no_grad():
+                var = torch.full_like(g, dev.prog_sigma_abs ** 2) + (dev.prog_sigma_rel * g) ** 2
+                if dev.prog_sigma_table is not None and lev is not None:
+                    var = var + torch.tensor(dev.prog_sigma_table, **kind)[lev] ** 2
+            g = (g + var.sqrt() * torch.randn(g.shape, generator=generator, **kind)).clamp_min(0.0)
+        if noise and (dev.stuck_at_min > 0 or dev.stuck_at_max > 0):
+            u = torch.rand(g.shape, generator=generator, **kind)
+            g = torch.where(u < dev.stuck_at_min, torch.full_like(g, dev.g_min), g)
+            g = torch.where((u >= dev.stuck_at_min) & (u < dev.stuck_at_min + dev.stuck_at_max),
+                            torch.full_like(g, dev.g_max), g)
+        return g
+
+    if offset:
+        g_ref = (dev.g_min + dev.g_max) / 2
+        gp = program_like(*quant_levels(g_ref + c * W))
+        gr = program_like(*quant_levels(torch.full((n, 1), g_ref, **kind)))
+        gd, gs = gp - gr, gp + gr
+    else:
+        gp = program_like(*quant_levels(dev.g_min + c * W.clamp_min(0)))
+        gn = program_like(*quant_levels(dev.g_min + c * (-W).clamp_min(0)))
+        gd, gs = gp - gn, gp + gn
+
+    # DAC
+    if dac.x_range is None:
+        xs = x.detach().abs().amax(dim=-1, keepdim=True)
+        xs = torch.where(xs > 0, xs, torch.ones_like(xs))
+    else:
+        xs = torch.full_like(x[..., :1], dac.x_range)
+    u = x / xs
+    if dac.enabled:
+        lo = -1.0 if dac.signed else 0.0
+        uc = u.clamp(lo, 1.0)
+        u = _ste(u, torch.round(uc.detach() * dac.steps) / dac.steps)
+
+    # row tiles: partial sums per array, in siemens (u @ G)
+    R = arr.rows
+    nrt = -(-n // R)
+    pad = nrt * R - n
+    ut = F.pad(u, (0, pad)).reshape(u.shape[0], nrt, R).transpose(0, 1)      # (nrt, B, R)
+    gdt = F.pad(gd, (0, 0, 0, pad)).reshape(nrt, R, m)
+    j = torch.matmul(ut, gdt)                                               # (nrt, B, m)
+    if noise and (dev.thermal_noise or dev.shot_noise):
+        with torch.no_grad():
+            gst = F.pad(gs, (0, 0, 0, pad)).reshape(nrt, R, m)
+            var = torch.zeros_like(j)
+            if dev.thermal_noise:
+                var = var + dev.thermal_psd / arr.v_read ** 2 * gst.sum(dim=1, keepdim=True)
+            if dev.shot_noise:
+                var = var + dev.shot_psd / arr.v_read * torch.matmul(ut.abs(), gst)
+        j = j + var.sqrt() * torch.randn(j.shape, generator=generator, **kind)
+    if adc.enabled:
+        k = arr.r_tia * arr.v_read
+        with torch.no_grad():
+            if adc.fs_mode == "fixed":
+                fs = torch.full((nrt, 1, m), adc.full_scale / k, **kind)
+            elif adc.fs_mode == "max":
+                fs = gdt.abs().sum(dim=1, keepdim=True)
+            else:
+                a = j.detach().abs()
+                fs = a.amax(dim=1, keepdim=True) if adc.calib_quantile >= 1 else \
+                    torch.quantile(a, adc.calib_quantile, dim=1, keepdim=True)
+            if adc.granularity == "array":
+                cols = arr.cols // 2 if not offset else arr.cols - 1
+                nct = -(-m // cols)
+                fpad = F.pad(fs, (0, nct * cols - m)).reshape(nrt, 1, nct, cols).amax(dim=3, keepdim=True)
+                fs = fpad.expand(nrt, 1, nct, cols).reshape(nrt, 1, nct * cols)[..., :m]
+            fs = torch.where(fs > 0, fs, torch.ones_like(fs))
+            step = fs / adc.steps
+        q = torch.round(j.detach() / step)
+        if adc.saturate:
+            q = q.clamp(-adc.steps, adc.steps)
+        j = _ste(j, q * step)
+    return j.sum(dim=0) / c * xs
+
+
+# ------------------------------------------------------------------------------------------------
+# analog layers
+# ------------------------------------------------------------------------------------------------
+
+class _AnalogMixin:
+    """Shared state and programming logic of the analog layers."""
+
+    hardware: HardwareConfig
+
+    def _init_analog(self, hardware: HardwareConfig, seed: int, train_noise: bool) -> None:
+        if not isinstance(hardware, HardwareConfig):
+            raise TypeError(f"hardware: expected a HardwareConfig, got {type(hardware).__name__}")
+        self.hardware = hardware
+        self.chip: ProgrammedChip | None = None
+        self.programmed_seed: int | None = None
+        self.train_noise = bool(train_noise)
+        self._train_gen = torch.Generator().manual_seed(int(seed))
+        self._calib: torch.Tensor | None = None
+        self._digital = False
+        self._weight_version: int | None = None
+
+    # -- the matrix in crossbar orientation -----------------------------------------------------
+    def crossbar_weight(self) -> torch.Tensor:
+        """The layer's weight as the crossbar matrix W (in, out)."""
+        return self.weight.detach().reshape(self.weight.shape[0], -1).t()
+
+    def program(self, seed: int | None = 0, *, dtype: torch.dtype = torch.float32,
+                calib_inputs: torch.Tensor | None = None) -> ProgrammedChip:
+        """Map the current weights and sample one chip (programming noise, stuck devices).
+
+        Parameters
+        ----------
+        seed : seeds programming and, after it, this chip's read-noise generator.
+        dtype : simulation precision.
+        calib_inputs : crossbar inputs (rows, in) used to calibrate the ADC full scale; default
+            the ones captured by :func:`calibrate` (or standard normal vectors if none).
+        """
+        W = self.crossbar_weight()
+        calib = calib_inputs if calib_inputs is not None else self._calib
+        mapped = map_matrix(W.to(torch.float64).cpu(), self.hardware, calib_inputs=calib)
+        self.chip = program_chip(mapped, seed=seed, dtype=dtype, device=self.weight.device)
+        self.programmed_seed = seed
+        self._weight_version = self.weight._version
+        return self.chip
+
+    def _analog_mvm(self, x2d: torch.Tensor) -> torch.Tensor:
+        if self.chip is None:
+            raise RuntimeError(f"{type(self).__name__} is not programmed; call "
+                               "memcim.nn.analog.program(model, seed) before inference")
+        if self._weight_version != self.weight._version:
+            raise RuntimeError(f"{type(self).__name__}: the weights changed after programming; call "
+                               "memcim.nn.analog.program(model, seed) again")
+        return self.chip.mvm(x2d.detach())[0].to(x2d.dtype)
+
+    def _matmul(self, x2d: torch.Tensor) -> torch.Tensor:
+        """x2d (rows, in) -> (rows, out) through the digital, surrogate or chip path."""
+        W = self.weight.reshape(self.weight.shape[0], -1)
+        if self._digital:
+            return x2d @ W.t()
+        if self.training:
+            return hardware_aware_matmul(x2d, W.t(), self.hardware, self._train_gen, noise=self.train_noise)
+        return self._analog_mvm(x2d)
+
+    # -- state dict -----------------------------------------------------------------------------
+    def get_extra_state(self):
+        st = {"hardware": self.hardware.to_dict(), "train_noise": self.train_noise,
+              "train_rng_state": self._train_gen.get_state(), "programmed": self.chip is not None}
+        if self.chip is not None:
+            c = self.chip
+            st.update({"seed": self.programmed_seed, "dtype": str(c.dtype).replace("torch.", ""),
+                       "g_pos": c.g_pos, "g_neg": c.g_neg, "rng_state": c.generator.get_state(),
+                       "scale": c.mapped.scale, "full_scale": c.mapped.full_scale})
+        return st
+
+    def set_extra_state(self, state):
+        self.hardware = HardwareConfig.from_dict(state["hardware"])
+        self.train_noise = bool(state.get("train_noise", True))
+        if "train_rng_state" in state:
+            self._train_gen.set_state(state["train_rng_state"])
+        self.chip = None
+        self.programmed_seed = None
+        if state.get("programmed"):
+            mapped = map_matrix(self.crossbar_weight().to(torch.float64).cpu(), self.hardware)
+            mapped.scale = state["scale"].to(torch.float64)
+            mapped.full_scale = state["full_scale"].to(torch.float64)
+            device = self.weight.device
+            mapped = mapped.to(device)
+            gen = torch.Generator(device=device)
+            gen.set_state(state["rng_state"])
+            dtype = getattr(torch, state["dtype"])
+            self.chip = ProgrammedChip(mapped=mapped, g_pos=state["g_pos"].to(device, dtype),
+                                       g_neg=state["g_neg"].to(device, dtype), generator=gen)
+            self.programmed_seed = state.get("seed")
+            self._weight_version = self.weight._version
+
+    def _analog_repr(self) -> str:
+        return f"hardware={self.hardware.name!r}, programmed={self.chip is not None}"
+
+
+class AnalogLinear(_AnalogMixin, nn.Linear):
+    """``nn.Linear`` whose matrix product runs on a simulated crossbar (bias added digitally).
+
+    Build it with :meth:`from_digital` or :func:`convert_to_analog`. Keeps the ``weight`` and
+    ``bias`` parameters of ``nn.Linear``, so digital state dicts carry over.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 hardware: HardwareConfig | None = None, seed: int = 0, train_noise: bool = True,
+                 device=None, dtype=None):
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self._init_analog(hardware if hardware is not None else HardwareConfig(), seed, train_noise)
+
+    @classmethod
+    def from_digital(cls, layer: nn.Linear, hardware: HardwareConfig, *, seed: int = 0,
+                     train_noise: bool = True) -> "AnalogLinear":
+        new = cls(layer.in_features, layer.out_features, layer.bias is not None, hardware=hardware,
+                  seed=seed, train_noise=train_noise, device=layer.weight.device, dtype=layer.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(layer.weight)
+            if layer.bias is not None:
+                new.bias.copy_(layer.bias)
+        new.train(layer.training)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = self._matmul(x.reshape(-1, self.in_features))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+    def calib_rows(self, x: torch.Tensor) -> torch.Tensor:
+        return x.detach().reshape(-1, self.in_features)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", " + self._analog_repr()
+
+
+class AnalogConv2d(_AnalogMixin, nn.Conv2d):
+    """``nn.Conv2d`` run as a crossbar MVM over unfolded patches.
+
+    The kernel is the crossbar matrix W (C_in*kh*kw, C_out); every output position of every image
+    reads the same programmed chip (correlated programming noise, independent read noise per read).
+    Only ``groups=1`` and ``padding_mode='zeros'`` are supported (others stay digital on conversion).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 bias=True, *, hardware: HardwareConfig | None = None, seed: int = 0,
+                 train_noise: bool = True, device=None, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, 1, bias,
+                         "zeros", device=device, dtype=dtype)
+        self._init_analog(hardware if hardware is not None else HardwareConfig(), seed, train_noise)
+
+    @classmethod
+    def from_digital(cls, layer: nn.Conv2d, hardware: HardwareConfig, *, seed: int = 0,
+                     train_noise: bool = True) -> "AnalogConv2d":
+        reason = unsupported_reason(layer)
+        if reason:
+            raise ValueError(f"layer: {reason}")
+        new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                  layer.dilation, layer.bias is not None, hardware=hardware, seed=seed,
+                  train_noise=train_noise, device=layer.weight.device, dtype=layer.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(layer.weight)
+            if layer.bias is not None:
+                new.bias.copy_(layer.bias)
+        new.train(layer.training)
+        return new
+
+    def _patches(self, x: torch.Tensor):
+        if isinstance(self.padding, str):
+            if self.padding == "valid":
+                pad = (0, 0)
+            else:  # "same" with stride 1
+                kh, kw = self.kernel_size
+                dh, dw = self.dilation
+                th, tw = dh * (kh - 1), dw * (kw - 1)
+                x = F.pad(x, (tw // 2, tw - tw // 2, th // 2, th - th // 2))
+                pad = (0, 0)
+        else:
+            pad = self.padding
+        h_out = (x.shape[-2] + 2 * pad[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
+        w_out = (x.shape[-1] + 2 * pad[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
+        cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=pad, stride=self.stride)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1]), h_out, w_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._digital:
+            return super().forward(x)
+        unbatched = x.ndim == 3
+        if unbatched:
+            x = x.unsqueeze(0)
+        n = x.shape[0]
+        rows, h_out, w_out = self._patches(x)
+        y = self._matmul(rows)                                   # (n*L, C_out)
+        if self.bias is not None:
+            y = y + self.bias
+        y = y.reshape(n, h_out * w_out, self.out_channels).transpose(1, 2).reshape(n, self.out_channels, h_out, w_out)
+        return y[0] if unbatched else y
+
+    def calib_rows(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:
+            x = x.unsqueeze(0)
+        return self._patches(x.detach())[0]
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", " + self._analog_repr()
+
+
+ANALOG_LAYERS = (AnalogLinear, AnalogConv2d)
+
+
+def unsupported_reason(layer: nn.Module) -> str | None:
+    """Why ``layer`` (a Linear or Conv2d) cannot run on the crossbar, or None if it can."""
+    if isinstance(layer, nn.Conv2d):
+        if layer.groups != 1:
+            return f"Conv2d with groups={layer.groups} is not supported (only groups=1)"
+        if layer.padding_mode != "zeros":
+            return f"Conv2d with padding_mode={layer.padding_mode!r} is not supported (only 'zeros')"
+        if isinstance(layer.padding, str) and layer.padding == "same" and any(s != 1 for s in layer.stride):
+            return "Conv2d with padding='same' and stride > 1 is not supported"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# conversion
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert_to_analog` did to each leaf layer.
+
+    ``analog``: (name, type, hardware name) of layers now on crossbars. ``digital``: (name, type,
+    reason) of layers with weights that stay digital (unsupported or excluded). ``periphery``:
+    names of weight-free layers (activations, pooling, reshapes), computed digitally as usual.
+    """
+
+    analog: list = field(default_factory=list)
+    digital: list = field(default_factory=list)
+    periphery: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"analog": [dict(name=n, type=t, hardware=h) for n, t, h in self.analog],
+                "digital": [dict(name=n, type=t, reason=r) for n, t, r in self.digital],
+                "periphery": list(self.periphery)}
+
+    def __str__(self) -> str:
+        lines = [f"analog layers ({len(self.analog)}):"]
+        lines += [f"  {n}: {t} on {h!r}" for n, t, h in self.analog]
+        lines.append(f"kept digital ({len(self.digital)}):")
+        lines += [f"  {n}: {t} ({r})" for n, t, r in self.digital]
+        return "\n".join(lines)
+
+
+def _resolve_hw(name: str, module: nn.Module, default: HardwareConfig, overrides: dict | None):
+    """Per-layer hardware: exact name, then glob pattern, then type, then the default."""
+    if not overrides:
+        return default, False
+    for key, hw in overrides.items():
+        if isinstance(key, str) and key == name:
+            return hw, True
+    for key, hw in overrides.items():
+        if isinstance(key, str) and any(ch in key for ch in "*?[") and fnmatch.fnmatchcase(name, key):
+            return hw, True
+    for key, hw in overrides.items():
+        if isinstance(key, type) and isinstance(module, key):
+            return hw, True
+    return default, False
+
+
+def _check_overrides(overrides) -> dict:
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, dict):
+        raise TypeError(f"overrides: expected a dict of layer name/type -> HardwareConfig or None, "
+                        f"got {type(overrides).__name__}")
+    for k, v in overrides.items():
+        if not (isinstance(k, str) or (isinstance(k, type) and issubclass(k, nn.Module))):
+            raise TypeError(f"overrides: key {k!r} must be a layer name (glob allowed) or an nn.Module type")
+        if v is not None and not isinstance(v, HardwareConfig):
+            raise TypeError(f"overrides[{k!r}]: expected a HardwareConfig or None (keep digital), "
+                            f"got {type(v).__name__}")
+    return overrides
+
+
+def convert_to_analog(model: nn.Module, hardware: HardwareConfig, *, overrides: dict | None = None,
+                      calib_data: torch.Tensor | None = None, seed: int = 0, train_noise: bool = True,
+                      inplace: bool = False, return_report: bool = False):
+    """Return a copy of ``model`` whose ``Linear`` and ``Conv2d`` layers run on simulated crossbars.
+
+    Parameters
+    ----------
+    model : any ``nn.Module``; only its ``nn.Linear`` and ``nn.Conv2d`` leaves are converted.
+    hardware : the default :class:`~memcim.config.HardwareConfig`.
+    overrides : per-layer hardware, ``{name or glob or layer type: HardwareConfig or None}``;
+        ``None`` keeps that layer digital. Exact names win over globs, globs over types.
+    calib_data : sample model inputs used to calibrate each layer's ADC full scale
+        (``adc.fs_mode == "calibrated"``); see :func:`calibrate`.
+    seed : seed of the hardware-aware-training noise generators (layer ``i`` gets its own).
+    train_noise : draw weight and read noise in training mode (False: quantization only).
+    inplace : convert ``model`` itself instead of a deep copy.
+    return_report : also return the :class:`ConversionReport`.
+
+    Returns
+    -------
+    The analog model (not yet programmed: call :func:`program`), and the report if asked.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(hardware, HardwareConfig):
+        raise TypeError(f"hardware: expected a HardwareConfig, got {type(hardware).__name__}")
+    overrides = _check_overrides(overrides)
+    out = model if inplace else copy.deepcopy(model)
+    report = ConversionReport()
+    index = 0
+    for name, mod in list(out.named_modules()):
+        if name == "" or isinstance(mod, ANALOG_LAYERS):
+            continue
+        if any(True for _ in mod.children()):
+            continue
+        tname = type(mod).__name__
+        has_params = any(True for _ in mod.parameters(recurse=False))
+        if type(mod) in (nn.Linear, nn.Conv2d):
+            hw, _ = _resolve_hw(name, mod, hardware, overrides)
+            reason = unsupported_reason(mod)
+            if hw is None:
+                report.digital.append((name, tname, "excluded by overrides"))
+                continue
+            if reason:
+                report.digital.append((name, tname, reason))
+                continue
+            cls = AnalogLinear if isinstance(mod, nn.Linear) else AnalogConv2d
+            new = cls.from_digital(mod, hw, seed=layer_seed(seed, index), train_noise=train_noise)
+            index += 1
+            _set_submodule(out, name, new)
+            report.analog.append((name, tname, hw.name))
+        elif has_params:
+            report.digital.append((name, tname, f"{tname} has no analog implementation"))
+        else:
+            report.periphery.append(name)
+    if calib_data is not None:
+        calibrate(out, calib_data)
+    return (out, report) if return_report else out
+
+
+def conversion_report(model: nn.Module) -> ConversionReport:
+    """Report of an already converted model (which layers are analog, which are digital and why)."""
+    rep = ConversionReport()
+    for name, mod in model.named_modules():
+        if name == "" or (any(True for _ in mod.children()) and not isinstance(mod, ANALOG_LAYERS)):
+            continue
+        t = type(mod).__name__
+        if isinstance(mod, ANALOG_LAYERS):
+            rep.analog.append((name, t, mod.hardware.name))
+        elif any(True for _ in mod.parameters(recurse=False)):
+            rep.digital.append((name, t, unsupported_reason(mod) or f"{t} is digital"))
+        else:
+            rep.periphery.append(name)
+    return rep
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def convert_to_digital(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """Return a copy of ``model`` with every analog layer replaced by its plain torch layer."""
+    out = model if inplace else copy.deepcopy(model)
+    for name, mod in list(out.named_modules()):
+        if isinstance(mod, AnalogLinear):
+            new = nn.Linear(mod.in_features, mod.out_features, mod.bias is not None,
+                            device=mod.weight.device, dtype=mod.weight.dtype)
+        elif isinstance(mod, AnalogConv2d):
+            new = nn.Conv2d(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
+                            mod.dilation, 1, mod.bias is not None, device=mod.weight.device,
+                            dtype=mod.weight.dtype)
+        else:
+            continue
+        with torch.no_grad():
+            new.weight.copy_(mod.weight)
+            if mod.bias is not None:
+                new.bias.copy_(mod.bias)
+        new.train(mod.training)
+        _set_submodule(out, name, new)
+    return out
+
+
+def analog_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, layer) of every analog layer, in module order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, ANALOG_LAYERS)]
+
+
+@contextmanager
+def digital_mode(model: nn.Module):
+    """Within this context the analog layers compute the exact digital product."""
+    layers = [m for _, m in analog_layers(model)]
+    old = [m._digital for m in layers]
+    for m in layers:
+        m._digital = True
+    try:
+        yield model
+    finally:
+        for m, o in zip(layers, old):
+            m._digital = o
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, calib_data: torch.Tensor, *, max_rows: int = _MAX_CALIB_ROWS,
+              seed: int = 0) -> None:
+    """Record each analog layer's crossbar inputs on ``calib_data`` (a digital forward pass).
+
+    They set the ADC full scale at the next :func:`program` when ``adc.fs_mode == "calibrated"``,
+    as a chip is calibrated on sample data. Conv layers keep a random subset of ``max_rows`` patches.
+    """
+    if not isinstance(calib_data, torch.Tensor):
+        raise TypeError(f"calib_data: expected a torch.Tensor, got {type(calib_data).__name__}")
+    layers = [m for _, m in analog_layers(model)]
+    gen = torch.Generator().manual_seed(seed)
+    hooks = []
+
+    def hook(mod, args):
+        rows = mod.calib_rows(args[0]).to(torch.float64).cpu()
+        if rows.shape[0] > max_rows:
+            rows = rows[torch.randperm(rows.shape[0], generator=gen)[:max_rows]]
+        mod._calib = rows
+
+    for m in layers:
+        hooks.append(m.register_forward_pre_hook(hook))
+    was = model.training
+    try:
+        model.eval()
+        with digital_mode(model):
+            model(calib_data)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+
+
+def program(model: nn.Module, seed: int | None = 0, *, calib_data: torch.Tensor | None = None,
+            dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Program every analog layer of ``model``: sample one chip.
+
+    Parameters
+    ----------
+    model : an analog model from :func:`convert_to_analog`.
+    seed : chip seed; layer ``i`` uses :func:`layer_seed` (seed, i). Another seed is another chip.
+    calib_data : if given, recalibrate the ADC full scales first (see :func:`calibrate`).
+    dtype : simulation precision (float32 default; float64 for exactness checks).
+
+    Returns
+    -------
+    ``model`` (programmed in place).
+    """
+    layers = analog_layers(model)
+    if not layers:
+        raise ValueError("model: has no analog layers; convert it with convert_to_analog first")
+    if seed is not None:
+        layer_seed(seed, 0)  # validates
+    if calib_data is not None:
+        calibrate(model, calib_data)
+    for i, (_, m) in enumerate(layers):
+        m.program(None if seed is None else layer_seed(seed, i), dtype=dtype)
+    return model
