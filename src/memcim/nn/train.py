@@ -75,7 +75,7 @@ def train(model: nn.Module, train_ds, *, val_ds=None, epochs: int = 10, lr: floa
 
     Returns
     -------
-    dict with lists ``loss`` and ``val_accuracy`` per epoch, ``epochs_done``, ``resumed_from``
+    dict with lists ``loss`` and ``val_accuracy`` (of the exact, digital weights) per epoch, ``epochs_done``, ``resumed_from``
     and ``seconds`` (wall time of this call).
     """
     _check_pos("--epochs", epochs)
@@ -131,7 +131,13 @@ def train(model: nn.Module, train_ds, *, val_ds=None, epochs: int = 10, lr: floa
             total += loss.item() * xb.shape[0]
             count += xb.shape[0]
         hist["loss"].append(total / max(count, 1))
-        hist["val_accuracy"].append(evaluate_accuracy(model, val_ds) if val_ds is not None else None)
+        if val_ds is not None:
+            from memcim.nn.analog import digital_mode  # validation uses the exact weights
+
+            with digital_mode(model):
+                hist["val_accuracy"].append(evaluate_accuracy(model, val_ds))
+        else:
+            hist["val_accuracy"].append(None)
         done_here += 1
         if ckpt_path is not None:
             _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),

@@ -1,0 +1,82 @@
+"""Monte Carlo evaluation of a model on simulated crossbars: accuracy and output MSE over chips.
+
+For each of ``chips`` programmed chips (independent programming noise and stuck devices) the whole
+dataset is run once (fresh read noise on every read) and two numbers are recorded: top-1
+accuracy and the output mean squared error against the digital model,
+``mean over samples and outputs of (y_analog - y_digital)^2``. The summary gives the mean, the
+sample standard deviation over chips, a 95 % confidence interval of the mean (Student t) and the
+2.5-97.5 % range of the chips themselves.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from memcim.config import HardwareConfig
+from memcim.nn.analog import conversion_report, convert_to_analog, layer_seed, program
+from memcim.nn.train import predict
+
+
+def summarize(values) -> dict:
+    """Mean, std (ddof=1), 95 % CI of the mean (Student t) and 2.5-97.5 % range over chips."""
+    v = np.asarray(values, dtype=np.float64)
+    n = v.size
+    mean = float(v.mean())
+    std = float(v.std(ddof=1)) if n > 1 else 0.0
+    if n > 1:
+        from scipy.stats import t
+
+        half = float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    else:
+        half = float("nan")
+    return {"mean": mean, "std": std, "ci95_mean": [mean - half, mean + half],
+            "range95": [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))], "n": n,
+            "values": v.tolist()}
+
+
+def evaluate_analog(model: nn.Module, dataset, hardware: HardwareConfig, *, chips: int = 10,
+                    seed: int = 0, calib_data: torch.Tensor | None = None, overrides: dict | None = None,
+                    batch_size: int = 1000, progress: bool | None = None,
+                    dtype: torch.dtype = torch.float32) -> dict:
+    """Accuracy and output MSE of ``model`` on ``hardware``, over ``chips`` programmed chips.
+
+    Parameters
+    ----------
+    model : a digital model (it is copied, not changed).
+    dataset : :class:`memcim.data.base.Dataset`.
+    hardware : the crossbar design.
+    chips : number of chips to program (Monte Carlo over programming noise).
+    seed : chip ``c`` is programmed with seed ``layer_seed(seed, c)``.
+    calib_data : model inputs used to calibrate ADC full scales (use training data, not the test set).
+    overrides : per-layer hardware, as in :func:`convert_to_analog`.
+    batch_size : inference batch size.
+    progress : tqdm bar over chips on stderr (default: when stderr is a terminal).
+
+    Returns
+    -------
+    dict with ``digital`` (accuracy), ``accuracy`` and ``mse`` summaries (see :func:`summarize`),
+    ``conversion`` (the report), ``chips``, ``seed``, ``n_samples``, ``seconds``.
+    """
+    if isinstance(chips, bool) or not isinstance(chips, (int, np.integer)) or chips < 1:
+        raise ValueError(f"--chips: {chips!r} is not allowed; must be an integer >= 1")
+    layer_seed(seed, 0)
+    t0 = time.perf_counter()
+    model = model.eval()
+    y = dataset.y
+    ref = predict(model, dataset.x, batch_size)
+    digital_acc = float((ref.argmax(1) == y).float().mean())
+    analog = convert_to_analog(model, hardware, overrides=overrides, calib_data=calib_data).eval()
+    accs, mses = [], []
+    for c in tqdm(range(chips), desc="chips", disable=None if progress is None else not progress):
+        program(analog, layer_seed(seed, c), dtype=dtype)
+        out = predict(analog, dataset.x, batch_size)
+        accs.append(float((out.argmax(1) == y).float().mean()))
+        mses.append(float(((out - ref) ** 2).mean()))
+    return {"digital": {"accuracy": digital_acc}, "accuracy": summarize(accs), "mse": summarize(mses),
+            "conversion": conversion_report(analog).to_dict(), "chips": int(chips), "seed": int(seed),
+            "n_samples": len(dataset), "seconds": time.perf_counter() - t0}
