@@ -277,6 +277,24 @@ class _AnalogMixin:
             self.programmed_seed = state.get("seed")
             self._weight_version = self.weight._version
 
+    # -- pickling (torch.save(model), copy.deepcopy) through plain data only --------------------
+    def __getstate__(self):
+        d = dict(nn.Module.__getstate__(self))
+        for k in ("hardware", "chip", "_train_gen", "programmed_seed", "_weight_version"):
+            d.pop(k, None)
+        d["_memcim_state"] = self.get_extra_state()
+        return d
+
+    def __setstate__(self, d):
+        d = dict(d)
+        st = d.pop("_memcim_state")
+        nn.Module.__setstate__(self, d)
+        self.chip = None
+        self.programmed_seed = None
+        self._weight_version = None
+        self._train_gen = torch.Generator()
+        self.set_extra_state(st)
+
     def _analog_repr(self) -> str:
         return f"hardware={self.hardware.name!r}, programmed={self.chip is not None}"
 
