@@ -1,0 +1,723 @@
+"""Moment propagation through a noisy memristor-crossbar network (paper 001, MemSE).
+
+Given a ``torch.nn.Sequential`` (nested Sequentials are flattened) built from ``Linear``,
+``Conv2d``, ``AvgPool2d``, ``Flatten``, ``BatchNorm1d/2d``, ``Softplus``, ``ReLU``, ``Sigmoid``,
+``Tanh`` (plus ``Identity``/``Dropout``, which are ignored as at inference), this module
+predicts the mean and the covariance of every layer's output when every crossbar layer runs on
+a programmed memristor array, and from them the output MSE against the noise-free,
+full-precision network.
+
+Hardware semantics (per crossbar layer with weights ``w`` of shape (out, in)):
+
+* ``c = G_max / max|w|`` (``G_max`` in S; one per layer, or one per output column);
+* ``G+ = q(c*max(w, 0))``, ``G- = q(c*max(-w, 0))`` where ``q`` rounds to the nearest of the
+  ``N+1`` levels ``{0, D, ..., N*D}``, ``D = G_max/N`` (ties to even, as ``torch.round``);
+* every device (both of the pair) gets i.i.d. ``N(0, sigma^2)`` programming noise;
+* ``z = (1/c)(G+ - G-) x + b`` (``r = 1`` and an exact digital bias).
+
+Because ``q(c w)/c`` equals ``w`` quantized with step ``max|w|/N`` whatever ``c`` is, the
+quantization error enters the mean deterministically and does not depend on ``G_max``; the
+programming noise adds a weight perturbation of variance ``s^2 = 2 sigma^2 / c^2``
+(two devices per weight). The MSE therefore depends on ``sigma`` and ``G_max`` only through
+``sigma / G_max``.
+
+Covariance representations (``cov=``):
+
+* ``"exact"``: the full covariance of every feature map, ``(B, D, D)`` per batch;
+* ``"diagonal"``: variances only;
+* ``"lowrank"`` (default, see docs/memse.md for the measurement behind the choice): the exact
+  variance of every unit plus a low-rank factor model ``Cov ~= F F^T`` of the cross-covariance.
+  The programming noise of a convolution is shared by all positions of an output channel, so
+  its spatial covariance is ``s^2 U^T U`` with ``U`` the (C_in k^2, P) patch matrix of the
+  input mean: its top ``rank`` eigen-directions become factors that travel through later
+  layers (linear layers map them, activations scale them by ``E[f'(X)]``). The diagonal is
+  always tracked exactly; only off-diagonal terms are approximated.
+
+Activations (``act_method=``): ``"taylor"`` with even ``taylor_order`` (2 reproduces the
+paper's Eqs. 8-10; higher orders add the consistent higher terms of the Gaussian moment
+series), or ``"gh"`` (Gauss-Hermite quadrature of the Gaussian expectation). ``ReLU`` always
+uses the exact rectified-Gaussian mean and variance. Cross-covariances after an activation use
+``E[f'(X)] E[f'(Y)] Cov(X, Y)`` (Stein's lemma to first order in the correlation; with
+``taylor_order=2`` this is the paper's Eq. 10, ``f'(mu) f'(mu') rho``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["CrossbarLayer", "PoolLayer", "FlattenLayer", "ElementwiseLayer", "parse_model",
+           "Moments", "propagate", "predict_mse", "MSEPrediction", "quantize_weight",
+           "resolve_gmax", "activation_moments", "COV_MODES"]
+
+COV_MODES = ("exact", "lowrank", "diagonal")
+_SUPPORTED = "Linear, Conv2d, AvgPool2d, Flatten, BatchNorm1d, BatchNorm2d, Softplus, ReLU, Sigmoid, Tanh, Identity, Dropout"
+
+
+# ----------------------------------------------------------------------------- model parsing
+@dataclass
+class CrossbarLayer:
+    """A layer mapped on a crossbar: ``Linear`` (kind="linear") or ``Conv2d`` (kind="conv").
+
+    ``weight`` is torch's layout ((out, in) or (out, in, kh, kw)), with any following BatchNorm
+    folded in; ``bias`` is (out,) (digital, exact).
+    """
+
+    kind: str
+    weight: torch.Tensor
+    bias: torch.Tensor
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+    name: str = ""
+
+    @property
+    def wmax(self) -> float:
+        return float(self.weight.abs().max())
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.shape[0])
+
+    def apply(self, x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        """Linear map (no bias) with weight ``w`` (default: own weight) on a batch ``x``."""
+        w = self.weight if w is None else w
+        if self.kind == "linear":
+            return x @ w.t()
+        return F.conv2d(x, w, None, self.stride, self.padding, self.dilation)
+
+
+@dataclass
+class PoolLayer:
+    """``AvgPool2d`` as a depthwise convolution with weight 1/(kh*kw)."""
+
+    kernel: tuple
+    stride: tuple
+    padding: tuple
+    name: str = ""
+
+    def apply(self, x: torch.Tensor, square: bool = False) -> torch.Tensor:
+        n, ch = x.shape[0], x.shape[1]
+        kh, kw = self.kernel
+        val = 1.0 / (kh * kw)
+        wt = torch.full((ch, 1, kh, kw), val * val if square else val, dtype=x.dtype, device=x.device)
+        return F.conv2d(x, wt, None, self.stride, self.padding, 1, ch)
+
+
+@dataclass
+class FlattenLayer:
+    name: str = ""
+
+
+@dataclass
+class ElementwiseLayer:
+    """Activation (``softplus``/``relu``/``sigmoid``/``tanh``) or per-channel ``affine`` map."""
+
+    kind: str
+    beta: float = 1.0
+    scale: torch.Tensor | None = None
+    shift: torch.Tensor | None = None
+    module: nn.Module | None = None
+    name: str = ""
+
+
+def _pair(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def _leaves(model: nn.Module, prefix: str = ""):
+    if isinstance(model, nn.Sequential):
+        for n, m in model.named_children():
+            yield from _leaves(m, f"{prefix}{n}.")
+    else:
+        yield prefix.rstrip("."), model
+
+
+def parse_model(model: nn.Module, dtype: torch.dtype = torch.float64) -> list:
+    """Turn a (nested) ``nn.Sequential`` into the list of layers the analysis understands.
+
+    BatchNorm (running statistics, i.e. inference) directly after a ``Linear``/``Conv2d`` is
+    folded into that layer's weight and bias; elsewhere it becomes an exact per-channel affine
+    map. ``Identity`` and ``Dropout`` are skipped.
+
+    Parameters
+    ----------
+    model : nn.Module; a ``nn.Sequential`` (possibly nested), or a single supported layer.
+    dtype : floating dtype of the extracted weights.
+
+    Returns
+    -------
+    list of CrossbarLayer / PoolLayer / FlattenLayer / ElementwiseLayer.
+
+    Raises
+    ------
+    ValueError naming the first unsupported layer or unsupported option.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    layers: list = []
+    for name, m in _leaves(model):
+        label = f"{name or type(m).__name__} ({type(m).__name__})"
+        if isinstance(m, (nn.Identity, nn.Dropout)):
+            continue
+        if isinstance(m, nn.Linear):
+            b = m.bias.detach() if m.bias is not None else torch.zeros(m.out_features)
+            layers.append(CrossbarLayer("linear", m.weight.detach().to(dtype).clone(), b.to(dtype).clone(), name=label))
+        elif isinstance(m, nn.Conv2d):
+            if m.groups != 1:
+                raise ValueError(f"model: layer {label} has groups={m.groups}; only groups=1 is supported")
+            if m.padding_mode != "zeros" or isinstance(m.padding, str):
+                if isinstance(m.padding, str) and m.padding == "valid":
+                    pad = (0, 0)
+                else:
+                    raise ValueError(f"model: layer {label} has padding={m.padding!r}/padding_mode={m.padding_mode!r};"
+                                     " only explicit zero padding is supported")
+            else:
+                pad = _pair(m.padding)
+            b = m.bias.detach() if m.bias is not None else torch.zeros(m.out_channels)
+            layers.append(CrossbarLayer("conv", m.weight.detach().to(dtype).clone(), b.to(dtype).clone(),
+                                        _pair(m.stride), pad, _pair(m.dilation), name=label))
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if m.running_mean is None:
+                raise ValueError(f"model: layer {label} has no running statistics (track_running_stats=False)")
+            inv = 1.0 / torch.sqrt(m.running_var.detach().to(dtype) + m.eps)
+            a = inv * (m.weight.detach().to(dtype) if m.affine else 1.0)
+            sh = -m.running_mean.detach().to(dtype) * a + (m.bias.detach().to(dtype) if m.affine else 0.0)
+            prev = layers[-1] if layers else None
+            if isinstance(prev, CrossbarLayer) and prev.out_features == a.numel() and (
+                    (prev.kind == "conv") == isinstance(m, nn.BatchNorm2d)):
+                shape = (-1,) + (1,) * (prev.weight.dim() - 1)
+                prev.weight = prev.weight * a.reshape(shape)
+                prev.bias = prev.bias * a + sh
+                prev.name += f" + {label} folded"
+            else:
+                layers.append(ElementwiseLayer("affine", scale=a, shift=sh, name=label))
+        elif isinstance(m, nn.AvgPool2d):
+            if m.ceil_mode or m.divisor_override is not None or (not m.count_include_pad and _pair(m.padding) != (0, 0)):
+                raise ValueError(f"model: layer {label}: ceil_mode, divisor_override and count_include_pad=False "
+                                 "with padding are not supported")
+            k = _pair(m.kernel_size)
+            s = _pair(m.stride if m.stride is not None else m.kernel_size)
+            layers.append(PoolLayer(k, s, _pair(m.padding), name=label))
+        elif isinstance(m, nn.Flatten):
+            if m.start_dim != 1 or m.end_dim != -1:
+                raise ValueError(f"model: layer {label}: only Flatten(start_dim=1, end_dim=-1) is supported")
+            layers.append(FlattenLayer(name=label))
+        elif isinstance(m, nn.Softplus):
+            layers.append(ElementwiseLayer("softplus", beta=float(m.beta), module=m, name=label))
+        elif isinstance(m, nn.ReLU):
+            layers.append(ElementwiseLayer("relu", module=m, name=label))
+        elif isinstance(m, nn.Sigmoid):
+            layers.append(ElementwiseLayer("sigmoid", module=m, name=label))
+        elif isinstance(m, nn.Tanh):
+            layers.append(ElementwiseLayer("tanh", module=m, name=label))
+        else:
+            raise ValueError(f"model: unsupported layer {label}; supported: {_SUPPORTED}")
+    if not any(isinstance(l, CrossbarLayer) for l in layers):
+        raise ValueError("model: has no Linear or Conv2d layer to map on a crossbar")
+    for l in layers:
+        if isinstance(l, CrossbarLayer) and l.wmax == 0.0:
+            raise ValueError(f"model: layer {l.name} has all-zero weights; c = G_max/max|w| is undefined")
+    return layers
+
+
+def crossbar_layers(layers: list) -> list[CrossbarLayer]:
+    return [l for l in layers if isinstance(l, CrossbarLayer)]
+
+
+def quantize_weight(w: torch.Tensor, levels: int, wmax: float | None = None) -> torch.Tensor:
+    """``q(c w)/c``: the weight quantized on the ``levels+1`` levels of step ``max|w|/levels``.
+
+    Independent of ``G_max``: ``q(c*max(w,0))/c - q(c*max(-w,0))/c``.
+    """
+    wmax = float(w.abs().max()) if wmax is None else wmax
+    step = wmax / levels
+    return torch.sign(w) * torch.clamp(torch.round(w.abs() / step), 0, levels) * step
+
+
+def resolve_gmax(gmax, layers: list, dtype=torch.float64) -> list[torch.Tensor]:
+    """Normalise ``gmax`` to one tensor per crossbar layer: shape () or (out,) (per column).
+
+    Accepts a positive float (whole network), a sequence of floats (one per crossbar layer) or
+    a sequence whose items are floats or 1-D arrays of length ``out`` (per column).
+    """
+    xl = crossbar_layers(layers)
+    if isinstance(gmax, torch.Tensor) and gmax.dim() == 0:
+        gmax = gmax.reshape(1).expand(len(xl))
+    elif isinstance(gmax, (int, float, np.floating, np.integer)):
+        gmax = [float(gmax)] * len(xl)
+    if len(gmax) != len(xl):
+        raise ValueError(f"gmax: got {len(gmax)} value(s); the model has {len(xl)} crossbar layer(s) "
+                         "(give one value, or one per crossbar layer)")
+    out = []
+    for g, l in zip(gmax, xl):
+        t = g if isinstance(g, torch.Tensor) else torch.as_tensor(np.asarray(g, dtype=float))
+        t = t.to(dtype)
+        if t.dim() > 1 or (t.dim() == 1 and t.numel() != l.out_features):
+            raise ValueError(f"gmax: layer {l.name} needs a scalar or {l.out_features} per-column values, "
+                             f"got shape {tuple(t.shape)}")
+        if not bool(torch.all(torch.isfinite(t.detach()))) or bool(torch.any(t.detach() <= 0)):
+            raise ValueError(f"gmax: values must be finite and > 0 S, got {t.detach().min().item()!r} for layer {l.name}")
+        out.append(t)
+    return out
+
+
+# ----------------------------------------------------------------------------- activations
+_PHI = None
+
+
+def _sigmoid_poly(n: int) -> np.ndarray:
+    """Coefficients (increasing powers of s) of d^n sigmoid/dx^n as a polynomial in s."""
+    p = np.array([0.0, 1.0])  # s
+    for _ in range(n):
+        dp = np.polynomial.polynomial.polyder(p)
+        p = np.polynomial.polynomial.polymul(dp, [0.0, 1.0, -1.0])
+    return p
+
+
+def _polyval(coef: np.ndarray, s: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros_like(s)
+    for c in coef[::-1]:
+        out = out * s + float(c)
+    return out
+
+
+def _derivs(kind: str, beta: float, mu: torch.Tensor, nmax: int) -> list[torch.Tensor]:
+    """[f(mu), f'(mu), ..., f^(nmax)(mu)] for softplus / sigmoid / tanh."""
+    if kind == "softplus":
+        s = torch.sigmoid(beta * mu)
+        out = [F.softplus(mu, beta=beta, threshold=1e4)]
+        for n in range(1, nmax + 1):
+            out.append(beta ** (n - 1) * _polyval(_sigmoid_poly(n - 1), s))
+        return out
+    if kind == "sigmoid":
+        s = torch.sigmoid(mu)
+        return [_polyval(_sigmoid_poly(n), s) for n in range(nmax + 1)]
+    if kind == "tanh":
+        s = torch.sigmoid(2 * mu)
+        out = [torch.tanh(mu)]
+        for n in range(1, nmax + 1):
+            out.append(2.0 * 2.0 ** n * _polyval(_sigmoid_poly(n), s))
+        return out
+    raise ValueError(f"activation {kind!r}: no Taylor expansion")
+
+
+def _fn(kind: str, beta: float):
+    return {"softplus": lambda z: F.softplus(z, beta=beta, threshold=1e4), "sigmoid": torch.sigmoid,
+            "tanh": torch.tanh}[kind]
+
+
+def _dfn(kind: str, beta: float):
+    return {"softplus": lambda z: torch.sigmoid(beta * z), "sigmoid": lambda z: torch.sigmoid(z) * (1 - torch.sigmoid(z)),
+            "tanh": lambda z: 1 - torch.tanh(z) ** 2}[kind]
+
+
+def activation_moments(kind: str, mu: torch.Tensor, var: torch.Tensor, *, beta: float = 1.0,
+                       method: str = "taylor", order: int = 2, gh_points: int = 24):
+    """Mean, variance and average slope of ``f(X)`` for ``X ~ N(mu, var)`` elementwise.
+
+    Parameters
+    ----------
+    kind : "relu", "softplus", "sigmoid" or "tanh".
+    mu, var : tensors of the same shape (var >= 0).
+    method : "taylor" (series in var truncated at ``order``; order 2 is the paper's Eqs. 8-10)
+        or "gh" (Gauss-Hermite quadrature with ``gh_points`` nodes). ReLU ignores it (exact).
+    order : even Taylor order >= 2.
+
+    Returns
+    -------
+    (mean, var, slope): slope is the factor applied to cross-covariances: ``E[f'(X)]``
+    (Taylor: its expansion to order ``order - 2``, i.e. ``f'(mu)`` at order 2).
+    """
+    var = var.clamp_min(0)
+    if kind == "relu":
+        sd = torch.sqrt(var)
+        tiny = sd <= 1e-300
+        sds = torch.where(tiny, torch.ones_like(sd), sd)
+        a = mu / sds
+        cdf = 0.5 * torch.erfc(-a / math.sqrt(2))
+        pdf = torch.exp(-0.5 * a * a) / math.sqrt(2 * math.pi)
+        m = mu * cdf + sd * pdf
+        m2 = (mu * mu + var) * cdf + mu * sd * pdf
+        v = (m2 - m * m).clamp_min(0)
+        m = torch.where(tiny, mu.clamp_min(0), m)
+        v = torch.where(tiny, torch.zeros_like(v), v)
+        slope = torch.where(tiny, (mu > 0).to(mu.dtype), cdf)
+        return m, v, slope
+    if method == "gh":
+        t, w = np.polynomial.hermite.hermgauss(gh_points)
+        t = torch.as_tensor(t, dtype=mu.dtype) * math.sqrt(2.0)
+        w = torch.as_tensor(w / math.sqrt(math.pi), dtype=mu.dtype)
+        z = mu.unsqueeze(-1) + torch.sqrt(var).unsqueeze(-1) * t
+        f, df = _fn(kind, beta)(z), _dfn(kind, beta)(z)
+        m = (f * w).sum(-1)
+        v = ((f * f * w).sum(-1) - m * m).clamp_min(0)
+        return m, v, (df * w).sum(-1)
+    if method != "taylor":
+        raise ValueError(f"act_method: {method!r} is not allowed; use 'taylor' or 'gh'")
+    if order < 2 or order % 2:
+        raise ValueError(f"taylor_order: {order} is not allowed; use an even integer >= 2")
+    K = order // 2
+    d = _derivs(kind, beta, mu, 2 * K + 1)
+    # E[h(X)] = sum_k h^(2k)(mu) var^k / (2^k k!)
+    a = [d[2 * k] / (2 ** k * math.factorial(k)) for k in range(K + 1)]
+    # derivatives of f^2 by Leibniz
+    b = []
+    for k in range(K + 1):
+        n = 2 * k
+        g = sum(math.comb(n, j) * d[j] * d[n - j] for j in range(n + 1))
+        b.append(g / (2 ** k * math.factorial(k)))
+    m = sum(a[k] * var ** k for k in range(K + 1))
+    v = torch.zeros_like(mu)
+    for k in range(1, K + 1):
+        v = v + (b[k] - sum(a[j] * a[k - j] for j in range(k + 1))) * var ** k
+    slope = sum(d[2 * k + 1] / (2 ** k * math.factorial(k)) * var ** k for k in range(K))
+    return m, v.clamp_min(0), slope
+
+
+# ----------------------------------------------------------------------------- state
+@dataclass
+class Moments:
+    """Moments of a batch of feature maps: ``mean`` and ``var`` are (B, *shape).
+
+    ``cov`` (B, D, D) in exact mode; ``factors`` (B, K, *shape) in lowrank mode (``None`` when
+    no factor exists yet); ``var`` is always the full per-unit variance.
+    """
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    mode: str
+    cov: torch.Tensor | None = None
+    factors: torch.Tensor | None = None
+
+    @property
+    def shape(self):
+        return tuple(self.mean.shape[1:])
+
+    def second_moment(self) -> torch.Tensor:
+        return self.mean * self.mean + self.var
+
+
+def _apply_lin(x: torch.Tensor, fn, shape) -> torch.Tensor:
+    """Apply a batched linear map ``fn`` to x of shape (B, K, *shape) -> (B, K, *out)."""
+    b, k = x.shape[:2]
+    y = fn(x.reshape(b * k, *shape))
+    return y.reshape(b, k, *y.shape[1:])
+
+
+def _linear_step(st: Moments, fn, fn_sq) -> Moments:
+    """Propagate through a linear (bias-free) map ``fn``; ``fn_sq`` maps with squared coefficients."""
+    shape = st.shape
+    mean = fn(st.mean)
+    out_shape = tuple(mean.shape[1:])
+    if st.mode == "exact":
+        if st.cov is None:
+            return Moments(mean, torch.zeros_like(mean), "exact", None)
+        b, d = st.cov.shape[:2]
+        c1 = _apply_lin(st.cov, fn, shape).reshape(b, d, -1)            # (B, D_in, D_out)
+        c2 = _apply_lin(c1.transpose(1, 2), fn, shape).reshape(b, c1.shape[2], -1)
+        c2 = 0.5 * (c2 + c2.transpose(1, 2))
+        return Moments(mean, torch.diagonal(c2, dim1=1, dim2=2).reshape(mean.shape), "exact", c2)
+    if st.mode == "diagonal" or st.factors is None:
+        return Moments(mean, fn_sq(st.var), st.mode, None, None)
+    fac = st.factors
+    res = (st.var - (fac * fac).sum(1)).clamp_min(0)
+    fo = _apply_lin(fac, fn, shape)
+    var = fn_sq(res) + (fo * fo).sum(1)
+    return Moments(mean, var, st.mode, None, fo)
+
+
+def _lin_var(st: Moments, fn, fn_sq) -> torch.Tensor:
+    """Variance (diagonal only) of a linear map of the state."""
+    return _linear_step(st, fn, fn_sq).var
+
+
+def _patch_index(layer: CrossbarLayer, h: int, w: int, device) -> torch.Tensor:
+    """(kh*kw, P) indices into a (H*W + 1) vector whose entry 0 is a zero pad."""
+    kh, kw = layer.weight.shape[2:]
+    idx = (torch.arange(h * w, dtype=torch.float64, device=device) + 1).reshape(1, 1, h, w)
+    u = F.unfold(idx, (kh, kw), dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
+    return u[0].round().long()
+
+
+def _compress(fac: torch.Tensor, max_factors: int) -> torch.Tensor:
+    """Keep the top ``max_factors`` principal directions of F F^T per sample."""
+    b, k = fac.shape[:2]
+    if k <= max_factors:
+        return fac
+    flat = fac.reshape(b, k, -1)
+    gram = flat @ flat.transpose(1, 2)
+    _, vec = torch.linalg.eigh(gram.detach())
+    vec = vec[:, :, -max_factors:]
+    return (vec.transpose(1, 2) @ flat).reshape(b, max_factors, *fac.shape[2:])
+
+
+def _crossbar_step(st: Moments, layer: CrossbarLayer, wq: torch.Tensor, s2: torch.Tensor,
+                   rank: int, max_factors: int) -> Moments:
+    """Crossbar layer: quantized weights ``wq`` plus per-weight noise of variance ``s2``
+    (scalar or (out,))."""
+    if layer.kind == "linear":
+        out = _linear_step(st, lambda x: x @ wq.t(), lambda v: v @ (wq * wq).t())
+        noise = (st.second_moment().sum(1, keepdim=True)) * s2             # (B, out)
+        mean = out.mean + layer.bias
+        var = out.var + noise
+        cov = out.cov
+        if cov is not None or st.mode == "exact":
+            base = cov if cov is not None else torch.zeros(var.shape[0], var.shape[1], var.shape[1], dtype=var.dtype)
+            cov = base + torch.diag_embed(noise)
+        return Moments(mean, var, st.mode, cov, out.factors)
+    # convolution
+    conv = lambda x, w=wq: F.conv2d(x, w, None, layer.stride, layer.padding, layer.dilation)
+    out = _linear_step(st, conv, lambda v: conv(v, wq * wq))
+    b = st.mean.shape[0]
+    cin, h, w = st.shape
+    cout, _, kh, kw = wq.shape
+    ho, wo = out.mean.shape[2:]
+    s2c = s2.reshape(-1, 1, 1) if s2.dim() else s2
+    m2 = st.second_moment()
+    diag_noise = conv(m2, torch.ones(1, cin, kh, kw, dtype=m2.dtype))      # (B, 1, Ho, Wo)
+    mean = out.mean + layer.bias.reshape(-1, 1, 1)
+    var = out.var + diag_noise * s2c
+    if st.mode == "exact":
+        p = ho * wo
+        idx = _patch_index(layer, h, w, m2.device)                     # (k2, P)
+        mu = st.mean.reshape(b, cin, h * w)
+        sec = mu.unsqueeze(-1) * mu.unsqueeze(-2)                       # (B, C, HW, HW)
+        if st.cov is not None:
+            cv = st.cov.reshape(b, cin, h * w, cin, h * w)
+            sec = sec + torch.diagonal(cv, dim1=1, dim2=3).permute(0, 3, 1, 2)
+        sec = F.pad(sec, (1, 0, 1, 0))
+        nsp = torch.zeros(b, p, p, dtype=m2.dtype)
+        for k in range(idx.shape[0]):
+            ik = idx[k]
+            nsp = nsp + sec[:, :, ik][:, :, :, ik].sum(1)
+        d_out = cout * p
+        cov = out.cov if out.cov is not None else torch.zeros(b, d_out, d_out, dtype=m2.dtype)
+        cov = cov.reshape(b, cout, p, cout, p)
+        s2v = s2 * torch.ones(cout, dtype=m2.dtype) if s2.dim() == 0 else s2
+        eye = torch.diag_embed(s2v)                                    # (cout, cout)
+        cov = cov + eye.reshape(1, cout, 1, cout, 1) * nsp.reshape(b, 1, p, 1, p)
+        cov = cov.reshape(b, d_out, d_out)
+        return Moments(mean, torch.diagonal(cov, dim1=1, dim2=2).reshape(mean.shape), "exact", cov)
+    if st.mode == "diagonal" or rank == 0:
+        return Moments(mean, var, st.mode, None, out.factors)
+    # lowrank: shared-noise factors from the patch matrix of the input mean
+    u = F.unfold(st.mean, (kh, kw), dilation=layer.dilation, padding=layer.padding, stride=layer.stride)  # (B, Ck2, P)
+    gram = u @ u.transpose(1, 2)
+    r = min(rank, gram.shape[1], u.shape[2])
+    _, vec = torch.linalg.eigh(gram.detach())
+    vec = vec[:, :, -r:]                                               # (B, Ck2, r)
+    sp = (vec.transpose(1, 2) @ u).reshape(b, r, ho, wo)                # (B, r, Ho, Wo)
+    s = torch.sqrt(s2 * torch.ones(cout, dtype=m2.dtype)) if s2.dim() == 0 else torch.sqrt(s2)
+    eye = torch.diag(s)                                               # (cout, cout)
+    new = eye.reshape(1, cout, 1, cout, 1, 1) * sp.reshape(b, 1, r, 1, ho, wo)
+    new = new.reshape(b, cout * r, cout, ho, wo)
+    fac = new if out.factors is None else torch.cat([out.factors, new], 1)
+    return Moments(mean, var, st.mode, None, _compress(fac, max_factors))
+
+
+def _elementwise_step(st: Moments, layer: ElementwiseLayer, method: str, order: int) -> Moments:
+    if layer.kind == "affine":
+        shape = (-1,) + (1,) * (st.mean.dim() - 2)
+        a, sh = layer.scale.reshape(shape), layer.shift.reshape(shape)
+        m, v, slope = st.mean * a + sh, st.var * a * a, a.expand_as(st.mean)
+    else:
+        m, v, slope = activation_moments(layer.kind, st.mean, st.var, beta=layer.beta, method=method, order=order)
+    if st.mode == "exact":
+        if st.cov is None:
+            return Moments(m, v, "exact", None)
+        sl = slope.reshape(slope.shape[0], -1)
+        cov = st.cov * sl.unsqueeze(-1) * sl.unsqueeze(-2)
+        cov = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2)) + torch.diag_embed(v.reshape(v.shape[0], -1))
+        return Moments(m, v, "exact", cov)
+    fac = None if st.factors is None else st.factors * slope.unsqueeze(1)
+    return Moments(m, v, st.mode, None, fac)
+
+
+def _flatten_step(st: Moments) -> Moments:
+    b = st.mean.shape[0]
+    fac = None if st.factors is None else st.factors.reshape(b, st.factors.shape[1], -1)
+    return Moments(st.mean.reshape(b, -1), st.var.reshape(b, -1), st.mode, st.cov, fac)
+
+
+def propagate(layers: list, x: torch.Tensor, *, sigma: float, gmax, levels: int = 128, cov: str = "lowrank",
+              rank: int = 2, max_factors: int = 64, act_method: str = "taylor", taylor_order: int = 2,
+              on_crossbar: Callable | None = None, return_all: bool = False):
+    """Propagate the moments of deterministic inputs ``x`` through the parsed ``layers``.
+
+    Parameters
+    ----------
+    layers : output of :func:`parse_model`.
+    x : (B, *input_shape) tensor of inputs (deterministic).
+    sigma : programming-noise standard deviation per device, S (>= 0).
+    gmax : G_max in S: float, one per crossbar layer, or per column (see :func:`resolve_gmax`);
+        may be a tensor that requires grad (the prediction is differentiable in G_max).
+    levels : N, number of conductance steps (N+1 levels).
+    cov : "exact", "lowrank" or "diagonal".
+    rank : lowrank mode, shared-noise eigen-directions kept per conv layer.
+    max_factors : lowrank mode, cap on the number of factors (extra ones are compressed).
+    act_method, taylor_order : see :func:`activation_moments`.
+    on_crossbar : optional callback ``f(index, layer, state_in, wq, c)`` called before each
+        crossbar layer (used by the power model).
+    return_all : also return the list of states after every layer.
+
+    Returns
+    -------
+    Moments of the output (and the list of all states if ``return_all``).
+    """
+    if cov not in COV_MODES:
+        raise ValueError(f"cov: {cov!r} is not allowed; choose one of {', '.join(COV_MODES)}")
+    if not (isinstance(levels, (int, np.integer)) and levels >= 1):
+        raise ValueError(f"levels: {levels!r} is not allowed; must be an integer >= 1")
+    if not (math.isfinite(float(sigma)) and float(sigma) >= 0):
+        raise ValueError(f"sigma: {sigma!r} is not allowed; must be finite and >= 0 S")
+    if not (isinstance(rank, int) and rank >= 0):
+        raise ValueError(f"rank: {rank!r} is not allowed; must be an integer >= 0")
+    dtype = layers[next(i for i, l in enumerate(layers) if isinstance(l, CrossbarLayer))].weight.dtype
+    x = torch.as_tensor(x).to(dtype)
+    gm = resolve_gmax(gmax, layers, dtype)
+    st = Moments(x, torch.zeros_like(x), cov, None, None)
+    states = []
+    ix = 0
+    for layer in layers:
+        if isinstance(layer, CrossbarLayer):
+            wq = quantize_weight(layer.weight, int(levels))
+            c = gm[ix] / layer.wmax
+            if on_crossbar is not None:
+                on_crossbar(ix, layer, st, wq, c)
+            s2 = 2.0 * float(sigma) ** 2 / (c * c)
+            try:
+                st = _crossbar_step(st, layer, wq, s2, rank, max_factors)
+            except RuntimeError as e:
+                raise ValueError(f"x: shape {tuple(x.shape)} does not fit layer {layer.name} ({e})") from None
+            ix += 1
+        elif isinstance(layer, PoolLayer):
+            st = _linear_step(st, layer.apply, lambda v, l=layer: l.apply(v, square=True))
+        elif isinstance(layer, FlattenLayer):
+            st = _flatten_step(st)
+        else:
+            st = _elementwise_step(st, layer, act_method, taylor_order)
+        if return_all:
+            states.append(st)
+    return (st, states) if return_all else st
+
+
+def reference_output(layers: list, x: torch.Tensor) -> torch.Tensor:
+    """Noise-free, full-precision output of the parsed layers (float weights, no quantization)."""
+    h = torch.as_tensor(x).to(crossbar_layers(layers)[0].weight.dtype)
+    for layer in layers:
+        if isinstance(layer, CrossbarLayer):
+            h = layer.apply(h) + (layer.bias if layer.kind == "linear" else layer.bias.reshape(-1, 1, 1))
+        elif isinstance(layer, PoolLayer):
+            h = layer.apply(h)
+        elif isinstance(layer, FlattenLayer):
+            h = h.reshape(h.shape[0], -1)
+        elif layer.kind == "affine":
+            shape = (-1,) + (1,) * (h.dim() - 2)
+            h = h * layer.scale.reshape(shape) + layer.shift.reshape(shape)
+        else:
+            h = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+                 "softplus": lambda z: F.softplus(z, beta=layer.beta, threshold=1e4)}[layer.kind](h)
+    return h
+
+
+@dataclass
+class MSEPrediction:
+    """Predicted output statistics.
+
+    ``per_output`` (B, out): variance + bias^2 against the noise-free full-precision output.
+    ``mse_mean``: mean over batch and units. ``mse_max``: mean over the batch of the max over
+    units (the paper's "mean of the maximum"). ``power``: see :mod:`memcim.analysis.power`.
+    """
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    reference: torch.Tensor
+    per_output: torch.Tensor
+    mse_mean: float
+    mse_max: float
+    power: dict | None = None
+    config: dict = field(default_factory=dict)
+
+    def to_dict(self, per_output: bool = True) -> dict:
+        d = {"mse_mean": self.mse_mean, "mse_max": self.mse_max,
+             "per_output": self.per_output.mean(0).detach().cpu().numpy() if per_output else None}
+        if self.power is not None:
+            d["power"] = self.power
+        d["config"] = self.config
+        return d
+
+
+def _as_layers(model, dtype):
+    return model if isinstance(model, list) else parse_model(model, dtype)
+
+
+def _check_x(x) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    if not torch.is_floating_point(x):
+        x = x.to(torch.float64)
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(f"x: expected a non-empty batch (B, ...) of inputs, got shape {tuple(x.shape)}")
+    if not bool(torch.all(torch.isfinite(x))):
+        raise ValueError("x: inputs contain NaN or inf")
+    return x
+
+
+def predict_mse(model, x, *, sigma: float, gmax, levels: int = 128, cov: str = "lowrank", rank: int = 2,
+                max_factors: int = 64, act_method: str = "taylor", taylor_order: int = 2, power: bool = True,
+                r: float = 1.0, dtype: torch.dtype = torch.float64, batch_chunk: int | None = None) -> MSEPrediction:
+    """Predict the output MSE (and power) of ``model`` on a crossbar, from moments.
+
+    Parameters
+    ----------
+    model : nn.Sequential of supported layers, or a list from :func:`parse_model`.
+    x : (B, *input_shape) inputs.
+    sigma, gmax, levels, cov, rank, max_factors, act_method, taylor_order : see :func:`propagate`.
+    power : also compute the expected power (Eqs. 16-21), ``r`` is the TIA feedback resistance (Ω).
+    dtype : computation dtype.
+    batch_chunk : process the batch in chunks of this size (bounds memory in exact mode).
+
+    Returns
+    -------
+    MSEPrediction.
+    """
+    layers = _as_layers(model, dtype)
+    x = _check_x(x).to(dtype)
+    if batch_chunk is None:
+        batch_chunk = x.shape[0] if cov != "exact" else max(1, min(x.shape[0], 8))
+    from memcim.analysis import power as pw
+
+    means, vars_, acc = [], [], pw.PowerAccumulator(float(sigma), r) if power else None
+    for s in range(0, x.shape[0], batch_chunk):
+        xb = x[s:s + batch_chunk]
+        st = propagate(layers, xb, sigma=sigma, gmax=gmax, levels=levels, cov=cov, rank=rank,
+                       max_factors=max_factors, act_method=act_method, taylor_order=taylor_order,
+                       on_crossbar=acc)
+        means.append(st.mean)
+        vars_.append(st.var)
+    mean, var = torch.cat(means), torch.cat(vars_)
+    ref = reference_output(layers, x)
+    per = var + (mean - ref) ** 2
+    per2 = per.reshape(per.shape[0], -1)
+    cfg = {"sigma": float(sigma), "levels": int(levels), "cov": cov, "rank": rank, "act_method": act_method,
+           "taylor_order": taylor_order, "batch": int(x.shape[0]), "r": r}
+    return MSEPrediction(mean, var, ref, per2, float(per2.mean()), float(per2.max(1).values.mean()),
+                         acc.result(gmax_layers=resolve_gmax(gmax, layers, dtype), layers=layers) if power else None, cfg)
+
+
+def mse_objective(layers: list, x: torch.Tensor, gmax_tensors: Sequence[torch.Tensor], *, sigma: float, levels: int,
+                  cov: str = "lowrank", objective: str = "max", r: float = 1.0, **kw):
+    """Differentiable (objective, total power) for the optimizer: torch scalars."""
+    from memcim.analysis import power as pw
+
+    acc = pw.PowerAccumulator(float(sigma), r, keep_graph=True)
+    st = propagate(layers, x, sigma=sigma, gmax=list(gmax_tensors), levels=levels, cov=cov, on_crossbar=acc, **kw)
+    ref = reference_output(layers, x)
+    per = (st.var + (st.mean - ref) ** 2).reshape(x.shape[0], -1)
+    obj = per.max(1).values.mean() if objective == "max" else per.mean()
+    return obj, acc.total_tensor(), per
