@@ -5,8 +5,9 @@ for the baseline; ``r1`` copies ``A + N1_j`` and ``r2`` copies ``B + N2_j`` for 
 a batch of inputs through each array, averages the ``r1`` first-step outputs, feeds the average
 to every second-step array and averages their outputs. Vectorised in torch over trials.
 
-Inputs: either fixed data rows ``X`` (the expectation over ``x`` is then the mean over the rows,
-i.e. ``R = X^T X / N``), or a second moment ``R`` from which ``batch`` fresh Gaussian inputs
+Inputs: either data rows ``X`` (the expectation over ``x`` is then the mean over the rows,
+i.e. ``R = X^T X / N``; all rows every trial when ``batch`` is None or >= N, else ``batch`` rows
+drawn at random per trial), or a second moment ``R`` from which ``batch`` fresh Gaussian inputs
 ``x ~ N(0, R)`` are drawn per trial.
 """
 from __future__ import annotations
@@ -55,8 +56,14 @@ def _input_sampler(n, X, R, batch, dtype, device):
         if X.shape[1] != n:
             raise ValueError(f"inputs: {X.shape[1]} columns do not match the matrix's {n} rows")
         Xt = torch.as_tensor(X, dtype=dtype, device=device)
-        return lambda g, c: Xt.expand(c, *Xt.shape)
+        if batch is None or batch >= Xt.shape[0]:
+            return lambda g, c: Xt.expand(c, *Xt.shape)
+        batch = _check_int(batch, "batch", 1)
+        # more rows than the batch: a fresh random batch of rows (with replacement) per trial,
+        # still unbiased for the mean over the rows
+        return lambda g, c: Xt[torch.randint(0, Xt.shape[0], (c, batch), generator=g, device=device)]
     R = check_second_moment(R, n, "R")
+    batch = 16 if batch is None else batch
     w, V = np.linalg.eigh(R)
     L = torch.as_tensor(V * np.sqrt(np.clip(w, 0, None)), dtype=dtype, device=device)  # R = L L^T
     batch = _check_int(batch, "batch", 1)
@@ -79,7 +86,7 @@ def _result(vals):
     return MCResult(mean=float(v.mean()), stderr=se, trials=t, per_trial=v)
 
 
-def mc_baseline(W, sigma: float, trials: int = 1000, X=None, R=None, batch: int = 16, seed: int = 0,
+def mc_baseline(W, sigma: float, trials: int = 1000, X=None, R=None, batch: int | None = None, seed: int = 0,
                 dtype=torch.float64, device="cpu") -> MCResult:
     """Monte Carlo of the baseline ``y_hat = x (W + N)``, fresh ``N`` per trial.
 
@@ -87,8 +94,9 @@ def mc_baseline(W, sigma: float, trials: int = 1000, X=None, R=None, batch: int 
     ----------
     W : (n, m) matrix. sigma : noise std per entry (weight units).
     trials : number of independently programmed arrays.
-    X : optional (N, n) fixed input rows; otherwise ``batch`` inputs ``x ~ N(0, R)`` per trial
+    X : optional (N, n) input rows; otherwise ``batch`` inputs ``x ~ N(0, R)`` per trial
         (``R=None`` means ``I``).
+    batch : inputs per trial (for ``X``: ``None`` = all rows).
     seed : RNG seed.
     """
     W = check_matrix(W, "W")
@@ -109,7 +117,7 @@ def mc_baseline(W, sigma: float, trials: int = 1000, X=None, R=None, batch: int 
 
 
 def mc_lowrank(W, A, B, r1: int, r2: int, sigma1: float, sigma2: float, trials: int = 1000, X=None, R=None,
-               batch: int = 16, seed: int = 0, dtype=torch.float64, device="cpu") -> MCResult:
+               batch: int | None = None, seed: int = 0, dtype=torch.float64, device="cpu") -> MCResult:
     """Monte Carlo of the two-step scheme: ``r1`` noisy copies of ``A``, ``r2`` of ``B``, averaged.
 
     Parameters
