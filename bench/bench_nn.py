@@ -1,0 +1,131 @@
+"""Benchmark: analog evaluation of the 784-500-300-10 MNIST MLP on 10,000 test images.
+
+Times one inference pass over the MNIST test set (batches of 1,000) with
+  * plain digital torch (the peer everything is divided by),
+  * memcim analog layers: 128x128 arrays, 8-bit DAC and ADC, 64 levels, programming noise,
+    stuck devices, thermal and shot read noise (preset "realistic"); the same with thermal read
+    noise only, and without read noise,
+  * aihwkit's TorchInferenceRPUConfig with comparable settings (128x128 tiles, 8-bit input and
+    output resolution, PCM-like programming noise, output read noise, dynamic input scaling,
+    no iterative bound management) when aihwkit is importable; skipped otherwise.
+Reports the median of ``--repeats`` timings, the ratio to digital, and each variant's accuracy.
+Writes bench/results/bench_nn.json.
+
+    .venv/bin/python bench/bench_nn.py [--threads 1] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from memcim.config import preset
+from memcim.data.datasets import load_dataset
+from memcim.io import provenance, write_json
+from memcim.nn.analog import convert_to_analog, program
+from memcim.nn.models import get_reference_model
+
+OUT = Path(__file__).resolve().parent / "results" / "bench_nn.json"
+
+
+def timed(fn, x, repeats, batch):
+    """Median wall time of running ``fn`` over ``x`` in batches, and the outputs of the last run."""
+    times = []
+    out = None
+    with torch.no_grad():
+        fn(x[:batch])  # warm-up
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            out = torch.cat([fn(x[i:i + batch]) for i in range(0, x.shape[0], batch)])
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def aihwkit_model(model):
+    try:
+        from aihwkit.nn.conversion import convert_to_analog as aihw_convert
+        from aihwkit.simulator.configs import TorchInferenceRPUConfig
+        from aihwkit.simulator.parameters.enums import BoundManagementType, NoiseManagementType
+    except Exception as e:  # noqa: BLE001 - any import failure means: skip the column
+        return None, f"aihwkit not importable ({type(e).__name__}: {e})"
+    rpu = TorchInferenceRPUConfig()
+    rpu.mapping.max_input_size = 128
+    rpu.mapping.max_output_size = 128
+    rpu.forward.inp_res = 1 / (2 ** 8 - 2)
+    rpu.forward.out_res = 1 / (2 ** 8 - 2)
+    rpu.forward.noise_management = NoiseManagementType.ABS_MAX
+    rpu.forward.bound_management = BoundManagementType.NONE
+    rpu.forward.out_noise = 0.01
+    a = aihw_convert(model, rpu).eval()
+    torch.manual_seed(0)  # aihwkit draws its programming noise from the global RNG
+    a.program_analog_weights()
+    return a, None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=1000)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model = get_reference_model("mnist-mlp-500-300").eval()
+    test = load_dataset("mnist", "test")
+    calib = load_dataset("mnist", "train", limit=256).x
+    x, y = test.x, test.y
+    hw = preset("realistic").replace(array={"rows": 128, "cols": 128}, dac={"bits": 8}, adc={"bits": 8},
+                                     name="bench-128x128-8bit")
+    rows = []
+
+    def record(name, t, out, note=""):
+        acc = float((out.argmax(1) == y).float().mean())
+        rows.append({"variant": name, "seconds": t, "accuracy": acc, "note": note})
+
+    t_dig, out = timed(model, x, args.repeats, args.batch)
+    record("digital torch", t_dig, out)
+
+    analog = program(convert_to_analog(model, hw, calib_data=calib), seed=0).eval()
+    t, out = timed(analog, x, args.repeats, args.batch)
+    record("memcim analog", t, out, "programming + stuck + thermal + shot read noise, 8-bit DAC/ADC")
+
+    therm = program(convert_to_analog(model, hw.without("shot"), calib_data=calib), seed=0).eval()
+    t, out = timed(therm, x, args.repeats, args.batch)
+    record("memcim analog, thermal read noise", t, out, "as above without shot noise (no |u| @ G product)")
+
+    quiet = program(convert_to_analog(model, hw.without("thermal", "shot"), calib_data=calib), seed=0).eval()
+    t, out = timed(quiet, x, args.repeats, args.batch)
+    record("memcim analog, no read noise", t, out, "programming + stuck, 8-bit DAC/ADC")
+
+    aihw, why = aihwkit_model(model)
+    if aihw is not None:
+        t, out = timed(aihw, x, args.repeats, args.batch)
+        record("aihwkit TorchInferenceRPUConfig", t, out, "128x128 tiles, 8-bit in/out, PCM-like programming "
+               "noise, out_noise 0.01")
+    else:
+        print(f"skipping aihwkit: {why}", file=sys.stderr)
+    for r in rows:
+        r["ratio_to_digital"] = r["seconds"] / t_dig
+    mem = next(r for r in rows if r["variant"] == "memcim analog")
+    aih = next((r for r in rows if r["variant"].startswith("aihwkit")), None)
+    doc = {"benchmark": "bench_nn", "model": "mnist-mlp-500-300", "n_images": len(test),
+           "batch": args.batch, "threads": args.threads, "repeats": args.repeats, "config": hw.to_dict(),
+           "results": rows, "memcim_over_digital": mem["ratio_to_digital"],
+           "aihwkit_over_memcim": aih["seconds"] / mem["seconds"] if aih else None,
+           "aihwkit_skipped": why, "torch": str(torch.__version__), "provenance": provenance(seed=0)}
+    write_json(OUT, doc)
+    print(f"{'variant':34s} {'seconds':>9s} {'x digital':>10s} {'accuracy':>9s}")
+    for r in rows:
+        print(f"{r['variant']:34s} {r['seconds']:9.4f} {r['ratio_to_digital']:10.2f} {r['accuracy'] * 100:8.2f}%")
+    if aih:
+        print(f"aihwkit / memcim time: {doc['aihwkit_over_memcim']:.2f}")
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
