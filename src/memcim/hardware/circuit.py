@@ -1,0 +1,528 @@
+"""Circuit-level crossbar: nodal analysis with wire, input and output resistance (paper 002).
+
+Canonical topology (``n`` rows = inputs / word lines, ``m`` columns = outputs / bit lines)::
+
+    v_i --r_in-- R(i,0) --r_wire-- R(i,1) -- ... -- R(i,m-1)          row (word) line i
+                   |                 |                  |
+                 cell(i,0)        cell(i,1)          cell(i,m-1)        cell between R(i,j), C(i,j)
+                   |                 |                  |
+                 C(i,0)            C(i,1)             C(i,m-1)          column nodes
+    column j: C(0,j) --r_wire-- C(1,j) -- ... -- C(n-1,j) --r_out-- virtual ground (TIA)
+
+The output of column j is the current into the virtual ground, ``I_j = V_C(n-1,j) / r_out``.
+The circuit is linear for ideal cells, so ``I_out = v @ G_eff`` with the realized matrix
+``G_eff`` (n x m). Options: ``r_wire_col`` (a different segment resistance on the bit lines) and
+``drive="both"`` (each word line driven from both ends, each through r_in).
+
+Unknowns are the 2*n*m node voltages (row nodes first, then column nodes, row-major). The
+nodal matrix ``Y`` is assembled with vectorised index arrays and factorised once with SuperLU
+(:func:`scipy.sparse.linalg.splu`); every right-hand side (all unit inputs, all outputs, a batch
+of inputs) reuses that factorisation.
+
+Gradient (adjoint): with ``X_i = Y^-1 b_i`` the node voltages for a unit volt on input i and
+``Z_j = Y^-1 s_j`` the adjoint field of output j (``s_j`` selects ``V_C(n-1,j)/r_out``),
+``G_eff[i,j] = s_j^T Y^-1 b_i``. A cell conductance g_kl enters ``Y`` as the stamp
+``g_kl * e e^T`` with ``e = e_R(k,l) - e_C(k,l)``, hence::
+
+    dG_eff[i,j] / dg_kl = -(e^T X_i) (e^T Z_j) = -dX_i[kl] * dZ_j[kl]
+
+(dX = voltage across the cell). For a loss F with upstream gradient ``U = dF/dG_eff``,
+``dF/dg_kl = -sum_i dX_i[kl] * (U @ dZ)_i[kl]``: n + m solves and one matrix product.
+
+Non-linear cells (TaOx memristor, optionally with a series access transistor, an extra internal
+node per cell) are solved by damped Newton's method on the whole circuit; non-convergence raises
+:class:`ConvergenceError`. :func:`to_spice` writes the same circuit as a SPICE netlist and
+:func:`run_ngspice` runs it (used by the tests and the benchmark).
+
+Default physical values follow paper 002 Sec. VI: r_wire = 1 Ohm per segment, r_in = r_out =
+100 Ohm, memristor range 2 kOhm .. 3 MOhm.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as sla
+
+from memcim.hardware.devices_nonlinear import Level1NMOS, TaOxMemristor
+
+#: Paper 002, Sec. VI defaults.
+R_WIRE = 1.0
+R_IN = 100.0
+R_OUT = 100.0
+G_MIN = 1.0 / 3e6
+G_MAX = 1.0 / 2e3
+
+
+class ConvergenceError(ArithmeticError):
+    """Newton's method did not converge: the circuit has no trustworthy solution."""
+
+
+def _check_res(name: str, v) -> float:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: {v!r} is not a number; must be a positive resistance in Ohm") from None
+    if not (np.isfinite(v) and v > 0):
+        raise ValueError(f"{name}: {v!r} is not allowed; must be a positive finite resistance in Ohm")
+    return v
+
+
+def _check_g(g, name: str = "conductances") -> np.ndarray:
+    g = np.asarray(g, dtype=float)
+    if g.ndim != 2 or g.size == 0:
+        raise ValueError(f"{name}: shape {g.shape} is not allowed; must be a non-empty 2-D (rows, cols) array")
+    if not np.all(np.isfinite(g)):
+        raise ValueError(f"{name}: contains NaN or inf; all conductances must be finite")
+    if np.any(g <= 0):
+        raise ValueError(f"{name}: minimum {g.min():.3g} S is not allowed; conductances must be > 0 S")
+    return g
+
+
+@dataclass(frozen=True)
+class Wires:
+    """Parasitic resistances of a crossbar [Ohm] and the drive topology.
+
+    Parameters
+    ----------
+    r_wire : resistance of one word-line segment between neighbouring cells [Ohm].
+    r_in : source (driver/DAC) resistance in series with each word line [Ohm].
+    r_out : resistance between the last column node and the virtual ground [Ohm].
+    r_wire_col : bit-line segment resistance [Ohm]; ``None`` = ``r_wire``.
+    drive : ``"one"`` (word lines driven at column 0) or ``"both"`` (also at column m-1).
+    """
+
+    r_wire: float = R_WIRE
+    r_in: float = R_IN
+    r_out: float = R_OUT
+    r_wire_col: float | None = None
+    drive: str = "one"
+
+    def __post_init__(self):
+        object.__setattr__(self, "r_wire", _check_res("r_wire", self.r_wire))
+        object.__setattr__(self, "r_in", _check_res("r_in", self.r_in))
+        object.__setattr__(self, "r_out", _check_res("r_out", self.r_out))
+        if self.r_wire_col is not None:
+            object.__setattr__(self, "r_wire_col", _check_res("r_wire_col", self.r_wire_col))
+        if self.drive not in ("one", "both"):
+            raise ValueError(f"drive: {self.drive!r} is not allowed; choose 'one' or 'both'")
+
+    @property
+    def rc(self) -> float:
+        return self.r_wire if self.r_wire_col is None else self.r_wire_col
+
+
+def _wire_matrix(n: int, m: int, w: Wires) -> sp.csc_matrix:
+    """Nodal matrix of the wires alone (no cells), 2nm x 2nm, CSC."""
+    N = n * m
+    idx = np.arange(N).reshape(n, m)
+    R, C = idx, idx + N
+    ra, rb = R[:, :-1].ravel(), R[:, 1:].ravel()
+    ca, cb = C[:-1, :].ravel(), C[1:, :].ravel()
+    gr, gc = 1.0 / w.r_wire, 1.0 / w.rc
+    ii = [ra, rb, ra, rb, ca, cb, ca, cb]
+    jj = [ra, rb, rb, ra, ca, cb, cb, ca]
+    vv = [np.full(ra.size, gr)] * 2 + [np.full(ra.size, -gr)] * 2 + [np.full(ca.size, gc)] * 2 + \
+         [np.full(ca.size, -gc)] * 2
+    drv = [R[:, 0]] + ([R[:, -1]] if w.drive == "both" else [])
+    for d in drv:
+        ii.append(d); jj.append(d); vv.append(np.full(n, 1.0 / w.r_in))
+    ii.append(C[-1, :]); jj.append(C[-1, :]); vv.append(np.full(m, 1.0 / w.r_out))
+    return sp.csc_matrix((np.concatenate(vv), (np.concatenate(ii), np.concatenate(jj))), shape=(2 * N, 2 * N))
+
+
+def _cell_stamp(n: int, m: int, g: np.ndarray) -> sp.csc_matrix:
+    N = n * m
+    a = np.arange(N)
+    b = a + N
+    gv = g.ravel()
+    return sp.csc_matrix((np.concatenate([gv, gv, -gv, -gv]),
+                          (np.concatenate([a, b, a, b]), np.concatenate([a, b, b, a]))), shape=(2 * N, 2 * N))
+
+
+class Crossbar:
+    """A crossbar of ideal (linear) cells, factorised once.
+
+    Parameters
+    ----------
+    g : cell conductances [S], shape (rows = inputs, cols = outputs), all > 0.
+    wires : :class:`Wires` (or pass ``r_wire``, ``r_in``, ``r_out`` ... as keywords).
+
+    Examples
+    --------
+    >>> cb = Crossbar(np.full((4, 3), 1e-5), r_wire=1.0, r_in=100.0, r_out=100.0)
+    >>> cb.realized().shape
+    (4, 3)
+    """
+
+    def __init__(self, g, wires: Wires | None = None, **kw):
+        self.g = _check_g(g)
+        self.wires = wires if wires is not None else Wires(**kw)
+        self.n, self.m = self.g.shape
+        self.N = self.n * self.m
+        self.Y = (_wire_matrix(self.n, self.m, self.wires) + _cell_stamp(self.n, self.m, self.g)).tocsc()
+        self.lu = sla.splu(self.Y)
+
+    # ---- right-hand sides -------------------------------------------------------------------
+    def _rhs(self, v: np.ndarray) -> np.ndarray:
+        """RHS (2nm, batch) for input voltages v (batch, n)."""
+        B = np.zeros((2 * self.N, v.shape[0]))
+        rows0 = np.arange(self.n) * self.m
+        B[rows0, :] = v.T / self.wires.r_in
+        if self.wires.drive == "both":
+            B[rows0 + self.m - 1, :] += v.T / self.wires.r_in
+        return B
+
+    def _check_v(self, v) -> tuple[np.ndarray, bool]:
+        v = np.asarray(v, dtype=float)
+        single = v.ndim == 1
+        v2 = v[None, :] if single else v
+        if v2.ndim != 2 or v2.shape[1] != self.n:
+            raise ValueError(f"inputs: shape {v.shape} does not match the crossbar; expected (batch, {self.n}) "
+                             f"or ({self.n},)")
+        if not np.all(np.isfinite(v2)):
+            raise ValueError("inputs: contains NaN or inf")
+        return v2, single
+
+    def node_voltages(self, v) -> np.ndarray:
+        """Node voltages [V] for inputs ``v`` (batch, n): returns (batch, 2, n, m) = (row, column) nodes."""
+        v2, _ = self._check_v(v)
+        x = self.lu.solve(self._rhs(v2))
+        return x.T.reshape(v2.shape[0], 2, self.n, self.m)
+
+    def currents(self, v) -> np.ndarray:
+        """Output currents [A] (batch, m) (or (m,) for a single input vector)."""
+        v2, single = self._check_v(v)
+        V = self.node_voltages(v2)
+        out = V[:, 1, -1, :] / self.wires.r_out
+        return out[0] if single else out
+
+    def adjoint_fields(self) -> np.ndarray:
+        """Z: (m, 2, n, m) node fields of the adjoint problems, ``Z_j = Y^-1 e_C(n-1,j) / r_out``."""
+        S = np.zeros((2 * self.N, self.m))
+        S[self.N + (self.n - 1) * self.m + np.arange(self.m), np.arange(self.m)] = 1.0 / self.wires.r_out
+        return self.lu.solve(S).T.reshape(self.m, 2, self.n, self.m)
+
+    def realized(self) -> np.ndarray:
+        """Realized matrix G_eff [S], shape (n, m), with ``I_out = v @ G_eff``."""
+        Z = self.adjoint_fields()
+        G = Z[:, 0, :, 0].T / self.wires.r_in
+        if self.wires.drive == "both":
+            G = G + Z[:, 0, :, -1].T / self.wires.r_in
+        return G
+
+    def realized_and_grad(self, U: np.ndarray | None = None):
+        """G_eff and, for upstream gradient ``U = dF/dG_eff`` (n, m), ``dF/dg`` (n, m) by the adjoint.
+
+        Also returns ``d``, the diagonal sensitivities ``dG_eff[k,l]/dg_kl`` (n, m) (negated
+        product of the two fields, always >= 0), useful as a preconditioner.
+        """
+        Z = self.adjoint_fields()                       # (m, 2, n, m)
+        G = Z[:, 0, :, 0].T / self.wires.r_in
+        if self.wires.drive == "both":
+            G = G + Z[:, 0, :, -1].T / self.wires.r_in
+        eye = np.eye(self.n)
+        X = self.node_voltages(eye)                     # (n, 2, n, m) unit-input fields
+        dX = (X[:, 0] - X[:, 1]).reshape(self.n, self.N)
+        dZ = (Z[:, 0] - Z[:, 1]).reshape(self.m, self.N)
+        ar = np.arange(self.N)
+        diag = (dX[ar // self.m, ar] * dZ[ar % self.m, ar]).reshape(self.n, self.m)
+        if U is None:
+            return G, None, diag
+        grad = -np.einsum("ik,ik->k", dX, np.asarray(U, float) @ dZ).reshape(self.n, self.m)
+        return G, grad, diag
+
+
+def realized_matrix(g, r_wire: float = R_WIRE, r_in: float = R_IN, r_out: float = R_OUT, **kw) -> np.ndarray:
+    """Realized matrix G_eff (n, m) [S] of a crossbar of ideal cells ``g``; see :class:`Crossbar`."""
+    return Crossbar(g, Wires(r_wire=r_wire, r_in=r_in, r_out=r_out, **kw)).realized()
+
+
+def currents_through_source_cells(i_cell: np.ndarray, v: np.ndarray, w: Wires) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column node voltages when every cell carries a prescribed current.
+
+    With the cell currents fixed (``i_cell`` (n, m) [A], flowing row -> column) the wires form
+    trees fed at one end, so the node voltages follow from cumulative sums (one-end drive only).
+    Used by the DPE mapping (Hu et al., DAC 2016). Returns (V_row, V_col), each (n, m).
+    """
+    if w.drive != "one":
+        raise ValueError("drive: the DPE current-source solution needs drive='one'")
+    i_cell = np.asarray(i_cell, float)
+    # word line i: current entering segment before node j is the sum of cells j..m-1
+    tail = np.cumsum(i_cell[:, ::-1], axis=1)[:, ::-1]
+    vr = v[:, None] - w.r_in * tail[:, :1] - w.r_wire * np.concatenate(
+        [np.zeros((i_cell.shape[0], 1)), np.cumsum(tail[:, 1:], axis=1)], axis=1)
+    # bit line j: current in the segment below node i is the sum of cells 0..i
+    head = np.cumsum(i_cell, axis=0)
+    vlast = w.r_out * head[-1:, :]
+    below = np.concatenate([np.cumsum(head[:-1][::-1], axis=0)[::-1], np.zeros((1, i_cell.shape[1]))], axis=0)
+    vc = vlast + w.rc * below
+    return vr, vc
+
+
+# ------------------------------------------------------------------------------------------------
+# Non-linear cells
+# ------------------------------------------------------------------------------------------------
+class NonlinearCrossbar:
+    """Crossbar of TaOx memristors (state ``s``), optionally each in series with an access NMOS.
+
+    The memristor sits between the row node and the cell's internal node P; the transistor
+    (drain/source symmetric, gate at ``transistor.v_gate``) between P and the column node. With
+    ``transistor=None`` the memristor connects row and column nodes directly.
+
+    Parameters
+    ----------
+    states : memristor states s in [0, 1], shape (n, m).
+    memristor : :class:`TaOxMemristor`.
+    transistor : :class:`Level1NMOS` or None.
+    wires : :class:`Wires` or keywords.
+    """
+
+    def __init__(self, states, memristor: TaOxMemristor | None = None, transistor: Level1NMOS | None = None,
+                 wires: Wires | None = None, **kw):
+        s = np.asarray(states, float)
+        if s.ndim != 2 or s.size == 0:
+            raise ValueError(f"states: shape {s.shape} is not allowed; must be a non-empty 2-D array")
+        if not np.all(np.isfinite(s)) or s.min() < 0 or s.max() > 1:
+            raise ValueError("states: memristor states must be finite and within [0, 1]")
+        self.s = s
+        self.mem = memristor or TaOxMemristor()
+        self.tr = transistor
+        self.wires = wires if wires is not None else Wires(**kw)
+        self.n, self.m = s.shape
+        self.N = self.n * self.m
+        nn = 3 * self.N if self.tr is not None else 2 * self.N
+        W = _wire_matrix(self.n, self.m, self.wires)
+        self.W = sp.block_diag([W, sp.csc_matrix((nn - 2 * self.N, nn - 2 * self.N))]).tocsc() \
+            if self.tr is not None else W
+        self.nn = nn
+
+    def _residual_jac(self, x, b):
+        N = self.N
+        R, C = x[:N], x[N:2 * N]
+        P = x[2 * N:] if self.tr is not None else C
+        s = self.s.ravel()
+        vm = R - P
+        im = self.mem.current(vm, s)
+        gm = self.mem.didv(vm, s)
+        F = self.W @ x - b
+        a = np.arange(N)
+        if self.tr is None:
+            F[:N] += im
+            F[N:] -= im
+            J = self.W + _cell_stamp(self.n, self.m, gm.reshape(self.n, self.m))
+            return F, J.tocsc()
+        it, ga, gb = self.tr.current(P, C)
+        p = a + 2 * N
+        c = a + N
+        F[:N] += im
+        F[2 * N:] += -im + it
+        F[N:2 * N] -= it
+        rows = np.concatenate([a, a, p, p, p, p, c, c])
+        cols = np.concatenate([a, p, a, p, p, c, p, c])
+        vals = np.concatenate([gm, -gm, -gm, gm, ga, gb, -ga, -gb])
+        J = self.W + sp.csc_matrix((vals, (rows, cols)), shape=(self.nn, self.nn))
+        return F, J.tocsc()
+
+    def node_voltages(self, v, *, tol: float = 1e-13, max_iter: int = 60, x0=None):
+        """Solve the DC operating point for each input vector; returns (batch, nn) node voltages.
+
+        Damped Newton: steps are limited to 0.1 V per node per iteration. Converged when the
+        KCL residual is below ``tol`` times the largest source current scale and the update is
+        below 1e-12 V. Raises :class:`ConvergenceError` otherwise.
+        """
+        v = np.asarray(v, float)
+        single = v.ndim == 1
+        v2 = v[None] if single else v
+        if v2.ndim != 2 or v2.shape[1] != self.n:
+            raise ValueError(f"inputs: shape {v.shape} does not match the crossbar; expected (batch, {self.n})")
+        out = np.empty((v2.shape[0], self.nn))
+        scale = np.max(np.abs(v2)) / self.wires.r_in + 1e-30
+        for k, vk in enumerate(v2):
+            b = np.zeros(self.nn)
+            b[np.arange(self.n) * self.m] = vk / self.wires.r_in
+            if self.wires.drive == "both":
+                b[np.arange(self.n) * self.m + self.m - 1] += vk / self.wires.r_in
+            x = np.zeros(self.nn) if x0 is None else np.array(x0, float)
+            if x0 is None:  # start: row nodes at their source, column nodes at 0, P in between
+                x[:self.N] = np.repeat(vk, self.m)
+                if self.tr is not None:
+                    x[2 * self.N:] = 0.5 * x[:self.N]
+            ok = False
+            for it in range(max_iter):
+                F, J = self._residual_jac(x, b)
+                dx = sla.spsolve(J, -F)
+                mx = np.max(np.abs(dx)) if dx.size else 0.0
+                if mx > 0.1:
+                    dx *= 0.1 / mx
+                x += dx
+                if mx < 1e-12 * max(1.0, np.max(np.abs(x))) and np.max(np.abs(F)) < tol * scale * 1e3:
+                    ok = True
+                    break
+            if not ok:
+                F, _ = self._residual_jac(x, b)
+                if np.max(np.abs(F)) < tol * scale:
+                    ok = True
+            if not ok:
+                raise ConvergenceError(f"Newton's method did not converge in {max_iter} iterations for input "
+                                       f"vector {k} (max KCL residual {np.max(np.abs(F)):.3g} A)")
+            out[k] = x
+        return out[0] if single else out
+
+    def currents(self, v, **kw) -> np.ndarray:
+        """Output currents [A], (batch, m) or (m,)."""
+        x = self.node_voltages(v, **kw)
+        C = x[..., self.N:2 * self.N]
+        return C[..., (self.n - 1) * self.m:] / self.wires.r_out
+
+
+def states_from_conductances(g, v_cal, wires: Wires | None = None, memristor: TaOxMemristor | None = None,
+                             transistor: Level1NMOS | None = None, *, tol: float = 1e-14, max_iter: int = 100):
+    """Convert ideal cell conductances to memristor states (paper 002, Sec. V-D, Eqs. 6-7).
+
+    Solve the ideal-conductor crossbar at the calibration input ``v_cal`` for the row/column
+    node voltages and the cell currents ``i_g = g (v_r - v_c)``; then, per cell and
+    independently, find the internal node voltage v_p with ``i_t(v_p, v_c) = i_g`` (Newton) and
+    the state s with ``i_m(s, v_r - v_p) = i_g`` (the model is linear in s). At ``v_cal`` the
+    non-linear crossbar with these states has exactly the ideal node voltages, so it reproduces
+    the ideal currents.
+
+    Returns
+    -------
+    s : states (n, m); values outside [0, 1] mean the conductance is not reachable by the device.
+    v_p : internal node voltages (n, m) (equal to v_c when there is no transistor).
+    """
+    wires = wires or Wires()
+    mem = memristor or TaOxMemristor()
+    cb = Crossbar(g, wires)
+    V = cb.node_voltages(np.asarray(v_cal, float)[None])[0]
+    vr, vc = V[0], V[1]
+    ig = cb.g * (vr - vc)
+    if transistor is None:
+        vp = vc
+    else:
+        vp = vc + ig / transistor.on_conductance(0.0)  # first guess
+        for _ in range(max_iter):
+            it, ga, _ = transistor.current(vp, vc)
+            f = it - ig
+            step = -f / np.where(ga > 0, ga, transistor.beta * 1e-3)
+            step = np.clip(step, -0.1, 0.1)
+            vp = vp + step
+            if np.max(np.abs(f)) < tol * max(np.max(np.abs(ig)), 1e-30) and np.max(np.abs(step)) < 1e-13:
+                break
+        else:
+            raise ConvergenceError("per-cell Newton for the access transistor did not converge")
+        vp = np.minimum(vp, vr)  # cannot exceed the row node when the cell current is non-negative
+    s = mem.state_for_current(vr - vp, ig)
+    return s, vp
+
+
+# ------------------------------------------------------------------------------------------------
+# SPICE
+# ------------------------------------------------------------------------------------------------
+def to_spice(g=None, v=None, wires: Wires | None = None, *, states=None, memristor: TaOxMemristor | None = None,
+             transistor: Level1NMOS | None = None, unit_inputs: bool = False, title: str = "memcim crossbar") -> str:
+    """SPICE netlist of the crossbar, with a ``.control`` block that prints the output currents.
+
+    Pass either ideal conductances ``g`` or memristor ``states`` (behavioural B-sources with the
+    TaOx law, optionally a level-1 NMOS in series). ``v`` (n,) are the input voltages; with
+    ``unit_inputs=True`` the control block runs one operating point per unit input (the
+    realized matrix). Output current of column j is ``i(vs<j>)`` (the 0 V sense source into
+    the virtual ground).
+    """
+    wires = wires or Wires()
+    if g is not None:
+        g = _check_g(g)
+        n, m = g.shape
+    else:
+        states = np.asarray(states, float)
+        n, m = states.shape
+        memristor = memristor or TaOxMemristor()
+    v = np.zeros(n) if v is None else np.asarray(v, float)
+    L = [f"* {title}"]
+    for i in range(n):
+        L.append(f"vin{i} in{i} 0 DC {v[i]:.17g}")
+        L.append(f"rin{i} in{i} r{i}_0 {wires.r_in:.17g}")
+        if wires.drive == "both":
+            L.append(f"rinb{i} in{i} r{i}_{m - 1} {wires.r_in:.17g}")
+        for j in range(m - 1):
+            L.append(f"rwr{i}_{j} r{i}_{j} r{i}_{j + 1} {wires.r_wire:.17g}")
+    for j in range(m):
+        for i in range(n - 1):
+            L.append(f"rwc{i}_{j} c{i}_{j} c{i + 1}_{j} {wires.rc:.17g}")
+        L.append(f"rout{j} c{n - 1}_{j} o{j} {wires.r_out:.17g}")
+        L.append(f"vs{j} o{j} 0 DC 0")
+    if transistor is not None:
+        L.append(f"vg g 0 DC {transistor.v_gate:.17g}")
+        L.append(f".model nacc nmos level=1 vto={transistor.vt0:.17g} kp={transistor.kp:.17g} lambda=0 gamma=0 "
+                 f"is=0 js=0 cbd=0 cbs=0")
+    for i in range(n):
+        for j in range(m):
+            if g is not None:
+                L.append(f"rc{i}_{j} r{i}_{j} c{i}_{j} {1.0 / g[i, j]:.17g}")
+                continue
+            top = f"r{i}_{j}"
+            bot = f"p{i}_{j}" if transistor is not None else f"c{i}_{j}"
+            s = states[i, j]
+            vv = f"v({top},{bot})"
+            L.append(f"bm{i}_{j} {top} {bot} i={vv}*({memristor.g_m:.17g}*{s:.17g}+{memristor.a:.17g}*"
+                     f"exp({memristor.b:.17g}*sqrt(abs({vv})+1e-30))*(1-{s:.17g}))")
+            if transistor is not None:
+                L.append(f"m{i}_{j} {bot} g c{i}_{j} 0 nacc w={transistor.w_over_l:.17g}u l=1u")
+    L.append(".options reltol=1e-12 abstol=1e-20 vntol=1e-15 gmin=1e-30 itl1=500")
+    L.append(".control")
+    L.append("set numdgt=16")
+    pr = "print " + " ".join(f"i(vs{j})" for j in range(m))
+    if unit_inputs:
+        for k in range(n):
+            for i in range(n):
+                L.append(f"alter vin{i} dc = {1.0 if i == k else 0.0}")
+            L.append("op")
+            L.append(pr)
+    else:
+        L.append("op")
+        L.append(pr)
+    L.append(".endc")
+    L.append(".end")
+    return "\n".join(L) + "\n"
+
+
+def ngspice_available() -> bool:
+    return shutil.which("ngspice") is not None
+
+
+_NUM = re.compile(r"^\s*i\(vs(\d+)\)\s*=\s*([-+0-9.eE]+)\s*$")
+
+
+def run_ngspice(netlist: str, m: int, timeout: float = 600.0) -> tuple[np.ndarray, float]:
+    """Run ``ngspice -b`` on a netlist from :func:`to_spice`; returns (currents (k, m), wall time [s]).
+
+    ``k`` is the number of operating points printed (1, or n for ``unit_inputs=True``).
+    """
+    exe = shutil.which("ngspice")
+    if exe is None:
+        raise FileNotFoundError("ngspice: not found on PATH")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "xbar.cir")
+        with open(path, "w") as f:
+            f.write(netlist)
+        t0 = time.perf_counter()
+        p = subprocess.run([exe, "-b", path], capture_output=True, text=True, timeout=timeout)
+        dt = time.perf_counter() - t0
+    vals = []
+    for line in p.stdout.splitlines():
+        mm = _NUM.match(line)
+        if mm:
+            vals.append((int(mm.group(1)), float(mm.group(2))))
+    if not vals or len(vals) % m:
+        raise RuntimeError(f"ngspice produced no parsable output (rc={p.returncode}): {p.stderr[-500:]}")
+    out = np.array([x for _, x in vals]).reshape(-1, m)
+    # ngspice's i(V) is the current flowing into the + terminal through the source
+    return out, dt
