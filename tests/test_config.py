@@ -1,0 +1,110 @@
+"""Hardware config: validation, round trips, presets, switching non-idealities."""
+import json
+
+import pytest
+
+from memcim.config import (NONIDEALITIES, ADCConfig, DACConfig, DeviceConfig, HardwareConfig, preset,
+                           preset_names, resolve_config)
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_presets_round_trip_toml_and_json(name, tmp_path):
+    hw = preset(name)
+    assert HardwareConfig.from_toml(hw.to_toml()) == hw
+    assert HardwareConfig.from_json(hw.to_json()) == hw
+    for suffix in (".toml", ".json"):
+        p = hw.save(tmp_path / f"hw{suffix}")
+        assert HardwareConfig.load(p) == hw
+    assert resolve_config(name) == hw
+
+
+def test_bits_and_levels():
+    assert DeviceConfig(bits=4).levels == 16
+    assert DeviceConfig(bits=3, levels=8).levels == 8
+    with pytest.raises(ValueError, match="disagrees"):
+        DeviceConfig(bits=3, levels=9)
+    d = DeviceConfig(bits=4).replace(levels=5)
+    assert d.levels == 5 and d.bits is None
+    assert DeviceConfig(levels=5).level_step == pytest.approx((100e-6 - 1e-6) / 4)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(g_min=2e-5, g_max=1e-5), "device.g_min"),
+    (dict(g_min=1e-5, g_max=1e-5), "device.g_min"),
+    (dict(g_min=-1e-6), "device.g_min"),
+    (dict(g_max=-1.0), "device.g_max"),
+    (dict(levels=0), "device.levels"),
+    (dict(levels=1), "device.levels"),
+    (dict(bits=0), "device.bits"),
+    (dict(prog_sigma_abs=-1e-6), "device.prog_sigma_abs"),
+    (dict(prog_sigma_rel=-0.1), "device.prog_sigma_rel"),
+    (dict(prog_sigma_rel=float("nan")), "device.prog_sigma_rel"),
+    (dict(stuck_at_min=1.5), "device.stuck_at_min"),
+    (dict(stuck_at_min=0.6, stuck_at_max=0.6), "add up"),
+    (dict(levels=4, prog_sigma_table=(1e-6, 1e-6)), "prog_sigma_table"),
+    (dict(temperature=0.0), "device.temperature"),
+])
+def test_device_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DeviceConfig(**kwargs)
+
+
+@pytest.mark.parametrize("cls, kwargs, match", [
+    (DACConfig, dict(bits=0), "dac.bits"),
+    (DACConfig, dict(bits=1), "dac.bits"),
+    (DACConfig, dict(x_range=0.0), "dac.x_range"),
+    (ADCConfig, dict(bits=0), "adc.bits"),
+    (ADCConfig, dict(fs_mode="fixed"), "adc.full_scale"),
+    (ADCConfig, dict(fs_mode="huge"), "adc.fs_mode"),
+    (ADCConfig, dict(granularity="row"), "adc.granularity"),
+    (ADCConfig, dict(full_scale=-1.0, fs_mode="fixed"), "adc.full_scale"),
+])
+def test_converters_reject_bad_values(cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cls(**kwargs)
+
+
+def test_unknown_keys_are_named():
+    d = preset("realistic").to_dict()
+    d["device"]["g_maxx"] = 1e-4
+    with pytest.raises(ValueError, match="unknown key 'g_maxx'"):
+        HardwareConfig.from_dict(d)
+    with pytest.raises(ValueError, match="unknown key 'dacs'"):
+        HardwareConfig.from_dict({"dacs": {}})
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        preset("nope")
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ValueError, match="file not found"):
+        HardwareConfig.load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[device\n")
+    with pytest.raises(ValueError, match="invalid TOML"):
+        HardwareConfig.load(bad)
+    badj = tmp_path / "bad.json"
+    badj.write_text(json.dumps({"device": {"g_min": 1e-3, "g_max": 1e-4}}))
+    with pytest.raises(ValueError, match="g_min"):
+        HardwareConfig.load(badj)
+
+
+def test_frozen_and_replace():
+    hw = preset("realistic")
+    with pytest.raises(Exception):
+        hw.device.g_max = 1.0  # type: ignore[misc]
+    hw2 = hw.replace(device={"g_max": 5e-5}, adc={"bits": 4})
+    assert hw2.device.g_max == 5e-5 and hw2.adc.bits == 4 and hw.device.g_max == 1e-4
+    with pytest.raises(ValueError, match="device.g_min"):
+        hw.replace(device={"g_max": 1e-7})
+
+
+def test_without_and_only_switch_each_nonideality():
+    hw = preset("realistic")
+    assert set(hw.active_nonidealities()) == set(NONIDEALITIES)
+    for name in NONIDEALITIES:
+        assert name not in hw.without(name).active_nonidealities()
+        assert set(hw.without(name).active_nonidealities()) == set(NONIDEALITIES) - {name}
+        assert hw.only(name).active_nonidealities() == (name,)
+    assert preset("ideal").active_nonidealities() == ()
+    with pytest.raises(ValueError, match="non-ideality"):
+        hw.without("drift")

@@ -1,0 +1,55 @@
+"""DAC and ADC transfer functions against values computed by hand."""
+import torch
+
+from memcim.config import ADCConfig, DACConfig
+from memcim.hardware.converters import adc_convert, dac_convert
+
+
+def test_adc_transfer_3_bits_with_saturation():
+    # 3 bits: K = 3 codes each side, FS = 1.5 V -> step 0.5 V, outputs in {-1.5, ..., 1.5}
+    adc = ADCConfig(enabled=True, bits=3, fs_mode="fixed", full_scale=1.5)
+    v = torch.tensor([-9.0, -1.6, -1.3, -0.26, -0.24, 0.0, 0.24, 0.26, 0.74, 0.76, 1.49, 2.0, 40.0], dtype=torch.float64)
+    want = [-1.5, -1.5, -1.5, -0.5, 0.0, 0.0, 0.0, 0.5, 0.5, 1.0, 1.5, 1.5, 1.5]
+    assert adc_convert(v, 1.5, adc).tolist() == want
+
+
+def test_adc_without_saturation_and_disabled():
+    adc = ADCConfig(enabled=True, bits=3, fs_mode="fixed", full_scale=1.5, saturate=False)
+    assert adc_convert(torch.tensor([2.1, -3.9]), 1.5, adc).tolist() == [2.0, -4.0]
+    off = ADCConfig(enabled=False)
+    v = torch.tensor([0.123456, -7.0])
+    assert torch.equal(adc_convert(v, 1.0, off), v)
+
+
+def test_adc_per_column_full_scale_broadcasts():
+    adc = ADCConfig(enabled=True, bits=2, fs_mode="fixed", full_scale=1.0)  # K = 1: outputs {-FS, 0, FS}
+    v = torch.tensor([[0.6, 0.6], [5.0, -5.0]])
+    fs = torch.tensor([1.0, 2.0])
+    assert adc_convert(v, fs, adc).tolist() == [[1.0, 0.0], [1.0, -2.0]]
+
+
+def test_dac_fixed_range_signed_clip():
+    dac = DACConfig(enabled=True, bits=3, x_range=2.0)  # K = 3, step 2/3 in x
+    x = torch.tensor([[-5.0, -2.0, -0.3, 0.0, 0.34, 1.0, 1.9, 3.0]], dtype=torch.float64)
+    u, s = dac_convert(x, dac)
+    assert s.tolist() == [[2.0]]
+    assert torch.allclose(u * 3, torch.tensor([[-3.0, -3.0, 0.0, 0.0, 1.0, 2.0, 3.0, 3.0]], dtype=torch.float64))
+
+
+def test_dac_unsigned_and_dynamic_range():
+    dac = DACConfig(enabled=True, bits=2, x_range=3.0, signed=False)  # 3 steps over [0, 3]
+    u, _ = dac_convert(torch.tensor([[-1.0, 0.4, 1.6, 2.4, 9.0]]), dac)
+    assert (u * 3).tolist() == [[0.0, 0.0, 2.0, 2.0, 3.0]]
+    dyn = DACConfig(enabled=True, bits=8, x_range=None)
+    x = torch.tensor([[0.5, -2.0, 1.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    u, s = dac_convert(x, dyn)
+    assert s.flatten().tolist() == [2.0, 1.0]
+    assert torch.allclose(u[0] * 127, torch.round(torch.tensor([0.25, -1.0, 0.5], dtype=torch.float64) * 127))
+
+
+def test_dac_no_clip_rejects_out_of_range():
+    import pytest
+
+    dac = DACConfig(enabled=True, bits=4, x_range=1.0, clip=False)
+    with pytest.raises(ValueError, match="dac.clip"):
+        dac_convert(torch.tensor([[1.5]]), dac)
