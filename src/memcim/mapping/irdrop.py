@@ -1,0 +1,356 @@
+"""IR-drop-aware mapping of a matrix onto a differential pair of crossbars (paper 002).
+
+A matrix W (in x out) is realized as ``W^r = (G_eff(g_pos) - G_eff(g_neg)) / alpha`` where
+``G_eff`` is the realized matrix of a crossbar with wire resistance (:mod:`memcim.hardware.circuit`),
+``g_pos, g_neg`` are cell conductances in [g_min, g_max] quantized to ``2**bits`` equidistant
+levels, and ``alpha`` [S per unit weight] is the scale realized by the periphery.
+
+Methods (:data:`METHODS`):
+
+``linear``
+    The ideal mapping that ignores the wires: ``g = g_min + c * max(+-W, 0)``,
+    ``c = (g_max - g_min) / max|W|``, ``alpha = c``.
+``dpe``
+    Hu et al., DAC 2016: program each device so that, for the calibration input ``v_cal``, it
+    carries the current it would carry without wires. With the cell currents fixed, the wire
+    network's node voltages follow in closed form, giving ``g = i_ideal / (v_r - v_c)``; the
+    conductance range used is shrunk (bisection) until every g lies in [g_min, g_max].
+``representable``
+    Paper 002, Sec. V: (1) search alpha balancing value-range against precision errors (a
+    closed-form screen, then the paper's multiplicative update ``alpha *= 1 -+ beta`` on
+    circuit evaluations); (2) projected, diagonally preconditioned gradient descent on
+    ``||W - W^r||_F^2`` with the exact gradient from the adjoint of the nodal system;
+    (3) calibration-vector correction of the target so that ``(W - W^r)^T v_cal ~ 0``;
+    (4) quantization. Beyond the paper: pass ``second_moment`` = E[x^T x] of the inputs to
+    minimise the expected output error ``tr(E^T M E)`` instead of the Frobenius norm.
+
+Conversion of the ideal-conductor plan to memristor states for non-linear cells is
+:func:`memcim.hardware.circuit.states_from_conductances` (paper Sec. V-D), exposed here as
+:func:`plan_states`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from memcim.hardware.circuit import (G_MAX, G_MIN, Crossbar, Wires, currents_through_source_cells,
+                                     states_from_conductances)
+
+METHODS = ("linear", "dpe", "representable")
+
+
+def _check_range(g_min, g_max, bits):
+    if not (np.isfinite(g_min) and g_min > 0):
+        raise ValueError(f"g_min: {g_min!r} is not allowed; must be a positive conductance in S")
+    if not (np.isfinite(g_max) and g_max > g_min):
+        raise ValueError(f"g_max: {g_max!r} is not allowed; must be a finite conductance > g_min = {g_min:g} S")
+    if bits is not None and (int(bits) != bits or not 1 <= bits <= 24):
+        raise ValueError(f"bits: {bits!r} is not allowed; must be an integer in 1..24 (or None = continuous)")
+
+
+def quantize(g, g_min: float, g_max: float, bits: int | None):
+    """Round conductances to ``2**bits`` equidistant levels in [g_min, g_max] (None: clip only)."""
+    g = np.clip(np.asarray(g, float), g_min, g_max)
+    if bits is None:
+        return g
+    step = (g_max - g_min) / (2 ** int(bits) - 1)
+    return g_min + np.round((g - g_min) / step) * step
+
+
+@dataclass
+class IRDropPlan:
+    """A mapped matrix: quantized conductances of both arrays and the scale alpha [S per unit weight]."""
+
+    g_pos: np.ndarray
+    g_neg: np.ndarray
+    alpha: float
+    method: str
+    wires: Wires
+    g_min: float
+    g_max: float
+    bits: int | None
+    info: dict = field(default_factory=dict)
+
+    def realized(self) -> np.ndarray:
+        """W^r = (G_eff(g_pos) - G_eff(g_neg)) / alpha, by the circuit solver."""
+        return (Crossbar(self.g_pos, self.wires).realized() - Crossbar(self.g_neg, self.wires).realized()) / self.alpha
+
+    def save(self, path) -> None:
+        w = self.wires
+        np.savez(path, g_pos=self.g_pos, g_neg=self.g_neg, alpha=np.float64(self.alpha),
+                 r_wire=w.r_wire, r_in=w.r_in, r_out=w.r_out, g_min=self.g_min, g_max=self.g_max,
+                 bits=-1 if self.bits is None else self.bits, method=self.method)
+
+
+def error_report(W, Wr, Wr_unquantized=None, inputs=None, second_moment=None) -> dict:
+    """Errors in the paper's terms.
+
+    ``total_error`` = ||W - W^r||_F^2 (quantized plan), ``value_range_error`` = the same without
+    quantization, ``precision_error`` = their difference; ``frobenius_error`` = ||W - W^r||_F,
+    ``relative_error`` = that / ||W||_F; ``max_output_error`` = max over inputs x and outputs of
+    |x (W^r - W)| divided by max |x W| (inputs default: 200 uniform [0, 1] vectors, seed 0).
+    """
+    W = np.asarray(W, float)
+    E = Wr - W
+    tot = float(np.sum(E ** 2))
+    out = {"total_error": tot, "frobenius_error": float(np.sqrt(tot)),
+           "relative_error": float(np.sqrt(tot) / max(np.linalg.norm(W), 1e-300))}
+    if Wr_unquantized is not None:
+        ve = float(np.sum((Wr_unquantized - W) ** 2))
+        out["value_range_error"] = ve
+        out["precision_error"] = tot - ve
+    x = np.random.default_rng(0).uniform(0, 1, (200, W.shape[0])) if inputs is None else np.asarray(inputs, float)
+    out["max_output_error"] = float(np.max(np.abs(x @ E)) / max(np.max(np.abs(x @ W)), 1e-300))
+    if second_moment is not None:
+        out["expected_output_mse"] = float(np.trace(E.T @ second_moment @ E)) / W.shape[1]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+def _split(W, c, g_min):
+    return g_min + c * np.maximum(W, 0), g_min + c * np.maximum(-W, 0)
+
+
+def map_linear(W, wires: Wires, g_min=G_MIN, g_max=G_MAX, bits=8):
+    c = (g_max - g_min) / np.max(np.abs(W))
+    gp, gn = _split(W, c, g_min)
+    return gp, gn, c, {}
+
+
+def _dpe_g(W, c, g_min, v_cal, wires):
+    gp_i, gn_i = _split(W, c, g_min)
+    res = []
+    for gi in (gp_i, gn_i):
+        I = gi * v_cal[:, None]
+        vr, vc = currents_through_source_cells(I, v_cal, wires)
+        dv = vr - vc
+        with np.errstate(divide="ignore", invalid="ignore"):
+            res.append((np.where(dv > 0, I / dv, np.inf)))
+    return res
+
+
+def map_dpe(W, wires: Wires, g_min=G_MIN, g_max=G_MAX, bits=8, v_cal=None, iters=50):
+    """Hu et al. (DAC 2016) calibration-vector mapping; returns (g_pos, g_neg, alpha, info) unquantized."""
+    v_cal = np.ones(W.shape[0]) if v_cal is None else np.asarray(v_cal, float)
+    c0 = (g_max - g_min) / np.max(np.abs(W))
+    lo, hi = 0.0, 1.0
+    ok = lambda k: all(np.all(g <= g_max) for g in _dpe_g(W, k * c0, g_min, v_cal, wires))
+    if ok(1.0):
+        lo = 1.0
+    else:
+        for _ in range(iters):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    if lo == 0.0:
+        raise ValueError("dpe: no conductance scale keeps every device within [g_min, g_max]; "
+                         "reduce the wire/input/output resistance or the array size")
+    gp, gn = _dpe_g(W, lo * c0, g_min, v_cal, wires)
+    return np.clip(gp, g_min, g_max), np.clip(gn, g_min, g_max), lo * c0, {"range_fraction": lo}
+
+
+# ------------------------------------------------------------------------------------------------
+class _Tuner:
+    """Projected, diagonally preconditioned gradient descent on tr(E^T M E), E = W^r - T."""
+
+    def __init__(self, wires, g_min, g_max, M=None):
+        self.w, self.g_min, self.g_max, self.M = wires, g_min, g_max, M
+        self.n_evals = 0
+
+    def loss(self, E):
+        return float(np.sum(E ** 2)) if self.M is None else float(np.sum(E * (self.M @ E)))
+
+    def evaluate(self, gp, gn, alpha, T):
+        cp, cn = Crossbar(gp, self.w), Crossbar(gn, self.w)
+        Gp, Gn = cp.realized(), cn.realized()
+        self.n_evals += 1
+        E = (Gp - Gn) / alpha - T
+        return self.loss(E), E, (cp, cn), (Gp, Gn)
+
+    def run(self, gp, gn, alpha, T, iters, state=None):
+        """Returns (gp, gn, loss, E, state). ``state`` carries the last evaluation between calls."""
+        if state is None:
+            state = self.evaluate(gp, gn, alpha, T)
+        F, E, (cp, cn), _ = state
+        t = 1.0
+        for _ in range(iters):
+            U = 2.0 / alpha * (E if self.M is None else self.M @ E)
+            _, grp, dp = cp.realized_and_grad(U)
+            _, grn, dn = cn.realized_and_grad(-U)
+            mdiag = np.ones(T.shape[0]) if self.M is None else np.diag(self.M)
+            fp = ~(((gp <= self.g_min) & (grp > 0)) | ((gp >= self.g_max) & (grp < 0)))
+            fn = ~(((gn <= self.g_min) & (grn > 0)) | ((gn >= self.g_max) & (grn < 0)))
+            H = 2.0 / alpha ** 2 * mdiag[:, None] * (fp * dp ** 2 + fn * dn ** 2) + 1e-300
+            for _ls in range(6):
+                gp2 = np.clip(gp - t * grp / H, self.g_min, self.g_max)
+                gn2 = np.clip(gn - t * grn / H, self.g_min, self.g_max)
+                new = self.evaluate(gp2, gn2, alpha, T)
+                if new[0] <= F:
+                    break
+                t *= 0.5
+            else:
+                return gp, gn, F, E, state
+            gp, gn, state = gp2, gn2, new
+            F, E, (cp, cn), _ = state
+            t = min(1.0, 2 * t)
+        return gp, gn, F, E, state
+
+
+def _screen_alpha(W, wires, g_min, g_max, bits, v_cal):
+    """Closed-form screen of alpha: current-source (DPE-like) compensation per alpha, then
+    value-range error = clipped compensation, precision error = quantization variance."""
+    c0 = (g_max - g_min) / np.max(np.abs(W))
+    step = 0.0 if bits is None else (g_max - g_min) / (2 ** bits - 1)
+    best = None
+    for rho in np.geomspace(0.05, 1.5, 40):
+        a = rho * c0
+        gi = _split(W, a, g_min)
+        gs = _dpe_g(W, a, g_min, v_cal, wires)
+        ve, pe = 0.0, 0.0
+        for g_id, g in zip(gi, gs):
+            att = np.where(np.isfinite(g), g_id / np.where(np.isfinite(g), g, 1.0), 0.0)
+            over = np.where(np.isfinite(g), np.maximum(g - g_max, 0.0), g_max)
+            ve += np.sum((over * att / a) ** 2)
+            pe += np.sum(att ** 2) * step ** 2 / 12 / a ** 2
+        tot = ve + pe
+        if best is None or tot < best[0]:
+            best = (tot, a)
+    return best[1]
+
+
+def map_representable(W, wires: Wires, g_min=G_MIN, g_max=G_MAX, bits=8, v_cal=None, second_moment=None,
+                      beta=0.25, patience=1, max_alpha_evals=4, search_iters=1, final_iters=4, calib_rounds=1,
+                      alpha=None):
+    """Paper 002's mapping; returns (g_pos, g_neg, alpha, info) unquantized (quantize afterwards)."""
+    W = np.asarray(W, float)
+    v_cal = np.ones(W.shape[0]) if v_cal is None else np.asarray(v_cal, float)
+    M = None if second_moment is None else np.asarray(second_moment, float)
+    tuner = _Tuner(wires, g_min, g_max, M)
+    trace = []
+
+    def init(a):
+        gp, gn = _dpe_g(W, a, g_min, v_cal, wires)
+        return np.clip(np.nan_to_num(gp, posinf=g_max), g_min, g_max), np.clip(np.nan_to_num(gn, posinf=g_max),
+                                                                              g_min, g_max)
+
+    def assess(a, gp, gn, iters):
+        gp, gn, F, E, st = tuner.run(gp, gn, a, W, iters)
+        qp, qn = quantize(gp, g_min, g_max, bits), quantize(gn, g_min, g_max, bits)
+        Fq, Eq, _, _ = tuner.evaluate(qp, qn, a, W)
+        trace.append({"alpha": a, "total_error": Fq, "value_range_error": F, "precision_error": Fq - F})
+        return gp, gn, F, Fq, st
+
+    if alpha is not None:
+        a_best = float(alpha)
+        gp, gn = init(a_best)
+    else:
+        # start at the DPE scale: the largest range for which the calibration-current compensation
+        # stays within [g_min, g_max] (value-range errors small there); then the paper's update rule
+        a = map_dpe(W, wires, g_min, g_max, bits, v_cal=v_cal)[2]
+        best = None
+        direction, stall = 0, 0
+        for _ in range(max_alpha_evals):
+            gp, gn = init(a)
+            gp, gn, F, Fq, _ = assess(a, gp, gn, search_iters)
+            if best is None or Fq < best[0]:
+                best, stall = (Fq, a, gp, gn), 0
+            else:
+                stall += 1
+                if stall >= patience:
+                    break
+            d = -1 if F > Fq - F else +1           # value-range errors dominate -> smaller alpha
+            if direction and d != direction:
+                beta *= 0.5
+            direction = d
+            a = a * (1 + d * beta)
+        _, a_best, gp, gn = best
+    # tune + calibration-vector correction (paper Sec. V-C)
+    T = W.copy()
+    st = None
+    per = max(1, final_iters // (calib_rounds + 1))
+    for r in range(calib_rounds + 1):
+        gp, gn, F, E, st = tuner.run(gp, gn, a_best, T, per if r < calib_rounds else final_iters - per * calib_rounds,
+                                     state=st)
+        if r == calib_rounds:
+            break
+        R = E + T - W                                     # W^r - W
+        free = (gp > g_min * (1 + 1e-9)) | (gn > g_min * (1 + 1e-9))
+        den = (v_cal[:, None] * free).sum(0)
+        u = np.where(den > 0, (v_cal @ R) / np.where(den > 0, den, 1), 0.0)
+        T = T - free * u[None, :]
+        st = None
+    return gp, gn, a_best, {"alpha_trace": trace, "circuit_evaluations": tuner.n_evals}
+
+
+# ------------------------------------------------------------------------------------------------
+def map_matrix_irdrop(W, method: str = "representable", *, wires: Wires | None = None, g_min: float = G_MIN,
+                      g_max: float = G_MAX, bits: int | None = 8, v_cal=None, inputs=None, second_moment=None,
+                      max_rows: int | None = None, max_cols: int | None = None, **kw):
+    """Map ``W`` (in x out) onto a differential pair of crossbars with IR drop.
+
+    Parameters
+    ----------
+    W : target matrix (in, out).
+    method : ``"linear"``, ``"dpe"`` or ``"representable"``.
+    wires : :class:`~memcim.hardware.circuit.Wires` (default: paper 002's 1/100/100 Ohm).
+    g_min, g_max : programmable cell conductance range [S].
+    bits : programming precision (levels = 2**bits), None = continuous.
+    v_cal : calibration input (in,), default all ones.
+    inputs : input vectors (batch, in) for ``max_output_error``.
+    second_moment : E[x^T x] (in, in): representable tunes the expected output error (beyond the paper).
+    max_rows, max_cols : array size limits; a larger matrix is an error.
+
+    Returns
+    -------
+    (IRDropPlan, report dict)
+    """
+    t0 = time.perf_counter()
+    W = np.asarray(W, float)
+    if W.ndim != 2 or W.size == 0:
+        raise ValueError(f"--matrix: shape {W.shape} is not allowed; must be a non-empty 2-D (in, out) array")
+    if not np.all(np.isfinite(W)):
+        raise ValueError("--matrix: contains NaN or inf")
+    if not np.any(W != 0):
+        raise ValueError("--matrix: all entries are zero; nothing to map")
+    if method not in METHODS:
+        raise ValueError(f"--method: {method!r} is not allowed; choose one of {', '.join(METHODS)}")
+    _check_range(g_min, g_max, bits)
+    if max_rows is not None and W.shape[0] > max_rows or max_cols is not None and W.shape[1] > max_cols:
+        raise ValueError(f"--matrix: shape {W.shape} exceeds the configured array ({max_rows} x {max_cols})")
+    wires = wires or Wires()
+    if v_cal is not None:
+        v_cal = np.asarray(v_cal, float)
+        if v_cal.shape != (W.shape[0],):
+            raise ValueError(f"v_cal: shape {v_cal.shape} does not match the matrix; expected ({W.shape[0]},)")
+    if inputs is not None:
+        inputs = np.asarray(inputs, float)
+        if inputs.ndim != 2 or inputs.shape[1] != W.shape[0]:
+            raise ValueError(f"--inputs: shape {inputs.shape} does not match the matrix; expected (batch, {W.shape[0]})")
+    if second_moment is not None:
+        second_moment = np.asarray(second_moment, float)
+        if second_moment.shape != (W.shape[0],) * 2:
+            raise ValueError(f"second_moment: shape {second_moment.shape}; expected ({W.shape[0]}, {W.shape[0]})")
+    if method == "linear":
+        gp, gn, alpha, info = map_linear(W, wires, g_min, g_max, bits)
+    elif method == "dpe":
+        gp, gn, alpha, info = map_dpe(W, wires, g_min, g_max, bits, v_cal=v_cal)
+    else:
+        gp, gn, alpha, info = map_representable(W, wires, g_min, g_max, bits, v_cal=v_cal,
+                                                second_moment=second_moment, **kw)
+    qp, qn = quantize(gp, g_min, g_max, bits), quantize(gn, g_min, g_max, bits)
+    plan = IRDropPlan(qp, qn, float(alpha), method, wires, g_min, g_max, bits, info)
+    Wr = plan.realized()
+    Wr_u = (Crossbar(gp, wires).realized() - Crossbar(gn, wires).realized()) / alpha
+    rep = {"method": method, "alpha": float(alpha), **error_report(W, Wr, Wr_u, inputs, second_moment),
+           "utilization": float(max(qp.max(), qn.max()) - g_min) / (g_max - g_min),
+           "time_s": time.perf_counter() - t0}
+    return plan, rep
+
+
+def plan_states(plan: IRDropPlan, v_cal=None, memristor=None, transistor=None):
+    """Memristor states (s_pos, s_neg) realizing a plan's conductances at ``v_cal`` (paper Sec. V-D)."""
+    v_cal = np.full(plan.g_pos.shape[0], 0.1) if v_cal is None else np.asarray(v_cal, float)
+    sp_, _ = states_from_conductances(plan.g_pos, v_cal, plan.wires, memristor, transistor)
+    sn_, _ = states_from_conductances(plan.g_neg, v_cal, plan.wires, memristor, transistor)
+    return sp_, sn_
