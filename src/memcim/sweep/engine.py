@@ -396,7 +396,7 @@ def _run_dask(client, ref: dict, todo: list[Point], record) -> None:
         f = client.submit(run_point, ref, _point_dict(p), pure=False, key=f"memcim-sweep-{p.point_id}-{os.urandom(4).hex()}")
         futs[f] = p
     try:
-        for fut in as_completed(list(futs)):
+        for fut in as_completed(list(futs), loop=client.loop):
             p = futs[fut]
             try:
                 rec = fut.result()

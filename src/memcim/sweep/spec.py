@@ -204,13 +204,17 @@ def _is_dist(v: Any) -> bool:
     return isinstance(v, dict) and len(v) == 1 and next(iter(v)) in DISTRIBUTIONS
 
 
-def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested TOML tables (``device.g_max = ...`` unquoted) -> dotted keys; distributions stay whole."""
+def _flatten(table: dict, random: bool = False, prefix: str = "") -> dict[str, Any]:
+    """Unquoted dotted keys (``device.g_max = ...``, parsed by TOML as nested tables) -> dotted names.
+
+    In a [random] table, an inline table of lists (``{uniform = [lo, hi]}``) is a distribution.
+    """
     out: dict[str, Any] = {}
     for k, v in table.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and not _is_dist(v):
-            out.update(_flatten(v, key + "."))
+        if isinstance(v, dict) and (not random or (not prefix and k in _SECTIONS)
+                                    or any(isinstance(x, dict) for x in v.values())):
+            out.update(_flatten(v, random, key + "."))
         else:
             out[key] = v
     return out
@@ -348,7 +352,7 @@ def parse_spec(source: str | Path | dict, *, root: str | Path | None = None) -> 
     varied = d[mode]
     if not isinstance(varied, dict):
         raise ValueError(f"{mode}: expected a table of parameters")
-    varied = _flatten(varied)
+    varied = _flatten(varied, random=mode == "random")
     if not varied:
         raise ValueError(f"{mode}: empty {mode}; give at least one parameter with values, e.g. adc.bits = [4, 6, 8]")
 
