@@ -120,48 +120,68 @@ class ProgrammedChip:
         Tensor (trials, batch, out) in the chip's dtype and device.
         """
         m = self.mapped
-        hw = m.hw
         x = self._check_inputs(x)
         gen = generator if generator is not None else (
             _generator(seed, self.device) if seed is not None else self.generator)
-        gd, scale, fs, gs, gsum_th = self._prepared()
-        R, nrt = m.tile_rows, m.n_row_tiles
-        u, xscale = dac_convert(x, hw.dac)
-        lead = u.shape[:-2]
-        B = u.shape[-2]
-        pad = nrt * R - m.in_features
+        prepared = self._prepared()
+        u, xscale = dac_convert(x, m.hw.dac)
+        pad = m.n_row_tiles * m.tile_rows - m.in_features
         if pad:
             u = torch.nn.functional.pad(u, (0, pad))
-        # (..., B, nrt, R) -> (..., nrt, B, R)
-        ut = u.reshape(*lead, B, nrt, R).transpose(-3, -2)
+        B = u.shape[-2]
+        # bound the working set: about 2**26 partial sums per chunk of trials
+        per_trial = m.n_row_tiles * B * m.out_pad
+        chunk = max(1, (1 << 26) // max(per_trial, 1))
+        if self.trials <= chunk:
+            return self._read(u, xscale, slice(None), prepared, gen)
+        parts = []
+        for t0 in range(0, self.trials, chunk):
+            sl = slice(t0, min(t0 + chunk, self.trials))
+            ui = u[sl] if u.ndim == 3 else u
+            xi = xscale[sl] if xscale.ndim == 3 else xscale
+            parts.append(self._read(ui, xi, sl, prepared, gen))
+        return torch.cat(parts, dim=0)
+
+    def _read(self, u, xscale, trials: slice, prepared, gen) -> torch.Tensor:
+        """The analog read for the chips ``trials``; in-place on the partial sums to save memory."""
+        m = self.mapped
+        hw = m.hw
+        dev = hw.device
+        gd, scale, fs, gs, gsum_th = prepared
+        gd = gd[trials]
+        R, nrt = m.tile_rows, m.n_row_tiles
+        lead = u.shape[:-2]
+        B = u.shape[-2]
+        ut = u.reshape(*lead, B, nrt, R).transpose(-3, -2)  # (..., nrt, B, R)
         if len(lead) == 0:
             ut = ut.unsqueeze(0)
         j = torch.matmul(ut, gd)  # (T, nrt, B, out_pad): column current / v_read [S]
-        dev = hw.device
         if gs is not None:
             v2 = hw.array.v_read ** 2
             # current-noise variance divided by v_read^2, so it is in the units of j
-            var = (dev.thermal_psd / v2) * gsum_th if dev.thermal_noise else None
             a = ut.abs() if dev.shot_noise else None
+            var = None
             if a is not None:
-                shot = (dev.shot_psd / hw.array.v_read) * torch.matmul(a, gs)
-                var = shot if var is None else var + shot
-            j = j + torch.randn(j.shape, generator=gen, dtype=j.dtype, device=j.device) * var.sqrt()
+                var = torch.matmul(a, gs[trials]).mul_(dev.shot_psd / hw.array.v_read)
+            if dev.thermal_noise:
+                th = (dev.thermal_psd / v2) * gsum_th[trials]
+                var = th.expand_as(j).clone() if var is None else var.add_(th)
+            noise = torch.randn(j.shape, generator=gen, dtype=j.dtype, device=j.device)
+            j.add_(noise.mul_(var.sqrt_()))
             if m.scheme == "offset":
                 # the reference column of each array is one physical column: its noise is common to
                 # every output of that array, so it is drawn once per array and subtracted from all
-                var_ref = (dev.thermal_psd / v2) * self.g_neg.sum(dim=2, keepdim=True) if dev.thermal_noise else None
+                g_ref = self.g_neg[trials]
+                var_ref = (dev.thermal_psd / v2) * g_ref.sum(dim=2, keepdim=True) if dev.thermal_noise else None
                 if a is not None:
-                    shot = (dev.shot_psd / hw.array.v_read) * torch.matmul(a, self.g_neg)
+                    shot = (dev.shot_psd / hw.array.v_read) * torch.matmul(a, g_ref)
                     var_ref = shot if var_ref is None else var_ref + shot
                 shape = (*j.shape[:-1], m.n_col_tiles)
                 n_ref = torch.randn(shape, generator=gen, dtype=j.dtype, device=j.device) * var_ref.sqrt()
-                j = j - m.expand_neg(n_ref)
-        if hw.adc.enabled:
-            j = adc_convert(j, fs.unsqueeze(1), hw.adc)
-        y = (j / scale).sum(dim=1)  # digital rescale, then add the row tiles' partial sums
-        y = y[..., : m.out_features] * xscale
-        return y
+                j.sub_(m.expand_neg(n_ref))
+        j = adc_convert(j, fs.unsqueeze(1), hw.adc, inplace=True)  # fs is in the units of j
+        y = j.div_(scale).sum(dim=1)  # digital rescale, then add the row tiles' partial sums
+        return y[..., : m.out_features] * xscale
 
     def _check_inputs(self, x) -> torch.Tensor:
         m = self.mapped

@@ -48,13 +48,18 @@ def dac_convert(x: torch.Tensor, dac: DACConfig) -> tuple[torch.Tensor, torch.Te
     return torch.round(u * k) / k, scale
 
 
-def adc_convert(v: torch.Tensor, full_scale: torch.Tensor | float, adc: ADCConfig) -> torch.Tensor:
-    """Quantize TIA output voltages ``v`` [V] with full scale ``full_scale`` [V] (broadcastable)."""
+def adc_convert(v: torch.Tensor, full_scale: torch.Tensor | float, adc: ADCConfig, *,
+                inplace: bool = False) -> torch.Tensor:
+    """Quantize TIA output voltages ``v`` [V] with full scale ``full_scale`` [V] (broadcastable).
+
+    ``inplace=True`` overwrites ``v`` (saves memory and time on large batches).
+    """
     if not adc.enabled:
         return v
     step = full_scale / adc.steps
-    q = torch.round(v / step)
+    q = v if inplace else v.clone()
+    q.div_(step).round_()
     if adc.saturate:
         k = float(adc.steps)
-        q = q.clamp(-k, k)
-    return q * step
+        q.clamp_(-k, k)
+    return q.mul_(step)
