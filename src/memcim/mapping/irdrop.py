@@ -178,6 +178,7 @@ class _Tuner:
             U = 2.0 / alpha * (E if self.M is None else self.M @ E)
             _, grp, dp = cp.realized_and_grad(U)
             _, grn, dn = cn.realized_and_grad(-U)
+            self.last_d = (dp, dn)
             mdiag = np.ones(T.shape[0]) if self.M is None else np.diag(self.M)
             fp = ~(((gp <= self.g_min) & (grp > 0)) | ((gp >= self.g_max) & (grp < 0)))
             fn = ~(((gn <= self.g_min) & (grn > 0)) | ((gn >= self.g_max) & (grn < 0)))
@@ -237,7 +238,11 @@ def map_representable(W, wires: Wires, g_min=G_MIN, g_max=G_MAX, bits=8, v_cal=N
     def assess(a, gp, gn, iters):
         gp, gn, F, E, st = tuner.run(gp, gn, a, W, iters)
         qp, qn = quantize(gp, g_min, g_max, bits), quantize(gn, g_min, g_max, bits)
-        Fq, Eq, _, _ = tuner.evaluate(qp, qn, a, W)
+        # quantized error by linearization through the diagonal sensitivities of the last
+        # gradient evaluation (saves one circuit evaluation per alpha; the final plan is exact)
+        dp, dn = tuner.last_d
+        Eq = E + (dp * (qp - gp) - dn * (qn - gn)) / a
+        Fq = tuner.loss(Eq)
         trace.append({"alpha": a, "total_error": Fq, "value_range_error": F, "precision_error": Fq - F})
         return gp, gn, F, Fq, st
 
