@@ -76,7 +76,6 @@ def test_second_moment_tuning_reduces_expected_error():
     W = rng.uniform(-1, 1, (16, 16))
     X = rng.uniform(0, 1, (400, 16)) * np.linspace(0.05, 1, 16)    # strongly uneven input scales
     M = X.T @ X / len(X)
-    _, r_f = map_matrix_irdrop(W, "representable", bits=None, second_moment=None, alpha=None)
     plan_m, _ = map_matrix_irdrop(W, "representable", bits=None, second_moment=M)
     plan_f, _ = map_matrix_irdrop(W, "representable", bits=None)
     mse = lambda p: np.mean((X @ (p.realized() - W)) ** 2)
@@ -107,7 +106,7 @@ def test_plan_states_realize_plan_at_calibration(tr):
     (["--method", "magic"], "--method"),
     (["--r-wire", "0"], "r_wire"),
     (["--r-in", "-5"], "r_in"),
-    (["--g-min", "-1e-6"], "g_min"),
+    (["--g-min=-1e-6"], "g_min"),
     (["--g-min", "1e-4", "--g-max", "1e-5"], "g_max"),
     (["--bits", "0"], "bits"),
     (["--array-rows", "8"], "exceeds the configured array"),

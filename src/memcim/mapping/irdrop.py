@@ -175,11 +175,14 @@ class _Tuner:
         F, E, (cp, cn), _ = state
         t = 1.0
         for _ in range(iters):
-            U = 2.0 / alpha * (E if self.M is None else self.M @ E)
+            # Gauss-Newton direction: for an SPD weight M the unconstrained minimiser of
+            # tr(E^T M E) is E = 0 whatever M is, so the direction uses U = 2E/alpha (the exact
+            # adjoint gradient of ||E||_F^2); acceptance (line search) uses the M-weighted loss.
+            U = 2.0 / alpha * E
             _, grp, dp = cp.realized_and_grad(U)
             _, grn, dn = cn.realized_and_grad(-U)
             self.last_d = (dp, dn)
-            mdiag = np.ones(T.shape[0]) if self.M is None else np.diag(self.M)
+            mdiag = np.ones(T.shape[0])
             fp = ~(((gp <= self.g_min) & (grp > 0)) | ((gp >= self.g_max) & (grp < 0)))
             fn = ~(((gn <= self.g_min) & (grn > 0)) | ((gn >= self.g_max) & (grn < 0)))
             H = 2.0 / alpha ** 2 * mdiag[:, None] * (fp * dp ** 2 + fn * dn ** 2) + 1e-300
@@ -229,6 +232,8 @@ def map_representable(W, wires: Wires, g_min=G_MIN, g_max=G_MAX, bits=8, v_cal=N
     M = None if second_moment is None else np.asarray(second_moment, float)
     tuner = _Tuner(wires, g_min, g_max, M)
     trace = []
+    if M is not None:  # the input statistics replace the single calibration vector
+        calib_rounds = 0
 
     def init(a):
         gp, gn = _dpe_g(W, a, g_min, v_cal, wires)
