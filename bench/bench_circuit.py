@@ -1,0 +1,74 @@
+"""Benchmark: circuit solver vs ngspice, solve time vs size, mapping time, representable vs dpe error.
+
+Run:  .venv/bin/python bench/bench_circuit.py [--sizes 32 64 128 256 512] [--map-sizes 64 128]
+Writes bench/results/circuit.json and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+from memcim.hardware.circuit import G_MAX, G_MIN, Crossbar, ngspice_available, run_ngspice, to_spice
+from memcim.io import provenance, write_json
+from memcim.mapping.irdrop import map_matrix_irdrop
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 256, 512])
+    ap.add_argument("--spice-size", type=int, default=128)
+    ap.add_argument("--map-sizes", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    rng = np.random.default_rng(a.seed)
+    res = {"provenance": provenance(seed=a.seed, load_average=os.getloadavg(), cpus=os.cpu_count()),
+           "solve": [], "mapping": []}
+    n = a.spice_size
+    g = rng.uniform(G_MIN, G_MAX, (n, n))
+    t0 = time.perf_counter()
+    G = Crossbar(g).realized()
+    t_ours = time.perf_counter() - t0
+    spice = {"size": n, "memcim_realized_s": t_ours}
+    if ngspice_available():
+        I, t_sp = run_ngspice(to_spice(g, unit_inputs=True), n, timeout=3600)
+        spice.update(ngspice_realized_s=t_sp, speedup=t_sp / t_ours,
+                     max_rel_diff=float(np.abs(I - G).max() / np.abs(G).max()))
+    res["vs_ngspice"] = spice
+    print(f"realized {n}x{n}: memcim {t_ours:.3f} s" + (f", ngspice {spice['ngspice_realized_s']:.2f} s "
+          f"({spice['speedup']:.0f}x), max rel diff {spice['max_rel_diff']:.1e}" if "speedup" in spice else ""))
+    print(f"{'size':>6} {'factor+realized s':>18} {'one input s':>12}")
+    for n in a.sizes:
+        g = rng.uniform(G_MIN, G_MAX, (n, n))
+        t0 = time.perf_counter()
+        cb = Crossbar(g)
+        cb.realized()
+        t1 = time.perf_counter()
+        cb.currents(rng.uniform(0, 0.2, n))
+        t2 = time.perf_counter()
+        res["solve"].append({"size": n, "realized_s": t1 - t0, "one_input_s": t2 - t1})
+        print(f"{n:>6} {t1 - t0:>18.3f} {t2 - t1:>12.4f}")
+    print(f"{'size':>6} {'method':>14} {'time s':>8} {'fro err':>10} {'max out err':>12}")
+    for n in a.map_sizes:
+        W = rng.uniform(-1, 1, (n, n))
+        row = {"size": n}
+        for m in ("linear", "dpe", "representable"):
+            _, rep = map_matrix_irdrop(W, m)
+            row[m] = {k: rep[k] for k in ("alpha", "frobenius_error", "relative_error", "max_output_error",
+                                          "time_s")}
+            print(f"{n:>6} {m:>14} {rep['time_s']:>8.2f} {rep['frobenius_error']:>10.4g} "
+                  f"{rep['max_output_error']:>12.4g}")
+        row["fro_ratio_dpe_over_representable"] = row["dpe"]["frobenius_error"] / row["representable"]["frobenius_error"]
+        row["maxout_ratio_dpe_over_representable"] = (row["dpe"]["max_output_error"]
+                                                      / row["representable"]["max_output_error"])
+        print(f"{n:>6} ratio dpe/representable: frobenius {row['fro_ratio_dpe_over_representable']:.1f}x, "
+              f"max output {row['maxout_ratio_dpe_over_representable']:.1f}x")
+        res["mapping"].append(row)
+    path = write_json(os.path.join(os.path.dirname(__file__), "results", "circuit.json"), res)
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
