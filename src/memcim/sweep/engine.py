@@ -125,16 +125,21 @@ def _run_command(task_ref: dict, kw: dict, seed: int | None, hw) -> dict:
     return obj
 
 
-def compute_point(task_ref: dict, params: dict[str, Any], seed: int | None) -> tuple[dict, dict]:
-    """Run one point and return (flat result dict, full config that produced it)."""
+@functools.lru_cache(maxsize=8)
+def _base_config(base_json: str):
     from memcim.config import HardwareConfig
 
+    return HardwareConfig.from_dict(json.loads(base_json))
+
+
+def compute_point(task_ref: dict, params: dict[str, Any], seed: int | None) -> tuple[dict, dict]:
+    """Run one point and return (flat result dict, full config that produced it)."""
     hw_set, kw = split_params(params)
     fixed_hw, fixed_kw = split_params(task_ref["fixed"])
     kw = {**fixed_kw, **kw}
     hw = None
     if task_ref["base"] is not None:
-        hw = apply_hw(HardwareConfig.from_dict(task_ref["base"]), hw_set)
+        hw = apply_hw(_base_config(json.dumps(task_ref["base"], sort_keys=True)), hw_set)
     config = {"kind": task_ref["kind"], "target": task_ref["target"],
               "hardware": None if hw is None else hw.to_dict(), "arguments": kw, "seed": seed}
     if task_ref["kind"] == "task":
@@ -366,7 +371,8 @@ def _pool_context():
 def _run_pool(workers: int, ref: dict, todo: list[Point], record) -> None:
     ctx = _pool_context()
     if ctx.get_start_method() == "forkserver":
-        ctx.set_forkserver_preload(["memcim.sweep.engine"])
+        # import torch and the simulator once, in the fork server: workers fork with them loaded
+        ctx.set_forkserver_preload(["memcim.sweep.engine", "memcim.sweep.tasks", "memcim.simulate"])
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
     pending = {}
     try:
