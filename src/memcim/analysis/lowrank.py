@@ -198,18 +198,27 @@ class SVDStats:
                 "A_R": np.cumsum(ar)}
 
 
-def svd_stats(W, R=None) -> SVDStats:
+def svd_stats(W, R=None, vectors: bool = True) -> SVDStats:
     """Compute the SVD of ``W`` once and the projections ``g_i = u_i^T R u_i``.
 
     Parameters
     ----------
     W : (n, m) target matrix.
     R : (n, n) input second moment ``E[x^T x]``; ``None`` means ``I``.
+    vectors : if False and ``R`` is None, compute singular values only (several times faster; enough
+        for the closed form and the optimizer, not for :func:`factorize`).
     """
     W = check_matrix(W, "W")
     n, m = W.shape
     white = R is None
-    R = check_second_moment(R, n, "R")
+    R = check_second_moment(R, n, "R") if not white else None
+    if white and not vectors:
+        import scipy.linalg as sl
+
+        s = sl.svdvals(W, check_finite=False)
+        return SVDStats(U=None, s=s, Vt=None, g=np.ones_like(s), trR=float(n), n=n, m=m)
+    if white:
+        R = np.eye(n)
     U, s, Vt = _svd(W)
     if white:  # R = I: u_i^T u_i = 1 exactly
         g, trR = np.ones_like(s), float(n)
@@ -228,6 +237,8 @@ def factorize(W_or_stats, k: int, split: str = "balanced") -> tuple[np.ndarray, 
     split : ``balanced`` | ``left`` | ``right`` (see module docstring).
     """
     st = W_or_stats if isinstance(W_or_stats, SVDStats) else svd_stats(W_or_stats)
+    if st.U is None:
+        raise ValueError("stats: built with vectors=False; factorize needs svd_stats(W, R, vectors=True)")
     k = _check_int(k, "rank", 1, st.p, f" = min(n, m) for a {st.n}x{st.m} matrix")
     _check_split(split)
     U, s, Vt = st.U[:, :k], st.s[:k], st.Vt[:k]
