@@ -28,7 +28,7 @@ thermal (4kTB sum G)      ``xs2 * (4 k T B / v^2) (2 a n_r wmax^2/D^2 + wmax sum
 shot (2 q |I| B)          ``xs2 * (2 q B / v) (2 a sum_i b_i wmax^2/D^2 + wmax sum_i b_i |w_i| / D)``
 ADC quantization          ``xs2 * F^2 / (12 K^2)``  (step ``Delta = F/K``, ``K = 2**(bits-1)-1``)
 saturation                ``xs2 * E[(|s + n| - F)_+^2]``
-level rounding            ``xs2 * e^T E_w[u u^T] e`` with ``e = realized - W`` (independent of a, D)
+level rounding            ``xs2 * e^T E_w[u u^T] e`` with ``e = realized - W`` (independent of a, D; all rows)
 stuck devices             ``xs2 * sum_i m_i Var(e_i) + E_w[(sum_i u_i E e_i)^2]`` (independent of a, D)
 DAC quantization          ``xs2 * sum_i P_w(u_i != 0) w_i^2 / (12 K_dac^2)`` (independent of a, D)
 ========================  =================================================================
@@ -345,8 +345,7 @@ class LayerErrorModel:
         if dev.levels is not None:
             step = wmax / (dev.levels - 1)
             e = (np.round(np.maximum(W, 0) / step) - np.round(np.maximum(-W, 0) / step)) * step - W
-            et = self._tiles(e)
-            const["levels"] = np.einsum("trm,trq,tqm->tm", et, sec, et)
+            const["levels"] = self._quadratic(e, sec)
         p0, p1 = dev.stuck_at_min, dev.stuck_at_max
         if p0 > 0 or p1 > 0:
             Wq = W
@@ -358,14 +357,23 @@ class LayerErrorModel:
             mean_e = (-p0 * wp + p1 * (wmax - wp)) - (-p0 * wn + p1 * (wmax - wn))
             var_e = (p0 * wp ** 2 + p1 * (wmax - wp) ** 2 - (-p0 * wp + p1 * (wmax - wp)) ** 2
                      + p0 * wn ** 2 + p1 * (wmax - wn) ** 2 - (-p0 * wn + p1 * (wmax - wn)) ** 2)
-            me = self._tiles(mean_e)
-            const["stuck"] = (np.einsum("tr,trm->tm", m2, self._tiles(var_e))
-                              + np.einsum("trm,trq,tqm->tm", me, sec, me))
+            const["stuck"] = np.einsum("tr,trm->tm", m2, self._tiles(var_e)) + self._quadratic(mean_e, sec)
         if hw.dac.enabled:
             k = hw.dac.steps
             nz = self._tiles(st.nonzero)
             const["dac"] = np.einsum("tr,trm->tm", nz, Wt ** 2) / (12.0 * k * k)
         c["const"] = const
+
+    def _quadratic(self, e: np.ndarray, sec: np.ndarray) -> np.ndarray:
+        """``E_w[(u . e_j)^2]`` of a fixed (in, out) error, split over row tiles.
+
+        Fixed errors in different row tiles are correlated through the inputs, so the cross-tile
+        terms are kept (shared equally by the tiles); each tile also keeps its own block.
+        """
+        et = self._tiles(e)
+        own = np.einsum("trm,trq,tqm->tm", et, sec, et)
+        full = np.einsum("im,iq,qm->m", e, self.stats.second, e)
+        return own + (full - own.sum(0)) / self.n_row_tiles
 
     # -- the terms --------------------------------------------------------------------------
     def noise_terms(self, g_min: float, g_max: float) -> dict[str, np.ndarray]:
