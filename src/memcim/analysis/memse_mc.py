@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from memcim.analysis.moments import (CrossbarLayer, ElementwiseLayer, FlattenLayer, PoolLayer, parse_model,
+from memcim.analysis.moments import (CrossbarLayer, ElementwiseLayer, FlattenLayer, PadLayer, PoolLayer, parse_model,
                                      resolve_gmax)
 
 __all__ = ["MCResult", "monte_carlo", "program_chip", "trials_needed"]
@@ -168,6 +168,9 @@ def monte_carlo(model, x, *, sigma: float, gmax, levels: int = 128, trials: int 
                 ix += 1
             elif isinstance(layer, FlattenLayer):
                 h = h.reshape(t, b, -1)
+            elif isinstance(layer, PadLayer):
+                flat = F.pad(h.reshape(t * b, *h.shape[2:]), layer.pad)
+                h = flat.reshape(t, b, *flat.shape[1:])
             elif isinstance(layer, PoolLayer):
                 flat = h.reshape(t * b, *h.shape[2:])
                 y = F.avg_pool2d(flat, layer.kernel, layer.stride, layer.padding)

@@ -51,12 +51,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["CrossbarLayer", "PoolLayer", "FlattenLayer", "ElementwiseLayer", "parse_model",
+__all__ = ["CrossbarLayer", "PoolLayer", "PadLayer", "FlattenLayer", "ElementwiseLayer", "parse_model",
            "Moments", "propagate", "predict_mse", "MSEPrediction", "quantize_weight",
            "resolve_gmax", "activation_moments", "COV_MODES"]
 
 COV_MODES = ("exact", "lowrank", "diagonal")
-_SUPPORTED = "Linear, Conv2d, AvgPool2d, Flatten, BatchNorm1d, BatchNorm2d, Softplus, ReLU, Sigmoid, Tanh, Identity, Dropout"
+DEFAULT_RANK = 4
+DEFAULT_FULL_BELOW = 64
+_SUPPORTED = "Linear, Conv2d, AvgPool2d, ZeroPad2d, Flatten, BatchNorm1d, BatchNorm2d, Softplus, ReLU, Sigmoid, Tanh, Identity, Dropout"
 
 
 # ----------------------------------------------------------------------------- model parsing
@@ -94,7 +96,8 @@ class CrossbarLayer:
 
 @dataclass
 class PoolLayer:
-    """``AvgPool2d`` as a depthwise convolution with weight 1/(kh*kw)."""
+    """``AvgPool2d``: each output is the mean of kh*kw inputs (zero padding counted), so the
+    squared-coefficient map is the same pooling divided by kh*kw."""
 
     kernel: tuple
     stride: tuple
@@ -102,11 +105,19 @@ class PoolLayer:
     name: str = ""
 
     def apply(self, x: torch.Tensor, square: bool = False) -> torch.Tensor:
-        n, ch = x.shape[0], x.shape[1]
-        kh, kw = self.kernel
-        val = 1.0 / (kh * kw)
-        wt = torch.full((ch, 1, kh, kw), val * val if square else val, dtype=x.dtype, device=x.device)
-        return F.conv2d(x, wt, None, self.stride, self.padding, 1, ch)
+        y = F.avg_pool2d(x, self.kernel, self.stride, self.padding, count_include_pad=True)
+        return y / (self.kernel[0] * self.kernel[1]) if square else y
+
+
+@dataclass
+class PadLayer:
+    """``ZeroPad2d`` / ``ConstantPad2d(value=0)``: digital zero padding (left, right, top, bottom)."""
+
+    pad: tuple
+    name: str = ""
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, self.pad)
 
 
 @dataclass
@@ -204,6 +215,10 @@ def parse_model(model: nn.Module, dtype: torch.dtype = torch.float64) -> list:
             k = _pair(m.kernel_size)
             s = _pair(m.stride if m.stride is not None else m.kernel_size)
             layers.append(PoolLayer(k, s, _pair(m.padding), name=label))
+        elif isinstance(m, (nn.ZeroPad2d, nn.ConstantPad2d)):
+            if isinstance(m, nn.ConstantPad2d) and float(m.value) != 0.0:
+                raise ValueError(f"model: layer {label} pads with {m.value}; only zero padding is supported")
+            layers.append(PadLayer(tuple(int(v) for v in m.padding), name=label))
         elif isinstance(m, nn.Flatten):
             if m.start_dim != 1 or m.end_dim != -1:
                 raise ValueError(f"model: layer {label}: only Flatten(start_dim=1, end_dim=-1) is supported")
@@ -291,7 +306,7 @@ def _derivs(kind: str, beta: float, mu: torch.Tensor, nmax: int) -> list[torch.T
     """[f(mu), f'(mu), ..., f^(nmax)(mu)] for softplus / sigmoid / tanh."""
     if kind == "softplus":
         s = torch.sigmoid(beta * mu)
-        out = [F.softplus(mu, beta=beta, threshold=1e4)]
+        out = [F.softplus(mu, beta=beta, threshold=20.0)]
         for n in range(1, nmax + 1):
             out.append(beta ** (n - 1) * _polyval(_sigmoid_poly(n - 1), s))
         return out
@@ -308,7 +323,7 @@ def _derivs(kind: str, beta: float, mu: torch.Tensor, nmax: int) -> list[torch.T
 
 
 def _fn(kind: str, beta: float):
-    return {"softplus": lambda z: F.softplus(z, beta=beta, threshold=1e4), "sigmoid": torch.sigmoid,
+    return {"softplus": lambda z: F.softplus(z, beta=beta, threshold=20.0), "sigmoid": torch.sigmoid,
             "tanh": torch.tanh}[kind]
 
 
@@ -508,11 +523,19 @@ def _crossbar_step(st: Moments, layer: CrossbarLayer, wq: torch.Tensor, s2: torc
         return Moments(mean, var, st.mode, None, out.factors)
     # lowrank: shared-noise factors from the patch matrix of the input mean
     u = F.unfold(st.mean, (kh, kw), dilation=layer.dilation, padding=layer.padding, stride=layer.stride)  # (B, Ck2, P)
-    gram = u @ u.transpose(1, 2)
-    r = min(rank, gram.shape[1], u.shape[2])
-    _, vec = torch.linalg.eigh(gram.detach())
-    vec = vec[:, :, -r:]                                               # (B, Ck2, r)
-    sp = (vec.transpose(1, 2) @ u).reshape(b, r, ho, wo)                # (B, r, Ho, Wo)
+    r = min(rank, u.shape[1], u.shape[2])
+    if u.shape[2] <= u.shape[1]:   # eigen-decompose the smaller Gram matrix: here (P, P)
+        gram = u.transpose(1, 2) @ u
+        lam, vec = torch.linalg.eigh(gram.detach())
+        vec = vec[:, :, -r:]                                           # (B, P, r)
+        # project the (differentiable) Gram matrix on the fixed eigenvectors
+        lam_r = ((gram @ vec) * vec).sum(1).clamp_min(0)                # (B, r)
+        sp = (vec * torch.sqrt(lam_r).unsqueeze(1)).transpose(1, 2).reshape(b, r, ho, wo)
+    else:
+        gram = u @ u.transpose(1, 2)
+        _, vec = torch.linalg.eigh(gram.detach())
+        vec = vec[:, :, -r:]                                           # (B, Ck2, r)
+        sp = (vec.transpose(1, 2) @ u).reshape(b, r, ho, wo)            # (B, r, Ho, Wo)
     s = torch.sqrt(s2 * torch.ones(cout, dtype=m2.dtype)) if s2.dim() == 0 else torch.sqrt(s2)
     eye = torch.diag(s)                                               # (cout, cout)
     new = eye.reshape(1, cout, 1, cout, 1, 1) * sp.reshape(b, 1, r, 1, ho, wo)
@@ -545,8 +568,21 @@ def _flatten_step(st: Moments) -> Moments:
     return Moments(st.mean.reshape(b, -1), st.var.reshape(b, -1), st.mode, st.cov, fac)
 
 
+def _to_full(st: Moments) -> Moments:
+    """Low-rank state -> full covariance ``F^T F + diag(residual)`` (same second moments)."""
+    b = st.mean.shape[0]
+    var = st.var.reshape(b, -1)
+    if st.factors is None:
+        return Moments(st.mean, st.var, "exact", torch.diag_embed(var))
+    f = st.factors.reshape(b, st.factors.shape[1], -1)
+    low = f.transpose(1, 2) @ f
+    res = (var - torch.diagonal(low, dim1=1, dim2=2)).clamp_min(0)
+    return Moments(st.mean, st.var, "exact", low + torch.diag_embed(res))
+
+
 def propagate(layers: list, x: torch.Tensor, *, sigma: float, gmax, levels: int = 128, cov: str = "lowrank",
-              rank: int = 2, max_factors: int = 64, act_method: str = "taylor", taylor_order: int = 2,
+              rank: int = DEFAULT_RANK, max_factors: int = 64, full_below: int = DEFAULT_FULL_BELOW,
+              act_method: str = "taylor", taylor_order: int = 2,
               on_crossbar: Callable | None = None, return_all: bool = False):
     """Propagate the moments of deterministic inputs ``x`` through the parsed ``layers``.
 
@@ -561,6 +597,8 @@ def propagate(layers: list, x: torch.Tensor, *, sigma: float, gmax, levels: int 
     cov : "exact", "lowrank" or "diagonal".
     rank : lowrank mode, shared-noise eigen-directions kept per conv layer.
     max_factors : lowrank mode, cap on the number of factors (extra ones are compressed).
+    full_below : lowrank mode, switch to the full covariance once a feature map has at most this
+        many units (the full matrix is then cheaper than the factors, and exact).
     act_method, taylor_order : see :func:`activation_moments`.
     on_crossbar : optional callback ``f(index, layer, state_in, wq, c)`` called before each
         crossbar layer (used by the power model).
@@ -598,10 +636,14 @@ def propagate(layers: list, x: torch.Tensor, *, sigma: float, gmax, levels: int 
             ix += 1
         elif isinstance(layer, PoolLayer):
             st = _linear_step(st, layer.apply, lambda v, l=layer: l.apply(v, square=True))
+        elif isinstance(layer, PadLayer):
+            st = _linear_step(st, layer.apply, layer.apply)
         elif isinstance(layer, FlattenLayer):
             st = _flatten_step(st)
         else:
             st = _elementwise_step(st, layer, act_method, taylor_order)
+        if st.mode == "lowrank" and full_below > 0 and st.mean[0].numel() <= full_below:
+            st = _to_full(st)
         if return_all:
             states.append(st)
     return (st, states) if return_all else st
@@ -613,7 +655,7 @@ def reference_output(layers: list, x: torch.Tensor) -> torch.Tensor:
     for layer in layers:
         if isinstance(layer, CrossbarLayer):
             h = layer.apply(h) + (layer.bias if layer.kind == "linear" else layer.bias.reshape(-1, 1, 1))
-        elif isinstance(layer, PoolLayer):
+        elif isinstance(layer, (PoolLayer, PadLayer)):
             h = layer.apply(h)
         elif isinstance(layer, FlattenLayer):
             h = h.reshape(h.shape[0], -1)
@@ -622,7 +664,7 @@ def reference_output(layers: list, x: torch.Tensor) -> torch.Tensor:
             h = h * layer.scale.reshape(shape) + layer.shift.reshape(shape)
         else:
             h = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
-                 "softplus": lambda z: F.softplus(z, beta=layer.beta, threshold=1e4)}[layer.kind](h)
+                 "softplus": lambda z: F.softplus(z, beta=layer.beta, threshold=20.0)}[layer.kind](h)
     return h
 
 
@@ -668,8 +710,8 @@ def _check_x(x) -> torch.Tensor:
     return x
 
 
-def predict_mse(model, x, *, sigma: float, gmax, levels: int = 128, cov: str = "lowrank", rank: int = 2,
-                max_factors: int = 64, act_method: str = "taylor", taylor_order: int = 2, power: bool = True,
+def predict_mse(model, x, *, sigma: float, gmax, levels: int = 128, cov: str = "lowrank", rank: int = DEFAULT_RANK,
+                max_factors: int = 64, full_below: int = DEFAULT_FULL_BELOW, act_method: str = "taylor", taylor_order: int = 2, power: bool = True,
                 r: float = 1.0, dtype: torch.dtype = torch.float64, batch_chunk: int | None = None) -> MSEPrediction:
     """Predict the output MSE (and power) of ``model`` on a crossbar, from moments.
 
@@ -696,8 +738,8 @@ def predict_mse(model, x, *, sigma: float, gmax, levels: int = 128, cov: str = "
     for s in range(0, x.shape[0], batch_chunk):
         xb = x[s:s + batch_chunk]
         st = propagate(layers, xb, sigma=sigma, gmax=gmax, levels=levels, cov=cov, rank=rank,
-                       max_factors=max_factors, act_method=act_method, taylor_order=taylor_order,
-                       on_crossbar=acc)
+                       max_factors=max_factors, full_below=full_below, act_method=act_method,
+                       taylor_order=taylor_order, on_crossbar=acc)
         means.append(st.mean)
         vars_.append(st.var)
     mean, var = torch.cat(means), torch.cat(vars_)
