@@ -1,0 +1,158 @@
+"""Energy per inference of a crossbar layer, and a digital-accelerator baseline (paper 003).
+
+Per input vector, for a layer ``y = x W`` (``in x out``) tiled on ``T`` row tiles and ``C``
+column tiles of ``rows x cols`` arrays (differential pairs, ``cols // 2`` weights per array row):
+
+* **crossbar read**: ``t_read v_read^2 sum_i u_i^2 sum_j (G+_ij + G-_ij)`` (Joule heating of every
+  device while its word line is driven at ``u_i v_read`` during the integration time ``t_read``;
+  default ``t_read = 1/(2 B)`` for the read bandwidth ``B`` of the device config, the noise
+  bandwidth of an integrate-and-dump of length ``t_read``);
+* **DAC**: ``C in`` conversions, each a binary-weighted capacitive DAC switching energy
+  ``2**bits C_unit V_dd^2`` plus charging the word line, ``cols C_cell (u v_read)^2``;
+* **ADC**: ``T out`` conversions, each ``FOM_W 2**bits`` with the Walden figure of merit
+  ``FOM_W = P / (f_s 2**ENOB)`` [J per conversion step] (R. H. Walden, "Analog-to-digital
+  converter survey and analysis", IEEE JSAC 17(4), 1999; values from B. Murmann, "ADC
+  Performance Survey 1997-2024", Stanford, online: designs at 10-100 MS/s span about
+  1-100 fJ/conv-step; default 20 fJ/conv-step, ENOB = bits);
+* **TIA**: ``T out`` column amplifiers, each burning ``P_tia`` for ``t_read``;
+* **digital accumulation**: per output, ``T - 1`` additions of the row-tile partial sums (32-bit
+  integer add, 0.1 pJ), one rescale multiply (32-bit float, 3.7 pJ) and one bias add (32-bit
+  float, 0.9 pJ).
+
+Digital baseline, per multiply-accumulate: an 8-bit multiply (0.2 pJ) and a 32-bit add
+(0.1 pJ) plus reading the 8-bit weight from a 32 KB SRAM (20 pJ per 64-bit access, 2.5 pJ per
+byte). All digital figures are M. Horowitz, "Computing's energy problem (and what we can do about
+it)", ISSCC 2014, 45 nm at 0.9 V. A ``"fp32"`` baseline uses a 32-bit float multiply (3.7 pJ) and
+add (0.9 pJ) and 4-byte weight reads (10 pJ).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from memcim.config import HardwareConfig
+
+__all__ = ["EnergyConfig", "HOROWITZ_2014_PJ", "layer_energy", "digital_energy", "network_energy"]
+
+#: Energy per operation [pJ], 45 nm, 0.9 V (Horowitz, ISSCC 2014, Fig. 1.1.9 and its table).
+HOROWITZ_2014_PJ = {
+    "int8_add": 0.03, "int16_add": 0.05, "int32_add": 0.1, "fp16_add": 0.4, "fp32_add": 0.9,
+    "int8_mult": 0.2, "int32_mult": 3.1, "fp16_mult": 1.1, "fp32_mult": 3.7,
+    "sram_8kb_64b": 10.0, "sram_32kb_64b": 20.0, "sram_1mb_64b": 100.0, "dram_64b": 1300.0,
+}
+
+
+@dataclass(frozen=True)
+class EnergyConfig:
+    """Periphery energy parameters (SI units).
+
+    Parameters
+    ----------
+    t_read : integration time of one array read [s]; None = 1/(2 device.bandwidth).
+    adc_fom : Walden figure of merit [J/conversion-step] (default 20 fJ).
+    dac_c_unit : unit capacitor of the DAC [F] (default 0.5 fF).
+    dac_vdd : DAC reference/supply voltage [V] (default 0.9 V).
+    c_cell : word-line capacitance per cross-point [F] (default 0.1 fF).
+    tia_power : static power of one column TIA [W] (default 20 uW).
+    baseline : digital baseline, "int8" or "fp32".
+    """
+
+    t_read: float | None = None
+    adc_fom: float = 20e-15
+    dac_c_unit: float = 0.5e-15
+    dac_vdd: float = 0.9
+    c_cell: float = 0.1e-15
+    tia_power: float = 20e-6
+    baseline: str = "int8"
+
+    def __post_init__(self):
+        for k in ("t_read", "adc_fom", "dac_c_unit", "dac_vdd", "c_cell", "tia_power"):
+            v = getattr(self, k)
+            if v is None and k == "t_read":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"energy.{k}: {v!r} is not allowed; must be a finite number >= 0")
+        if self.baseline not in ("int8", "fp32"):
+            raise ValueError(f"energy.baseline: {self.baseline!r} is not allowed; choose int8 or fp32")
+
+    def read_time(self, hw: HardwareConfig) -> float:
+        return self.t_read if self.t_read is not None else 1.0 / (2.0 * hw.device.bandwidth)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _pj(key):
+    return HOROWITZ_2014_PJ[key] * 1e-12
+
+
+def layer_energy(W, hw: HardwareConfig, *, g_min: float | None = None, g_max: float | None = None,
+                 u2=None, cfg: EnergyConfig | None = None) -> dict:
+    """Energy [J] of one input vector through one crossbar layer, by component.
+
+    Parameters
+    ----------
+    W : (in, out) weights.
+    hw : hardware config (array size, v_read, converter bits, bandwidth).
+    g_min, g_max : the window the weights are mapped into (default: the config's).
+    u2 : (in,) mean squared word-line fraction ``E[u_i^2]`` (default 1/3, uniform drive).
+    cfg : :class:`EnergyConfig`.
+
+    Returns
+    -------
+    dict with ``crossbar``, ``dac``, ``adc``, ``tia``, ``digital`` and ``total`` [J], plus
+    ``conversions`` (ADC) and ``dac_conversions``.
+    """
+    cfg = cfg or EnergyConfig()
+    W = np.asarray(W, dtype=np.float64)
+    if W.ndim != 2:
+        raise ValueError(f"W: expected a 2-D (in, out) matrix, got shape {W.shape}")
+    n, m = W.shape
+    g_min = hw.device.g_min if g_min is None else float(g_min)
+    g_max = hw.device.g_max if g_max is None else float(g_max)
+    if not (0 <= g_min < g_max):
+        raise ValueError(f"g_max: the window [{g_min:g}, {g_max:g}] S is not allowed; need 0 <= g_min < g_max")
+    u2 = np.full(n, 1.0 / 3.0) if u2 is None else np.asarray(u2, dtype=np.float64)
+    if u2.shape != (n,):
+        raise ValueError(f"u2: shape {u2.shape} does not match the {n} inputs")
+    if hw.mapping.scheme != "differential":
+        raise ValueError("mapping.scheme: the energy model covers 'differential' mapping only")
+    R, Cw = hw.array.rows, hw.array.cols // 2
+    T, C = math.ceil(n / R), math.ceil(m / Cw)
+    A = np.abs(W)
+    wmax = np.full(m, A.max()) if hw.mapping.scale == "matrix" else np.where(A.max(0) > 0, A.max(0), 1.0)
+    c = (g_max - g_min) / wmax
+    gsum = 2 * g_min * m + (A * c[None, :]).sum(1)          # sum_j (G+ + G-) per row
+    t = cfg.read_time(hw)
+    v = hw.array.v_read
+    e_xbar = t * v * v * float(u2 @ gsum)
+    dac_conv = C * n
+    e_dac = dac_conv * (2 ** hw.dac.bits) * cfg.dac_c_unit * cfg.dac_vdd ** 2 \
+        + C * float(u2.sum()) * hw.array.cols * cfg.c_cell * v * v
+    conv = T * m
+    e_adc = conv * cfg.adc_fom * 2 ** hw.adc.bits
+    e_tia = conv * cfg.tia_power * t
+    e_dig = m * ((T - 1) * _pj("int32_add") + _pj("fp32_mult") + _pj("fp32_add"))
+    out = {"crossbar": e_xbar, "dac": e_dac, "adc": e_adc, "tia": e_tia, "digital": e_dig}
+    out["total"] = sum(out.values())
+    out.update(conversions=conv, dac_conversions=dac_conv, row_tiles=T, col_tiles=C, t_read=t)
+    return out
+
+
+def digital_energy(n_in: int, n_out: int, cfg: EnergyConfig | None = None) -> dict:
+    """Energy [J] of the same layer on a digital accelerator (Horowitz 2014 figures)."""
+    cfg = cfg or EnergyConfig()
+    macs = int(n_in) * int(n_out)
+    if cfg.baseline == "int8":
+        per = _pj("int8_mult") + _pj("int32_add") + _pj("sram_32kb_64b") / 8
+    else:
+        per = _pj("fp32_mult") + _pj("fp32_add") + _pj("sram_32kb_64b") / 2
+    return {"macs": macs, "per_mac": per, "total": macs * per}
+
+
+def network_energy(layers: list[dict]) -> dict:
+    """Sum :func:`layer_energy` (or :func:`digital_energy`) results over layers."""
+    keys = [k for k in ("crossbar", "dac", "adc", "tia", "digital", "total") if k in layers[0]]
+    return {k: float(sum(L[k] for L in layers)) for k in keys}

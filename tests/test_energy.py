@@ -1,0 +1,53 @@
+"""Energy model against a hand computation for a tiny array."""
+import numpy as np
+import pytest
+
+from memcim.config import HardwareConfig
+from memcim.hardware.energy import EnergyConfig, digital_energy, layer_energy, network_energy
+
+HW = HardwareConfig(array={"rows": 2, "cols": 4, "v_read": 0.2}, device={"g_min": 1e-6, "g_max": 1e-4},
+                    adc={"enabled": True, "bits": 6}, dac={"enabled": True, "bits": 8})
+W = np.array([[1.0, -2.0, 0.5], [0.0, 1.0, -1.0], [2.0, 0.0, 0.0]])
+U2 = np.array([0.5, 0.25, 1.0])
+
+
+def test_tiny_array_by_hand():
+    e = layer_energy(W, HW, u2=U2)
+    # 3 inputs on 2-row arrays -> 2 row tiles; 3 outputs on 4/2 = 2 weight columns -> 2 column tiles
+    assert (e["row_tiles"], e["col_tiles"]) == (2, 2)
+    t = 1 / (2 * 1e8)                                   # 5 ns
+    c = (1e-4 - 1e-6) / 2.0                             # 4.95e-5 S per weight unit
+    g_rows = [2 * 1e-6 * 3 + c * 3.5, 2 * 1e-6 * 3 + c * 2.0, 2 * 1e-6 * 3 + c * 2.0]
+    xbar = t * 0.2 ** 2 * (0.5 * g_rows[0] + 0.25 * g_rows[1] + 1.0 * g_rows[2])
+    assert e["crossbar"] == pytest.approx(xbar, rel=1e-12)
+    dac = 2 * 3 * 256 * 0.5e-15 * 0.9 ** 2 + 2 * 1.75 * 4 * 0.1e-15 * 0.2 ** 2
+    assert e["dac"] == pytest.approx(dac, rel=1e-12)
+    assert e["adc"] == pytest.approx(6 * 20e-15 * 64, rel=1e-12)           # 6 conversions, 2^6 steps
+    assert e["tia"] == pytest.approx(6 * 20e-6 * 5e-9, rel=1e-12)
+    assert e["digital"] == pytest.approx(3 * (0.1 + 3.7 + 0.9) * 1e-12, rel=1e-12)
+    assert e["total"] == pytest.approx(xbar + dac + 6 * 20e-15 * 64 + 6e-13 + 3 * 4.7e-12, rel=1e-12)
+
+
+def test_window_and_baseline():
+    wide = layer_energy(W, HW, u2=U2)
+    narrow = layer_energy(W, HW, u2=U2, g_min=1e-6, g_max=2e-5)
+    assert narrow["crossbar"] < wide["crossbar"] and narrow["adc"] == wide["adc"]
+    d = digital_energy(3, 3)
+    assert d["macs"] == 9 and d["total"] == pytest.approx(9 * (0.2 + 0.1 + 20 / 8) * 1e-12)
+    f = digital_energy(3, 3, EnergyConfig(baseline="fp32"))
+    assert f["total"] == pytest.approx(9 * (3.7 + 0.9 + 10) * 1e-12)
+    tot = network_energy([wide, narrow])
+    assert tot["total"] == pytest.approx(wide["total"] + narrow["total"])
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="energy.adc_fom"):
+        EnergyConfig(adc_fom=-1.0)
+    with pytest.raises(ValueError, match="energy.baseline"):
+        EnergyConfig(baseline="int4")
+    with pytest.raises(ValueError, match="u2: shape"):
+        layer_energy(W, HW, u2=np.ones(5))
+    with pytest.raises(ValueError, match="g_max"):
+        layer_energy(W, HW, g_min=1e-4, g_max=1e-5)
+    with pytest.raises(ValueError, match="W: expected a 2-D"):
+        layer_energy(np.ones(3), HW)
