@@ -131,7 +131,7 @@ def optimize_lowrank(W_or_stats, sigma1: float, sigma2: float | None = None, R=N
     -------
     LowRankChoice. Exact: equals the minimum over every feasible ``(k, r1, r2, split)``.
     """
-    st = W_or_stats if isinstance(W_or_stats, SVDStats) else svd_stats(W_or_stats, R)
+    st = W_or_stats if isinstance(W_or_stats, SVDStats) else svd_stats(W_or_stats, R, vectors=False)
     sigma1 = _check_sigma(sigma1, "sigma1")
     sigma2 = sigma1 if sigma2 is None else _check_sigma(sigma2, "sigma2")
     budget = _check_budget(budget, st.n, st.m)
