@@ -1,0 +1,96 @@
+"""CLI: memcim optimize-range and memcim experiment (registry), including one-line user errors."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from memcim.cli import main
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(40, 20), nn.ReLU(), nn.Linear(20, 5))
+    torch.save(m, d / "m.pt")
+    X = np.abs(np.random.default_rng(0).normal(size=(200, 40)))
+    np.save(d / "x.npy", X)
+    np.save(d / "bad.npy", np.ones((10, 7)))
+    return d
+
+
+def test_optimize_range_json(files, capsys):
+    rc = main(["optimize-range", "--model", str(files / "m.pt"), "--inputs", str(files / "x.npy"),
+               "--config", "convex_cim", "--method", "fast", "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    doc = json.loads(out)
+    assert [L["layer"] for L in doc["layers"]] == ["1", "3"]
+    for L in doc["layers"]:
+        assert 1e-6 <= L["g_min"] < L["g_max"] <= 1e-4
+        assert L["fs_volts"] > 0 and L["solve_seconds"] > 0
+        assert set(L["predicted_mse"]) >= {"prog_abs", "prog_rel", "thermal", "shot", "adc_quant", "saturation", "total"}
+        assert L["predicted_mse"]["total"] < L["naive_mse"]["total"]
+        assert 0 < L["mse_improvement_vs_naive"] < 1
+
+
+def test_optimize_range_per_column_text(files, capsys):
+    rc = main(["optimize-range", "--model", str(files / "m.pt"), "--inputs", str(files / "x.npy"),
+               "--per-column", "--method", "cvxpy"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "per column" in out and "by term:" in out
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--snr-db", "200"], "snr_db: 200 dB is not reachable"),
+    (["--min-window", "1"], "device window too narrow"),
+    (["--onoff-max", "0.5"], "onoff_max"),
+    (["--slack", "-1"], "slack"),
+])
+def test_optimize_range_infeasible_one_line(files, capsys, extra, msg):
+    rc = main(["optimize-range", "--model", str(files / "m.pt"), "--inputs", str(files / "x.npy"),
+               "--method", "fast", *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and msg in err
+    if msg not in ("onoff_max", "slack"):
+        assert "binding limit" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_optimize_range_bad_inputs(files, capsys):
+    rc = main(["optimize-range", "--model", str(files / "m.pt"), "--inputs", str(files / "bad.npy")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--inputs" in err and len(err.strip().splitlines()) == 1
+    rc = main(["optimize-range", "--model", str(files / "nope.pt"), "--inputs", str(files / "x.npy")])
+    assert rc == 2 and "--model" in capsys.readouterr().err
+
+
+def test_experiment_registry(tmp_path, capsys, monkeypatch):
+    from memcim.commands import experiment as cmd
+
+    calls = {}
+
+    def fake(**kw):
+        calls.update(kw)
+        return {"value": 1.5}
+
+    monkeypatch.setitem(cmd.EXPERIMENTS, "fake", cmd.Experiment(fake, "test", lambda d: f"value={d['value']}"))
+    assert main(["experiment", "fake", "--quick", "--bits", "3,4", "--out", str(tmp_path)]) == 0
+    assert "value=1.5" in capsys.readouterr().out
+    assert calls["quick"] is True and calls["sweep_bits"] == (3, 4)
+    doc = json.loads((tmp_path / "fake.json").read_text())
+    assert doc["value"] == 1.5 and "provenance" in doc
+    assert main(["experiment", "fake", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["value"] == 1.5
+    with pytest.raises(ValueError, match="already registered"):
+        cmd.register_experiment("fake", cmd.EXPERIMENTS["fake"])
+
+
+@pytest.mark.parametrize("argv,msg", [(["experiment", "nope"], "experiment: 'nope' is not known"),
+                                      (["experiment", "convex-cim", "--chips", "0"], "--chips"),
+                                      (["experiment", "convex-cim", "--bits", "x"], "--bits")])
+def test_experiment_bad_inputs(capsys, argv, msg):
+    assert main(argv) == 2
+    assert msg in capsys.readouterr().err
