@@ -4,6 +4,7 @@ import itertools
 import json
 import math
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -141,6 +142,7 @@ BAD_SPECS = [
     ('[sweep]\ntask = "vmm"\n[grid]\nsize = [8, 8]\n', "repeats a point"),
     ('[sweep]\ntask = "vmm"\n[fixed]\nsize = 8\n[grid]\nsize = [8]\n', "also in [fixed]"),
     ('[sweep\ntask = "vmm"\n', "not valid TOML"),
+    ('[sweep]\ncommand = "vmm"\n[grid]\nbatch = [8]\n', "needs 'matrix'"),
 ]
 
 
@@ -385,3 +387,10 @@ def test_plot_means_and_standard_errors(tmp_path, capsys):
         assert main(["plot", str(store), *argv, "--out", str(png)]) == 2
         assert msg in capsys.readouterr().err
     assert main(["plot", str(tmp_path / "missing.sqlite"), "--x", "x", "--y", "y"]) == 2
+
+
+def test_progress_bar_shows_remaining_time(tmp_path, capsys):
+    spec = parse_spec({"sweep": {"task": "sleep", "seeds": 3}, "grid": {"duration": [0.0]}})
+    run_sweep(spec, tmp_path / "pb.sqlite", workers=0, progress=True)
+    err = capsys.readouterr().err
+    assert "3/3" in err and re.search(r"\d\d:\d\d<\d\d:\d\d", err)  # [elapsed<remaining]

@@ -183,20 +183,23 @@ def command_options(name: str) -> dict[str, argparse.Action]:
     return out
 
 
-def _target_arguments(kind: str, target: str) -> tuple[set[str] | None, bool, bool]:
-    """(accepted plain argument names or None for any, takes a hardware config, takes a seed)."""
+def _target_arguments(kind: str, target: str) -> tuple[set[str] | None, bool, bool, set[str]]:
+    """(accepted plain argument names or None for any, takes a hardware config, takes a seed,
+    required argument names)."""
     if kind == "task":
         fn = resolve_task(target)
         sig = inspect.signature(fn)
         names = {n for n, p in sig.parameters.items()
                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        required = {n for n, p in sig.parameters.items() if n in names and p.default is p.empty}
         anykw = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
-        return (None if anykw else names - {"hw"}), "hw" in names, ("seed" in names or anykw)
+        return (None if anykw else names - {"hw"}), "hw" in names, ("seed" in names or anykw), required
     opts = command_options(target)
     if "json" not in opts:
         raise ValueError(f"sweep.command: memcim {target} has no --json option, so its results cannot be captured")
     names = set(opts) - {"json", "out", "help", "config", "preset"}
-    return names, "config" in opts, "seed" in opts
+    required = {n for n, a in opts.items() if getattr(a, "required", False)}
+    return names, "config" in opts, "seed" in opts, required
 
 
 # ---- TOML helpers ------------------------------------------------------------------------------
@@ -335,7 +338,7 @@ def parse_spec(source: str | Path | dict, *, root: str | Path | None = None) -> 
     target = sw[kind]
     if not isinstance(target, str) or not target:
         raise ValueError(f"sweep.{kind}: expected a non-empty string, got {target!r}")
-    accepted, takes_hw, takes_seed = _target_arguments(kind, target)
+    accepted, takes_hw, takes_seed, required = _target_arguments(kind, target)
 
     name = sw.get("name", name_default)
     if not isinstance(name, str) or not name:
@@ -380,6 +383,9 @@ def parse_spec(source: str | Path | dict, *, root: str | Path | None = None) -> 
                 if accepted is not None and n not in accepted:
                     msg = f"{where}: unknown parameter {n!r}; {target} accepts: {', '.join(sorted(accepted)) or 'none'}"
                     raise ValueError(msg + (" and dotted hardware names (section.field)" if takes_hw else ""))
+    missing = sorted(required - set(fixed) - set(varied) - {"hw"} - ({"seed"} if seeds is not None else set()))
+    if missing:
+        raise ValueError(f"fixed: {target} needs {missing[0]!r}; give it in [fixed] or in [{mode}]")
     dup = sorted(set(fixed) & set(varied))
     if dup:
         raise ValueError(f"{mode}: {dup[0]!r} is also in [fixed]; set it in one place")
