@@ -478,7 +478,7 @@ def _crossbar_step(st: Moments, layer: CrossbarLayer, wq: torch.Tensor, s2: torc
     (scalar or (out,))."""
     if layer.kind == "linear":
         out = _linear_step(st, lambda x: x @ wq.t(), lambda v: v @ (wq * wq).t())
-        noise = (st.second_moment().sum(1, keepdim=True)) * s2             # (B, out)
+        noise = (st.second_moment().sum(1, keepdim=True) * s2).expand_as(out.mean)   # (B, out)
         mean = out.mean + layer.bias
         var = out.var + noise
         cov = out.cov
@@ -582,7 +582,7 @@ def _to_full(st: Moments) -> Moments:
 
 def propagate(layers: list, x: torch.Tensor, *, sigma: float, gmax, levels: int = 128, cov: str = "lowrank",
               rank: int = DEFAULT_RANK, max_factors: int = 64, full_below: int = DEFAULT_FULL_BELOW,
-              act_method: str = "taylor", taylor_order: int = 2,
+              full_linear: int = 4096, act_method: str = "taylor", taylor_order: int = 2,
               on_crossbar: Callable | None = None, return_all: bool = False):
     """Propagate the moments of deterministic inputs ``x`` through the parsed ``layers``.
 
@@ -599,6 +599,9 @@ def propagate(layers: list, x: torch.Tensor, *, sigma: float, gmax, levels: int 
     max_factors : lowrank mode, cap on the number of factors (extra ones are compressed).
     full_below : lowrank mode, switch to the full covariance once a feature map has at most this
         many units (the full matrix is then cheaper than the factors, and exact).
+    full_linear : lowrank mode, a ``Linear`` layer with at most this many inputs gets its input
+        covariance in full (a dense layer correlates all its outputs; the full matrix costs
+        D^2 per sample, the size of the layer's own weights).
     act_method, taylor_order : see :func:`activation_moments`.
     on_crossbar : optional callback ``f(index, layer, state_in, wq, c)`` called before each
         crossbar layer (used by the power model).
@@ -624,6 +627,9 @@ def propagate(layers: list, x: torch.Tensor, *, sigma: float, gmax, levels: int 
     ix = 0
     for layer in layers:
         if isinstance(layer, CrossbarLayer):
+            if (st.mode == "lowrank" and layer.kind == "linear" and layer.weight.shape[1] <= full_linear
+                    and (st.factors is not None or bool(torch.any(st.var.detach() > 0)))):
+                st = _to_full(st)   # a Linear layer mixes every unit: keep its input covariance in full
             wq = quantize_weight(layer.weight, int(levels))
             c = gm[ix] / layer.wmax
             if on_crossbar is not None:

@@ -1,0 +1,182 @@
+"""Paper 001 (MemSE) reproductions: Fig. 2 (MSE vs sigma), Fig. 3 (max MSE vs G_max), Fig. 4
+(Pareto front of max MSE vs power), with the Monte Carlo accuracy beside the MSE.
+
+Models: the reference models of :mod:`memcim.nn.models` (``mnist-cnn-small``, the paper's small
+CNN trained on MNIST zero-padded to 32x32 because CIFAR-10 is not available offline, and
+``mnist-mlp-256-128``); any ``torch.save(model)`` file also works. Inputs are the first
+``n_inputs`` MNIST test images.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from memcim.analysis.memse_mc import monte_carlo
+from memcim.analysis.moments import predict_mse
+from memcim.io import provenance, savefig, write_json
+
+
+def load_inputs(spec: str, n: int | None = None):
+    """``mnist:N`` / ``digits:N`` (first N test samples) -> (x, labels)."""
+    from memcim.data.datasets import load_dataset
+
+    name, _, cnt = str(spec).partition(":")
+    k = int(cnt) if cnt else (n or 64)
+    ds = load_dataset(name, "test", limit=k)
+    return ds.x.double(), ds.y
+
+
+def _model(spec: str):
+    from memcim.nn.loading import load_model
+
+    return load_model(spec).double().eval()
+
+
+def fig2(out: str | Path, *, models=("mnist-cnn-small", "mnist-mlp-256-128"), sigmas=None, gmax: float = 1.0,
+         levels: int = 128, n_inputs: int = 64, trials: int = 200, seed: int = 0, orders=(2, 4), quick=False) -> dict:
+    """MSE at the output vs sigma, predicted (Taylor orders, Gauss-Hermite, covariance modes) and
+    simulated, with the simulated accuracy."""
+    sigmas = list(sigmas) if sigmas is not None else list(np.logspace(-3.5, -0.5, 4 if quick else 9))
+    x, y = load_inputs("mnist", n_inputs)
+    rows = []
+    for name in models:
+        net = _model(name)
+        clean = float((net(x).argmax(1) == y).double().mean())
+        for s in sigmas:
+            row = {"model": name, "sigma": float(s), "gmax": gmax, "clean_accuracy": clean}
+            t0 = time.perf_counter()
+            p = predict_mse(net, x, sigma=s, gmax=gmax, levels=levels, power=False)
+            row["pred_lowrank_t2"], row["pred_wall_s"] = p.mse_mean, time.perf_counter() - t0
+            row["pred_lowrank_t2_max"] = p.mse_max
+            for o in orders:
+                if o != 2:
+                    row[f"pred_lowrank_t{o}"] = predict_mse(net, x, sigma=s, gmax=gmax, levels=levels, power=False,
+                                                            taylor_order=o).mse_mean
+            row["pred_lowrank_gh"] = predict_mse(net, x, sigma=s, gmax=gmax, levels=levels, power=False,
+                                                 act_method="gh").mse_mean
+            row["pred_diagonal_t2"] = predict_mse(net, x, sigma=s, gmax=gmax, levels=levels, power=False,
+                                                  cov="diagonal").mse_mean
+            mc = monte_carlo(net, x, sigma=s, gmax=gmax, levels=levels, trials=trials, seed=seed, labels=y,
+                             dtype=torch.float32)
+            row.update(mc_mse=mc.mse_mean, mc_stderr=mc.mse_mean_stderr, mc_max=mc.mse_max,
+                       mc_accuracy=float(mc.accuracy.mean()), mc_wall_s=mc.wall_s,
+                       rel_err_t2=(p.mse_mean - mc.mse_mean) / mc.mse_mean)
+            rows.append(row)
+    res = {"figure": "fig2", "rows": rows, "config": {"levels": levels, "gmax": gmax, "n_inputs": n_inputs,
+                                                         "trials": trials, "models": list(models)},
+           "provenance": provenance(seed=seed)}
+    out = Path(out)
+    write_json(out / "memse_fig2.json", res)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(models), figsize=(5.5 * len(models), 7), squeeze=False)
+    for j, name in enumerate(models):
+        rs = [r for r in rows if r["model"] == name]
+        s = [r["sigma"] for r in rs]
+        ax = axes[0, j]
+        ax.errorbar(s, [r["mc_mse"] for r in rs], yerr=[3 * r["mc_stderr"] for r in rs], fmt="ko", label="Monte Carlo")
+        ax.plot(s, [r["pred_lowrank_t2"] for r in rs], "-", label="predicted (Taylor 2)")
+        for o in orders:
+            if o != 2:
+                ax.plot(s, [r[f"pred_lowrank_t{o}"] for r in rs], "--", label=f"predicted (Taylor {o})")
+        ax.plot(s, [r["pred_lowrank_gh"] for r in rs], ":", label="predicted (Gauss-Hermite)")
+        ax.plot(s, [r["pred_diagonal_t2"] for r in rs], "-.", alpha=.6, label="predicted, diagonal cov")
+        ax.set(xscale="log", yscale="log", xlabel="sigma (S)", ylabel="mean output MSE", title=f"{name}, G_max={gmax} S")
+        ax.legend(fontsize=7)
+        ax = axes[1, j]
+        ax.semilogx(s, [100 * r["mc_accuracy"] for r in rs], "o-")
+        ax.set(xlabel="sigma (S)", ylabel="MC accuracy (%)")
+    savefig(fig, out / "memse_fig2.png")
+    return res
+
+
+def fig3(out: str | Path, *, model="mnist-cnn-small", sigmas=(0.01, 0.03, 0.1), gmaxes=None, levels: int = 128,
+         n_inputs: int = 64, trials: int = 100, seed: int = 0, quick=False) -> dict:
+    """Mean over inputs of the max over outputs of the MSE vs G_max, for several sigma."""
+    gmaxes = list(gmaxes) if gmaxes is not None else list(np.logspace(-0.5, 2, 4 if quick else 8))
+    x, y = load_inputs("mnist", n_inputs)
+    net = _model(model)
+    rows = []
+    for s in sigmas:
+        for g in gmaxes:
+            p = predict_mse(net, x, sigma=s, gmax=g, levels=levels, power=True)
+            mc = monte_carlo(net, x, sigma=s, gmax=g, levels=levels, trials=trials, seed=seed, labels=y,
+                             dtype=torch.float32)
+            rows.append({"sigma": s, "gmax": float(g), "pred_max": p.mse_max, "pred_mean": p.mse_mean,
+                         "mc_max": mc.mse_max, "mc_mean": mc.mse_mean, "mc_stderr": mc.mse_mean_stderr,
+                         "mc_accuracy": float(mc.accuracy.mean()), "power_W": p.power["total_W"]})
+    p0 = predict_mse(net, x, sigma=0.0, gmax=1.0, levels=levels, power=False)
+    res = {"figure": "fig3", "model": model, "rows": rows, "quantization_floor_max": p0.mse_max,
+           "config": {"levels": levels, "n_inputs": n_inputs, "trials": trials}, "provenance": provenance(seed=seed)}
+    out = Path(out)
+    write_json(out / "memse_fig3.json", res)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for k, s in enumerate(sigmas):
+        rs = [r for r in rows if r["sigma"] == s]
+        col = f"C{k}"
+        ax.plot([r["gmax"] for r in rs], [r["pred_max"] for r in rs], "-", color=col, label=f"predicted, sigma={s}")
+        ax.plot([r["gmax"] for r in rs], [r["mc_max"] for r in rs], "o", color=col, label=f"simulated, sigma={s}")
+    ax.axhline(p0.mse_max, color="k", ls=":", label="quantization floor (F3)")
+    ax.set(xscale="log", yscale="log", xlabel="G_max (S)", ylabel="mean of max output MSE", title=model)
+    ax.legend(fontsize=7)
+    savefig(fig, out / "memse_fig3.png")
+    return res
+
+
+def fig4(out: str | Path, *, model="mnist-cnn-small", sigma: float = 0.01, levels: int = 128, n_inputs: int = 16,
+         n_budgets: int = 6, ga: bool = True, pop_size: int = 50, n_gen: int = 100, seed: int = 0, quick=False,
+         mc_trials: int = 50) -> dict:
+    """Pareto front: min max-MSE vs power budget for network / layer / column G_max, structured
+    optimizer and (optionally) the paper's GA, with MC accuracy at each structured optimum."""
+    from memcim.optimize.gmax import GmaxProblem, optimize_gmax, time_to_reach
+
+    x, y = load_inputs("mnist", n_inputs)
+    net = _model(model)
+    p_lo = predict_mse(net, x, sigma=sigma, gmax=0.3, levels=levels).power["total_W"]
+    p_hi = predict_mse(net, x, sigma=sigma, gmax=10.0, levels=levels).power["total_W"]
+    budgets = np.logspace(np.log10(p_lo), np.log10(p_hi), n_budgets)
+    grans = ("network", "layer") if quick else ("network", "layer", "column")
+    rows = []
+    for gran in grans:
+        prob = GmaxProblem(net, x, sigma=sigma, levels=levels, granularity=gran)
+        for v in budgets:
+            r = optimize_gmax(None, None, sigma=sigma, power_budget=float(v), problem=prob)
+            d = r.to_dict()
+            mc = monte_carlo(net, x, sigma=sigma, gmax=r.gmax, levels=levels, trials=mc_trials, seed=seed, labels=y,
+                             dtype=torch.float32)
+            d.update(mc_mse_max=mc.mse_max, mc_accuracy=float(mc.accuracy.mean()))
+            rows.append(d)
+            if ga and gran != "column":
+                g = optimize_gmax(None, None, sigma=sigma, power_budget=float(v), problem=prob, method="ga",
+                                  pop_size=pop_size, n_gen=n_gen, seed=seed).to_dict()
+                g["time_to_structured_optimum_s"] = time_to_reach(g["history"], r.objective)
+                g["history"] = g["history"][::max(1, len(g["history"]) // 20)]
+                rows.append(g)
+    res = {"figure": "fig4", "model": model, "sigma": sigma, "budgets_W": budgets, "rows": rows,
+           "config": {"levels": levels, "n_inputs": n_inputs, "pop_size": pop_size, "n_gen": n_gen},
+           "provenance": provenance(seed=seed)}
+    out = Path(out)
+    write_json(out / "memse_fig4.json", res)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for k, gran in enumerate(grans):
+        for m, mk in (("structured", "-o"), ("ga", "--x")):
+            rs = [r for r in rows if r["granularity"] == gran and r["method"] == m and r.get("feasible")]
+            if rs:
+                axes[0].plot([r["power_W"] for r in rs], [r["objective_mse"] for r in rs], mk, color=f"C{k}",
+                             label=f"{gran}, {m}")
+        rs = [r for r in rows if r["granularity"] == gran and r["method"] == "structured"]
+        axes[1].plot([r["power_W"] for r in rs], [100 * r["mc_accuracy"] for r in rs], "-o", color=f"C{k}", label=gran)
+    axes[0].set(xscale="log", yscale="log", xlabel="expected power (W)", ylabel="predicted max output MSE",
+                title=f"{model}, sigma={sigma} S")
+    axes[0].legend(fontsize=7)
+    axes[1].set(xscale="log", xlabel="expected power (W)", ylabel="MC accuracy at optimum (%)")
+    axes[1].legend(fontsize=7)
+    savefig(fig, out / "memse_fig4.png")
+    return res
