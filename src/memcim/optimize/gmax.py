@@ -160,7 +160,18 @@ def _network_solve(prob: GmaxProblem, budget: float, tol: float = 1e-4):
 def _structured(prob: GmaxProblem, budget: float, maxiter: int = 200):
     from scipy.optimize import minimize
 
-    u0, (o0, p0) = _network_solve(prob, budget)
+    if prob.granularity == "column":
+        # warm start from the per-layer optimum (feasible for per-column G_max too)
+        sub = GmaxProblem(prob.layers, prob.x, sigma=prob.sigma, levels=prob.levels, granularity="layer",
+                          objective=prob.objective, cov=prob.cov, r=prob.r, bounds=prob.bounds, dtype=prob.dtype,
+                          **prob.kw)
+        ul, ol, pl, _ = _structured(sub, budget, maxiter)
+        prob.n_eval += sub.n_eval
+        u0 = np.concatenate([np.full(n, v) for n, v in zip(prob.sizes, ul)])
+        o0, p0 = ol, pl
+        maxiter = min(maxiter, 40)
+    else:
+        u0, (o0, p0) = _network_solve(prob, budget)
     if prob.granularity == "network":
         return u0, o0, p0, {"stage": "bisection"}
     lo, hi = math.log(prob.bounds[0]), math.log(prob.bounds[1])
@@ -181,7 +192,7 @@ def _structured(prob: GmaxProblem, budget: float, maxiter: int = 200):
                    options={"maxiter": maxiter, "ftol": 1e-10})
     o, p = prob.evaluate(res.x)
     if p > budget * (1 + 1e-6) or o > o0:   # fall back to the network-level optimum
-        return u0, o0, p0, {"stage": "bisection (SLSQP did not improve)", "slsqp": str(res.message)}
+        return u0, o0, p0, {"stage": "warm start kept (SLSQP did not improve)", "slsqp": str(res.message)}
     return res.x, o, p, {"stage": "bisection + SLSQP", "slsqp": str(res.message), "slsqp_iterations": int(res.nit)}
 
 
