@@ -67,8 +67,9 @@ def test_accuracy_degrades_with_programming_noise():
     assert clean["digital"]["accuracy"] > 0.9
     prev = None
     res = {}
+    # absolute programming noise of about 2 % and 40 % of the conductance window
     for s in (0.05, 1.0):
-        r = evaluate_analog(model, ds, base.replace(device={"prog_sigma_rel": s}), chips=8, seed=0,
+        r = evaluate_analog(model, ds, base.replace(device={"prog_sigma_abs": s * 4e-5}), chips=8, seed=0,
                             calib_data=calib)
         res[s] = r
     a_lo, a_hi = res[0.05]["accuracy"], res[1.0]["accuracy"]
@@ -223,15 +224,3 @@ def test_hardware_aware_ste_gradient_and_training_step():
     assert all(torch.isfinite(p).all() and torch.isfinite(p.grad).all() for p in a.parameters())
     assert all(not torch.equal(p, b) for p, b in zip(a.parameters(), before))
 
-
-@pytest.mark.parametrize("name", ["realistic", "noisy", "ideal"])
-@pytest.mark.parametrize("dev", [{}, {"thermal_noise": False}, {"shot_noise": False}])
-def test_fast_read_matches_simulator_bit_for_bit(name, dev):
-    from memcim.nn.analog import fast_read
-
-    g = torch.Generator().manual_seed(0)
-    W, x = torch.randn(300, 70, generator=g), torch.randn(33, 300, generator=g)
-    hw = preset(name).replace(device=dev)
-    c1, c2 = (program_chip(map_matrix(W, hw), seed=3) for _ in range(2))
-    for _ in range(2):                                         # also the second read (generator advanced)
-        assert torch.equal(c1.mvm(x)[0], fast_read(c2, x))

@@ -339,15 +339,21 @@ class MappingConfig(_Section):
         or "offset" (one device per weight around the window's midpoint, minus one reference column
         per array).
     scale : one scale factor c per matrix ("matrix") or per output column ("column").
+    tiling : how a matrix larger than one array is cut. "balanced" (default) uses the fewest arrays
+        and spreads rows and columns evenly over them (784 rows on 128-row arrays: 7 arrays of 112
+        rows), so no array computes on padding; "packed" fills every array but the last completely.
+        The number of arrays, TIAs and ADCs is the same either way.
     """
 
     _section = "mapping"
     scheme: str = "differential"
     scale: str = "matrix"
+    tiling: str = "balanced"
 
     def __post_init__(self):
         _choice("mapping.scheme", self.scheme, ("differential", "offset"))
         _choice("mapping.scale", self.scale, ("matrix", "column"))
+        _choice("mapping.tiling", self.tiling, ("balanced", "packed"))
 
     @property
     def weights_per_array_col(self) -> int:  # pragma: no cover - documented helper

@@ -167,7 +167,7 @@ class ProgrammedChip:
                 th = (dev.thermal_psd / v2) * gsum_th[trials]
                 var = th.expand_as(j).clone() if var is None else var.add_(th)
             noise = torch.randn(j.shape, generator=gen, dtype=j.dtype, device=j.device)
-            j.add_(noise.mul_(var.sqrt_()))
+            j.addcmul_(noise, var.sqrt_())
             if m.scheme == "offset":
                 # the reference column of each array is one physical column: its noise is common to
                 # every output of that array, so it is drawn once per array and subtracted from all
@@ -179,8 +179,9 @@ class ProgrammedChip:
                 shape = (*j.shape[:-1], m.n_col_tiles)
                 n_ref = torch.randn(shape, generator=gen, dtype=j.dtype, device=j.device) * var_ref.sqrt()
                 j.sub_(m.expand_neg(n_ref))
-        j = adc_convert(j, fs.unsqueeze(1), hw.adc, inplace=True)  # fs is in the units of j
-        y = j.div_(scale).sum(dim=1)  # digital rescale, then add the row tiles' partial sums
+        # ADC (fs is in the units of j) and the digital rescale 1/c in one pass, then the row tiles'
+        # partial sums are added digitally
+        y = adc_convert(j, fs.unsqueeze(1), hw.adc, inplace=True, gain=1.0 / scale).sum(dim=1)
         return y[..., : m.out_features] * xscale
 
     def _check_inputs(self, x) -> torch.Tensor:

@@ -49,17 +49,19 @@ def dac_convert(x: torch.Tensor, dac: DACConfig) -> tuple[torch.Tensor, torch.Te
 
 
 def adc_convert(v: torch.Tensor, full_scale: torch.Tensor | float, adc: ADCConfig, *,
-                inplace: bool = False) -> torch.Tensor:
+                inplace: bool = False, gain: torch.Tensor | float = 1.0) -> torch.Tensor:
     """Quantize TIA output voltages ``v`` [V] with full scale ``full_scale`` [V] (broadcastable).
 
-    ``inplace=True`` overwrites ``v`` (saves memory and time on large batches).
+    ``inplace=True`` overwrites ``v`` (saves memory and time on large batches); the result is
+    multiplied by ``gain`` in the same pass (the digital rescale that follows the ADC).
     """
     if not adc.enabled:
-        return v
+        q = v if inplace else v.clone()
+        return q.mul_(gain) if not (isinstance(gain, float) and gain == 1.0) else q
     step = full_scale / adc.steps
     q = v if inplace else v.clone()
     q.div_(step).round_()
     if adc.saturate:
         k = float(adc.steps)
         q.clamp_(-k, k)
-    return q.mul_(step)
+    return q.mul_(step * gain)

@@ -15,6 +15,8 @@ over the whole matrix or per output column (``hw.mapping.scale``). Targets are t
 device's levels. Matrices larger than one array are tiled: row tile ``r`` and column tile ``k`` go to
 their own array with its own TIAs and ADCs, and the partial sums of the row tiles are added digitally.
 
+With ``hw.mapping.tiling == "balanced"`` the rows and columns are spread evenly over the arrays
+(``tile_rows = ceil(in / n_row_tiles)``), otherwise arrays are filled completely.
 Tile-padding positions hold no device (0 S, no noise). The ADC full scale of every array (or column)
 is fixed here, at mapping time, as on a real chip.
 """
@@ -59,7 +61,8 @@ class MappedMatrix:
     ----------
     hw : the hardware config used.
     in_features, out_features : the shape of W.
-    tile_rows, tile_cols : weights per array (rows, weight columns).
+    tile_rows, tile_cols : weights per array (rows, weight columns) actually used; at most the
+        array's rows and cols//2 (differential) or cols-1 (offset).
     n_row_tiles, n_col_tiles : number of arrays along each dimension.
     scale : c per output column, shape (out_pad,) [S per weight unit].
     g_pos : target conductances [S] of the positive devices, shape (n_row_tiles, tile_rows, out_pad).
@@ -154,6 +157,8 @@ def map_matrix(W, hw: HardwareConfig, calib_inputs=None, *, calib_seed: int = 0)
     dev = hw.device
     R, Cw = _tile_shape(hw)
     nrt, nct = math.ceil(n / R), math.ceil(m / Cw)
+    if hw.mapping.tiling == "balanced":
+        R, Cw = math.ceil(n / nrt), math.ceil(m / nct)
     m_pad = nct * Cw
     Wp = torch.zeros(nrt * R, m_pad, dtype=torch.float64, device=W.device)
     Wp[:n, :m] = W

@@ -186,65 +186,6 @@ def hardware_aware_matmul(x: torch.Tensor, W: torch.Tensor, hw: HardwareConfig,
 # analog layers
 # ------------------------------------------------------------------------------------------------
 
-def fast_read_supported(chip: ProgrammedChip) -> bool:
-    """True when :func:`fast_read` reproduces ``chip.mvm`` (one chip, differential mapping)."""
-    return chip.trials == 1 and chip.mapped.scheme == "differential"
-
-
-@torch.no_grad()
-def fast_read(chip: ProgrammedChip, x: torch.Tensor) -> torch.Tensor:
-    """One read of a single differential chip: the same numbers as ``chip.mvm(x)[0]``, faster.
-
-    Replays :meth:`memcim.simulate.ProgrammedChip.mvm` operation by operation (same random draws
-    from the chip's generator, same rounding) but works in place on the (row tiles, batch, columns)
-    partial sums instead of allocating a new tensor per step, which on the CPU removes about half
-    of the time spent outside the matrix products. Used by the analog layers in eval mode; a test
-    checks it bit for bit against ``chip.mvm``.
-
-    Parameters
-    ----------
-    chip : a programmed chip with ``trials == 1`` and differential mapping.
-    x : inputs (batch, in).
-
-    Returns
-    -------
-    (batch, out) tensor in the chip's dtype.
-    """
-    from memcim.hardware.converters import dac_convert
-
-    m = chip.mapped
-    hw = m.hw
-    dev = hw.device
-    x = chip._check_inputs(x)
-    gd, scale, fs, gs, gsum_th = chip._prepared()
-    R, nrt = m.tile_rows, m.n_row_tiles
-    u, xscale = dac_convert(x, hw.dac)
-    B = u.shape[0]
-    pad = nrt * R - m.in_features
-    if pad:
-        u = F.pad(u, (0, pad))
-    ut = u.reshape(B, nrt, R).transpose(0, 1).unsqueeze(0)          # (1, nrt, B, R)
-    j = torch.matmul(ut, gd)                                       # (1, nrt, B, out_pad)
-    if gs is not None:
-        v2 = hw.array.v_read ** 2
-        var = None
-        if dev.shot_noise:
-            var = torch.matmul(ut.abs(), gs).mul_(dev.shot_psd / hw.array.v_read)
-        if dev.thermal_noise:
-            th = (dev.thermal_psd / v2) * gsum_th
-            var = th.expand_as(j).clone() if var is None else var.add_(th)
-        noise = torch.randn(j.shape, generator=chip.generator, dtype=j.dtype, device=j.device)
-        j.add_(noise.mul_(var.sqrt_()))
-    if hw.adc.enabled:
-        step = fs.unsqueeze(1) / hw.adc.steps
-        j.div_(step).round_()
-        if hw.adc.saturate:
-            j.clamp_(-float(hw.adc.steps), float(hw.adc.steps))
-        j.mul_(step)
-    y = j.div_(scale).sum(dim=1)
-    return (y[..., : m.out_features] * xscale)[0]
-
-
 class _AnalogMixin:
     """Shared state and programming logic of the analog layers."""
 
@@ -293,8 +234,6 @@ class _AnalogMixin:
         if self._weight_version != self.weight._version:
             raise RuntimeError(f"{type(self).__name__}: the weights changed after programming; call "
                                "memcim.nn.analog.program(model, seed) again")
-        if fast_read_supported(self.chip):
-            return fast_read(self.chip, x2d.detach()).to(x2d.dtype)
         return self.chip.mvm(x2d.detach())[0].to(x2d.dtype)
 
     def _matmul(self, x2d: torch.Tensor) -> torch.Tensor:
