@@ -1,0 +1,127 @@
+"""G_max optimizer: structured solver vs the GA and vs brute force; CLI; bad inputs."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from memcim.optimize.gmax import GmaxProblem, optimize_gmax
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 6), nn.Softplus(), nn.Linear(6, 5), nn.Softplus(), nn.Linear(5, 3)).double()
+
+
+def _x():
+    return torch.rand(6, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
+def _budget(net, x):
+    from memcim.analysis.moments import predict_mse
+
+    return predict_mse(net, x, sigma=0.01, gmax=0.5, levels=32).power["total_W"]
+
+
+def test_network_granularity_matches_brute_force():
+    net, x = _net(), _x()
+    v = _budget(net, x)
+    res = optimize_gmax(net, x, sigma=0.01, power_budget=v, levels=32, granularity="network")
+    prob = GmaxProblem(net, x, sigma=0.01, levels=32, granularity="network")
+    grid = np.linspace(np.log(prob.bounds[0]), np.log(prob.bounds[1]), 400)
+    vals = [prob.evaluate([u]) for u in grid]
+    best = min(o for o, p in vals if p <= v)
+    assert res.feasible and res.power_W <= v * (1 + 1e-6)
+    assert res.objective <= best * (1 + 1e-3)
+
+
+@pytest.mark.parametrize("objective", ["max", "mean"])
+def test_structured_is_no_worse_than_ga(objective):
+    net, x = _net(), _x()
+    v = _budget(net, x)
+    s = optimize_gmax(net, x, sigma=0.01, power_budget=v, levels=32, granularity="layer", objective=objective)
+    g = optimize_gmax(net, x, sigma=0.01, power_budget=v, levels=32, granularity="layer", objective=objective,
+                      method="ga", pop_size=20, n_gen=25, seed=0)
+    assert s.feasible and g.feasible
+    assert s.objective <= g.objective * (1 + 1e-3)
+    # the per-layer optimum is no worse than the network-level one
+    n = optimize_gmax(net, x, sigma=0.01, power_budget=v, levels=32, granularity="network", objective=objective)
+    assert s.objective <= n.objective * (1 + 1e-9)
+
+
+def test_column_granularity_is_feasible_and_no_worse_than_layer():
+    net, x = _net(), _x()
+    v = _budget(net, x)
+    lay = optimize_gmax(net, x, sigma=0.01, power_budget=v, levels=32, granularity="layer")
+    col = optimize_gmax(net, x, sigma=0.01, power_budget=v, levels=32, granularity="column")
+    assert col.feasible and col.objective <= lay.objective * (1 + 1e-6)
+    assert [len(g) for g in col.gmax] == [6, 5, 3]
+
+
+def test_bad_inputs():
+    net, x = _net(), _x()
+    with pytest.raises(ValueError, match="granularity"):
+        optimize_gmax(net, x, sigma=0.01, power_budget=1.0, granularity="tile")
+    with pytest.raises(ValueError, match="power-budget"):
+        optimize_gmax(net, x, sigma=0.01, power_budget=-1.0)
+    with pytest.raises(ValueError, match="power-budget"):
+        optimize_gmax(net, x, sigma=0.01, power_budget=1e-30)
+    with pytest.raises(ValueError, match="sigma"):
+        optimize_gmax(net, x, sigma=0.0, power_budget=1.0)
+    with pytest.raises(ValueError, match="method"):
+        optimize_gmax(net, x, sigma=0.01, power_budget=1.0, method="anneal")
+    with pytest.raises(ValueError, match="objective"):
+        optimize_gmax(net, x, sigma=0.01, power_budget=1.0, objective="median")
+
+
+def _files(tmp_path):
+    net = _net().float()
+    mp = tmp_path / "m.pt"
+    torch.save(net, mp)
+    xp = tmp_path / "x.npy"
+    np.save(xp, _x().numpy())
+    return str(mp), str(xp)
+
+
+def test_cli_mse_and_optimize(tmp_path, capsys):
+    from memcim.cli import main
+
+    mp, xp = _files(tmp_path)
+    rc = main(["mse", "--model", mp, "--inputs", xp, "--sigma", "0.01", "--gmax", "0.5", "--levels", "32",
+               "--monte-carlo", "50", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["predicted"]) >= {"mse_mean", "mse_max", "per_output", "power", "wall_s"}
+    assert out["monte_carlo"]["trials"] == 50 and len(out["predicted"]["per_output"]) == 3
+    rc = main(["mse", "--model", mp, "--inputs", xp, "--sigma", "0.01", "--gmax-per-layer", "0.5,1,2", "--json"])
+    assert rc == 0
+    capsys.readouterr()
+    budget = out["predicted"]["power"]["total_W"]
+    rc = main(["optimize-gmax", "--model", mp, "--inputs", xp, "--sigma", "0.01", "--levels", "32",
+               "--power-budget", str(budget), "--granularity", "layer", "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)["results"]["structured"]
+    assert res["feasible"] and res["objective_mse"] <= out["predicted"]["mse_max"] * (1 + 1e-6)
+
+
+def test_cli_errors(tmp_path, capsys):
+    from memcim.cli import main
+
+    mp, xp = _files(tmp_path)
+    bad = tmp_path / "bad.pt"
+    torch.save(nn.Sequential(nn.Linear(8, 4), nn.GELU()), bad)
+    cases = [
+        (["mse", "--model", str(bad), "--inputs", xp, "--sigma", "0.01", "--gmax", "1"], "GELU"),
+        (["mse", "--model", mp, "--inputs", xp, "--sigma", "0.01", "--gmax-per-layer", "1,2"], "gmax"),
+        (["mse", "--model", mp, "--inputs", xp, "--sigma", "-1", "--gmax", "1"], "--sigma"),
+        (["mse", "--model", mp, "--inputs", str(tmp_path / "nope.npy"), "--sigma", "0.01", "--gmax", "1"], "--inputs"),
+        (["mse", "--model", mp, "--inputs", xp, "--sigma", "0.01", "--gmax", "1", "--monte-carlo", "1"], "--monte-carlo"),
+        (["optimize-gmax", "--model", mp, "--inputs", xp, "--sigma", "0.01", "--power-budget", "1",
+          "--granularity", "chip"], "--granularity"),
+        (["memse-fig", "fig9", "--out", str(tmp_path)], "figure"),
+    ]
+    for argv, word in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert word in err and len(err.splitlines()) == 1, err
