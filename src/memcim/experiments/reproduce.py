@@ -1,0 +1,214 @@
+"""One-command reproduction of every paper's headline figures and tables.
+
+Each paper is a :class:`Section`: a list of memcim CLI invocations (each writes its JSON and PNG
+into its own folder of the report) and a ``summarize`` function that reads those JSON files and
+returns rows ``(quantity, paper, memcim, note)``. :func:`reproduce` runs the sections, keeps going
+when one step fails (the failure is written into the report), and writes ``REPORT.md`` with every
+PNG beside the table of measured figures against the paper's.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from memcim.io import provenance, write_json
+
+Row = tuple[str, str, str, str]
+
+
+@dataclass
+class Step:
+    name: str
+    quick: list[str]
+    full: list[str]
+
+
+@dataclass
+class Section:
+    key: str
+    title: str
+    paper: str
+    steps: list[Step]
+    summarize: Callable[[Path], list[Row]] = field(default=lambda d: [])
+
+
+def _load(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _get(d, *keys, default=None):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f} %"
+
+
+def _fmt(v, spec=".3g") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+# ---------------------------------------------------------------- paper 000: low rank
+def _sum_000(d: Path) -> list[Row]:
+    rows: list[Row] = []
+    f2 = _load(d / "lowrank-fig2" / "lowrank_fig2.json")
+    if f2:
+        rows.append(("Fig. 2: error vs rank", "U-shape, interior optimal rank",
+                     f"optimal k = {f2.get('k_opt')} (r1 = {f2.get('r1_opt')}, r2 = {f2.get('r2_opt')})",
+                     "closed form and Monte Carlo"))
+        rows.append(("error at the optimum / baseline", "< 1 (low rank wins)", _fmt(f2.get("best_normalized"), ".3f"),
+                     f"improvement x{_fmt(f2.get('improvement'), '.2f')}"))
+        rows.append(("closed form vs Monte Carlo", "(not reported)", f"max rel. diff {_fmt(f2.get('max_abs_rel_diff'), '.2%')}",
+                     f"{f2.get('trials', '?')} trials per k"))
+    mlp = _load(d / "lowrank-mlp" / "lowrank_mlp.json")
+    if mlp:
+        rows.append(("MNIST MLP accuracy vs device budget", "(beyond the paper)", "see lowrank_mlp.png", ""))
+    return rows
+
+
+# ---------------------------------------------------------------- paper 001: MemSE
+def _sum_001(d: Path) -> list[Row]:
+    rows: list[Row] = []
+    for sub in sorted(p for p in d.iterdir() if p.is_dir()) if d.exists() else []:
+        for f in sorted(sub.glob("*.json")):
+            js = _load(f) or {}
+            s = js.get("summary") if isinstance(js.get("summary"), dict) else None
+            if s:
+                for k, v in s.items():
+                    if isinstance(v, (int, float, str)):
+                        rows.append((f"{f.stem}: {k}", _PAPER_001.get(k, ""), _fmt(v) if not isinstance(v, str) else v, ""))
+    return rows
+
+
+_PAPER_001 = {"speedup": "85x (GPU)", "speedup_vs_mc": "85x (GPU)"}
+
+
+# ---------------------------------------------------------------- paper 002: representable matrices
+def _sum_002(d: Path) -> list[Row]:
+    rows: list[Row] = []
+    for sub in sorted(p for p in d.iterdir() if p.is_dir()) if d.exists() else []:
+        for f in sorted(sub.glob("*.json")):
+            js = _load(f) or {}
+            s = js.get("summary") if isinstance(js.get("summary"), dict) else None
+            if s:
+                for k, v in s.items():
+                    if isinstance(v, (int, float, str)):
+                        rows.append((f"{f.stem}: {k}", _PAPER_002.get(k, ""), _fmt(v) if not isinstance(v, str) else v, ""))
+    return rows
+
+
+_PAPER_002 = {"accuracy_software": "98.4 %", "accuracy_representable": "98.3 %", "accuracy_dpe": "96.3 %",
+              "error_ratio_dpe_over_representable": "4-9x"}
+
+
+# ---------------------------------------------------------------- paper 003: convex CIM
+def _sum_003(d: Path) -> list[Row]:
+    rows: list[Row] = []
+    for sub in sorted(p for p in d.iterdir() if p.is_dir()) if d.exists() else []:
+        for f in sorted(sub.glob("*.json")):
+            js = _load(f) or {}
+            s = js.get("summary") if isinstance(js.get("summary"), dict) else None
+            if s:
+                for k, v in s.items():
+                    if isinstance(v, (int, float, str)):
+                        rows.append((f"{f.stem}: {k}", _PAPER_003.get(k, ""), _fmt(v) if not isinstance(v, str) else v, ""))
+    return rows
+
+
+_PAPER_003 = {"naive_loss_points": "6.74 points", "accuracy_both": "97.32 %", "gap_to_digital_points": "0.89 points",
+              "mse_reduction": "86 %", "energy_gain": "+11 %", "accuracy_3bit_adc": "93.8 %"}
+
+
+SECTIONS: dict[str, Section] = {
+    "000": Section("000", "Low-rank approximate computation with memristors",
+                   "000_d5a632188df716b1.txt", [
+                       Step("lowrank-fig2", ["--size", "128", "--trials", "300", "--points", "8"], []),
+                       Step("lowrank-hw", ["--size", "32", "--ranks", "2", "8", "--trials", "40"], []),
+                       Step("lowrank-mlp", ["--n-test", "1000", "--trials", "2", "--budgets", "1", "2"], []),
+                   ], _sum_000),
+    "001": Section("001", "MemSE: fast MSE prediction for noisy memristor-based DNN accelerators",
+                   "001_64689ebc712406a7.txt", [], _sum_001),
+    "002": Section("002", "Representable matrices: IR-drop-aware mapping",
+                   "002_f0b6f2aca12a328f.txt", [], _sum_002),
+    "003": Section("003", "Mathematical optimization of analog compute-in-memory",
+                   "003_c92aaa23b8ee13b1.txt", [], _sum_003),
+}
+
+
+def _run_step(step: Step, out: Path, quick: bool, seed: int) -> dict:
+    from memcim.cli import main
+
+    args = [step.name] + (step.quick if quick else step.full) + ["--out", str(out), "--seed", str(seed)]
+    buf_out, buf_err = io.StringIO(), io.StringIO()
+    t0 = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(buf_out), contextlib.redirect_stderr(buf_err):
+            rc = main(args)
+    except SystemExit as e:  # argparse
+        rc = int(e.code or 0)
+    except Exception as e:  # noqa: BLE001 - a failing step is recorded, the report goes on
+        rc = 1
+        buf_err.write(f"{type(e).__name__}: {e}")
+    wall = time.perf_counter() - t0
+    (out / "stdout.txt").write_text(buf_out.getvalue())
+    (out / "stderr.txt").write_text(buf_err.getvalue())
+    return {"step": step.name, "command": "memcim " + " ".join(args), "rc": rc, "wall_s": wall,
+            "message": (buf_err.getvalue().strip().splitlines() or [""])[-1] if rc else ""}
+
+
+def reproduce(which: str = "all", out: str | Path = "results/report", quick: bool = False, seed: int = 0,
+              progress: bool = True) -> Path:
+    """Run the reproduction of ``which`` ("all" or a paper key) and write ``out/REPORT.md``."""
+    keys = list(SECTIONS) if which == "all" else [which]
+    for k in keys:
+        if k not in SECTIONS:
+            raise ValueError(f"paper: {k!r} is not allowed; choose all, {', '.join(SECTIONS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log: dict = {"which": which, "quick": quick, "seed": seed, "provenance": provenance(seed=seed), "steps": []}
+    lines = [f"# memcim reproduction report ({'quick' if quick else 'full'})", "",
+             f"Made by `memcim reproduce {which}{' --quick' if quick else ''} --out {out}` "
+             f"(memcim {log['provenance']['memcim_version']}, commit {log['provenance']['git_commit']}, seed {seed}).",
+             "Each measured figure stands beside the paper's; *n/a* marks a value the step did not produce.", ""]
+    from tqdm import tqdm
+
+    todo = [(k, s) for k in keys for s in SECTIONS[k].steps]
+    bar = tqdm(total=len(todo), desc="reproduce", disable=not progress, unit="step")
+    for k in keys:
+        sec = SECTIONS[k]
+        d = out / k
+        d.mkdir(exist_ok=True)
+        lines += [f"## Paper {k}: {sec.title}", "", f"Source: `shared/papers/{sec.paper}`.", ""]
+        for step in sec.steps:
+            bar.set_postfix_str(f"{k} {step.name}")
+            sd = d / step.name
+            sd.mkdir(exist_ok=True)
+            rec = _run_step(step, sd, quick, seed)
+            log["steps"].append({"paper": k, **rec})
+            write_json(out / "reproduce.json", log)  # an interrupted run keeps what it finished
+            bar.update(1)
+            status = "ok" if rec["rc"] == 0 else f"**failed** (exit {rec['rc']}: {rec['message']})"
+            lines += [f"### `{step.name}`: {status}, {rec['wall_s']:.1f} s", "", f"    {rec['command']}", ""]
+            for png in sorted(sd.glob("*.png")):
+                lines += [f"![{step.name}: {png.stem}]({png.relative_to(out).as_posix()})", ""]
+        rows = sec.summarize(d)
+        if rows:
+            lines += ["| quantity | paper | memcim | note |", "| --- | --- | --- | --- |"]
+            lines += [f"| {q} | {p} | {m} | {n} |" for q, p, m, n in rows]
+            lines.append("")
+    bar.close()
+    report = out / "REPORT.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
