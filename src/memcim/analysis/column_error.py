@@ -42,6 +42,10 @@ saturation term uses ``y = s + n`` with ``n`` the analog noise (the first five r
 plus the mirror term for ``-Y``; with the ``empirical`` model the same formula is averaged over
 the sample outputs ``s_k`` with the noise standard deviation as ``sigma``. Row tiles are
 independent arrays with their own ADCs: a layer's MSE per column is the sum over its row tiles.
+Clipping errors of different row tiles add before they are squared; the empirical model keeps
+their cross terms ``E[e_t] E[e_t']`` per sample (exact up to the noise), the Gaussian model (the one
+the convex program uses) treats them as independent, which under-counts saturation when the
+partial sums have a common sign (ReLU inputs) and several arrays clip at once.
 
 Why the window matters: ``D`` sets the signal (``c``), while ``a = G_min`` only adds noise
 (thermal ``~ sum G``, shot ``~ sum |v| G``, relative programming ``~ G``) and read power. Every
@@ -102,6 +106,14 @@ def gaussian_saturation(mu, sigma, F):
         val = (d * d + s * s) * ndtr(z) + s * d * _phi(z)
         out = out + np.where(pos, np.maximum(val, 0.0), np.maximum(d, 0.0) ** 2)
     return out
+
+
+def _gauss_excess(mu, sigma, F):
+    """``E[(Y - F)_+]`` for ``Y ~ N(mu, sigma^2)``."""
+    s = np.where(sigma > 0, sigma, 1.0)
+    d = mu - F
+    z = d / s
+    return np.where(sigma > 0, d * ndtr(z) + s * _phi(z), np.maximum(d, 0.0))
 
 
 def gaussian_saturation_grad_F(mu, sigma, F):
@@ -279,12 +291,25 @@ class LayerErrorModel:
 
     # -- geometry ---------------------------------------------------------------------------
     @property
+    def n_row_tiles(self) -> int:
+        """Arrays along the input dimension, ``ceil(in / array.rows)``."""
+        return -(-self.W.shape[0] // self.hw.array.rows)
+
+    @property
     def rows(self) -> int:
+        """Rows used per array: all of them ("packed"), or spread evenly ("balanced" tiling)."""
+        if getattr(self.hw.mapping, "tiling", "packed") == "balanced":
+            return -(-self.W.shape[0] // self.n_row_tiles)
         return self.hw.array.rows
 
     @property
-    def n_row_tiles(self) -> int:
-        return -(-self.W.shape[0] // self.rows)
+    def tile_cols(self) -> int:
+        """Weight columns per array (differential pairs), as the mapping tiles them."""
+        cw = self.hw.array.cols // 2
+        m = self.W.shape[1]
+        if getattr(self.hw.mapping, "tiling", "packed") == "balanced":
+            return -(-m // -(-m // cw))
+        return cw
 
     @property
     def wmax(self) -> np.ndarray:
@@ -311,7 +336,8 @@ class LayerErrorModel:
         c["S2"] = m2.sum(1)[:, None] * np.ones(m)                               # sum m_i
         c["S2w"] = np.einsum("tr,trm->tm", m2, At)                              # sum m_i |w_i|
         c["S2ww"] = np.einsum("tr,trm->tm", m2, Wt ** 2)                        # sum m_i w_i^2
-        c["ndev"] = np.array([min(self.rows, n - t * self.rows) for t in range(self.n_row_tiles)])[:, None] * np.ones(m)
+        c["ndev"] = np.array([max(0, min(self.rows, n - t * self.rows))
+                              for t in range(self.n_row_tiles)])[:, None] * np.ones(m)
         c["Aw"] = At.sum(1)                                                     # sum |w_i|
         c["B"] = mabs.sum(1)[:, None] * np.ones(m)                              # sum b_i
         c["Bw"] = np.einsum("tr,trm->tm", mabs, At)                             # sum b_i |w_i|
@@ -449,8 +475,17 @@ class LayerErrorModel:
             return gaussian_saturation(c["mu"], np.sqrt(c["sig2_s"] + n_var), F)
         s = c["s_samples"]                                           # (T, N, m)
         w = self.stats.weights[None, :, None]
-        val = gaussian_saturation(s, np.sqrt(n_var)[:, None, :], F[:, None, :])
-        return (val * w).mean(1)
+        sd = np.sqrt(n_var)[:, None, :]
+        Ft = F[:, None, :]
+        val = gaussian_saturation(s, sd, Ft)
+        own = (val * w).mean(1)
+        if self.n_row_tiles == 1:
+            return own
+        # the row tiles' clipping errors add before the square: keep the cross terms
+        # E[e_t] E[e_t'] (noise independent between arrays), shared equally by the tiles
+        mean_e = _gauss_excess(-s, sd, Ft) - _gauss_excess(s, sd, Ft)      # E[clip(Y) - Y]
+        cross = ((mean_e.sum(0) ** 2 - (mean_e ** 2).sum(0)) * w[0]).mean(0)
+        return own + cross / self.n_row_tiles
 
     def signal_power(self, per: str = "column"):
         """``E[(x W)^2]`` per column (the output power), for SNR and relative errors."""
@@ -482,7 +517,7 @@ class LayerErrorModel:
         gran = granularity or self.hw.adc.granularity
         fs = self.fs_max()
         if gran == "array":
-            cols = self.hw.array.cols // 2
+            cols = self.tile_cols
             m = fs.shape[1]
             fs = fs.copy()
             for k in range(0, m, cols):

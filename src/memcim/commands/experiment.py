@@ -65,6 +65,7 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true", help="small smoke run (fewer samples, chips and epochs)")
     p.add_argument("--chips", type=int, default=None, help="chips per configuration (default 10; --quick 3)")
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default 3; --quick 1)")
+    p.add_argument("--sweep-chips", type=int, default=None, help="chips per point of a sweep (default: --chips)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--bits", default=None, help="ADC bits of the sweep, comma separated (default 2,3,4,5,6,7,8; "
                                                 "'none' skips it)")
@@ -93,11 +94,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--chips: {args.chips} is not allowed; must be >= 1")
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs: {args.epochs} is not allowed; must be >= 1")
+    if args.sweep_chips is not None and args.sweep_chips < 1:
+        raise ValueError(f"--sweep-chips: {args.sweep_chips} is not allowed; must be >= 1")
     if args.seed < 0:
         raise ValueError(f"--seed: {args.seed} is not allowed; must be >= 0")
     exp = EXPERIMENTS[args.name]
     doc = exp.run(quick=args.quick, chips=args.chips, seed=args.seed, epochs=args.epochs,
-                  sweep_bits=_bits(args.bits), config=args.config, quiet=args.json and not sys.stderr.isatty())
+                  sweep_bits=_bits(args.bits), config=args.config, sweep_chips=args.sweep_chips, quiet=args.json and not sys.stderr.isatty())
     doc["provenance"] = provenance(seed=args.seed)
     if args.out:
         stem = args.name.replace("-", "_")

@@ -162,15 +162,22 @@ class LayerNoise:
     x_range : the DAC's fixed range, or None (per-vector max |x|).
     """
 
-    def __init__(self, w_std, A, B, fs, x_range):
+    def __init__(self, w_std, A, B, fs, x_range, wmax=1.0):
         self.w_std, self.A, self.B, self.fs, self.x_range = w_std, A, B, fs, x_range
+        self.wmax = float(wmax)
 
-    def sigma(self, x: torch.Tensor) -> torch.Tensor:
+    def scale(self, weight: torch.Tensor) -> float:
+        """Noise scale for the current weights: every noise std is proportional to ``1/c = wmax/D``
+        (and the FS to the output range), so weights that grow during fine-tuning do not outgrow
+        the noise: ``max|W| / max|W_design|``."""
+        return float(weight.detach().abs().max()) / self.wmax
+
+    def sigma(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         """Read-noise standard deviation of every output for inputs ``x`` (batch, in)."""
         xs = (x.detach().abs().amax(-1, keepdim=True) if self.x_range is None
               else torch.full_like(x[..., :1], self.x_range))
         var = xs ** 2 * self.A.to(x) + xs * (x.detach().abs() @ self.B.to(x))
-        return var.clamp_min(0).sqrt()
+        return scale * var.clamp_min(0).sqrt()
 
 
 def layer_noise(W_torch: torch.Tensor, hw, design) -> LayerNoise:
@@ -217,7 +224,8 @@ def layer_noise(W_torch: torch.Tensor, hw, design) -> LayerNoise:
         A += (W ** 2).sum(0) / (12.0 * hw.dac.steps ** 2)
     f = torch.float32
     return LayerNoise(torch.as_tensor(np.sqrt(var_w).T, dtype=f), torch.as_tensor(A, dtype=f),
-                      torch.as_tensor(B, dtype=f), torch.as_tensor(fs, dtype=f), hw.dac.x_range)
+                      torch.as_tensor(B, dtype=f), torch.as_tensor(fs, dtype=f), hw.dac.x_range,
+                      wmax=float(A_.max()))
 
 
 # ------------------------------------------------------------------------------ fine-tuning
@@ -254,15 +262,16 @@ class NoiseAwareMLP(nn.Module):
             if isinstance(mod, nn.Linear):
                 nz = self.noises[i]
                 W = mod.weight
+                k = nz.scale(W)
                 if self.training:
-                    W = W + nz.w_std.to(W) * torch.randn(W.shape, generator=self.gen).to(W)
+                    W = W + k * nz.w_std.to(W) * torch.randn(W.shape, generator=self.gen).to(W)
                 z = x @ W.t()
                 b = mod.bias if mod.bias is not None else torch.zeros_like(z[0])
                 z = z + b
-                sig = nz.sigma(x)
+                sig = nz.sigma(x, k)
                 xs = (x.detach().abs().amax(-1, keepdim=True) if nz.x_range is None
                       else torch.full_like(x[..., :1], nz.x_range))
-                fs = nz.fs.to(z) * xs
+                fs = k * nz.fs.to(z) * xs
                 nxt = layers[i + 1] if i + 1 < len(layers) else None
                 name = activation_name(nxt) if nxt is not None else None
                 if name is not None:
