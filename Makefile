@@ -20,6 +20,7 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/memcim demo
+	$(BIN)/memcim reproduce --quick all --out results/report
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

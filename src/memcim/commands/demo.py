@@ -18,7 +18,8 @@ def register(sub) -> None:
     p.add_argument("--preset", default="realistic", help="hardware preset (default realistic)")
     p.add_argument("--trials", type=int, default=5, help="chips per point (default 5)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="smaller matrices and batches")
+    p.add_argument("--quick", action="store_true", help="smaller matrices, batches and test sets")
+    p.add_argument("--no-network", action="store_true", help="skip the reference-MLP accuracy section")
     p.set_defaults(func=run)
 
 
@@ -90,10 +91,22 @@ def run(args: argparse.Namespace) -> int:
     png = savefig(fig, out / "error_vs_programming_noise.png")
     write_json(out / "demo.json", result)
     print(f"wrote {png} and {out / 'demo.json'} in {time.time() - t0:.1f} s")
-    for hook in _EXTRA_SECTIONS:
-        hook(args, out)
+    if not args.no_network:
+        _network_section(args, out)
     return 0
 
 
-#: Later sections of the showcase register themselves here: callables (args, out_dir) -> None.
-_EXTRA_SECTIONS: list = []
+def _network_section(args: argparse.Namespace, out: Path) -> None:
+    """Digital against analog accuracy of the reference MNIST MLP (trained on first use, ~1 min)."""
+    from memcim.cli import main
+
+    print("\nreference MLP 784-500-300-10 on MNIST: digital vs analog accuracy over chips "
+          "(the model trains on first use)")
+    argv = ["evaluate", "--model", "mnist-mlp-500-300", "--preset", "ideal", "--preset", args.preset,
+            "--preset", "noisy", "--chips", "3" if args.quick else "5", "--seed", str(args.seed),
+            "--out", str(out / "evaluate")]
+    if args.quick:
+        argv += ["--limit", "2000"]
+    rc = main(argv)
+    if rc:
+        raise ValueError(f"evaluate: the network section failed with exit code {rc}")
