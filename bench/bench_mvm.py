@@ -8,6 +8,8 @@ Each case runs in its own subprocess so its peak memory (max RSS) is its own.
     .venv/bin/python bench/bench_mvm.py            # writes bench/results/mvm.json
 
 Reported ratio = simulated time / matmul time for the same work (100 trials = 100 matmuls).
+A second variant, ``no_read_noise``, switches thermal and shot noise off (1 trial) to show what
+the per-read Gaussian draws cost. ``--only VARIANT`` reruns one variant and merges it into the JSON.
 """
 from __future__ import annotations
 
@@ -23,10 +25,19 @@ BATCH = 10_000
 REPEATS = 3
 
 
-def _case(kind: str, n: int, m: int, trials: int) -> dict:
+VARIANTS = {"realistic": (1, 100), "no_read_noise": (1,)}
+
+
+def _hw(variant: str):
+    from memcim.config import preset
+
+    hw = preset("realistic")
+    return hw if variant == "realistic" else hw.without("thermal", "shot")
+
+
+def _case(kind: str, n: int, m: int, trials: int, variant: str = "realistic") -> dict:
     import torch
 
-    from memcim.config import preset
     from memcim.mapping.crossbar import map_matrix
     from memcim.simulate import program
 
@@ -41,7 +52,7 @@ def _case(kind: str, n: int, m: int, trials: int) -> dict:
         dt = (time.perf_counter() - t0) / REPEATS
         out = {"seconds": dt * trials, "seconds_per_trial": dt}
     else:
-        hw = preset("realistic")
+        hw = _hw(variant)
         t0 = time.perf_counter()
         mapped = map_matrix(W.double(), hw, calib_inputs=x[:512])
         t_map = time.perf_counter() - t0
@@ -68,32 +79,39 @@ def _case(kind: str, n: int, m: int, trials: int) -> dict:
     return out
 
 
-def main() -> None:
+def main(only: str | None = None) -> None:
     import torch
 
+    path = Path(__file__).parent / "results" / "mvm.json"
     rows = []
-    for n, m in SHAPES:
-        for trials in (1, 100):
+    if only and path.exists():
+        rows = [r for r in json.loads(path.read_text())["rows"] if r.get("variant", "realistic") != only]
+    for variant, trial_counts in VARIANTS.items():
+        if only and variant != only:
+            continue
+        for n, m in SHAPES:
+          for trials in trial_counts:
             res = {}
             for kind in ("matmul", "memcim"):
-                p = subprocess.run([sys.executable, __file__, "--case", kind, str(n), str(m), str(trials)],
+                p = subprocess.run([sys.executable, __file__, "--case", kind, str(n), str(m), str(trials), variant],
                                    capture_output=True, text=True, check=True)
                 res[kind] = json.loads(p.stdout.strip().splitlines()[-1])
-            rows.append({"shape": [n, m], "batch": BATCH, "trials": trials, "matmul": res["matmul"],
+            rows.append({"variant": variant, "shape": [n, m], "batch": BATCH, "trials": trials, "matmul": res["matmul"],
                          "memcim": res["memcim"], "ratio": res["memcim"]["seconds"] / res["matmul"]["seconds"]})
             r = rows[-1]
-            print(f"W {n}x{m} batch {BATCH} trials {trials:3d}: matmul {r['matmul']['seconds']:.3f} s "
+            print(f"{variant:14s} W {n}x{m} batch {BATCH} trials {trials:3d}: matmul {r['matmul']['seconds']:.3f} s "
                   f"({r['matmul']['peak_rss_mb']:.0f} MB)  memcim {r['memcim']['seconds']:.3f} s "
                   f"({r['memcim']['peak_rss_mb']:.0f} MB)  ratio {r['ratio']:.2f}x", flush=True)
     out = {"benchmark": "simulated MVM vs torch matmul", "preset": "realistic", "dtype": "float32",
            "threads": torch.get_num_threads(), "goal": "1 trial within 3x of the matmul", "rows": rows}
-    path = Path(__file__).parent / "results" / "mvm.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--case":
-        print(json.dumps(_case(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))))
+        print(json.dumps(_case(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])))
+    elif len(sys.argv) > 2 and sys.argv[1] == "--only":
+        main(sys.argv[2])
     else:
         main()
