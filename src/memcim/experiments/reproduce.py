@@ -78,55 +78,24 @@ def _sum_000(d: Path) -> list[Row]:
     return rows
 
 
-# ---------------------------------------------------------------- paper 001: MemSE
-def _sum_001(d: Path) -> list[Row]:
+# ---------------------------------------------------------------- papers 001-003
+def _summary_rows(d: Path, paper: dict[str, str]) -> list[Row]:
+    """Rows from the ``summary`` dict that each step's JSON carries, beside the paper's values."""
     rows: list[Row] = []
     for sub in sorted(p for p in d.iterdir() if p.is_dir()) if d.exists() else []:
         for f in sorted(sub.glob("*.json")):
-            js = _load(f) or {}
-            s = js.get("summary") if isinstance(js.get("summary"), dict) else None
-            if s:
-                for k, v in s.items():
-                    if isinstance(v, (int, float, str)):
-                        rows.append((f"{f.stem}: {k}", _PAPER_001.get(k, ""), _fmt(v) if not isinstance(v, str) else v, ""))
+            s = (_load(f) or {}).get("summary")
+            if not isinstance(s, dict):
+                continue
+            for k, v in s.items():
+                if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+                    rows.append((f"{f.stem}: {k}", paper.get(k, ""), v if isinstance(v, str) else _fmt(v), ""))
     return rows
 
 
 _PAPER_001 = {"speedup": "85x (GPU)", "speedup_vs_mc": "85x (GPU)"}
-
-
-# ---------------------------------------------------------------- paper 002: representable matrices
-def _sum_002(d: Path) -> list[Row]:
-    rows: list[Row] = []
-    for sub in sorted(p for p in d.iterdir() if p.is_dir()) if d.exists() else []:
-        for f in sorted(sub.glob("*.json")):
-            js = _load(f) or {}
-            s = js.get("summary") if isinstance(js.get("summary"), dict) else None
-            if s:
-                for k, v in s.items():
-                    if isinstance(v, (int, float, str)):
-                        rows.append((f"{f.stem}: {k}", _PAPER_002.get(k, ""), _fmt(v) if not isinstance(v, str) else v, ""))
-    return rows
-
-
 _PAPER_002 = {"accuracy_software": "98.4 %", "accuracy_representable": "98.3 %", "accuracy_dpe": "96.3 %",
               "error_ratio_dpe_over_representable": "4-9x"}
-
-
-# ---------------------------------------------------------------- paper 003: convex CIM
-def _sum_003(d: Path) -> list[Row]:
-    rows: list[Row] = []
-    for sub in sorted(p for p in d.iterdir() if p.is_dir()) if d.exists() else []:
-        for f in sorted(sub.glob("*.json")):
-            js = _load(f) or {}
-            s = js.get("summary") if isinstance(js.get("summary"), dict) else None
-            if s:
-                for k, v in s.items():
-                    if isinstance(v, (int, float, str)):
-                        rows.append((f"{f.stem}: {k}", _PAPER_003.get(k, ""), _fmt(v) if not isinstance(v, str) else v, ""))
-    return rows
-
-
 _PAPER_003 = {"naive_loss_points": "6.74 points", "accuracy_both": "97.32 %", "gap_to_digital_points": "0.89 points",
               "mse_reduction": "86 %", "energy_gain": "+11 %", "accuracy_3bit_adc": "93.8 %"}
 
@@ -139,11 +108,11 @@ SECTIONS: dict[str, Section] = {
                        Step("lowrank-mlp", ["--n-test", "1000", "--trials", "2", "--budgets", "1", "2"], []),
                    ], _sum_000),
     "001": Section("001", "MemSE: fast MSE prediction for noisy memristor-based DNN accelerators",
-                   "001_64689ebc712406a7.txt", [], _sum_001),
+                   "001_64689ebc712406a7.txt", [], lambda d: _summary_rows(d, _PAPER_001)),
     "002": Section("002", "Representable matrices: IR-drop-aware mapping",
-                   "002_f0b6f2aca12a328f.txt", [], _sum_002),
+                   "002_f0b6f2aca12a328f.txt", [], lambda d: _summary_rows(d, _PAPER_002)),
     "003": Section("003", "Mathematical optimization of analog compute-in-memory",
-                   "003_c92aaa23b8ee13b1.txt", [], _sum_003),
+                   "003_c92aaa23b8ee13b1.txt", [], lambda d: _summary_rows(d, _PAPER_003)),
 }
 
 
