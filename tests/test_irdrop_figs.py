@@ -91,7 +91,7 @@ def test_fig4_cli(tmp_path, capsys):
 
 def test_fig7_tiny(tmp_path):
     res = F.fig7(tmp_path, sizes=(8, 16), r_wires=(0.5, 2.0), r_wire_size=8, device_size=4, n_matrices=1,
-                 n_inputs=20, n_inputs_device=2, seed=1)
+                 n_inputs=20, n_inputs_device=2, seed=1, per_weight=(1, 2), per_weight_size=8)
     s = res["summary"]
     assert "error_ratio_dpe_over_representable" in s and s["largest_size"] == 16
     for n in ("8", "16"):
@@ -100,6 +100,25 @@ def test_fig7_tiny(tmp_path):
     # linear mapping ignores the wires: its error grows with the wire resistance
     assert res["table"]["r_wire"]["2.0"]["linear"] > res["table"]["r_wire"]["0.5"]["linear"]
     assert json.loads((tmp_path / "fig7.json").read_text())["provenance"]["seed"] == 1
+
+
+def test_fig10a_cli(digits_mlp, tmp_path, capsys):
+    _, path = digits_mlp
+    rc = main(["irdrop-fig", "fig10a", "--quick", "--model", str(path), "--dataset", "digits", "--images", "100",
+               "--tile", "32", "--out", str(tmp_path), "--json"])
+    assert rc == 0
+    s = json.loads(capsys.readouterr().out)["summary"]
+    for k in ("accuracy_dpe_no_rtn", "accuracy_representable_no_rtn", "accuracy_representable_max_rtn"):
+        assert 0.0 <= s[k] <= 1.0
+    assert s["max_amplitude"] == pytest.approx(0.2)
+
+
+def test_rtn_statistics():
+    # half of the cells drop by the amplitude: mean of g'/g = 1 - amplitude/2 (binomial, 5 standard errors)
+    g = np.full(40000, 1e-4)
+    r = F.rtn_conductances(g, 0.2, np.random.default_rng(0)) / g
+    assert set(np.round(np.unique(r), 12)) == {0.8, 1.0}
+    assert abs(r.mean() - 0.9) < 5 * 0.1 / np.sqrt(g.size)
 
 
 @pytest.mark.parametrize("argv, word", [

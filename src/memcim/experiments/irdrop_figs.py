@@ -6,6 +6,7 @@
 * :func:`fig7` -- maximum output error over random inputs and random matrices against the wire
   resistance, the array size and the device model (ideal cells, TaOx memristors, 1T1R cells), for
   every mapping side by side.
+* :func:`fig10a` -- the same with random telegraph noise on the programmed conductances.
 * :func:`fig9a` -- a multilayer perceptron (default: the reference 784-500-300-10 MNIST MLP) mapped
   layer by layer onto ``tile x tile`` differential crossbar pairs with IR drop; every tile mapped
   with ``linear`` / ``dpe`` / ``representable``; its realized matrix (exact for ideal cells: the
@@ -158,33 +159,39 @@ def _device_outputs(plan: IRDropPlan, X, device: str, v_read: float):
 
 def fig7(out, *, sizes=(32, 64, 128, 256), r_wires=(0.25, 0.5, 1.0, 2.0, 4.0), r_wire_size: int = 64,
          device_size: int = 32, n_matrices: int = 2, n_inputs: int = 100, n_inputs_device: int = 10,
-         seed: int = 0, quick: bool = False, bits: int = 8, v_read: float = 0.1, rep_kw=None,
-         device_g_min: float = 5e-5) -> dict:
+         seed: int = 0, quick: bool = False, bits: int = 8, v_read: float = 0.2, rep_kw=None,
+         device_g_min: float = 1e-4, per_weight=(1, 2, 4), per_weight_size: int = 32) -> dict:
     """Max output error against wire resistance, array size and device model, for every mapping.
 
-    Matrices: uniform [-1, 1]; inputs: uniform [0, 1] (x ``v_read`` volts for non-linear cells).
-    The device-model panel maps with g in [``device_g_min``, g_max] (the TaOx device cannot
-    reach below ~3e-5 S at 0.1 V) and converts each plan to memristor states at
+    Matrices: uniform [-1, 1]; inputs: uniform [0, 1] (x ``v_read`` volts for non-linear cells;
+    paper: 0.2 V max). The device-model panel maps with g in [``device_g_min``, g_max] (the TaOx
+    device cannot reach below ~6e-5 S at 0.2 V) and converts each plan to memristor states at
     ``v_cal = v_read`` (paper Sec. V-D), then solves the non-linear circuit by Newton's method.
+    Memristors per weight (panel ``per_weight``, size ``per_weight_size``): ``k`` pairs per weight
+    are ``k`` adjacent columns, each mapped to ``W / k`` (an n x k*n array), whose output
+    currents are summed; more pairs give finer effective steps but a longer bit line network.
     """
     if quick:
         sizes = tuple(s for s in sizes if s <= 64) or (32,)
         r_wires, r_wire_size, device_size = (0.5, 2.0), 32, 16
         n_matrices, n_inputs, n_inputs_device = 1, 50, 5
+        per_weight, per_weight_size = (1, 2), 16
     rng = np.random.default_rng(seed)
     rows = []
     t0 = time.perf_counter()
 
-    def run_panel(panel, n, wires, device="ideal", g_min=G_MIN, nin=n_inputs):
+    def run_panel(panel, n, wires, device="ideal", g_min=G_MIN, nin=n_inputs, kpw=1):
         for k in range(n_matrices):
             W = rng.uniform(-1, 1, (n, n))
             X = rng.uniform(0, 1, (nin, n))
             for m in METHODS:
                 t1 = time.perf_counter()
-                plan, Wr, _ = map_and_realize(W, m, wires, g_min=g_min, bits=bits, rep_kw=rep_kw)
+                Wk = np.repeat(W, kpw, axis=1) / kpw
+                plan, Wr, _ = map_and_realize(Wk, m, wires, g_min=g_min, bits=bits, rep_kw=rep_kw)
                 Y, bad = _device_outputs(plan, X, device, v_read)
+                Y, Wr = Y.reshape(len(X), n, kpw).sum(-1), Wr.reshape(n, n, kpw).sum(-1)
                 rows.append({"panel": panel, "size": n, "r_wire": wires.r_wire, "device": device, "matrix": k,
-                             "method": m, "max_output_error": _max_out_err(X, W, Y),
+                             "per_weight": kpw, "method": m, "max_output_error": _max_out_err(X, W, Y),
                              "relative_error": float(np.linalg.norm(Wr - W) / np.linalg.norm(W)),
                              "states_out_of_range": bad, "time_s": time.perf_counter() - t1})
 
@@ -192,6 +199,8 @@ def fig7(out, *, sizes=(32, 64, 128, 256), r_wires=(0.25, 0.5, 1.0, 2.0, 4.0), r
         run_panel("r_wire", r_wire_size, Wires(r_wire=rw))
     for n in sizes:
         run_panel("size", n, Wires(r_wire=1.0))
+    for kpw in per_weight:
+        run_panel("per_weight", per_weight_size, Wires(r_wire=1.0), kpw=kpw)
     for dev in ("ideal", "taox", "1t1r"):
         run_panel("device", device_size, Wires(r_wire=1.0), device=dev, g_min=device_g_min, nin=n_inputs_device)
 
@@ -201,6 +210,7 @@ def fig7(out, *, sizes=(32, 64, 128, 256), r_wires=(0.25, 0.5, 1.0, 2.0, 4.0), r
 
     table = {p: {str(v): {m: agg(p, key, v, m) for m in METHODS} for v in vals}
              for p, key, vals in (("r_wire", "r_wire", r_wires), ("size", "size", sizes),
+                                  ("per_weight", "per_weight", per_weight),
                                   ("device", "device", ("ideal", "taox", "1t1r")))}
     ratios = {s: table["size"][str(s)]["dpe"] / table["size"][str(s)]["representable"] for s in sizes}
     summary = {"error_ratio_dpe_over_representable": float(np.mean(list(ratios.values()))),
@@ -216,15 +226,16 @@ def fig7(out, *, sizes=(32, 64, 128, 256), r_wires=(0.25, 0.5, 1.0, 2.0, 4.0), r
                       "n_inputs_device": n_inputs_device, "bits": bits, "v_read": v_read,
                       "device_g_min": device_g_min, "g_min": G_MIN, "g_max": G_MAX, "r_in": 100.0, "r_out": 100.0,
                       "representable": rep_kw or "defaults", "quick": quick,
-                      "memristors_per_weight": "1 pair (multi-pair panel not implemented)"},
+                      "per_weight": list(per_weight), "per_weight_size": per_weight_size},
            "provenance": provenance(seed=seed)}
     out = Path(out)
     write_json(out / "fig7.json", res)
     plt = _plt()
-    fig, axs = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axs = plt.subplots(1, 4, figsize=(17, 3.8))
     sty = {"linear": "k-o", "dpe": "b-s", "representable": "r-^"}
     for ax, (p, vals, xl) in zip(axs, (("r_wire", r_wires, "wire resistance [Ohm]"),
                                        ("size", sizes, "array size n (n x n)"),
+                                       ("per_weight", per_weight, "memristor pairs per weight"),
                                        ("device", ("ideal", "taox", "1t1r"), "device model"))):
         xs = list(range(len(vals))) if p == "device" else list(vals)
         for m in METHODS:
@@ -235,7 +246,8 @@ def fig7(out, *, sizes=(32, 64, 128, 256), r_wires=(0.25, 0.5, 1.0, 2.0, 4.0), r
             ax.set_title(f"{device_size}x{device_size}, r_wire=1")
         else:
             ax.set_xscale("log", base=2)
-            ax.set_title(f"{r_wire_size}x{r_wire_size}" if p == "r_wire" else "r_wire = 1 Ohm")
+            ax.set_title({"r_wire": f"{r_wire_size}x{r_wire_size}", "size": "r_wire = 1 Ohm",
+                          "per_weight": f"{per_weight_size} inputs x {per_weight_size} weights"}[p])
     axs[0].legend(fontsize=8)
     fig.suptitle("Fig. 7: max output error over random inputs and matrices")
     savefig(fig, out / "fig7.png")
@@ -294,34 +306,12 @@ def mlp_forward(x, layers, tiles, bits, ranges):
     return h
 
 
-def fig9a(out, *, model=None, dataset="mnist", n_images: int = 1000, tile: int = 128,
-          io_bits=(4, 6, 8, None), prog_bits: int | None = 8, wires: Wires | None = None, seed: int = 0,
-          quick: bool = False, rep_kw=None, n_calib: int = 200, progress: bool = False) -> dict:
-    """Accuracy of an MLP mapped onto ``tile x tile`` crossbar pairs with IR drop, per mapping and DAC/ADC bits.
-
-    Parameters
-    ----------
-    model : reference-model name or a ``torch.save(model)`` file; or an ``nn.Module``. Default
-        :data:`FIG9A_MODEL` (quick: :data:`FIG9A_QUICK_MODEL`).
-    dataset : dataset name for :func:`memcim.data.datasets.load_dataset` (test split).
-    n_images : evaluated test images (the first ones); ``n_calib`` further images set the DAC and
-        ADC ranges (max layer input, max |tile partial sum| of the software model).
-    tile : crossbar size; a partial tile is zero-padded (unused cells at g_min, inputs at 0 V).
-    io_bits : DAC/ADC resolutions to evaluate (None = no conversion error).
-    prog_bits : conductance programming precision (None = continuous).
-    wires : crossbar parasitics (default paper 002: 1 / 100 / 100 Ohm).
-    rep_kw : settings of ``map_representable`` (default :data:`FAST_REPRESENTABLE`, quick:
-        :data:`QUICK_REPRESENTABLE`).
-    """
+def _prepare(model, dataset, n_images, n_calib, tile, quick):
+    """Model, data (evaluation and calibration images), ideal tiles and DAC/ADC ranges."""
     import torch
 
     from memcim.data.datasets import load_dataset
 
-    wires = wires or Wires()
-    if rep_kw is None:
-        rep_kw = QUICK_REPRESENTABLE if quick else FAST_REPRESENTABLE
-    if quick:
-        n_images = min(n_images, 300)
     if model is None:
         model = FIG9A_QUICK_MODEL if quick else FIG9A_MODEL
     if isinstance(model, torch.nn.Module):
@@ -343,7 +333,6 @@ def fig9a(out, *, model=None, dataset="mnist", n_images: int = 1000, tile: int =
     layers = _linears(net)
     if layers[0][0].shape[0] != x.shape[1]:
         raise ValueError(f"--model: first layer takes {layers[0][0].shape[0]} inputs, the data has {x.shape[1]}")
-
     # ideal tiles and the DAC/ADC ranges from calibration images
     ideal = [[(r0, c0, B) for r0, c0, B in _tile_blocks(W, tile)] for W, _ in layers]
     ranges, h = [], xc
@@ -352,12 +341,17 @@ def fig9a(out, *, model=None, dataset="mnist", n_images: int = 1000, tile: int =
         ranges.append((max(float(h.max()), 1e-12), max(pmax, 1e-12)))
         h = h @ W + (0 if b is None else b)
         h = np.maximum(h, 0) if li < len(layers) - 1 else h
-    # the mapping's own check: the ideal tiled forward reproduces the software network
+    # own check: the ideal tiled forward reproduces the software network
     check = mlp_forward(x, layers, ideal, None, ranges)
     assert np.allclose(check, soft_logits, atol=1e-8), "tiled forward disagrees with the software model"
+    return net, model_name, x, y, xc, acc_soft, layers, ideal, ranges
 
-    tiles = {m: [[] for _ in layers] for m in METHODS}
-    tile_rows, t0 = [], time.perf_counter()
+
+def _map_tiles(layers, ideal, tile, wires, prog_bits, rep_kw, progress, methods=METHODS):
+    """Map every (zero-padded) tile with every method: effective blocks, plans and per-tile rows."""
+    tiles = {m: [[] for _ in layers] for m in methods}
+    plans = {m: [[] for _ in layers] for m in methods}
+    tile_rows = []
     n_tiles = sum(len(t) for t in ideal)
     it = ((li, r0, c0, B) for li in range(len(layers)) for r0, c0, B in ideal[li])
     if progress:
@@ -367,17 +361,49 @@ def fig9a(out, *, model=None, dataset="mnist", n_images: int = 1000, tile: int =
     for li, r0, c0, B in it:
         P = np.zeros((tile, tile))
         P[:B.shape[0], :B.shape[1]] = B
-        if not np.any(P):
-            for m in METHODS:
+        for m in methods:
+            if not np.any(P):
                 tiles[m][li].append((r0, c0, np.zeros_like(B)))
-            continue
-        for m in METHODS:
+                plans[m][li].append(None)
+                continue
             t1 = time.perf_counter()
-            _, Wr, _ = _map_q(P, m, wires, prog_bits, rep_kw)
-            Eff = Wr[:B.shape[0], :B.shape[1]]
-            tiles[m][li].append((r0, c0, Eff))
+            plan, Wr, _ = _map_q(P, m, wires, prog_bits, rep_kw)
+            tiles[m][li].append((r0, c0, Wr[:B.shape[0], :B.shape[1]]))
+            plans[m][li].append(plan)
             tile_rows.append({"layer": li, "r0": r0, "c0": c0, "method": m, "time_s": time.perf_counter() - t1,
                               "relative_error": float(np.linalg.norm(Wr - P) / np.linalg.norm(P))})
+    return tiles, plans, tile_rows
+
+
+def fig9a(out, *, model=None, dataset="mnist", n_images: int = 1000, tile: int = 128,
+          io_bits=(4, 6, 8, None), prog_bits: int | None = 8, wires: Wires | None = None, seed: int = 0,
+          quick: bool = False, rep_kw=None, n_calib: int = 200, progress: bool = False) -> dict:
+    """Accuracy of an MLP mapped onto ``tile x tile`` crossbar pairs with IR drop, per mapping and DAC/ADC bits.
+
+    Parameters
+    ----------
+    model : reference-model name or a ``torch.save(model)`` file; or an ``nn.Module``. Default
+        :data:`FIG9A_MODEL` (quick: :data:`FIG9A_QUICK_MODEL`).
+    dataset : dataset name for :func:`memcim.data.datasets.load_dataset` (test split).
+    n_images : evaluated test images (the first ones); ``n_calib`` further images set the DAC and
+        ADC ranges (max layer input, max |tile partial sum| of the software model).
+    tile : crossbar size; a partial tile is zero-padded (unused cells at g_min, inputs at 0 V).
+    io_bits : DAC/ADC resolutions to evaluate (None = no conversion error).
+    prog_bits : conductance programming precision (None = continuous).
+    wires : crossbar parasitics (default paper 002: 1 / 100 / 100 Ohm).
+    rep_kw : settings of ``map_representable`` (default :data:`FAST_REPRESENTABLE`, quick:
+        :data:`QUICK_REPRESENTABLE`).
+    """
+    wires = wires or Wires()
+    if rep_kw is None:
+        rep_kw = QUICK_REPRESENTABLE if quick else FAST_REPRESENTABLE
+    if quick:
+        n_images = min(n_images, 300)
+    net, model_name, x, y, xc, acc_soft, layers, ideal, ranges = _prepare(model, dataset, n_images, n_calib, tile,
+                                                                          quick)
+    n_tiles = sum(len(t) for t in ideal)
+    t0 = time.perf_counter()
+    tiles, _, tile_rows = _map_tiles(layers, ideal, tile, wires, prog_bits, rep_kw, progress)
     map_s = time.perf_counter() - t0
     rows = []
     for b in io_bits:
@@ -433,3 +459,88 @@ def _map_q(P, m, wires, prog_bits, rep_kw):
                       wires, G_MIN, G_MAX, prog_bits)
     Wr = plan.realized()
     return plan, Wr, Wr
+
+
+# ------------------------------------------------------------------------------------------------
+# Fig. 10a (random telegraph noise)
+# ------------------------------------------------------------------------------------------------
+def rtn_conductances(g, amplitude: float, rng):
+    """Random telegraph noise, one snapshot: each cell independently sits in its nominal state or
+    in its low state ``g (1 - amplitude)`` (a trapped charge blocking part of the filament), with
+    probability 1/2 each."""
+    low = rng.random(g.shape) < 0.5
+    return np.where(low, g * (1.0 - amplitude), g)
+
+
+def fig10a(out, *, model=None, dataset="mnist", n_images: int = 1000, tile: int = 128,
+           amplitudes=(0.0, 0.05, 0.1, 0.2), n_draws: int = 2, io_bits: int | None = 8, prog_bits: int | None = 8,
+           wires: Wires | None = None, seed: int = 0, quick: bool = False, rep_kw=None, n_calib: int = 200,
+           methods=("dpe", "representable"), progress: bool = False) -> dict:
+    """Accuracy with random telegraph noise (RTN) on the programmed conductances (paper Fig. 10a).
+
+    Each tile is mapped once (as in :func:`fig9a`); for each RTN amplitude and draw every cell's
+    conductance is perturbed by :func:`rtn_conductances` and the tile's realized matrix recomputed
+    by the circuit solver. Default model: :data:`FIG9A_QUICK_MODEL` (the 784-256-128-10 MLP, 17
+    tiles) to bound the run time; pass ``model="mnist-mlp-500-300"`` for the paper's network.
+    """
+    wires = wires or Wires()
+    if rep_kw is None:
+        rep_kw = QUICK_REPRESENTABLE if quick else FAST_REPRESENTABLE
+    if quick:
+        n_images, amplitudes, n_draws = min(n_images, 300), (0.0, 0.2), 1
+    if model is None:
+        model = FIG9A_QUICK_MODEL
+    rng = np.random.default_rng(seed)
+    net, model_name, x, y, xc, acc_soft, layers, ideal, ranges = _prepare(model, dataset, n_images, n_calib, tile,
+                                                                          quick)
+    t0 = time.perf_counter()
+    tiles, plans, _ = _map_tiles(layers, ideal, tile, wires, prog_bits, rep_kw, progress, methods)
+    map_s = time.perf_counter() - t0
+    rows = []
+    for amp in amplitudes:
+        for d in range(n_draws if amp > 0 else 1):
+            row = {"amplitude": float(amp), "draw": d}
+            for m in methods:
+                if amp == 0:
+                    eff = tiles[m]
+                else:
+                    eff = [[] for _ in layers]
+                    for li in range(len(layers)):
+                        for (r0, c0, B), plan in zip(tiles[m][li], plans[m][li]):
+                            if plan is None:
+                                eff[li].append((r0, c0, B))
+                                continue
+                            gp = rtn_conductances(plan.g_pos, amp, rng)
+                            gn = rtn_conductances(plan.g_neg, amp, rng)
+                            Wr = (Crossbar(gp, wires).realized() - Crossbar(gn, wires).realized()) / plan.alpha
+                            eff[li].append((r0, c0, Wr[:B.shape[0], :B.shape[1]]))
+                row[m] = float(np.mean(mlp_forward(x, layers, eff, io_bits, ranges).argmax(1) == y))
+            rows.append(row)
+    amax = max(amplitudes)
+    summary = {"accuracy_software": acc_soft, "max_amplitude": float(amax), "n_images": n_images,
+               "mapping_time_s": map_s, "wall_s": time.perf_counter() - t0,
+               **{f"accuracy_{m}_no_rtn": float(np.mean([r[m] for r in rows if r["amplitude"] == 0]))
+                  for m in methods},
+               **{f"accuracy_{m}_max_rtn": float(np.mean([r[m] for r in rows if r["amplitude"] == amax]))
+                  for m in methods}}
+    res = {"figure": "fig10a", "summary": summary, "rows": rows,
+           "config": {"model": model_name, "dataset": dataset, "n_images": n_images, "tile": tile,
+                      "amplitudes": list(amplitudes), "n_draws": n_draws, "io_bits": io_bits, "prog_bits": prog_bits,
+                      "r_wire": wires.r_wire, "r_in": wires.r_in, "r_out": wires.r_out, "representable": rep_kw,
+                      "methods": list(methods), "quick": quick,
+                      "rtn": "per cell, one snapshot per draw: g -> g (1 - amplitude) with probability 1/2"},
+           "provenance": provenance(seed=seed)}
+    out = Path(out)
+    write_json(out / "fig10a.json", res)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    sty = {"linear": "k-o", "dpe": "b-s", "representable": "r-^"}
+    for m in methods:
+        ax.plot([100 * a for a in amplitudes],
+                [100 * np.mean([r[m] for r in rows if r["amplitude"] == a]) for a in amplitudes], sty[m], label=m)
+    ax.axhline(100 * acc_soft, color="gray", ls=":", label="software (float)")
+    ax.set(xlabel="RTN amplitude [% of g]", ylabel="test accuracy [%]",
+           title=f"Fig. 10a: {model_name}, {io_bits}-bit DAC/ADC")
+    ax.legend(fontsize=7)
+    savefig(fig, out / "fig10a.png")
+    return res
