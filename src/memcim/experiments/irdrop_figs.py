@@ -160,7 +160,7 @@ def _device_outputs(plan: IRDropPlan, X, device: str, v_read: float):
 def fig7(out, *, sizes=(32, 64, 128, 256), r_wires=(0.25, 0.5, 1.0, 2.0, 4.0), r_wire_size: int = 64,
          device_size: int = 32, n_matrices: int = 2, n_inputs: int = 100, n_inputs_device: int = 10,
          seed: int = 0, quick: bool = False, bits: int = 8, v_read: float = 0.2, rep_kw=None,
-         device_g_min: float = 1e-4, per_weight=(1, 2, 4), per_weight_size: int = 32) -> dict:
+         device_g_min: float = 1e-4, per_weight=(1, 2, 4), per_weight_size: int = 32, large: int = 256 * 256) -> dict:
     """Max output error against wire resistance, array size and device model, for every mapping.
 
     Matrices: uniform [-1, 1]; inputs: uniform [0, 1] (x ``v_read`` volts for non-linear cells;
@@ -170,6 +170,8 @@ def fig7(out, *, sizes=(32, 64, 128, 256), r_wires=(0.25, 0.5, 1.0, 2.0, 4.0), r
     Memristors per weight (panel ``per_weight``, size ``per_weight_size``): ``k`` pairs per weight
     are ``k`` adjacent columns, each mapped to ``W / k`` (an n x k*n array), whose output
     currents are summed; more pairs give finer effective steps but a longer bit line network.
+    Arrays with ``large`` cells or more (default 256 x 256) use one matrix and
+    :data:`FAST_REPRESENTABLE` to bound the run time.
     """
     if quick:
         sizes = tuple(s for s in sizes if s <= 64) or (32,)
@@ -181,13 +183,16 @@ def fig7(out, *, sizes=(32, 64, 128, 256), r_wires=(0.25, 0.5, 1.0, 2.0, 4.0), r
     t0 = time.perf_counter()
 
     def run_panel(panel, n, wires, device="ideal", g_min=G_MIN, nin=n_inputs, kpw=1):
-        for k in range(n_matrices):
+        # arrays of 256 x 256 and more: one matrix and the faster representable settings
+        big = n * n * kpw >= large
+        rk = {**(rep_kw or {}), **FAST_REPRESENTABLE} if big else rep_kw
+        for k in range(1 if big else n_matrices):
             W = rng.uniform(-1, 1, (n, n))
             X = rng.uniform(0, 1, (nin, n))
             for m in METHODS:
                 t1 = time.perf_counter()
                 Wk = np.repeat(W, kpw, axis=1) / kpw
-                plan, Wr, _ = map_and_realize(Wk, m, wires, g_min=g_min, bits=bits, rep_kw=rep_kw)
+                plan, Wr, _ = map_and_realize(Wk, m, wires, g_min=g_min, bits=bits, rep_kw=rk)
                 Y, bad = _device_outputs(plan, X, device, v_read)
                 Y, Wr = Y.reshape(len(X), n, kpw).sum(-1), Wr.reshape(n, n, kpw).sum(-1)
                 rows.append({"panel": panel, "size": n, "r_wire": wires.r_wire, "device": device, "matrix": k,
@@ -225,7 +230,8 @@ def fig7(out, *, sizes=(32, 64, 128, 256), r_wires=(0.25, 0.5, 1.0, 2.0, 4.0), r
                       "device_size": device_size, "n_matrices": n_matrices, "n_inputs": n_inputs,
                       "n_inputs_device": n_inputs_device, "bits": bits, "v_read": v_read,
                       "device_g_min": device_g_min, "g_min": G_MIN, "g_max": G_MAX, "r_in": 100.0, "r_out": 100.0,
-                      "representable": rep_kw or "defaults", "quick": quick,
+                      "representable": rep_kw or "defaults", "representable_large": FAST_REPRESENTABLE,
+                      "large_cells": large, "quick": quick,
                       "per_weight": list(per_weight), "per_weight_size": per_weight_size},
            "provenance": provenance(seed=seed)}
     out = Path(out)
