@@ -27,6 +27,12 @@ class Step:
     quick: list[str]
     full: list[str]
 
+    @property
+    def folder(self) -> str:
+        """The step's folder in the report: the command, plus its first positional argument."""
+        first = (self.full or self.quick or [""])[0]
+        return self.name if not first or first.startswith("-") else f"{self.name}-{first}"
+
 
 @dataclass
 class Section:
@@ -108,11 +114,22 @@ SECTIONS: dict[str, Section] = {
                        Step("lowrank-mlp", ["--n-test", "1000", "--trials", "2", "--budgets", "1", "2"], []),
                    ], _sum_000),
     "001": Section("001", "MemSE: fast MSE prediction for noisy memristor-based DNN accelerators",
-                   "001_64689ebc712406a7.txt", [], lambda d: _summary_rows(d, _PAPER_001)),
+                   "001_64689ebc712406a7.txt", [
+                       Step("memse-fig", ["fig2", "--quick"], ["fig2"]),
+                       Step("memse-fig", ["fig3", "--quick"], ["fig3"]),
+                       Step("memse-fig", ["fig4", "--quick"], ["fig4"]),
+                   ], lambda d: _summary_rows(d, _PAPER_001)),
     "002": Section("002", "Representable matrices: IR-drop-aware mapping",
-                   "002_f0b6f2aca12a328f.txt", [], lambda d: _summary_rows(d, _PAPER_002)),
+                   "002_f0b6f2aca12a328f.txt", [
+                       Step("irdrop-fig", ["fig4", "--quick"], ["fig4"]),
+                       Step("irdrop-fig", ["fig7", "--quick"], ["fig7"]),
+                       Step("irdrop-fig", ["fig9a", "--quick"], ["fig9a"]),
+                       Step("irdrop-fig", ["fig10a", "--quick"], ["fig10a"]),
+                   ], lambda d: _summary_rows(d, _PAPER_002)),
     "003": Section("003", "Mathematical optimization of analog compute-in-memory",
-                   "003_c92aaa23b8ee13b1.txt", [], lambda d: _summary_rows(d, _PAPER_003)),
+                   "003_c92aaa23b8ee13b1.txt", [
+                       Step("experiment", ["convex-cim", "--quick"], ["convex-cim"]),
+                   ], lambda d: _summary_rows(d, _PAPER_003)),
 }
 
 
@@ -162,16 +179,16 @@ def reproduce(which: str = "all", out: str | Path = "results/report", quick: boo
         lines += [f"## Paper {k}: {sec.title}", "", f"Source: `shared/papers/{sec.paper}`.", ""]
         for step in sec.steps:
             bar.set_postfix_str(f"{k} {step.name}")
-            sd = d / step.name
+            sd = d / step.folder
             sd.mkdir(exist_ok=True)
             rec = _run_step(step, sd, quick, seed)
             log["steps"].append({"paper": k, **rec})
             write_json(out / "reproduce.json", log)  # an interrupted run keeps what it finished
             bar.update(1)
             status = "ok" if rec["rc"] == 0 else f"**failed** (exit {rec['rc']}: {rec['message']})"
-            lines += [f"### `{step.name}`: {status}, {rec['wall_s']:.1f} s", "", f"    {rec['command']}", ""]
+            lines += [f"### `{step.folder}`: {status}, {rec['wall_s']:.1f} s", "", f"    {rec['command']}", ""]
             for png in sorted(sd.glob("*.png")):
-                lines += [f"![{step.name}: {png.stem}]({png.relative_to(out).as_posix()})", ""]
+                lines += [f"![{step.folder}: {png.stem}]({png.relative_to(out).as_posix()})", ""]
         rows = sec.summarize(d)
         if rows:
             lines += ["| quantity | paper | memcim | note |", "| --- | --- | --- | --- |"]
