@@ -176,3 +176,20 @@ def test_cuda_matches_cpu_statistics():  # pragma: no cover - runs only where a 
     hw = preset("ideal")
     y = simulate_mvm(W, X, hw, device="cuda", dtype=torch.float64)
     assert np.allclose(y.cpu().numpy(), X @ W)
+
+
+def test_set_full_scale_after_programming_clips_at_the_new_scale():
+    hw = HardwareConfig(adc={"enabled": True, "bits": 8, "fs_mode": "max"}, dac={"enabled": False, "x_range": 1.0})
+    Wm = W[:100, :50] / np.abs(W[:100, :50]).max()
+    x = np.clip(X[:, :100], -1, 1)
+    chip = program(map_matrix(Wm, hw), dtype=torch.float64)
+    fs = 0.01  # volts: far below the worst case
+    chip.set_full_scale(fs)
+    c = (1e-4 - 1e-6)
+    limit = fs / (hw.array.r_tia * hw.array.v_read * c)  # |y| <= FS in weight units, one row tile
+    y = chip.mvm(x)[0].numpy()
+    assert np.abs(y).max() == pytest.approx(limit, rel=1e-9)
+    with pytest.raises(ValueError, match="full_scale"):
+        chip.set_full_scale(-1.0)
+    with pytest.raises(ValueError, match="full_scale"):
+        chip.set_full_scale(np.ones(7))

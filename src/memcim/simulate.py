@@ -200,6 +200,23 @@ class ProgrammedChip:
             raise ValueError("x: contains NaN or inf; all inputs must be finite")
         return x
 
+    def set_full_scale(self, full_scale) -> None:
+        """Set the ADC full scale [V] after programming (per row tile and output column, or a scalar).
+
+        Use it to apply a designed full scale (for example per column) to chips already programmed.
+        """
+        m = self.mapped
+        fs = torch.as_tensor(full_scale, dtype=torch.float64, device=m.full_scale.device)
+        try:
+            fs = torch.broadcast_to(fs, m.full_scale.shape).clone()
+        except RuntimeError:
+            raise ValueError(f"full_scale: shape {tuple(fs.shape)} does not broadcast to (row tiles, columns) = "
+                             f"{tuple(m.full_scale.shape)}") from None
+        if not bool(torch.isfinite(fs).all()) or bool((fs <= 0).any()):
+            raise ValueError("full_scale: every value must be a positive, finite voltage")
+        m.full_scale = fs
+        self._cache = None
+
     def state_dict(self) -> dict:
         """Tensors that define this chip (the plan is rebuilt from the config and W)."""
         return {"g_pos": self.g_pos, "g_neg": self.g_neg, "rng_state": self.generator.get_state()}
