@@ -28,7 +28,8 @@ def register(sub) -> None:
     p.add_argument("--images", type=int, default=None, help="fig9a: evaluated test images (default 1000; quick 300)")
     p.add_argument("--tile", type=int, default=128, help="fig9a: crossbar tile size (default 128)")
     p.add_argument("--size", type=int, default=None, help="fig4: matrix size (default 64; quick 32)")
-    p.add_argument("--r-wire", type=float, default=1.0, help="wire segment resistance [Ohm] (fig4, fig9a; default 1)")
+    p.add_argument("--r-wire", type=float, default=1.0,
+                   help="wire segment resistance [Ohm] (fig4, fig9a, fig10a; fig7 sweeps its own; default 1)")
     p.set_defaults(func=run)
 
 
