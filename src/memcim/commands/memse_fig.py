@@ -35,8 +35,6 @@ def run(args) -> int:
         kw["trials"] = args.trials or (30 if args.quick else 100)
         res = mf.fig3(args.out, **kw)
     else:
-        if args.quick:
-            kw.update(n_budgets=3, pop_size=20, n_gen=15, mc_trials=20)
         if args.trials:
             kw["mc_trials"] = args.trials
         res = mf.fig4(args.out, **kw)

@@ -135,6 +135,9 @@ def fig4(out: str | Path, *, model="mnist-cnn-small", sigma: float = 0.01, level
     optimizer and (optionally) the paper's GA, with MC accuracy at each structured optimum."""
     from memcim.optimize.gmax import GmaxProblem, optimize_gmax, time_to_reach
 
+    if quick:  # a smoke run that finishes in minutes on 2 cores: 3 budgets, a 8 x 6 GA, 10 MC chips
+        n_budgets, pop_size, n_gen, mc_trials = min(n_budgets, 3), min(pop_size, 8), min(n_gen, 6), min(mc_trials, 10)
+        n_inputs = min(n_inputs, 8)
     x, y = load_inputs("mnist", n_inputs)
     net = _model(model)
     p_lo = predict_mse(net, x, sigma=sigma, gmax=0.3, levels=levels).power["total_W"]
