@@ -28,6 +28,10 @@ def test_reproduce_writes_report_and_records_failures(tmp_path, monkeypatch, cap
     assert "**failed** (exit 2" in text and "file not found" in text
     log = json.loads((tmp_path / "rep" / "reproduce.json").read_text())
     assert [s["rc"] for s in log["steps"]] == [2, 2]  # config list does not take --out: recorded too
+    # the report can be rewritten from those records without running anything again
+    (tmp_path / "rep" / "REPORT.md").unlink()
+    again = rp.reproduce("000", tmp_path / "rep", progress=False, report_only=True).read_text()
+    assert again.count("**failed**") == 2 and "file not found" in again
 
 
 def test_reproduce_bad_paper(capsys):

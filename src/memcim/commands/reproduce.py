@@ -12,6 +12,8 @@ def register(sub) -> None:
     p.add_argument("--out", default="results/report", metavar="DIR", help="report directory (default results/report)")
     p.add_argument("--quick", action="store_true", help="smaller settings that finish in minutes on 2 cores")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite REPORT.md from an earlier run's results in --out, without running anything")
     p.set_defaults(func=run)
 
 
@@ -20,7 +22,8 @@ def run(args) -> int:
 
     if args.seed < 0:
         raise ValueError(f"--seed: {args.seed} is not allowed; must be >= 0")
-    report = reproduce(args.paper, args.out, quick=args.quick, seed=args.seed, progress=sys.stderr.isatty())
+    report = reproduce(args.paper, args.out, quick=args.quick, seed=args.seed, progress=sys.stderr.isatty(),
+                       report_only=args.report_only)
     text = report.read_text()
     failed = text.count("**failed**")
     print(f"wrote {report}" + (f" ({failed} step(s) failed: see the report)" if failed else ""))
