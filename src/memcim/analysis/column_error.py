@@ -119,15 +119,7 @@ def _gauss_excess(mu, sigma, F):
 def gaussian_saturation_grad_F(mu, sigma, F):
     """Derivative of :func:`gaussian_saturation` with respect to ``F``: ``-2 E[(|Y| - F)_+]``."""
     mu, sigma, F = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (mu, sigma, F)))
-    out = np.zeros(mu.shape)
-    pos = sigma > 0
-    s = np.where(pos, sigma, 1.0)
-    for sign in (1.0, -1.0):
-        d = sign * mu - F
-        z = d / s
-        val = d * ndtr(z) + s * _phi(z)
-        out = out - 2 * np.where(pos, val, np.maximum(d, 0.0))
-    return out
+    return -2.0 * (_gauss_excess(mu, sigma, F) + _gauss_excess(-mu, sigma, F))
 
 
 # ----------------------------------------------------------------------------------- inputs

@@ -190,18 +190,10 @@ def _plot(out, path):
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    from memcim.io import dumps, write_json
+    from memcim.io import emit_result
 
     out = compute(args)
-    if args.out:
-        d = Path(args.out)
-        write_json(d / "lowrank.json", out)
-        _plot(out, d / "lowrank.png")
-    if args.json:
-        print(dumps(out))
-    else:
+    if not emit_result(out, out=args.out, name="lowrank", as_json=args.json, plot=_plot):
         b, lr = out["baseline"], out["lowrank"]
         print(f"W {out['shape'][0]}x{out['shape'][1]}  k={out['k']} r1={out['r1']} r2={out['r2']} "
               f"split={out['split']}  devices {out['devices']['lowrank']} (baseline {out['devices']['baseline']})")

@@ -23,13 +23,10 @@ def register(sub):
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from memcim.experiments.lowrank_fig2 import plot_fig2, run_fig2
-    from memcim.io import dumps, write_json
+    from memcim.io import emit_result, require_output
 
-    if args.out is None and not args.json:
-        raise ValueError("--out: required (or --json to print the result)")
+    require_output(args)
     if args.matrix_rank is not None and not 1 <= args.matrix_rank <= args.size:
         raise ValueError(f"--matrix-rank: {args.matrix_rank} is not allowed; must be 1 <= matrix-rank <= "
                          f"--size = {args.size}")
@@ -38,13 +35,7 @@ def run(args) -> int:
     res = run_fig2(size=args.size, matrix_rank=args.matrix_rank, alpha=args.alpha, sigma=args.sigma,
                    split=args.split, trials=args.trials, n_points=args.points, seed=args.seed,
                    progress=sys.stderr.isatty())
-    if args.out:
-        d = Path(args.out)
-        write_json(d / "lowrank_fig2.json", res)
-        plot_fig2(res, d / "lowrank_fig2.png")
-    if args.json:
-        print(dumps(res))
-    else:
+    if not emit_result(res, out=args.out, name="lowrank_fig2", as_json=args.json, plot=plot_fig2):
         print(f"optimal k = {res['k_opt']} (r1 = {res['r1_opt']}, r2 = {res['r2_opt']}): error / baseline = "
               f"{res['best_normalized']:.4f} (improvement x{res['improvement']:.2f}); "
               f"Monte Carlo max |rel diff| = {res['max_abs_rel_diff']}; wrote {args.out}")

@@ -19,13 +19,10 @@ def register(sub):
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from memcim.experiments.lowrank_hw import plot_hw, run_hw
-    from memcim.io import dumps, write_json
+    from memcim.io import emit_result, require_output
 
-    if args.out is None and not args.json:
-        raise ValueError("--out: required (or --json)")
+    require_output(args)
     if not args.sigma_abs >= 0:
         raise ValueError(f"--sigma-abs: {args.sigma_abs} is not allowed; must be >= 0")
     bad = [k for k in args.ranks if not 1 <= k <= args.size]
@@ -33,12 +30,7 @@ def run(args) -> int:
         raise ValueError(f"--ranks: {bad[0]} is not allowed; must be 1 <= rank <= --size = {args.size}")
     res = run_hw(size=args.size, ranks=tuple(args.ranks), sigma_abs=args.sigma_abs, trials=args.trials,
                  seed=args.seed)
-    if args.out:
-        write_json(Path(args.out) / "lowrank_hw.json", res)
-        plot_hw(res, Path(args.out) / "lowrank_hw.png")
-    if args.json:
-        print(dumps(res))
-    else:
+    if not emit_result(res, out=args.out, name="lowrank_hw", as_json=args.json, plot=plot_hw):
         print(f"{'config':18s} {'scheme':9s} {'k':>3s} {'r1':>3s} {'r2':>3s} {'MC':>10s} {'pred':>10s} "
               f"{'pred+q':>10s} {'MC/pred+q':>9s}")
         for r in res["rows"]:

@@ -24,13 +24,10 @@ def register(sub):
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from memcim.experiments.lowrank_mlp import plot_mlp, run_mlp
-    from memcim.io import dumps, write_json
+    from memcim.io import emit_result, require_output
 
-    if args.out is None and not args.json:
-        raise ValueError("--out: required (or --json)")
+    require_output(args)
     model, name = None, args.model
     from memcim.nn.models import REFERENCE_MODELS
 
@@ -40,12 +37,7 @@ def run(args) -> int:
         model = load_model(args.model)
     res = run_mlp(model=model, model_name=name, dataset=args.dataset, eta=args.eta, budgets=args.budgets,
                   trials=args.trials, n_test=args.n_test, seed=args.seed, progress=sys.stderr.isatty())
-    if args.out:
-        write_json(Path(args.out) / "lowrank_mlp.json", res)
-        plot_mlp(res, Path(args.out) / "lowrank_mlp.png")
-    if args.json:
-        print(dumps(res))
-    else:
+    if not emit_result(res, out=args.out, name="lowrank_mlp", as_json=args.json, plot=plot_mlp):
         print(f"clean accuracy {res['clean_accuracy']:.4f}")
         print(f"{'budget':>7s} {'baseline':>9s} {'low-rank':>9s} {'hybrid':>9s}  per-layer (k, r1, r2, split)")
         for r in res["rows"]:
