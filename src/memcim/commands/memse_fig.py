@@ -13,6 +13,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trials", type=int, default=None, help="Monte Carlo chips per point")
     p.add_argument("--inputs", type=int, default=None, help="number of MNIST test inputs")
+    p.add_argument("--ga-pop", type=int, default=None, help="fig4: GA population (paper: 50)")
+    p.add_argument("--ga-gen", type=int, default=None, help="fig4: GA generations (paper: 100)")
+    p.add_argument("--budgets", type=int, default=None, help="fig4: number of power budgets")
     p.set_defaults(func=run)
 
 
@@ -25,6 +28,12 @@ def run(args) -> int:
         raise ValueError(f"--trials: {args.trials} is not allowed; must be >= 2")
     if args.inputs is not None and args.inputs < 1:
         raise ValueError(f"--inputs: {args.inputs} is not allowed; must be >= 1")
+    for name in ("ga_pop", "ga_gen", "budgets"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: {v} is not allowed; must be >= 1")
+        if v is not None and args.figure != "fig4":
+            raise ValueError(f"--{name.replace('_', '-')}: only applies to fig4")
     kw = {"seed": args.seed, "quick": args.quick}
     if args.inputs:
         kw["n_inputs"] = args.inputs
@@ -37,6 +46,9 @@ def run(args) -> int:
     else:
         if args.trials:
             kw["mc_trials"] = args.trials
+        for name, key in (("ga_pop", "pop_size"), ("ga_gen", "n_gen"), ("budgets", "n_budgets")):
+            if getattr(args, name) is not None:
+                kw[key] = getattr(args, name)
         res = mf.fig4(args.out, **kw)
     print(f"wrote {args.out}/memse_{args.figure}.json and .png ({len(res['rows'])} rows)")
     return 0

@@ -157,7 +157,38 @@ def _network_solve(prob: GmaxProblem, budget: float, tol: float = 1e-4):
     return full(best[1]), best[2]
 
 
-def _structured(prob: GmaxProblem, budget: float, maxiter: int = 200):
+def _restore(prob: GmaxProblem, u: np.ndarray, budget: float, tol: float = 1e-6):
+    """Make ``u`` feasible by a common shift of every log G_max (power grows with G_max): the
+    largest shift <= 0 with power <= budget, found by bisection. None if even the lower bound fails."""
+    lo = math.log(prob.bounds[0])
+    o, p = prob.evaluate(u)
+    if p <= budget:
+        return u, o, p
+    a, b = lo - float(u.max()), 0.0            # shift a puts every variable at the lower bound
+    oa, pa = prob.evaluate(np.maximum(u + a, lo))
+    if pa > budget:
+        return None
+    best = (np.maximum(u + a, lo), oa, pa)
+    while b - a > tol:
+        m = 0.5 * (a + b)
+        um = np.maximum(u + m, lo)
+        om, pm = prob.evaluate(um)
+        if pm <= budget:
+            a, best = m, (um, om, pm)
+        else:
+            b = m
+    return best
+
+
+def _structured(prob: GmaxProblem, budget: float, maxiter: int = 60):
+    """Bisection for a common G_max, then (layer / column) SLSQP in log G_max from there.
+
+    The predicted MSE is only piecewise smooth (rounding to levels moves with c; the max over
+    outputs switches unit), so SLSQP is stopped at a modest tolerance, every feasible point it
+    evaluates is remembered, and a final iterate that overshoots the budget by rounding is pulled
+    back onto it by a common shift of log G_max. The best feasible point wins; the network-level
+    optimum is the fallback, so the result is never worse than one common G_max.
+    """
     from scipy.optimize import minimize
 
     if prob.granularity == "column":
@@ -176,24 +207,41 @@ def _structured(prob: GmaxProblem, budget: float, maxiter: int = 200):
         return u0, o0, p0, {"stage": "bisection"}
     lo, hi = math.log(prob.bounds[0]), math.log(prob.bounds[1])
     cache = {}
+    best = {"u": np.array(u0, dtype=float), "o": o0, "p": p0}
 
     def vg(u):
         key = tuple(np.round(u, 14))
         if key not in cache:
             cache.clear()
             cache[key] = prob.value_and_grad(u)
+            o, _, p, _ = cache[key]
+            if p <= budget and o < best["o"]:
+                best.update(u=np.array(u, dtype=float), o=o, p=p)
         return cache[key]
 
     scale = max(o0, 1e-300)
+    trace = []
+
+    def stop_when_stalled(intermediate_result):
+        # the piecewise-smooth objective makes SLSQP's last iterations crawl: stop once its iterate
+        # is (nearly) on the budget and its objective has moved less than 1e-4 (relative) in 5 steps
+        o, _, p, _ = vg(intermediate_result.x)
+        trace.append(o)
+        if (len(trace) > 5 and abs(trace[-6] - o) <= 1e-4 * o and p <= budget * (1 + 1e-4)):
+            raise StopIteration
+
     res = minimize(lambda u: vg(u)[0] / scale, u0, jac=lambda u: vg(u)[1] / scale, method="SLSQP",
                    bounds=[(lo, hi)] * prob.n_var,
                    constraints=[{"type": "ineq", "fun": lambda u: (budget - vg(u)[2]) / budget,
                                  "jac": lambda u: -vg(u)[3] / budget}],
-                   options={"maxiter": maxiter, "ftol": 1e-10})
-    o, p = prob.evaluate(res.x)
-    if p > budget * (1 + 1e-6) or o > o0:   # fall back to the network-level optimum
-        return u0, o0, p0, {"stage": "warm start kept (SLSQP did not improve)", "slsqp": str(res.message)}
-    return res.x, o, p, {"stage": "bisection + SLSQP", "slsqp": str(res.message), "slsqp_iterations": int(res.nit)}
+                   options={"maxiter": maxiter, "ftol": 1e-7}, callback=stop_when_stalled)
+    info = {"slsqp": str(res.message), "slsqp_iterations": int(res.nit)}
+    fixed = _restore(prob, np.clip(res.x, lo, hi), budget)
+    if fixed is not None and fixed[1] < best["o"]:
+        best.update(u=fixed[0], o=fixed[1], p=fixed[2])
+    if best["o"] >= o0:
+        return u0, o0, p0, {"stage": "warm start kept (SLSQP did not improve)", **info}
+    return best["u"], best["o"], best["p"], {"stage": "bisection + SLSQP", **info}
 
 
 def _ga(prob: GmaxProblem, budget: float, pop_size: int, n_gen: int, seed: int):
