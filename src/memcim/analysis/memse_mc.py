@@ -201,7 +201,7 @@ def monte_carlo(model, x, *, sigma: float, gmax, levels: int = 128, trials: int 
                      for _, v in sorted(pw_layers.items())]
         pow_d = {"total_W": sum(p["total_W"] for p in per_layer), "device_W": sum(p["device_W"] for p in per_layer),
                  "tia_W": sum(p["tia_W"] for p in per_layer), "per_layer": per_layer}
-    cfg = {"sigma": float(sigma), "levels": int(levels), "trials": int(trials), "seed": int(seed), "batch": int(b)}
+    cfg = {"engine": "vectorised", "sigma": float(sigma), "levels": int(levels), "trials": int(trials), "seed": int(seed), "batch": int(b)}
     return MCResult(per, float(per.mean()), float(per.max(1).values.mean()), tm,
                     float(tm.std(ddof=1) / math.sqrt(len(tm))), mean, var, pow_d,
                     np.concatenate(accs) if accs else None, time.perf_counter() - t0, cfg)
