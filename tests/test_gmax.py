@@ -125,3 +125,50 @@ def test_cli_errors(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert word in err and len(err.splitlines()) == 1, err
+
+
+def _mnist_mlp_file(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 12), nn.Softplus(), nn.Linear(12, 10))
+    p = tmp_path / "tiny.pt"
+    torch.save(net, p)
+    return str(p)
+
+
+def test_fig4_front_is_feasible_and_structured_beats_ga(tmp_path):
+    from memcim.experiments.memse_figs import fig4
+
+    res = fig4(tmp_path, model=_mnist_mlp_file(tmp_path), quick=True, progress=False)
+    saved = json.loads((tmp_path / "memse_fig4.json").read_text())
+    assert saved["complete"] and (tmp_path / "memse_fig4.png").is_file()
+    rows = res["rows"]
+    st = {(r["granularity"], r["budget_W"]): r for r in rows if r["method"] == "structured"}
+    assert len(st) == 2 * 3 and all(r["feasible"] and r["power_W"] <= r["budget_W"] * (1 + 1e-6) for r in st.values())
+    for r in rows:
+        if r["method"] == "ga" and r["feasible"]:
+            assert st[(r["granularity"], r["budget_W"])]["objective_mse"] <= r["objective_mse"] * (1 + 1e-3)
+    for (gran, b), r in st.items():
+        if gran == "layer":
+            assert r["objective_mse"] <= st[("network", b)]["objective_mse"] * (1 + 1e-9)
+    # the front falls as the budget grows
+    net_front = [st[("network", b)]["objective_mse"] for b in sorted(b for g, b in st if g == "network")]
+    assert all(a >= b for a, b in zip(net_front, net_front[1:]))
+
+
+def test_fig4_interrupted_keeps_finished_rows(tmp_path, monkeypatch):
+    import memcim.optimize.gmax as gm
+    from memcim.experiments.memse_figs import fig4
+
+    real, calls = gm.optimize_gmax, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(gm, "optimize_gmax", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        fig4(tmp_path, model=_mnist_mlp_file(tmp_path), quick=True, progress=False)
+    saved = json.loads((tmp_path / "memse_fig4.json").read_text())
+    assert saved["complete"] is False and len(saved["rows"]) == 2

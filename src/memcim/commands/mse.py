@@ -32,7 +32,7 @@ def run(args) -> int:
     from memcim.analysis.memse_mc import monte_carlo
     from memcim.analysis.moments import predict_mse
     from memcim.commands._memse_common import load, parse_floats
-    from memcim.io import dumps, provenance, write_json
+    from memcim.io import emit_result, provenance
 
     if args.monte_carlo < 0 or args.monte_carlo == 1:
         raise ValueError(f"--monte-carlo: {args.monte_carlo} is not allowed; use 0 (off) or >= 2 trials")
@@ -62,11 +62,7 @@ def run(args) -> int:
                      "sigma": args.sigma, "gmax": gmax, "levels": args.levels, "cov": args.cov, "r": args.r,
                      "monte_carlo": args.monte_carlo, "mc_engine": args.mc_engine}
     out["provenance"] = provenance(seed=args.seed)
-    if args.out:
-        write_json(f"{args.out}/mse.json", out)
-    if args.json:
-        print(dumps(out))
-    else:
+    if not emit_result(out, out=args.out, name="mse", as_json=args.json):
         print(f"predicted: mse_mean={pd['mse_mean']:.6g} mse_max={pd['mse_max']:.6g} "
               f"power={pd['power']['total_W']:.6g} W ({pd['wall_s'] * 1e3:.1f} ms)")
         for key in ("monte_carlo", "monte_carlo_vectorised"):

@@ -24,7 +24,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from memcim.commands._memse_common import load, parse_floats
-    from memcim.io import dumps, provenance, write_json
+    from memcim.io import emit_result, provenance
     from memcim.optimize.gmax import GmaxProblem, optimize_gmax, time_to_reach
 
     if args.method not in ("structured", "ga", "both"):
@@ -54,11 +54,7 @@ def run(args) -> int:
                                           "granularity": args.granularity, "objective": args.objective,
                                           "bounds": prob.bounds, "cov": args.cov},
            "provenance": provenance(seed=args.seed)}
-    if args.out:
-        write_json(f"{args.out}/optimize_gmax.json", out)
-    if args.json:
-        print(dumps(out))
-    else:
+    if not emit_result(out, out=args.out, name="optimize_gmax", as_json=args.json):
         for m, r in results.items():
             print(f"{m}: {args.objective} MSE {r['objective_mse']:.6g} at {r['power_W']:.6g} W "
                   f"(budget {args.power_budget:.6g} W) in {r['wall_s']:.2f} s, G_max = {r['gmax']}")
