@@ -112,38 +112,51 @@ def fig2(out: str | Path, *, models=("mnist-cnn-small", "mnist-mlp-256-128"), si
     return res
 
 
-def fig3(out: str | Path, *, model="mnist-cnn-small", sigmas=(0.01, 0.03, 0.1), gmaxes=None, levels: int = 128,
-         n_inputs: int = 64, trials: int = 100, seed: int = 0, quick=False, engine: str = "simulator") -> dict:
-    """Mean over inputs of the max over outputs of the MSE vs G_max, for several sigma; Monte Carlo
-    through ``engine`` (default memcim's hardware simulator)."""
+def fig3(out: str | Path, *, models=("mnist-cnn-small", "mnist-mlp-256-128"), sigmas=(0.01, 0.03, 0.1), gmaxes=None,
+         levels: int = 128, n_inputs: int = 64, trials: int = 100, seed: int = 0, quick=False,
+         engine: str = "simulator") -> dict:
+    """Mean over inputs of the max over outputs of the MSE vs G_max, for several sigma, predicted
+    and simulated (Monte Carlo through ``engine``, default memcim's hardware simulator), with the
+    simulated accuracy and the quantization floor F3, for each model."""
     gmaxes = list(gmaxes) if gmaxes is not None else list(np.logspace(-0.5, 2, 4 if quick else 8))
+    if isinstance(models, str):
+        models = (models,)
     x, y = load_inputs("mnist", n_inputs)
-    net = _model(model)
-    rows = []
-    for s in sigmas:
-        for g in gmaxes:
-            p = predict_mse(net, x, sigma=s, gmax=g, levels=levels, power=True)
-            mc = _mc(engine, net, x, sigma=s, gmax=float(g), levels=levels, trials=trials, seed=seed, labels=y)
-            rows.append({"mc_engine": mc.config["engine"], "sigma": s, "gmax": float(g), "pred_max": p.mse_max, "pred_mean": p.mse_mean,
-                         "mc_max": mc.mse_max, "mc_mean": mc.mse_mean, "mc_stderr": mc.mse_mean_stderr,
-                         "mc_accuracy": float(mc.accuracy.mean()), "power_W": p.power["total_W"]})
-    p0 = predict_mse(net, x, sigma=0.0, gmax=1.0, levels=levels, power=False)
-    res = {"figure": "fig3", "model": model, "rows": rows, "quantization_floor_max": p0.mse_max,
-           "config": {"levels": levels, "n_inputs": n_inputs, "trials": trials, "engine": engine},
+    rows, floors = [], {}
+    for name in models:
+        net = _model(name)
+        clean = float((net(x).argmax(1) == y).double().mean())
+        for s in sigmas:
+            for g in gmaxes:
+                p = predict_mse(net, x, sigma=s, gmax=g, levels=levels, power=True)
+                mc = _mc(engine, net, x, sigma=s, gmax=float(g), levels=levels, trials=trials, seed=seed, labels=y)
+                rows.append({"model": name, "mc_engine": mc.config["engine"], "sigma": s, "gmax": float(g),
+                             "clean_accuracy": clean,
+                             "pred_max": p.mse_max, "pred_mean": p.mse_mean, "mc_max": mc.mse_max,
+                             "mc_mean": mc.mse_mean, "mc_stderr": mc.mse_mean_stderr,
+                             "mc_accuracy": float(mc.accuracy.mean()), "power_W": p.power["total_W"],
+                             "rel_err_max": (p.mse_max - mc.mse_max) / mc.mse_max,
+                             "rel_err_mean": (p.mse_mean - mc.mse_mean) / mc.mse_mean})
+        floors[name] = predict_mse(net, x, sigma=0.0, gmax=1.0, levels=levels, power=False).mse_max
+    res = {"figure": "fig3", "models": list(models), "rows": rows, "quantization_floor_max": floors,
+           "config": {"levels": levels, "n_inputs": n_inputs, "trials": trials, "engine": engine,
+                      "sigmas": list(sigmas), "gmaxes": gmaxes},
            "provenance": provenance(seed=seed)}
     out = Path(out)
     write_json(out / "memse_fig3.json", res)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for k, s in enumerate(sigmas):
-        rs = [r for r in rows if r["sigma"] == s]
-        col = f"C{k}"
-        ax.plot([r["gmax"] for r in rs], [r["pred_max"] for r in rs], "-", color=col, label=f"predicted, sigma={s}")
-        ax.plot([r["gmax"] for r in rs], [r["mc_max"] for r in rs], "o", color=col, label=f"simulated, sigma={s}")
-    ax.axhline(p0.mse_max, color="k", ls=":", label="quantization floor (F3)")
-    ax.set(xscale="log", yscale="log", xlabel="G_max (S)", ylabel="mean of max output MSE", title=model)
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for j, name in enumerate(models):
+        ax = axes[0, j]
+        for k, s in enumerate(sigmas):
+            rs = [r for r in rows if r["sigma"] == s and r["model"] == name]
+            col = f"C{k}"
+            ax.plot([r["gmax"] for r in rs], [r["pred_max"] for r in rs], "-", color=col, label=f"predicted, sigma={s}")
+            ax.plot([r["gmax"] for r in rs], [r["mc_max"] for r in rs], "o", color=col, label=f"simulated, sigma={s}")
+        ax.axhline(floors[name], color="k", ls=":", label="quantization floor (F3)")
+        ax.set(xscale="log", yscale="log", xlabel="G_max (S)", ylabel="mean of max output MSE", title=name)
+        ax.legend(fontsize=7)
     savefig(fig, out / "memse_fig3.png")
     return res
 
