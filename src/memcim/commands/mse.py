@@ -12,7 +12,8 @@ def register(sub) -> None:
                        description="Predict, by moment propagation (paper 001), the output MSE of a model whose "
                                    "Linear/Conv2d layers run on memristor crossbars with quantization to N+1 levels "
                                    "and programming noise sigma, and the expected device+TIA power. Optionally "
-                                   "check it with a Monte Carlo over chips.")
+                                   "check it with a Monte Carlo over chips sampled and read by memcim's hardware "
+                                   "simulator (and/or the faster vectorised re-implementation).")
     add_model_args(p)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--gmax", type=float, help="one G_max for every crossbar layer, S")
