@@ -186,6 +186,15 @@ def hardware_aware_matmul(x: torch.Tensor, W: torch.Tensor, hw: HardwareConfig,
 # analog layers
 # ------------------------------------------------------------------------------------------------
 
+def _copy_params(new: nn.Module, old: nn.Module) -> nn.Module:
+    """Copy ``weight``, ``bias`` and the train/eval mode of ``old`` into ``new``; return ``new``."""
+    with torch.no_grad():
+        new.weight.copy_(old.weight)
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    return new.train(old.training)
+
+
 class _AnalogMixin:
     """Shared state and programming logic of the analog layers."""
 
@@ -317,12 +326,7 @@ class AnalogLinear(_AnalogMixin, nn.Linear):
                      train_noise: bool = True) -> "AnalogLinear":
         new = cls(layer.in_features, layer.out_features, layer.bias is not None, hardware=hardware,
                   seed=seed, train_noise=train_noise, device=layer.weight.device, dtype=layer.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(layer.weight)
-            if layer.bias is not None:
-                new.bias.copy_(layer.bias)
-        new.train(layer.training)
-        return new
+        return _copy_params(new, layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
@@ -362,12 +366,7 @@ class AnalogConv2d(_AnalogMixin, nn.Conv2d):
         new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                   layer.dilation, layer.bias is not None, hardware=hardware, seed=seed,
                   train_noise=train_noise, device=layer.weight.device, dtype=layer.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(layer.weight)
-            if layer.bias is not None:
-                new.bias.copy_(layer.bias)
-        new.train(layer.training)
-        return new
+        return _copy_params(new, layer)
 
     def _patches(self, x: torch.Tensor):
         if isinstance(self.padding, str):
@@ -580,12 +579,7 @@ def convert_to_digital(model: nn.Module, *, inplace: bool = False) -> nn.Module:
                             dtype=mod.weight.dtype)
         else:
             continue
-        with torch.no_grad():
-            new.weight.copy_(mod.weight)
-            if mod.bias is not None:
-                new.bias.copy_(mod.bias)
-        new.train(mod.training)
-        _set_submodule(out, name, new)
+        _set_submodule(out, name, _copy_params(new, mod))
     return out
 
 
