@@ -2,10 +2,13 @@
 import numpy as np
 import pytest
 
-from memcim.hardware.circuit import (G_MAX, G_MIN, ConvergenceError, Crossbar, NonlinearCrossbar, Wires,
+from memcim.hardware.circuit import (ConvergenceError, Crossbar, NonlinearCrossbar, as_wires,
                                      currents_through_source_cells, ngspice_available, run_ngspice,
                                      states_from_conductances, to_spice)
-from memcim.hardware.devices_nonlinear import Level1NMOS, TaOxMemristor
+from memcim.config import WiresConfig
+from memcim.hardware.cells import Level1NMOS, TaOxMemristor
+
+G_MIN, G_MAX = 1 / 3e6, 1 / 2e3  # paper 002: 2 kOhm .. 3 MOhm
 
 needs_spice = pytest.mark.skipif(not ngspice_available(), reason="ngspice not installed")
 
@@ -72,10 +75,10 @@ def test_ir_drop_attenuates_far_corner():
 
 def test_both_end_drive_and_column_wire_option():
     g = np.random.default_rng(3).uniform(G_MIN, G_MAX, (6, 6))
-    one = Crossbar(g, Wires(r_wire=5.0)).realized()
-    both = Crossbar(g, Wires(r_wire=5.0, drive="both")).realized()
+    one = Crossbar(g, as_wires(r_wire=5.0)).realized()
+    both = Crossbar(g, as_wires(r_wire=5.0, drive="both")).realized()
     assert np.sum(np.abs(both - g)) < np.sum(np.abs(one - g))
-    colwire = Crossbar(g, Wires(r_wire=5.0, r_wire_col=1e-9)).realized()
+    colwire = Crossbar(g, as_wires(r_wire=5.0, r_wire_col=1e-9)).realized()
     assert np.sum(np.abs(colwire - g)) < np.sum(np.abs(one - g))
 
 
@@ -84,7 +87,7 @@ def test_both_end_drive_and_column_wire_option():
 def test_realized_matches_ngspice(drive, rcol):
     rng = np.random.default_rng(4)
     g = rng.uniform(G_MIN, G_MAX, (5, 4))
-    w = Wires(r_wire=2.0, r_in=50.0, r_out=80.0, r_wire_col=rcol, drive=drive)
+    w = as_wires(r_wire=2.0, r_in=50.0, r_out=80.0, r_wire_col=rcol, drive=drive)
     G = Crossbar(g, w).realized()
     I, _ = run_ngspice(to_spice(g, wires=w, unit_inputs=True), 4)
     np.testing.assert_allclose(I, G, rtol=1e-6, atol=1e-6 * np.abs(G).max())
@@ -106,7 +109,7 @@ def test_nonlinear_newton_matches_ngspice(with_transistor):
     s = rng.uniform(0, 0.05, (4, 3))
     v = rng.uniform(0.05, 0.2, 4)
     tr = Level1NMOS() if with_transistor else None
-    w = Wires(r_wire=2.0, r_in=50.0, r_out=80.0)
+    w = as_wires(r_wire=2.0, r_in=50.0, r_out=80.0)
     mine = NonlinearCrossbar(s, transistor=tr, wires=w).currents(v)
     ref, _ = run_ngspice(to_spice(states=s, v=v, wires=w, transistor=tr), 3)
     np.testing.assert_allclose(mine, ref[0], rtol=1e-6)
@@ -153,7 +156,7 @@ def test_states_reproduce_target_currents(with_transistor):
     g = rng.uniform(4e-5, 3e-4, (5, 4))
     v_cal = np.full(5, 0.1)
     tr = Level1NMOS() if with_transistor else None
-    w = Wires(r_wire=1.0, r_in=100.0, r_out=100.0)
+    w = as_wires(r_wire=1.0, r_in=100.0, r_out=100.0)
     s, _ = states_from_conductances(g, v_cal, w, transistor=tr)
     assert np.all((s >= 0) & (s <= 1))
     I_nl = NonlinearCrossbar(s, transistor=tr, wires=w).currents(v_cal)
@@ -165,7 +168,7 @@ def test_current_source_solution_consistent():
     rng = np.random.default_rng(8)
     g0 = rng.uniform(G_MIN, 1e-4, (6, 5))
     v = np.full(6, 0.1)
-    w = Wires()
+    w = as_wires()
     I = g0 * v[:, None]
     vr, vc = currents_through_source_cells(I, v, w)
     g = I / (vr - vc)
@@ -176,7 +179,7 @@ def test_current_source_solution_consistent():
 def test_adjoint_gradient_vs_finite_differences():
     rng = np.random.default_rng(9)
     g = rng.uniform(1e-5, 1e-4, (4, 5))
-    w = Wires(r_wire=5.0, r_in=100.0, r_out=100.0)
+    w = as_wires(r_wire=5.0, r_in=100.0, r_out=100.0)
     U = rng.normal(size=(4, 5))
     G, grad, diag = Crossbar(g, w).realized_and_grad(U)
     for k in [(0, 0), (3, 4), (1, 2), (2, 0)]:
@@ -197,12 +200,14 @@ def test_adjoint_gradient_vs_finite_differences():
 ])
 def test_bad_wires(kw, match):
     with pytest.raises(ValueError, match=match):
-        Wires(**kw)
+        as_wires(**kw)
 
 
 def test_bad_conductances_and_inputs():
     with pytest.raises(ValueError, match="conductances"):
         Crossbar(np.array([[1e-5, -1e-6]]))
+    with pytest.raises(ValueError, match="all resistances are 0"):
+        Crossbar(np.full((2, 2), 1e-5), WiresConfig())
     with pytest.raises(ValueError, match="conductances"):
         Crossbar(np.ones(3))
     cb = Crossbar(np.full((3, 2), 1e-5))

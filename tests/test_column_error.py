@@ -32,7 +32,7 @@ def simulate(W, X, hw, trials, design=None, seed=1):
     """Squared errors (trials, batch, out) of the simulator against x @ W."""
     mp = map_matrix(W, hw)
     if design is not None:
-        LayerErrorModel(W, hw, InputStats.from_samples(X, hw)).apply_design(mp, design)
+        mp = LayerErrorModel(W, hw, InputStats.from_samples(X, hw)).apply_design(mp, design)
     chip = program(mp, seed=seed, trials=trials, dtype=torch.float64)
     y = chip.mvm(X)
     return ((y - torch.from_numpy(X @ W)) ** 2).numpy()

@@ -99,7 +99,8 @@ def test_frozen_and_replace():
 
 
 def test_without_and_only_switch_each_nonideality():
-    hw = preset("realistic")
+    hw = preset("realistic").set({"device.rtn_amplitude": 0.1, "wires.r_wire": 1.0, "wires.r_in": 100.0,
+                                  "wires.r_out": 100.0})
     assert set(hw.active_nonidealities()) == set(NONIDEALITIES)
     for name in NONIDEALITIES:
         assert name not in hw.without(name).active_nonidealities()

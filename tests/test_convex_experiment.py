@@ -51,9 +51,10 @@ def test_per_column_fs_is_written_into_every_chip():
     analog = convert_to_analog(m, hw, overrides={n: v["hw"] for n, v in d.items()})
     program(analog, 0)
     chip = analog[1].chip
-    d["1"]["model"].apply_design(chip.mapped, d["1"]["design"])
+    plan = d["1"]["model"].apply_design(chip.mapped, d["1"]["design"])
     want = d["1"]["model"].fs_volts(d["1"]["design"])
-    assert np.allclose(chip.mapped.full_scale.numpy()[:, :16], want)
+    assert np.allclose(plan.full_scale.numpy()[:, :16], want)
+    assert not np.allclose(chip.mapped.full_scale.numpy()[:, :16], want)    # plans are frozen: a new one
 
 
 def test_format_table():

@@ -5,9 +5,25 @@ import numpy as np
 import pytest
 
 from memcim.cli import main
-from memcim.hardware.circuit import Crossbar, NonlinearCrossbar, Wires, ngspice_available, run_ngspice, to_spice
-from memcim.hardware.devices_nonlinear import Level1NMOS
-from memcim.mapping.irdrop import map_dpe, map_matrix_irdrop, plan_states, quantize
+from memcim.config import HardwareConfig, preset
+from memcim.hardware.cells import Level1NMOS
+from memcim.hardware.circuit import (Crossbar, NonlinearCrossbar, as_wires, ngspice_available, run_ngspice,
+                                     states_from_conductances, to_spice)
+from memcim.hardware.device import quantize_array
+from memcim.mapping.crossbar import map_matrix
+from memcim.mapping.irdrop import error_report, map_dpe
+
+#: paper 002's set-up (one array: no tiling below 128 x 128) without converters
+HW = preset("irdrop").without("dac", "adc")
+
+
+def hw(method, **settings):
+    return HW.set({"mapping.method": method, **settings})
+
+
+def errors(W, method, **settings):
+    plan = map_matrix(W, hw(method, **settings))
+    return plan, error_report(W, plan.realized().numpy())
 
 
 @pytest.fixture(scope="module")
@@ -16,10 +32,13 @@ def W16():
 
 
 def _recompute(path, W):
+    """||W - W^r|| from the saved conductances alone, by a fresh circuit solve of each array."""
     z = np.load(path)
-    w = Wires(r_wire=float(z["r_wire"]), r_in=float(z["r_in"]), r_out=float(z["r_out"]))
-    Wr = (Crossbar(z["g_pos"], w).realized() - Crossbar(z["g_neg"], w).realized()) / float(z["alpha"])
-    return z, np.linalg.norm(W - Wr)
+    cfg = HardwareConfig.from_json(str(z["config"]))
+    w = cfg.wires
+    gp, gn, sc = z["g_pos"][0], z["g_neg"][0], z["scale"][0]
+    Wr = (Crossbar(gp, w).realized() - Crossbar(gn, w).realized()) / sc[None, :]
+    return z, cfg, np.linalg.norm(W - Wr[:W.shape[0], :W.shape[1]])
 
 
 @pytest.mark.parametrize("method", ["linear", "dpe", "representable"])
@@ -29,10 +48,11 @@ def test_cli_map_error_recomputed_from_plan(tmp_path, capsys, W16, method):
     rc = main(["map", "--matrix", str(tmp_path / "W.npy"), "--method", method, "--out", str(plan), "--json"])
     assert rc == 0
     rep = json.loads(capsys.readouterr().out)
-    z, fro = _recompute(plan, W16)
+    z, cfg, fro = _recompute(plan, W16)
     assert rep["frobenius_error"] == pytest.approx(fro, rel=1e-9)
     assert rep["relative_error"] == pytest.approx(fro / np.linalg.norm(W16), rel=1e-9)
-    g_min, g_max = float(z["g_min"]), float(z["g_max"])
+    g_min, g_max = cfg.device.g_min, cfg.device.g_max
+    assert (g_min, g_max) == (1 / 3e6, 1 / 2e3)             # paper 002: 2 kOhm .. 3 MOhm
     step = (g_max - g_min) / 255
     for g in (z["g_pos"], z["g_neg"]):
         assert g.min() >= g_min * (1 - 1e-12) and g.max() <= g_max * (1 + 1e-12)
@@ -43,15 +63,15 @@ def test_cli_map_error_recomputed_from_plan(tmp_path, capsys, W16, method):
 
 def test_dpe_reproduces_calibration_output(W16):
     """Hu et al.: before quantization the calibration vector gives the ideal output exactly."""
-    plan, _ = map_matrix_irdrop(W16, "dpe", bits=None)
+    plan = map_matrix(W16, hw("dpe").without("quantization"))
     v = np.ones(16)
-    Wr = plan.realized()
+    Wr = plan.realized().numpy()
     np.testing.assert_allclose(v @ Wr, v @ W16, rtol=1e-8, atol=1e-8 * np.abs(v @ W16).max())
 
 
 def test_representable_beats_dpe_and_linear():
     W = np.random.default_rng(1).uniform(-1, 1, (32, 32))
-    errs = {m: map_matrix_irdrop(W, m)[1] for m in ("linear", "dpe", "representable")}
+    errs = {m: errors(W, m)[1] for m in ("linear", "dpe", "representable")}
     assert errs["representable"]["frobenius_error"] * 4 < errs["dpe"]["frobenius_error"]
     assert errs["representable"]["max_output_error"] * 4 < errs["dpe"]["max_output_error"]
     assert errs["dpe"]["frobenius_error"] < errs["linear"]["frobenius_error"]
@@ -61,13 +81,19 @@ def test_representable_calibration_correction_reduces_calibration_error():
     """Sec. V-C: with value-range errors present (alpha too large), the correction moves the
     errors so that the calibration output error shrinks."""
     W = np.random.default_rng(2).uniform(-1, 1, (32, 32))
-    _, _, a_dpe, _ = map_dpe(W, Wires())
-    kw = dict(bits=None, alpha=3 * a_dpe, final_iters=6)
-    p0, _ = map_matrix_irdrop(W, "representable", calib_rounds=0, **kw)
-    p2, _ = map_matrix_irdrop(W, "representable", calib_rounds=2, **kw)
+    from memcim.mapping.irdrop import map_block
+
+    dev = HW.without("quantization").device
+    _, _, a_dpe, _ = map_dpe(W, as_wires(), dev)
+    mp = hw("representable", **{"mapping.final_iters": 6}).mapping
+
+    def realized(rounds):
+        gp, gn, a, _ = map_block(W, as_wires(), dev, mp.replace(calib_rounds=rounds), alpha=3 * a_dpe)
+        return (Crossbar(gp, as_wires()).realized() - Crossbar(gn, as_wires()).realized()) / a
+
     v = np.ones(32)
-    e0 = np.linalg.norm(v @ (p0.realized() - W))
-    e2 = np.linalg.norm(v @ (p2.realized() - W))
+    e0 = np.linalg.norm(v @ (realized(0) - W))
+    e2 = np.linalg.norm(v @ (realized(2) - W))
     assert e2 < 0.75 * e0   # measured 8.5 vs 13.5 (seed 2)
 
 
@@ -76,40 +102,56 @@ def test_second_moment_tuning_reduces_expected_error():
     W = rng.uniform(-1, 1, (16, 16))
     X = rng.uniform(0, 1, (400, 16)) * np.linspace(0.05, 1, 16)    # strongly uneven input scales
     M = X.T @ X / len(X)
-    plan_m, _ = map_matrix_irdrop(W, "representable", bits=None, second_moment=M)
-    plan_f, _ = map_matrix_irdrop(W, "representable", bits=None)
-    mse = lambda p: np.mean((X @ (p.realized() - W)) ** 2)
+    h = hw("representable").without("quantization")
+    plan_m = map_matrix(W, h, second_moment=M)
+    plan_f = map_matrix(W, h)
+    mse = lambda p: np.mean((X @ (p.realized().numpy() - W)) ** 2)
     assert mse(plan_m) < mse(plan_f)
 
 
 def test_quantize_levels():
-    g = quantize(np.array([0.0, 1.0, 1.49, 1.51, 9.0]), 1.0, 4.0, 2)    # levels 1, 2, 3, 4
-    np.testing.assert_allclose(g, [1.0, 1.0, 1.0, 2.0, 4.0])
+    from memcim.config import DeviceConfig
+
+    g = quantize_array(np.array([0.0, 1.0, 1.49, 1.51, 9.0]), DeviceConfig(g_min=1.0, g_max=4.0, bits=2))
+    np.testing.assert_allclose(g, [1.0, 1.0, 1.0, 2.0, 4.0])    # levels 1, 2, 3, 4
 
 
 @pytest.mark.parametrize("tr", [None, Level1NMOS()])
 def test_plan_states_realize_plan_at_calibration(tr):
     W = np.random.default_rng(4).uniform(-1, 1, (6, 5))
-    plan, _ = map_matrix_irdrop(W, "representable", g_min=5e-5, g_max=4e-4)
+    plan = map_matrix(W, hw("representable", **{"device.g_min": 5e-5, "device.g_max": 4e-4}))
     v = np.full(6, 0.1)
-    s_pos, s_neg = plan_states(plan, v_cal=v, transistor=tr)
-    y = (NonlinearCrossbar(s_pos, transistor=tr, wires=plan.wires).currents(v)
-         - NonlinearCrossbar(s_neg, transistor=tr, wires=plan.wires).currents(v)) / plan.alpha
-    np.testing.assert_allclose(y, v @ plan.realized(), rtol=1e-7, atol=1e-9 * np.abs(y).max())
+    w, a = plan.hw.wires, plan.scale[0, 0].item()
+    s_pos, _ = states_from_conductances(plan.g_pos[0].numpy(), v, w, transistor=tr)
+    s_neg, _ = states_from_conductances(plan.g_neg[0].numpy(), v, w, transistor=tr)
+    y = (NonlinearCrossbar(s_pos, transistor=tr, wires=w).currents(v)
+         - NonlinearCrossbar(s_neg, transistor=tr, wires=w).currents(v)) / a
+    np.testing.assert_allclose(y, v @ plan.realized().numpy(), rtol=1e-7, atol=1e-9 * np.abs(y).max())
     if ngspice_available():
-        ref, _ = run_ngspice(to_spice(states=s_pos, v=v, wires=plan.wires, transistor=tr), 5)
-        np.testing.assert_allclose(NonlinearCrossbar(s_pos, transistor=tr, wires=plan.wires).currents(v), ref[0],
+        ref, _ = run_ngspice(to_spice(states=s_pos, v=v, wires=w, transistor=tr), 5)
+        np.testing.assert_allclose(NonlinearCrossbar(s_pos, transistor=tr, wires=w).currents(v), ref[0],
                                    rtol=1e-6)
+
+
+def test_cli_map_tiles_a_large_matrix(tmp_path, capsys):
+    """300 x 100 does not fit one 128 x 128 array: it is tiled (3 x 1 arrays), not refused."""
+    W = np.random.default_rng(7).uniform(-1, 1, (300, 100))
+    np.save(tmp_path / "W.npy", W)
+    assert main(["map", "--matrix", str(tmp_path / "W.npy"), "--method", "dpe", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["tiles"] == [3, 1] and rep["relative_error"] < 0.2
 
 
 @pytest.mark.parametrize("argv,match", [
     (["--method", "magic"], "--method"),
-    (["--r-wire", "0"], "r_wire"),
-    (["--r-in", "-5"], "r_in"),
-    (["--g-min=-1e-6"], "g_min"),
-    (["--g-min", "1e-4", "--g-max", "1e-5"], "g_max"),
-    (["--bits", "0"], "bits"),
-    (["--array-rows", "8"], "exceeds the configured array"),
+    (["--r-wire", "0"], "--r-wire"),
+    (["--r-in", "-5"], "--r-in"),
+    (["--g-min=-1e-6"], "--g-min"),
+    (["--g-min", "1e-3", "--g-max", "1e-5"], "g_max"),
+    (["--bits", "0"], "--bits"),
+    (["--array-rows", "0"], "--array-rows"),
+    (["--preset", "nope"], "preset"),
+    (["--tune-inputs"], "--tune-inputs"),
 ])
 def test_cli_map_bad_input(tmp_path, capsys, W16, argv, match):
     np.save(tmp_path / "W.npy", W16)
@@ -137,7 +179,7 @@ def test_cli_circuit(tmp_path, capsys):
     G = np.array(out["realized"])
     np.testing.assert_allclose(np.array(out["currents"]), v @ G, rtol=1e-10)
     if ngspice_available():
-        ref, _ = run_ngspice(to_spice(g, wires=Wires(2, 10, 10), unit_inputs=True), 3)
+        ref, _ = run_ngspice(to_spice(g, wires=as_wires(r_wire=2, r_in=10, r_out=10), unit_inputs=True), 3)
         np.testing.assert_allclose(G, ref, rtol=1e-6)
     assert out["time_s"] > 0
 

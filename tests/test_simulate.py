@@ -33,7 +33,7 @@ def test_noise_free_tiled_mvm_equals_realized_matrix(scheme, rows, cols):
     y = program(m, seed=0, dtype=torch.float64).mvm(X)[0].numpy()
     assert np.allclose(y, X @ realized, rtol=1e-12, atol=1e-10)  # ... and the hardware computes exactly it
     # the realized matrix is the device-level reconstruction: at most half a level step per device, per side
-    c = float(m.scale[0])
+    c = float(m.scale[0, 0])
     step = (hw.device.g_max - hw.device.g_min) / 15
     n_dev = 2 if scheme == "differential" else 1
     assert np.abs(realized - W).max() <= n_dev * step / 2 / c * (1 + 1e-9) + (step / 2 / c if scheme == "offset" else 0)
@@ -178,18 +178,20 @@ def test_cuda_matches_cpu_statistics():  # pragma: no cover - runs only where a 
     assert np.allclose(y.cpu().numpy(), X @ W)
 
 
-def test_set_full_scale_after_programming_clips_at_the_new_scale():
+def test_with_full_scale_after_programming_clips_at_the_new_scale():
     hw = HardwareConfig(adc={"enabled": True, "bits": 8, "fs_mode": "max"}, dac={"enabled": False, "x_range": 1.0})
     Wm = W[:100, :50] / np.abs(W[:100, :50]).max()
     x = np.clip(X[:, :100], -1, 1)
     chip = program(map_matrix(Wm, hw), dtype=torch.float64)
     fs = 0.01  # volts: far below the worst case
-    chip.set_full_scale(fs)
+    old = chip
+    chip = chip.with_full_scale(fs)               # a new chip: plans and chips are not patched
+    assert torch.equal(chip.g_pos, old.g_pos) and not torch.equal(old.mapped.full_scale, chip.mapped.full_scale)
     c = (1e-4 - 1e-6)
     limit = fs / (hw.array.r_tia * hw.array.v_read * c)  # |y| <= FS in weight units, one row tile
     y = chip.mvm(x)[0].numpy()
     assert np.abs(y).max() == pytest.approx(limit, rel=1e-9)
     with pytest.raises(ValueError, match="full_scale"):
-        chip.set_full_scale(-1.0)
+        chip.with_full_scale(-1.0)
     with pytest.raises(ValueError, match="full_scale"):
-        chip.set_full_scale(np.ones(7))
+        chip.with_full_scale(np.ones(7))

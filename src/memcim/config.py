@@ -1,6 +1,9 @@
 """Hardware description: immutable, validated configuration objects.
 
-A :class:`HardwareConfig` is a tree of frozen dataclasses (device, DAC, ADC, array, mapping).
+A :class:`HardwareConfig` is a tree of frozen dataclasses (device, DAC, ADC, array, wires, cell,
+mapping). It is the one description that every fidelity level reads: the closed forms
+(:mod:`memcim.analysis`), the Monte Carlo simulator (:mod:`memcim.simulate`) and the circuit
+reader (:mod:`memcim.hardware.circuit`).
 Every value is checked when the object is built; a bad value raises ``ValueError`` naming the
 field, the value and what is allowed. Configs round-trip through TOML and JSON, and named presets
 live as TOML files in ``memcim/presets``.
@@ -31,7 +34,12 @@ from typing import Any
 import tomli_w
 
 #: Non-idealities that :meth:`HardwareConfig.without` / :meth:`HardwareConfig.only` can switch.
-NONIDEALITIES = ("quantization", "programming", "stuck", "thermal", "shot", "dac", "adc")
+NONIDEALITIES = ("quantization", "programming", "stuck", "rtn", "thermal", "shot", "dac", "adc", "wires")
+
+#: Cell I-V models (see :mod:`memcim.hardware.cells`).
+CELL_MODELS = ("linear", "taox", "taox_1t1r")
+#: Mapping methods (see :mod:`memcim.mapping.irdrop`).
+MAPPING_METHODS = ("linear", "dpe", "representable")
 
 BOLTZMANN = 1.380649e-23  # J/K
 ELEMENTARY_CHARGE = 1.602176634e-19  # C
@@ -127,6 +135,11 @@ class DeviceConfig(_Section):
         ``var = abs**2 + (rel * g_target)**2 + table[level]**2``. A programmed conductance
         cannot be negative: samples below 0 S are clipped to 0 S.
     stuck_at_min, stuck_at_max : fraction of devices stuck at g_min / g_max (independent per device).
+    rtn_amplitude : random telegraph noise: relative conductance drop A of a device's low state,
+        ``g -> g (1 - A)`` (0 = off, < 1).
+    rtn_probability : probability p that a device sits in its low state during a read. States are
+        drawn independently per device and per read call (one snapshot held for the whole batch of a
+        read: the telegraph switches slowly compared with one read), for every level.
     thermal_noise : draw Johnson-Nyquist current noise, variance 4 k T bandwidth G, per device per read.
     shot_noise : draw shot noise, variance 2 q |I| bandwidth, per device per read.
     temperature : device temperature [K].
@@ -143,6 +156,8 @@ class DeviceConfig(_Section):
     prog_sigma_table: tuple[float, ...] | None = None
     stuck_at_min: float = 0.0
     stuck_at_max: float = 0.0
+    rtn_amplitude: float = 0.0
+    rtn_probability: float = 0.5
     thermal_noise: bool = False
     shot_noise: bool = False
     temperature: float = 300.0
@@ -181,6 +196,9 @@ class DeviceConfig(_Section):
         if self.stuck_at_min + self.stuck_at_max > 1.0:
             raise ValueError(f"{s}.stuck_at_min + {s}.stuck_at_max = {self.stuck_at_min + self.stuck_at_max:g}; "
                              "the two fractions must add up to at most 1")
+        object.__setattr__(self, "rtn_amplitude",
+                           _num(f"{s}.rtn_amplitude", self.rtn_amplitude, lo=0.0, hi=1.0, hi_open=True))
+        object.__setattr__(self, "rtn_probability", _num(f"{s}.rtn_probability", self.rtn_probability, lo=0.0, hi=1.0))
         _bool(f"{s}.thermal_noise", self.thermal_noise)
         _bool(f"{s}.shot_noise", self.shot_noise)
         object.__setattr__(self, "temperature", _num(f"{s}.temperature", self.temperature, lo=0.0, lo_open=True))
@@ -201,6 +219,10 @@ class DeviceConfig(_Section):
     def has_programming_noise(self) -> bool:
         return self.prog_sigma_abs > 0 or self.prog_sigma_rel > 0 or (
             self.prog_sigma_table is not None and any(v > 0 for v in self.prog_sigma_table))
+
+    @property
+    def has_rtn(self) -> bool:
+        return self.rtn_amplitude > 0 and self.rtn_probability > 0
 
     @property
     def thermal_psd(self) -> float:
@@ -335,47 +357,179 @@ class MappingConfig(_Section):
 
     Parameters
     ----------
-    scheme : "differential" (a pair of devices per weight, G+ - G-, two physical columns per output)
-        or "offset" (one device per weight around the window's midpoint, minus one reference column
-        per array).
+    scheme : "differential" (a pair of devices per weight, G+ - G-) or "offset" (one device per
+        weight around the window's midpoint, minus one reference column per array).
+    pair : where a differential pair sits: "columns" (G+ and G- on adjacent columns of one array:
+        an array holds rows x cols//2 weights) or "arrays" (G+ and G- in a pair of arrays of the
+        same size, as in paper 002: each array holds rows x cols weights). Ignored by "offset".
     scale : one scale factor c per matrix ("matrix") or per output column ("column").
     tiling : how a matrix larger than one array is cut. "balanced" (default) uses the fewest arrays
         and spreads rows and columns evenly over them (784 rows on 128-row arrays: 7 arrays of 112
         rows), so no array computes on padding; "packed" fills every array but the last completely.
         The number of arrays, TIAs and ADCs is the same either way.
+    method : how each array's targets are chosen (paper 002). "linear" ignores the wires
+        (``G = g_min + c max(+-W, 0)``); "dpe" (Hu et al., DAC 2016) compensates each device for the
+        IR drop at the calibration input; "representable" (paper 002, Sec. V) searches the scale and
+        tunes every conductance against the exact circuit. "dpe" and "representable" need wires,
+        the differential scheme and ``pair = "arrays"``.
+    alpha_evals, search_iters, final_iters, calib_rounds : "representable" settings: scale
+        candidates evaluated, tuning iterations per candidate, final tuning iterations, and
+        calibration-vector correction rounds (paper 002 Sec. V-A to V-C).
     """
 
     _section = "mapping"
     scheme: str = "differential"
+    pair: str = "columns"
     scale: str = "matrix"
     tiling: str = "balanced"
+    method: str = "linear"
+    alpha_evals: int = 4
+    search_iters: int = 1
+    final_iters: int = 4
+    calib_rounds: int = 1
 
     def __post_init__(self):
         _choice("mapping.scheme", self.scheme, ("differential", "offset"))
+        _choice("mapping.pair", self.pair, ("columns", "arrays"))
         _choice("mapping.scale", self.scale, ("matrix", "column"))
         _choice("mapping.tiling", self.tiling, ("balanced", "packed"))
+        _choice("mapping.method", self.method, MAPPING_METHODS)
+        for name, lo in (("alpha_evals", 1), ("search_iters", 0), ("final_iters", 0), ("calib_rounds", 0)):
+            v = _int(f"mapping.{name}", getattr(self, name), lo=lo)
+            if v > 1000:
+                raise ValueError(f"mapping.{name}: {v} is not allowed; must be at most 1000")
+            object.__setattr__(self, name, v)
 
     @property
     def weights_per_array_col(self) -> int:  # pragma: no cover - documented helper
-        return 2 if self.scheme == "differential" else 1
+        return 2 if self.scheme == "differential" and self.pair == "columns" else 1
+
+
+@dataclass(frozen=True)
+class WiresConfig(_Section):
+    """The array's wires: parasitic resistances [Ohm] and the drive topology (paper 002, Sec. VI).
+
+    All zero (the default) means ideal wires: the ideal-wire reader computes ``u @ G``. Any
+    positive value gives the array wires, and every read then goes through the circuit reader
+    (:mod:`memcim.hardware.circuit`, an exact nodal solve of every tile); ``r_wire``, ``r_in`` and
+    ``r_out`` must then all be positive (the nodal model needs a resistance for each).
+
+    Parameters
+    ----------
+    r_wire : word-line segment resistance between neighbouring cells [Ohm].
+    r_wire_col : bit-line segment resistance [Ohm]; None = ``r_wire``.
+    r_in : source (driver / DAC) resistance in series with each word line [Ohm].
+    r_out : resistance between each bit line's end and the TIA's virtual ground [Ohm].
+    drive : "one" (word lines driven at column 0) or "both" (also at their far end).
+    """
+
+    _section = "wires"
+    r_wire: float = 0.0
+    r_wire_col: float | None = None
+    r_in: float = 0.0
+    r_out: float = 0.0
+    drive: str = "one"
+
+    def __post_init__(self):
+        s = self._section
+        for name in ("r_wire", "r_in", "r_out"):
+            object.__setattr__(self, name, _num(f"{s}.{name}", getattr(self, name), lo=0.0))
+        if self.r_wire_col is not None:
+            object.__setattr__(self, "r_wire_col", _num(f"{s}.r_wire_col", self.r_wire_col, lo=0.0))
+        _choice(f"{s}.drive", self.drive, ("one", "both"))
+        if self.enabled:
+            for name in ("r_wire", "r_in", "r_out") + (("r_wire_col",) if self.r_wire_col is not None else ()):
+                if getattr(self, name) == 0:
+                    raise ValueError(f"{s}.{name}: 0 is not allowed when the array has wires (another wire "
+                                     f"resistance is > 0); the nodal model needs a positive resistance in Ohm")
+
+    @property
+    def enabled(self) -> bool:
+        """True when the array has wires (the circuit reader is used)."""
+        return self.r_wire > 0 or self.r_in > 0 or self.r_out > 0 or (self.r_wire_col or 0) > 0
+
+    @property
+    def rc(self) -> float:
+        """Bit-line segment resistance [Ohm]."""
+        return self.r_wire if self.r_wire_col is None else self.r_wire_col
+
+
+@dataclass(frozen=True)
+class CellConfig(_Section):
+    """The I-V of one crossbar cell (:mod:`memcim.hardware.cells`).
+
+    Parameters
+    ----------
+    model : "linear" (an ohmic device, I = G V), "taox" (the TaOx memristor of Strachan et al.,
+        IEEE TED 60(7):2194, 2013: ``i = v [g_m s + a exp(b sqrt|v|)(1 - s)]``) or "taox_1t1r"
+        (the same memristor in series with a level-1 access NMOS). Non-linear cells need wires.
+        A programmed conductance is the cell's conductance ``i / v`` at the calibration read
+        (every word line at ``array.v_read``, paper 002 Sec. V-D); the state s follows from it.
+    g_m, a, b : TaOx parameters: metallic-channel conductance [S], insulating-part pre-factor [S],
+        non-linearity [V^-1/2] (defaults: Strachan et al. 2013's fit).
+    kp, w_over_l, vt0, v_gate : access NMOS: transconductance [A/V^2], W/L, threshold [V], gate
+        voltage [V] (defaults give about 1.3 kOhm on-resistance, matching paper 002's 2 kOhm end).
+    solve : non-linear cells: "newton" (damped Newton on the whole tile for every input vector;
+        exact, slow) or "linearized" (each cell replaced by its conductance at the calibration
+        read, where it is exact; one linear solve per tile and chip; the error grows as the inputs
+        move away from the calibration input, see docs/circuit.md).
+    """
+
+    _section = "cell"
+    model: str = "linear"
+    g_m: float = 2.5e-2
+    a: float = 7.2e-6
+    b: float = 4.7
+    kp: float = 100e-6
+    w_over_l: float = 5.0
+    vt0: float = 0.5
+    v_gate: float = 2.0
+    solve: str = "newton"
+
+    def __post_init__(self):
+        s = self._section
+        _choice(f"{s}.model", self.model, CELL_MODELS)
+        _choice(f"{s}.solve", self.solve, ("newton", "linearized"))
+        for name in ("g_m", "a", "b", "kp", "w_over_l"):
+            object.__setattr__(self, name, _num(f"{s}.{name}", getattr(self, name), lo=0.0, lo_open=True))
+        object.__setattr__(self, "vt0", _num(f"{s}.vt0", self.vt0))
+        object.__setattr__(self, "v_gate", _num(f"{s}.v_gate", self.v_gate))
+        if self.v_gate <= self.vt0:
+            raise ValueError(f"{s}.v_gate: {self.v_gate!r} must exceed {s}.vt0 = {self.vt0!r} (the access "
+                             "transistor is driven on)")
+
+    @property
+    def linear(self) -> bool:
+        return self.model == "linear"
 
 
 _SECTIONS = {"device": DeviceConfig, "dac": DACConfig, "adc": ADCConfig, "array": ArrayConfig,
-             "mapping": MappingConfig}
+             "wires": WiresConfig, "cell": CellConfig, "mapping": MappingConfig}
 
 
 @dataclass(frozen=True)
 class HardwareConfig:
-    """The whole hardware description: device, converters, array and mapping.
+    """The whole hardware description: device, converters, array with its wires, cell I-V, mapping.
 
     Build it directly, from a preset (:func:`preset`), or from a file (:meth:`load`).
-    Instances are immutable; :meth:`replace`, :meth:`without` and :meth:`only` return new ones.
+    Instances are immutable; :meth:`set`, :meth:`replace`, :meth:`without` and :meth:`only`
+    return new ones.
+
+    Examples
+    --------
+    >>> hw = HardwareConfig().set("device.prog_sigma_rel", 0.05)
+    >>> hw.device.prog_sigma_rel
+    0.05
+    >>> hw.set({"wires.r_wire": 1.0, "wires.r_in": 100.0, "wires.r_out": 100.0}).reader
+    'circuit'
     """
 
     device: DeviceConfig = field(default_factory=DeviceConfig)
     dac: DACConfig = field(default_factory=DACConfig)
     adc: ADCConfig = field(default_factory=ADCConfig)
     array: ArrayConfig = field(default_factory=ArrayConfig)
+    wires: WiresConfig = field(default_factory=WiresConfig)
+    cell: CellConfig = field(default_factory=CellConfig)
     mapping: MappingConfig = field(default_factory=MappingConfig)
     name: str = "custom"
 
@@ -388,8 +542,72 @@ class HardwareConfig:
                 raise TypeError(f"{key}: expected {cls.__name__} or a dict, got {type(v).__name__}")
         if not isinstance(self.name, str):
             raise ValueError(f"name: expected a string, got {self.name!r}")
-        if self.mapping.scheme == "differential" and self.array.cols < 2:
-            raise ValueError("array.cols: a differential pair needs at least 2 columns per array")
+        mp = self.mapping
+        if mp.scheme == "differential" and mp.pair == "columns" and self.array.cols < 2:
+            raise ValueError("array.cols: a differential pair on adjacent columns needs at least 2 columns per array")
+        if mp.scheme == "offset" and mp.pair == "arrays":
+            raise ValueError("mapping.pair: 'arrays' is not allowed with mapping.scheme = 'offset' "
+                             "(a pair of arrays holds G+ and G- of the differential scheme); use 'columns'")
+        if mp.method != "linear":
+            if not self.wires.enabled:
+                raise ValueError(f"mapping.method: {mp.method!r} compensates IR drop and needs wires; set "
+                                 "wires.r_wire, wires.r_in and wires.r_out > 0, or use method 'linear'")
+            if mp.scheme != "differential" or mp.pair != "arrays":
+                raise ValueError(f"mapping.method: {mp.method!r} maps a differential pair of arrays; it needs "
+                                 "mapping.scheme = 'differential' and mapping.pair = 'arrays'")
+            if self.device.g_min <= 0:
+                raise ValueError(f"device.g_min: 0 S is not allowed with mapping.method = {mp.method!r}; "
+                                 "its conductances must be > 0 S")
+        if not self.cell.linear:
+            if not self.wires.enabled:
+                raise ValueError(f"cell.model: {self.cell.model!r} is solved by the circuit reader and needs "
+                                 "wires; set wires.r_wire, wires.r_in and wires.r_out > 0, or use 'linear'")
+            if self.device.g_min <= 0:
+                raise ValueError(f"device.g_min: 0 S is not allowed with cell.model = {self.cell.model!r}; "
+                                 "every cell must conduct to have a state")
+
+    @property
+    def reader(self) -> str:
+        """The array reader every read uses: "ideal" (ideal wires) or "circuit" (nodal solve)."""
+        return "circuit" if self.wires.enabled else "ideal"
+
+    @staticmethod
+    def fields() -> dict[str, tuple[str, ...]]:
+        """Valid dotted setting names: section -> field names (``"device" -> ("g_min", ...)``)."""
+        return {k: tuple(f.name for f in dataclasses.fields(c)) for k, c in _SECTIONS.items()}
+
+    def set(self, key: str | dict[str, Any], value: Any = None) -> "HardwareConfig":
+        """New config with dotted settings changed: ``hw.set("device.prog_sigma_rel", 0.05)`` or
+        ``hw.set({"adc.bits": 6, "wires.r_wire": 1.0})``; ``"name"`` renames.
+
+        Every setting is validated as on construction; an unknown name raises ``ValueError``.
+        """
+        if isinstance(key, dict):
+            if value is not None:
+                raise TypeError("set: give a dict of settings, or one name and its value")
+            settings = key
+        elif isinstance(key, str):
+            settings = {key: value}
+        else:
+            raise TypeError(f"set: expected a dotted name or a dict of them, got {type(key).__name__}")
+        secs = self.fields()
+        by_sec: dict[str, dict[str, Any]] = {}
+        name = None
+        for k, v in settings.items():
+            if k == "name":
+                name = v
+                continue
+            sec, _, fld = str(k).partition(".")
+            if sec not in secs:
+                raise ValueError(f"set: unknown setting {k!r}; names are section.field with a section of "
+                                 f"{', '.join(secs)}")
+            if fld not in secs[sec]:
+                raise ValueError(f"set: unknown setting {k!r}; {sec} has the fields {', '.join(secs[sec])}")
+            by_sec.setdefault(sec, {})[fld] = list(v) if isinstance(v, tuple) else v
+        kw: dict[str, Any] = dict(by_sec)
+        if name is not None:
+            kw["name"] = name
+        return self.replace(**kw) if kw else self
 
     # ---- dict / file round trip -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -482,6 +700,11 @@ class HardwareConfig:
                 hw = hw.replace(device={"prog_sigma_abs": 0.0, "prog_sigma_rel": 0.0, "prog_sigma_table": None})
             elif n == "stuck":
                 hw = hw.replace(device={"stuck_at_min": 0.0, "stuck_at_max": 0.0})
+            elif n == "rtn":
+                hw = hw.replace(device={"rtn_amplitude": 0.0})
+            elif n == "wires":
+                hw = dataclasses.replace(hw, wires=WiresConfig(), cell=CellConfig(),
+                                         mapping=hw.mapping.replace(method="linear"))
             elif n == "thermal":
                 hw = hw.replace(device={"thermal_noise": False})
             elif n == "shot":
@@ -502,8 +725,9 @@ class HardwareConfig:
         """The non-idealities this config switches on."""
         d = self.device
         on = {"quantization": d.levels is not None, "programming": d.has_programming_noise,
-              "stuck": d.stuck_at_min > 0 or d.stuck_at_max > 0, "thermal": d.thermal_noise,
-              "shot": d.shot_noise, "dac": self.dac.enabled, "adc": self.adc.enabled}
+              "stuck": d.stuck_at_min > 0 or d.stuck_at_max > 0, "rtn": d.has_rtn, "thermal": d.thermal_noise,
+              "shot": d.shot_noise, "dac": self.dac.enabled, "adc": self.adc.enabled,
+              "wires": self.wires.enabled}
         return tuple(n for n in NONIDEALITIES if on[n])
 
 

@@ -29,7 +29,8 @@ import torch
 
 from memcim.config import HardwareConfig
 from memcim.hardware.converters import adc_convert, dac_convert
-from memcim.hardware.device import program_devices
+from memcim.hardware.device import program_devices, read_noise_variance, rtn_factor
+from memcim.hardware.readers import NewtonTiles
 from memcim.mapping.crossbar import MappedMatrix, map_matrix
 
 
@@ -44,18 +45,21 @@ def _generator(seed: int | None, device) -> torch.Generator:
     return g
 
 
-@dataclass
+@dataclass(eq=False)
 class ProgrammedChip:
     """Sampled conductances of ``trials`` chips programmed with one plan.
 
     Attributes
     ----------
-    mapped : the plan.
+    mapped : the plan (frozen).
     g_pos : programmed positive-side conductances [S], (trials, n_row_tiles, tile_rows, out_pad).
     g_neg : negative side: (trials, n_row_tiles, tile_rows, out_pad) for differential pairs, or the
         reference columns (trials, n_row_tiles, tile_rows, n_col_tiles) for offset mapping.
     generator : the read-noise generator; each read advances it, so reads differ but a chip
         programmed with the same seeds replays the same sequence.
+
+    The array reader (:mod:`memcim.hardware.readers`) follows the plan's hardware: ideal wires,
+    or the circuit solve of every tile when the array has wires (cached per chip for linear cells).
     """
 
     mapped: MappedMatrix
@@ -65,6 +69,7 @@ class ProgrammedChip:
 
     def __post_init__(self):
         self._cache = None
+        self._newton = None
 
     @property
     def trials(self) -> int:
@@ -78,14 +83,25 @@ class ProgrammedChip:
     def dtype(self) -> torch.dtype:
         return self.g_pos.dtype
 
+    @property
+    def reader(self) -> str:
+        """"ideal" or "circuit" (see :attr:`memcim.config.HardwareConfig.reader`)."""
+        return self.mapped.hw.reader
+
     def conductance_difference(self) -> torch.Tensor:
-        """G+ - G- per output column [S], (trials, n_row_tiles, tile_rows, out_pad)."""
+        """G+ - G- per output column [S], (trials, n_row_tiles, tile_rows, out_pad) (no wires)."""
         return self.g_pos - self.mapped.expand_neg(self.g_neg)
 
+    def effective_difference(self) -> torch.Tensor:
+        """What each array computes per unit drive, ``j = u @ G_d`` [S]: ``G+ - G-`` with ideal wires,
+        the realized-matrix difference of every tile's nodal solve with wires (cached)."""
+        return self._prepared()[0]
+
     def realized(self) -> torch.Tensor:
-        """Each chip's effective matrix with converters and read noise off, (trials, in, out)."""
+        """Each chip's effective matrix with converters and read noise off, (trials, in, out)
+        (IR drop included when the array has wires; non-linear cells linearised at the calibration read)."""
         m = self.mapped
-        w = self.conductance_difference() / m.scale.to(self.dtype)
+        w = self.effective_difference() / m.scale.to(self.dtype).unsqueeze(1)
         w = w.reshape(self.trials, m.n_row_tiles * m.tile_rows, m.out_pad)
         return w[:, : m.in_features, : m.out_features]
 
@@ -93,7 +109,7 @@ class ProgrammedChip:
         if self._cache is None:
             m = self.mapped
             hw = m.hw
-            gd = self.conductance_difference().contiguous()
+            gd = m.effective_difference(self.g_pos, self.g_neg).contiguous()
             scale = m.scale.to(device=self.device, dtype=self.dtype)
             # the ADC full scale in units of u @ G [S]
             fs = (m.full_scale / (hw.array.r_tia * hw.array.v_read)).to(device=self.device, dtype=self.dtype)
@@ -106,6 +122,15 @@ class ProgrammedChip:
                 gsum_th = gs.sum(dim=2, keepdim=True)
             self._cache = (gd, scale, fs, gs, gsum_th)
         return self._cache
+
+    def _rtn_snapshot(self, trials: slice, gen: torch.Generator):
+        """Conductances of one RTN snapshot (fresh per read call) and their effective difference."""
+        m = self.mapped
+        dev = m.hw.device
+        gp, gn = self.g_pos[trials], self.g_neg[trials]
+        gp = gp * rtn_factor(gp.shape, dev, gen, dtype=gp.dtype, device=gp.device)
+        gn = gn * rtn_factor(gn.shape, dev, gen, dtype=gn.dtype, device=gn.device)
+        return gp, gn, m.effective_difference(gp, gn)
 
     def mvm(self, x, seed: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """One read of every chip: ``y ~ x @ W``.
@@ -142,6 +167,19 @@ class ProgrammedChip:
             parts.append(self._read(ui, xi, sl, prepared, gen))
         return torch.cat(parts, dim=0)
 
+    def _currents(self, ut, trials: slice, gd) -> torch.Tensor:
+        """The reader: noise-free column currents over v_read, ``j`` [S], (T, nrt, B, out_pad)."""
+        hw = self.mapped.hw
+        if hw.reader == "circuit" and not hw.cell.linear and hw.cell.solve == "newton":
+            if hw.device.has_rtn:
+                raise ValueError("device.rtn_amplitude: random telegraph noise with cell.solve = 'newton' is not "
+                                 "supported (every read would rebuild the non-linear tiles); use cell.solve = "
+                                 "'linearized' or switch RTN off")
+            if self._newton is None:
+                self._newton = NewtonTiles(self.mapped, self.g_pos, self.g_neg)
+            return self._newton.currents(ut, range(self.trials)[trials])
+        return torch.matmul(ut, gd)
+
     def _read(self, u, xscale, trials: slice, prepared, gen) -> torch.Tensor:
         """The analog read for the chips ``trials``; in-place on the partial sums to save memory."""
         m = self.mapped
@@ -149,39 +187,39 @@ class ProgrammedChip:
         dev = hw.device
         gd, scale, fs, gs, gsum_th = prepared
         gd = gd[trials]
+        g_pos, g_neg = self.g_pos[trials], self.g_neg[trials]
+        if dev.has_rtn:  # one telegraph snapshot per read call
+            g_pos, g_neg, gd = self._rtn_snapshot(trials, gen)
+            if gs is not None:
+                gs = (g_pos + g_neg) if m.scheme == "differential" else g_pos
+                gsum_th = gs.sum(dim=2, keepdim=True)
+        elif gs is not None:
+            gs, gsum_th = gs[trials], gsum_th[trials]
         R, nrt = m.tile_rows, m.n_row_tiles
         lead = u.shape[:-2]
         B = u.shape[-2]
         ut = u.reshape(*lead, B, nrt, R).transpose(-3, -2)  # (..., nrt, B, R)
         if len(lead) == 0:
             ut = ut.unsqueeze(0)
-        j = torch.matmul(ut, gd)  # (T, nrt, B, out_pad): column current / v_read [S]
+        j = self._currents(ut, trials, gd)  # (T, nrt, B, out_pad): column current / v_read [S]
         if gs is not None:
-            v2 = hw.array.v_read ** 2
-            # current-noise variance divided by v_read^2, so it is in the units of j
+            v = hw.array.v_read
+            # read-noise variance [A^2] (device.read_noise_variance) over v_read^2: in the units of j
             a = ut.abs() if dev.shot_noise else None
-            var = None
-            if a is not None:
-                var = torch.matmul(a, gs[trials]).mul_(dev.shot_psd / hw.array.v_read)
-            if dev.thermal_noise:
-                th = (dev.thermal_psd / v2) * gsum_th[trials]
-                var = th.expand_as(j).clone() if var is None else var.add_(th)
+            var = read_noise_variance(gsum_th, None if a is None else torch.matmul(a, gs), v, dev).div_(v * v)
             noise = torch.randn(j.shape, generator=gen, dtype=j.dtype, device=j.device)
-            j.addcmul_(noise, var.sqrt_())
+            j.addcmul_(noise, var.expand_as(j).sqrt())
             if m.scheme == "offset":
                 # the reference column of each array is one physical column: its noise is common to
                 # every output of that array, so it is drawn once per array and subtracted from all
-                g_ref = self.g_neg[trials]
-                var_ref = (dev.thermal_psd / v2) * g_ref.sum(dim=2, keepdim=True) if dev.thermal_noise else None
-                if a is not None:
-                    shot = (dev.shot_psd / hw.array.v_read) * torch.matmul(a, g_ref)
-                    var_ref = shot if var_ref is None else var_ref + shot
+                var_ref = read_noise_variance(g_neg.sum(dim=2, keepdim=True),
+                                              None if a is None else torch.matmul(a, g_neg), v, dev).div_(v * v)
                 shape = (*j.shape[:-1], m.n_col_tiles)
-                n_ref = torch.randn(shape, generator=gen, dtype=j.dtype, device=j.device) * var_ref.sqrt()
+                n_ref = torch.randn(shape, generator=gen, dtype=j.dtype, device=j.device) * var_ref.expand(shape).sqrt()
                 j.sub_(m.expand_neg(n_ref))
         # ADC (fs is in the units of j) and the digital rescale 1/c in one pass, then the row tiles'
         # partial sums are added digitally
-        y = adc_convert(j, fs.unsqueeze(1), hw.adc, inplace=True, gain=1.0 / scale).sum(dim=1)
+        y = adc_convert(j, fs.unsqueeze(1), hw.adc, inplace=True, gain=1.0 / scale.unsqueeze(1)).sum(dim=1)
         return y[..., : m.out_features] * xscale
 
     def _check_inputs(self, x) -> torch.Tensor:
@@ -200,22 +238,21 @@ class ProgrammedChip:
             raise ValueError("x: contains NaN or inf; all inputs must be finite")
         return x
 
-    def set_full_scale(self, full_scale) -> None:
-        """Set the ADC full scale [V] after programming (per row tile and output column, or a scalar).
+    def with_plan(self, mapped: MappedMatrix) -> "ProgrammedChip":
+        """The same programmed devices read under another plan of the same shape (a designed ADC full
+        scale, say): a new chip sharing the conductances, with a copy of the read-noise generator."""
+        if not isinstance(mapped, MappedMatrix):
+            raise TypeError(f"mapped: expected a MappedMatrix, got {type(mapped).__name__}")
+        if mapped.g_pos.shape != self.mapped.g_pos.shape or mapped.g_neg.shape != self.mapped.g_neg.shape:
+            raise ValueError(f"mapped: its layout {tuple(mapped.g_pos.shape)} differs from this chip's "
+                             f"{tuple(self.mapped.g_pos.shape)}")
+        gen = torch.Generator(device=self.device)
+        gen.set_state(self.generator.get_state())
+        return ProgrammedChip(mapped=mapped.to(self.device), g_pos=self.g_pos, g_neg=self.g_neg, generator=gen)
 
-        Use it to apply a designed full scale (for example per column) to chips already programmed.
-        """
-        m = self.mapped
-        fs = torch.as_tensor(full_scale, dtype=torch.float64, device=m.full_scale.device)
-        try:
-            fs = torch.broadcast_to(fs, m.full_scale.shape).clone()
-        except RuntimeError:
-            raise ValueError(f"full_scale: shape {tuple(fs.shape)} does not broadcast to (row tiles, columns) = "
-                             f"{tuple(m.full_scale.shape)}") from None
-        if not bool(torch.isfinite(fs).all()) or bool((fs <= 0).any()):
-            raise ValueError("full_scale: every value must be a positive, finite voltage")
-        m.full_scale = fs
-        self._cache = None
+    def with_full_scale(self, full_scale) -> "ProgrammedChip":
+        """A new chip with the ADC full scale [V] replaced (see :meth:`MappedMatrix.with_full_scale`)."""
+        return self.with_plan(self.mapped.with_full_scale(full_scale))
 
     def state_dict(self) -> dict:
         """Tensors that define this chip (the plan is rebuilt from the config and W)."""
@@ -226,10 +263,11 @@ class ProgrammedChip:
         self.g_neg = state["g_neg"].to(self.g_neg)
         self.generator.set_state(state["rng_state"])
         self._cache = None
+        self._newton = None
 
 
 def program(mapped: MappedMatrix, seed: int | None = None, trials: int = 1, *, dtype: torch.dtype = torch.float32,
-            device=None, programming: bool = True, stuck: bool = True) -> ProgrammedChip:
+            device=None) -> ProgrammedChip:
     """Program ``trials`` independent chips with the plan ``mapped``.
 
     Parameters
@@ -239,7 +277,11 @@ def program(mapped: MappedMatrix, seed: int | None = None, trials: int = 1, *, d
     trials : number of chips (Monte Carlo trials), the leading dimension of every result.
     dtype : float32 (default, fast) or float64.
     device : "cpu", "cuda", ...; default: the plan's device.
+
+    To leave a non-ideality out, program a plan made with ``hw.without(...)``.
     """
+    if not isinstance(mapped, MappedMatrix):
+        raise TypeError(f"mapped: expected a MappedMatrix from map_matrix, got {type(mapped).__name__}")
     if isinstance(trials, bool) or not isinstance(trials, (int, np.integer)) or trials < 1:
         raise ValueError(f"trials: {trials!r} is not allowed; must be an integer >= 1")
     if dtype not in (torch.float32, torch.float64):

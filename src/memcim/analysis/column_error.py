@@ -526,12 +526,11 @@ class LayerErrorModel:
         raise ValueError("design: a per-column FS cannot be written as one config; use apply_design(mapped, ...)")
 
     def apply_design(self, mapped, design: Design):
-        """Write ``design``'s FS (per tile and column, volts) into a :class:`MappedMatrix` in place."""
+        """A new :class:`MappedMatrix` with ``design``'s FS (per tile and column, volts); plans are frozen."""
         import torch
 
         vol = self.fs_volts(design)
         fs = torch.zeros_like(mapped.full_scale)
         fs[:, : vol.shape[1]] = torch.as_tensor(vol, dtype=fs.dtype)
         fs[:, vol.shape[1]:] = float(vol.max())
-        mapped.full_scale = fs
-        return mapped
+        return mapped.with_full_scale(fs)

@@ -33,14 +33,19 @@ def register(sub):
 
 
 def run(args) -> int:
-    from memcim.hardware.circuit import Crossbar, Wires, to_spice
+    from memcim.config import WiresConfig
+    from memcim.hardware.circuit import Crossbar, as_wires, to_spice
     from memcim.io import dumps, load_array, provenance
 
     g = load_array(args.conductances, "--conductances", ndim=2)
     if np.any(g <= 0):
         raise ValueError(f"--conductances: minimum {g.min():.3g} S is not allowed; conductances must be > 0 S")
-    wires = Wires(r_wire=args.r_wire, r_in=args.r_in, r_out=args.r_out, r_wire_col=args.r_wire_col,
-                  drive=args.drive)
+    try:
+        wires = as_wires(WiresConfig(r_wire=args.r_wire, r_in=args.r_in, r_out=args.r_out, r_wire_col=args.r_wire_col,
+                                     drive=args.drive))
+    except ValueError as e:  # name the flag: "wires.r_out: ..." -> "--r-out: wires.r_out: ..."
+        key = str(e).split(":", 1)[0].rpartition(".")[2]
+        raise ValueError(f"--{key.replace('_', '-')}: {e}") from None
     v = None
     if args.inputs:
         v = load_array(args.inputs, "--inputs", ndim=(1, 2))

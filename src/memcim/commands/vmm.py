@@ -9,11 +9,11 @@ import numpy as np
 from memcim.io import dumps, load_array, provenance, savefig, write_json
 
 
-def add_hardware_args(p: argparse.ArgumentParser) -> None:
+def add_hardware_args(p: argparse.ArgumentParser, default: str = "realistic") -> None:
     """``--config FILE`` / ``--preset NAME`` (shared by commands that take a hardware config)."""
     g = p.add_mutually_exclusive_group()
     g.add_argument("--config", metavar="HW.toml", help="hardware config file (.toml or .json)")
-    g.add_argument("--preset", metavar="NAME", help="named preset (default: realistic; see `memcim config list`)")
+    g.add_argument("--preset", metavar="NAME", help=f"named preset (default: {default}; see `memcim config list`)")
 
 
 def hardware_from_args(args: argparse.Namespace, default: str = "realistic"):

@@ -118,8 +118,7 @@ def _evaluate(model, test, hw, designs, chips, seed, calib, quiet):
         for name, d in (designs or {}).items():
             if np.ndim(d["design"].fs) > 0:          # per-column FS: write it into the programmed chip
                 chip = mods[name].chip
-                d["model"].apply_design(chip.mapped, d["design"])
-                chip.set_full_scale(chip.mapped.full_scale)
+                mods[name].chip = chip.with_plan(d["model"].apply_design(chip.mapped, d["design"]))
         out = predict(analog, test.x)
         accs.append(float((out.argmax(1) == y).float().mean()))
         mses.append(float(((out - ref) ** 2).mean()))

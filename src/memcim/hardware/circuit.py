@@ -45,21 +45,13 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 
-from memcim.hardware.devices_nonlinear import Level1NMOS, TaOxMemristor
-
-#: Paper 002, Sec. VI defaults.
-R_WIRE = 1.0
-R_IN = 100.0
-R_OUT = 100.0
-G_MIN = 1.0 / 3e6
-G_MAX = 1.0 / 2e3
-
+from memcim.config import WiresConfig
+from memcim.hardware.cells import Level1NMOS, TaOxMemristor
 
 try:  # SuperLU's multi-RHS solve calls BLAS; threaded BLAS on a loaded machine slows it ~25x
     from threadpoolctl import threadpool_limits as _tpl
@@ -85,61 +77,42 @@ class ConvergenceError(ArithmeticError):
     """Newton's method did not converge: the circuit has no trustworthy solution."""
 
 
-def _check_res(name: str, v) -> float:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: {v!r} is not a number; must be a positive resistance in Ohm") from None
-    if not (np.isfinite(v) and v > 0):
-        raise ValueError(f"{name}: {v!r} is not allowed; must be a positive finite resistance in Ohm")
-    return v
-
-
-def _check_g(g, name: str = "conductances") -> np.ndarray:
+def _check_g(g, name: str = "conductances", *, allow_zero: bool = False) -> np.ndarray:
     g = np.asarray(g, dtype=float)
     if g.ndim != 2 or g.size == 0:
         raise ValueError(f"{name}: shape {g.shape} is not allowed; must be a non-empty 2-D (rows, cols) array")
     if not np.all(np.isfinite(g)):
         raise ValueError(f"{name}: contains NaN or inf; all conductances must be finite")
-    if np.any(g <= 0):
-        raise ValueError(f"{name}: minimum {g.min():.3g} S is not allowed; conductances must be > 0 S")
+    if np.any(g < 0) or (not allow_zero and np.any(g == 0)):
+        raise ValueError(f"{name}: minimum {g.min():.3g} S is not allowed; conductances must be "
+                         f"{'>=' if allow_zero else '>'} 0 S")
     return g
 
 
-@dataclass(frozen=True)
-class Wires:
-    """Parasitic resistances of a crossbar [Ohm] and the drive topology.
+#: Paper 002, Sec. VI: 1 Ohm wire segments, 100 Ohm input and output resistance (the defaults of
+#: :func:`as_wires`; the ``irdrop`` preset carries the same values).
+PAPER002_WIRES = {"r_wire": 1.0, "r_in": 100.0, "r_out": 100.0}
 
-    Parameters
-    ----------
-    r_wire : resistance of one word-line segment between neighbouring cells [Ohm].
-    r_in : source (driver/DAC) resistance in series with each word line [Ohm].
-    r_out : resistance between the last column node and the virtual ground [Ohm].
-    r_wire_col : bit-line segment resistance [Ohm]; ``None`` = ``r_wire``.
-    drive : ``"one"`` (word lines driven at column 0) or ``"both"`` (also at column m-1).
+
+def as_wires(w: WiresConfig | None = None, **kw) -> WiresConfig:
+    """A :class:`~memcim.config.WiresConfig` with resistances (paper 002's by default).
+
+    ``as_wires()`` gives 1 / 100 / 100 Ohm; ``as_wires(r_wire=2.0)`` changes one value; a
+    ``WiresConfig`` passes through. Wires without resistance cannot be solved: ``ValueError``.
     """
-
-    r_wire: float = R_WIRE
-    r_in: float = R_IN
-    r_out: float = R_OUT
-    r_wire_col: float | None = None
-    drive: str = "one"
-
-    def __post_init__(self):
-        object.__setattr__(self, "r_wire", _check_res("r_wire", self.r_wire))
-        object.__setattr__(self, "r_in", _check_res("r_in", self.r_in))
-        object.__setattr__(self, "r_out", _check_res("r_out", self.r_out))
-        if self.r_wire_col is not None:
-            object.__setattr__(self, "r_wire_col", _check_res("r_wire_col", self.r_wire_col))
-        if self.drive not in ("one", "both"):
-            raise ValueError(f"drive: {self.drive!r} is not allowed; choose 'one' or 'both'")
-
-    @property
-    def rc(self) -> float:
-        return self.r_wire if self.r_wire_col is None else self.r_wire_col
+    if w is None:
+        w = WiresConfig(**{**PAPER002_WIRES, **kw})
+    elif kw:
+        raise TypeError("wires: give a WiresConfig or keyword resistances, not both")
+    if not isinstance(w, WiresConfig):
+        raise TypeError(f"wires: expected a WiresConfig, got {type(w).__name__}")
+    if not w.enabled:
+        raise ValueError("wires: all resistances are 0 Ohm; the circuit solver needs wires.r_wire, wires.r_in "
+                         "and wires.r_out > 0")
+    return w
 
 
-def _wire_matrix(n: int, m: int, w: Wires) -> sp.csc_matrix:
+def _wire_matrix(n: int, m: int, w: WiresConfig) -> sp.csc_matrix:
     """Nodal matrix of the wires alone (no cells), 2nm x 2nm, CSC."""
     N = n * m
     idx = np.arange(N).reshape(n, m)
@@ -172,8 +145,9 @@ class Crossbar:
 
     Parameters
     ----------
-    g : cell conductances [S], shape (rows = inputs, cols = outputs), all > 0.
-    wires : :class:`Wires` (or pass ``r_wire``, ``r_in``, ``r_out`` ... as keywords).
+    g : cell conductances [S], shape (rows = inputs, cols = outputs), all >= 0 (0 S: no device).
+    wires : :class:`~memcim.config.WiresConfig` (or pass ``r_wire``, ``r_in``, ``r_out`` ... as
+        keywords; paper 002's values by default, see :func:`as_wires`).
 
     Examples
     --------
@@ -182,9 +156,9 @@ class Crossbar:
     (4, 3)
     """
 
-    def __init__(self, g, wires: Wires | None = None, **kw):
-        self.g = _check_g(g)
-        self.wires = wires if wires is not None else Wires(**kw)
+    def __init__(self, g, wires: WiresConfig | None = None, **kw):
+        self.g = _check_g(g, allow_zero=True)
+        self.wires = as_wires(wires, **kw)
         self.n, self.m = self.g.shape
         self.N = self.n * self.m
         self.Y = (_wire_matrix(self.n, self.m, self.wires) + _cell_stamp(self.n, self.m, self.g)).tocsc()
@@ -264,12 +238,12 @@ class Crossbar:
         return G, grad, diag
 
 
-def realized_matrix(g, r_wire: float = R_WIRE, r_in: float = R_IN, r_out: float = R_OUT, **kw) -> np.ndarray:
+def realized_matrix(g, wires: WiresConfig | None = None, **kw) -> np.ndarray:
     """Realized matrix G_eff (n, m) [S] of a crossbar of ideal cells ``g``; see :class:`Crossbar`."""
-    return Crossbar(g, Wires(r_wire=r_wire, r_in=r_in, r_out=r_out, **kw)).realized()
+    return Crossbar(g, wires, **kw).realized()
 
 
-def currents_through_source_cells(i_cell: np.ndarray, v: np.ndarray, w: Wires) -> tuple[np.ndarray, np.ndarray]:
+def currents_through_source_cells(i_cell: np.ndarray, v: np.ndarray, w: WiresConfig) -> tuple[np.ndarray, np.ndarray]:
     """Row and column node voltages when every cell carries a prescribed current.
 
     With the cell currents fixed (``i_cell`` (n, m) [A], flowing row -> column) the wires form
@@ -306,11 +280,11 @@ class NonlinearCrossbar:
     states : memristor states s in [0, 1], shape (n, m).
     memristor : :class:`TaOxMemristor`.
     transistor : :class:`Level1NMOS` or None.
-    wires : :class:`Wires` or keywords.
+    wires : :class:`~memcim.config.WiresConfig` or keywords (see :func:`as_wires`).
     """
 
     def __init__(self, states, memristor: TaOxMemristor | None = None, transistor: Level1NMOS | None = None,
-                 wires: Wires | None = None, **kw):
+                 wires: WiresConfig | None = None, **kw):
         s = np.asarray(states, float)
         if s.ndim != 2 or s.size == 0:
             raise ValueError(f"states: shape {s.shape} is not allowed; must be a non-empty 2-D array")
@@ -319,7 +293,7 @@ class NonlinearCrossbar:
         self.s = s
         self.mem = memristor or TaOxMemristor()
         self.tr = transistor
-        self.wires = wires if wires is not None else Wires(**kw)
+        self.wires = as_wires(wires, **kw)
         self.n, self.m = s.shape
         self.N = self.n * self.m
         nn = 3 * self.N if self.tr is not None else 2 * self.N
@@ -407,7 +381,7 @@ class NonlinearCrossbar:
         return C[..., (self.n - 1) * self.m:] / self.wires.r_out
 
 
-def states_from_conductances(g, v_cal, wires: Wires | None = None, memristor: TaOxMemristor | None = None,
+def states_from_conductances(g, v_cal, wires: WiresConfig | None = None, memristor: TaOxMemristor | None = None,
                              transistor: Level1NMOS | None = None, *, tol: float = 1e-14, max_iter: int = 100):
     """Convert ideal cell conductances to memristor states (paper 002, Sec. V-D, Eqs. 6-7).
 
@@ -423,7 +397,6 @@ def states_from_conductances(g, v_cal, wires: Wires | None = None, memristor: Ta
     s : states (n, m); values outside [0, 1] mean the conductance is not reachable by the device.
     v_p : internal node voltages (n, m) (equal to v_c when there is no transistor).
     """
-    wires = wires or Wires()
     mem = memristor or TaOxMemristor()
     cb = Crossbar(g, wires)
     V = cb.node_voltages(np.asarray(v_cal, float)[None])[0]
@@ -451,7 +424,7 @@ def states_from_conductances(g, v_cal, wires: Wires | None = None, memristor: Ta
 # ------------------------------------------------------------------------------------------------
 # SPICE
 # ------------------------------------------------------------------------------------------------
-def to_spice(g=None, v=None, wires: Wires | None = None, *, states=None, memristor: TaOxMemristor | None = None,
+def to_spice(g=None, v=None, wires: WiresConfig | None = None, *, states=None, memristor: TaOxMemristor | None = None,
              transistor: Level1NMOS | None = None, unit_inputs: bool = False, title: str = "memcim crossbar") -> str:
     """SPICE netlist of the crossbar, with a ``.control`` block that prints the output currents.
 
@@ -461,9 +434,9 @@ def to_spice(g=None, v=None, wires: Wires | None = None, *, states=None, memrist
     realized matrix). Output current of column j is ``i(vs<j>)`` (the 0 V sense source into
     the virtual ground).
     """
-    wires = wires or Wires()
+    wires = as_wires(wires)
     if g is not None:
-        g = _check_g(g)
+        g = _check_g(g, allow_zero=True)
         n, m = g.shape
     else:
         states = np.asarray(states, float)
@@ -490,7 +463,8 @@ def to_spice(g=None, v=None, wires: Wires | None = None, *, states=None, memrist
     for i in range(n):
         for j in range(m):
             if g is not None:
-                L.append(f"rc{i}_{j} r{i}_{j} c{i}_{j} {1.0 / g[i, j]:.17g}")
+                if g[i, j] > 0:  # 0 S: no device
+                    L.append(f"rc{i}_{j} r{i}_{j} c{i}_{j} {1.0 / g[i, j]:.17g}")
                 continue
             top = f"r{i}_{j}"
             bot = f"p{i}_{j}" if transistor is not None else f"c{i}_{j}"

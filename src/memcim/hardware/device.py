@@ -1,6 +1,12 @@
-"""Device physics: conductance levels, programming noise, stuck-at faults and read noise."""
+"""Device physics, in one place: conductance levels, programming noise, stuck-at faults, random
+telegraph noise and read noise.
+
+Every fidelity level calls these functions: the simulator (:mod:`memcim.simulate`), the mapping
+(:mod:`memcim.mapping`), the closed forms (:mod:`memcim.analysis`) and training (:mod:`memcim.nn`).
+"""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from memcim.config import DeviceConfig
@@ -25,6 +31,20 @@ def quantize_conductance(g: torch.Tensor, dev: DeviceConfig) -> tuple[torch.Tens
     step = (dev.g_max - dev.g_min) / (dev.levels - 1)
     level = torch.round((g - dev.g_min) / step).clamp(0, dev.levels - 1).to(torch.int64)
     return dev.g_min + level.to(g.dtype) * step, level
+
+
+def level_grid(dev: DeviceConfig) -> np.ndarray | None:
+    """The programmable conductance levels [S], ``levels`` values evenly spaced over [g_min, g_max]
+    (None when programming is continuous)."""
+    if dev.levels is None:
+        return None
+    return np.linspace(dev.g_min, dev.g_max, dev.levels)
+
+
+def quantize_array(g, dev: DeviceConfig) -> np.ndarray:
+    """:func:`quantize_conductance` for numpy arrays: clip to the window and round to the levels [S]."""
+    gq, _ = quantize_conductance(torch.from_numpy(np.asarray(g, dtype=np.float64)), dev)
+    return gq.numpy()
 
 
 def programming_sigma(g_target: torch.Tensor, level: torch.Tensor | None, dev: DeviceConfig) -> torch.Tensor:
@@ -68,6 +88,20 @@ def program_devices(g_target: torch.Tensor, level: torch.Tensor | None, mask: to
     if mask is not None:
         g = g * mask.to(g.dtype)
     return g
+
+
+def rtn_factor(shape, dev: DeviceConfig, generator: torch.Generator, *, dtype=torch.float32,
+               device=None) -> torch.Tensor | None:
+    """One snapshot of random telegraph noise: the factor each device's conductance is multiplied by.
+
+    Each device independently sits in its low state, ``g (1 - rtn_amplitude)``, with probability
+    ``rtn_probability``, else at its programmed value. Mean factor ``1 - p A``, variance
+    ``p (1 - p) A^2``. Returns None when RTN is off.
+    """
+    if not dev.has_rtn:
+        return None
+    low = torch.rand(shape, generator=generator, dtype=dtype, device=device) < dev.rtn_probability
+    return 1.0 - dev.rtn_amplitude * low.to(dtype)
 
 
 def read_noise_variance(g_sum: torch.Tensor, abs_current_per_volt: torch.Tensor | None, v_read: float,

@@ -2,10 +2,11 @@
 
 Two schemes (``hw.mapping.scheme``):
 
-* **differential**: each weight is a pair of devices on two physical columns,
-  ``G+ = g_min + c*max(W, 0)`` and ``G- = g_min + c*max(-W, 0)``; the column currents are subtracted
-  before the TIA, so the array computes ``v @ (G+ - G-) = c * v @ W``. An array of ``rows x cols``
-  devices holds ``rows x cols//2`` weights.
+* **differential**: each weight is a pair of devices, ``G+ = g_min + c*max(W, 0)`` and
+  ``G- = g_min + c*max(-W, 0)``; the column currents are subtracted before the TIA, so the array
+  computes ``v @ (G+ - G-) = c * v @ W``. With ``mapping.pair = "columns"`` the pair sits on two
+  adjacent columns (an array of ``rows x cols`` devices holds ``rows x cols//2`` weights); with
+  ``"arrays"`` G+ and G- sit in a pair of arrays (each holds ``rows x cols`` weights, paper 002).
 * **offset**: one device per weight around the window's midpoint, ``G = g_ref + c*W`` with
   ``g_ref = (g_min + g_max)/2``; one reference column per array, every device at ``g_ref``, is
   subtracted from each column. An array holds ``rows x (cols - 1)`` weights.
@@ -18,12 +19,19 @@ their own array with its own TIAs and ADCs, and the partial sums of the row tile
 With ``hw.mapping.tiling == "balanced"`` the rows and columns are spread evenly over the arrays
 (``tile_rows = ceil(in / n_row_tiles)``), otherwise arrays are filled completely.
 Tile-padding positions hold no device (0 S, no noise). The ADC full scale of every array (or column)
-is fixed here, at mapping time, as on a real chip.
+is fixed here, at mapping time, as on a real chip (on the circuit's response when the array has
+wires).
+
+``hw.mapping.method`` chooses the targets: ``linear`` (above), or the IR-drop-aware ``dpe`` and
+``representable`` of paper 002, which map every array's block against its exact circuit
+(:mod:`memcim.mapping.irdrop`) and give each array its own scale alpha. The result is a frozen
+:class:`MappedMatrix`, the plan every fidelity level reads.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -53,24 +61,28 @@ def as_matrix(W, name: str = "W") -> torch.Tensor:
     return W
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class MappedMatrix:
-    """A conductance plan for one matrix: the targets every device is programmed to.
+    """A conductance plan for one matrix: the targets every device is programmed to. Frozen: a
+    change (a designed ADC full scale, say) makes a new plan (:meth:`with_full_scale`).
 
     Attributes
     ----------
     hw : the hardware config used.
     in_features, out_features : the shape of W.
     tile_rows, tile_cols : weights per array (rows, weight columns) actually used; at most the
-        array's rows and cols//2 (differential) or cols-1 (offset).
+        array's rows and cols (pair of arrays), cols//2 (pair on adjacent columns) or cols-1 (offset).
     n_row_tiles, n_col_tiles : number of arrays along each dimension.
-    scale : c per output column, shape (out_pad,) [S per weight unit].
+    scale : c per row tile and output column, shape (n_row_tiles, out_pad) [S per weight unit]:
+        the digital side divides each array's output by it (``linear``: one value per matrix or
+        column; ``dpe`` / ``representable``: each array's own alpha).
     g_pos : target conductances [S] of the positive devices, shape (n_row_tiles, tile_rows, out_pad).
     g_neg : differential: negative devices, same shape. Offset: the reference columns,
         shape (n_row_tiles, tile_rows, n_col_tiles).
     level_pos, level_neg : level indices (int64) or None when continuous.
     mask_pos, mask_neg : which positions hold a device (False in tile padding).
     full_scale : ADC full scale [V] per row tile and output column, shape (n_row_tiles, out_pad).
+    info : the mapping method's report (per array: alpha, circuit evaluations, time).
     """
 
     hw: HardwareConfig
@@ -88,6 +100,7 @@ class MappedMatrix:
     mask_pos: torch.Tensor
     mask_neg: torch.Tensor
     full_scale: torch.Tensor
+    info: dict = field(default_factory=dict)
 
     @property
     def scheme(self) -> str:
@@ -112,89 +125,190 @@ class MappedMatrix:
             return g_neg
         return g_neg.repeat_interleave(self.tile_cols, dim=-1)
 
+    def used(self, r: int, k: int) -> tuple[int, int]:
+        """(rows, weight columns) of tile (r, k) that hold devices (the rest is padding)."""
+        rows = min(self.tile_rows, self.in_features - r * self.tile_rows)
+        cols = min(self.tile_cols, self.out_features - k * self.tile_cols)
+        return rows, cols
+
+    def effective_difference(self, g_pos: torch.Tensor | None = None, g_neg: torch.Tensor | None = None):
+        """What each array computes per unit drive, ``j = u @ G_d`` [S], for conductances ``g_pos``,
+        ``g_neg`` (default: the targets; a leading chip dimension is allowed).
+
+        With ideal wires ``G_d = G+ - G-``; with wires it is the difference of the tiles' realized
+        matrices from the nodal solve (:func:`memcim.hardware.readers.circuit_difference`),
+        linear cells, or non-linear cells linearised at the calibration read.
+        """
+        gp = self.g_pos if g_pos is None else g_pos
+        gn = self.g_neg if g_neg is None else g_neg
+        if self.hw.reader == "ideal":
+            return gp - self.expand_neg(gn)
+        from memcim.hardware.readers import circuit_difference
+
+        return circuit_difference(self, gp, gn)
+
     def realized(self) -> torch.Tensor:
-        """The matrix the hardware computes with noise and converters off, (in, out) float64."""
-        gd = self.g_pos - self.expand_neg(self.g_neg)
-        w = (gd / self.scale).reshape(self.n_row_tiles * self.tile_rows, self.out_pad)
+        """The matrix the hardware computes with noise and converters off, (in, out) float64
+        (IR drop included when the array has wires)."""
+        gd = self.effective_difference()
+        w = (gd / self.scale.unsqueeze(1)).reshape(self.n_row_tiles * self.tile_rows, self.out_pad)
         return w[: self.in_features, : self.out_features]
+
+    def with_full_scale(self, full_scale) -> "MappedMatrix":
+        """A new plan with the ADC full scale [V] replaced (per row tile and output column, or a scalar)."""
+        fs = torch.as_tensor(full_scale, dtype=torch.float64, device=self.full_scale.device)
+        try:
+            fs = torch.broadcast_to(fs, self.full_scale.shape).clone()
+        except RuntimeError:
+            raise ValueError(f"full_scale: shape {tuple(fs.shape)} does not broadcast to (row tiles, columns) = "
+                             f"{tuple(self.full_scale.shape)}") from None
+        if not bool(torch.isfinite(fs).all()) or bool((fs <= 0).any()):
+            raise ValueError("full_scale: every value must be a positive, finite voltage")
+        return dataclasses.replace(self, full_scale=fs)
 
     def to(self, device) -> "MappedMatrix":
         """A copy with every tensor on ``device``."""
-        kw = {}
-        for k, v in self.__dict__.items():
-            kw[k] = v.to(device) if isinstance(v, torch.Tensor) else v
+        kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
         return MappedMatrix(**kw)
 
     def summary(self) -> dict:
         return {"shape": [self.in_features, self.out_features], "scheme": self.scheme,
+                "method": self.hw.mapping.method, "reader": self.hw.reader,
                 "tiles": [self.n_row_tiles, self.n_col_tiles], "tile_weights": [self.tile_rows, self.tile_cols],
                 "devices": self.n_devices, "scale_mode": self.hw.mapping.scale}
 
 
 def _tile_shape(hw: HardwareConfig) -> tuple[int, int]:
-    cols = hw.array.cols // 2 if hw.mapping.scheme == "differential" else hw.array.cols - 1
-    return hw.array.rows, cols
+    mp = hw.mapping
+    if mp.scheme == "offset":
+        return hw.array.rows, hw.array.cols - 1
+    return hw.array.rows, hw.array.cols // 2 if mp.pair == "columns" else hw.array.cols
 
 
-def map_matrix(W, hw: HardwareConfig, calib_inputs=None, *, calib_seed: int = 0) -> MappedMatrix:
-    """Map ``W`` (in x out) onto crossbar conductances.
+def tile_geometry(n: int, m: int, hw: HardwareConfig) -> tuple[int, int, int, int]:
+    """How a matrix (n inputs, m outputs) is cut into arrays: (tile_rows, tile_cols, n_row_tiles,
+    n_col_tiles). The one definition of tile geometry; see ``mapping.tiling``."""
+    R, Cw = _tile_shape(hw)
+    nrt, nct = math.ceil(n / R), math.ceil(m / Cw)
+    if hw.mapping.tiling == "balanced":
+        R, Cw = math.ceil(n / nrt), math.ceil(m / nct)
+    return R, Cw, nrt, nct
+
+
+def _levels_of(g: torch.Tensor, dev) -> torch.Tensor | None:
+    if dev.levels is None:
+        return None
+    return torch.round((g - dev.g_min) / dev.level_step).clamp(0, dev.levels - 1).to(torch.int64)
+
+
+def _map_irdrop_tiles(Wt, mask_pos, hw: HardwareConfig, nct: int, Cw: int, second_moment, progress: bool):
+    """dpe / representable: every array's targets and alpha from :func:`memcim.mapping.irdrop.map_block`."""
+    from memcim.mapping.irdrop import map_block
+
+    nrt, R, m_pad = Wt.shape
+    gp = torch.zeros_like(Wt)
+    gn = torch.zeros_like(Wt)
+    scale = torch.ones(nrt, m_pad, dtype=torch.float64, device=Wt.device)
+    infos = []
+    pairs = [(r, k) for r in range(nrt) for k in range(nct)]
+    it = pairs
+    if progress and len(pairs) > 1:
+        import sys
+
+        from tqdm import tqdm
+
+        it = tqdm(pairs, desc=f"mapping ({hw.mapping.method})", file=sys.stderr, leave=False)
+    for r, k in it:
+        rows = int(mask_pos[r, :, k * Cw].sum()) if bool(mask_pos[r, :, k * Cw].any()) else 0
+        cols = int(mask_pos[r, 0, k * Cw:(k + 1) * Cw].sum())
+        if rows == 0 or cols == 0:
+            continue
+        B = Wt[r, :rows, k * Cw:k * Cw + cols].cpu().numpy()
+        M = None
+        if second_moment is not None:
+            M = second_moment[r * R:r * R + rows, r * R:r * R + rows]
+        p, q, a, info = map_block(B, hw.wires, hw.device, hw.mapping, second_moment=M)
+        gp[r, :rows, k * Cw:k * Cw + cols] = torch.from_numpy(p)
+        gn[r, :rows, k * Cw:k * Cw + cols] = torch.from_numpy(q)
+        scale[r, k * Cw:(k + 1) * Cw] = a
+        infos.append({"tile": [r, k], "alpha": a, **{kk: v for kk, v in info.items() if kk != "alpha_trace"}})
+    return gp, gn, scale, infos
+
+
+def map_matrix(W, hw: HardwareConfig, calib_inputs=None, *, calib_seed: int = 0, second_moment=None,
+               progress: bool = False) -> MappedMatrix:
+    """Map ``W`` (in x out) onto crossbar conductances: the one mapping entry point.
 
     Parameters
     ----------
     W : real matrix, numpy array or torch tensor, shape (in, out).
-    hw : hardware config.
+    hw : hardware config; ``hw.mapping.method`` chooses linear, dpe or representable targets.
     calib_inputs : sample inputs (batch, in) for ``adc.fs_mode == "calibrated"``. When None,
         512 standard normal vectors (seeded by ``calib_seed``) are used.
+    second_moment : E[x^T x] (in, in) of the inputs: ``representable`` then tunes the expected
+        output error of each array instead of the Frobenius norm (beyond paper 002).
+    progress : show a progress bar over the arrays (dpe / representable).
 
     Returns
     -------
-    MappedMatrix
+    MappedMatrix (frozen)
     """
     if not isinstance(hw, HardwareConfig):
         raise TypeError(f"hw: expected a HardwareConfig, got {type(hw).__name__}")
     W = as_matrix(W)
     n, m = W.shape
     dev = hw.device
-    R, Cw = _tile_shape(hw)
-    nrt, nct = math.ceil(n / R), math.ceil(m / Cw)
-    if hw.mapping.tiling == "balanced":
-        R, Cw = math.ceil(n / nrt), math.ceil(m / nct)
+    R, Cw, nrt, nct = tile_geometry(n, m, hw)
     m_pad = nct * Cw
     Wp = torch.zeros(nrt * R, m_pad, dtype=torch.float64, device=W.device)
     Wp[:n, :m] = W
     mask = torch.zeros_like(Wp, dtype=torch.bool)
     mask[:n, :m] = True
-
-    window = dev.g_max - dev.g_min
-    if hw.mapping.scheme == "offset":
-        window = window / 2
-    if hw.mapping.scale == "matrix":
-        wmax = W.abs().max()
-        scale = torch.full((m_pad,), float(window / wmax) if wmax > 0 else 1.0, dtype=torch.float64, device=W.device)
-    else:
-        colmax = Wp.abs().amax(dim=0)
-        scale = torch.where(colmax > 0, window / colmax.clamp_min(1e-300), torch.ones_like(colmax))
-
     Wt = Wp.reshape(nrt, R, m_pad)
     mask_pos = mask.reshape(nrt, R, m_pad)
-    if hw.mapping.scheme == "differential":
-        gp, lp = quantize_conductance(dev.g_min + scale * Wt.clamp_min(0), dev)
-        gn, ln = quantize_conductance(dev.g_min + scale * (-Wt).clamp_min(0), dev)
+    info: dict = {"method": hw.mapping.method}
+
+    if hw.mapping.method != "linear":
+        if second_moment is not None:
+            second_moment = np.asarray(second_moment, dtype=float)
+            if second_moment.shape != (n, n) or not np.all(np.isfinite(second_moment)):
+                raise ValueError(f"second_moment: shape {second_moment.shape} is not allowed; expected a finite "
+                                 f"({n}, {n}) matrix E[x^T x]")
+        gp, gn, scale, info["tiles"] = _map_irdrop_tiles(Wt, mask_pos, hw, nct, Cw, second_moment, progress)
+        gp, gn = gp * mask_pos, gn * mask_pos
+        lp, ln = _levels_of(gp, dev), _levels_of(gn, dev)
         mask_neg = mask_pos
     else:
-        g_ref = (dev.g_min + dev.g_max) / 2
-        gp, lp = quantize_conductance(g_ref + scale * Wt, dev)
-        row_used = mask_pos.any(dim=2, keepdim=True)  # (nrt, R, 1)
-        mask_neg = row_used.expand(nrt, R, nct).clone()
-        gn, ln = quantize_conductance(torch.full((nrt, R, nct), g_ref, dtype=torch.float64, device=W.device), dev)
-    gp = gp * mask_pos
-    gn = gn * mask_neg
+        window = dev.g_max - dev.g_min
+        if hw.mapping.scheme == "offset":
+            window = window / 2
+        if hw.mapping.scale == "matrix":
+            wmax = W.abs().max()
+            c = torch.full((m_pad,), float(window / wmax) if wmax > 0 else 1.0, dtype=torch.float64,
+                           device=W.device)
+        else:
+            colmax = Wp.abs().amax(dim=0)
+            c = torch.where(colmax > 0, window / colmax.clamp_min(1e-300), torch.ones_like(colmax))
+        scale = c.unsqueeze(0).expand(nrt, m_pad).clone()
+        if hw.mapping.scheme == "differential":
+            gp, lp = quantize_conductance(dev.g_min + c * Wt.clamp_min(0), dev)
+            gn, ln = quantize_conductance(dev.g_min + c * (-Wt).clamp_min(0), dev)
+            mask_neg = mask_pos
+        else:
+            g_ref = (dev.g_min + dev.g_max) / 2
+            gp, lp = quantize_conductance(g_ref + c * Wt, dev)
+            row_used = mask_pos.any(dim=2, keepdim=True)  # (nrt, R, 1)
+            mask_neg = row_used.expand(nrt, R, nct).clone()
+            gn, ln = quantize_conductance(torch.full((nrt, R, nct), g_ref, dtype=torch.float64, device=W.device),
+                                          dev)
+        gp = gp * mask_pos
+        gn = gn * mask_neg
     mapped = MappedMatrix(hw=hw, in_features=n, out_features=m, tile_rows=R, tile_cols=Cw, n_row_tiles=nrt,
                           n_col_tiles=nct, scale=scale, g_pos=gp, g_neg=gn, level_pos=lp, level_neg=ln,
                           mask_pos=mask_pos, mask_neg=mask_neg,
-                          full_scale=torch.ones(nrt, m_pad, dtype=torch.float64, device=W.device))
-    mapped.full_scale = _full_scale(mapped, calib_inputs, calib_seed)
-    return mapped
+                          full_scale=torch.ones(nrt, m_pad, dtype=torch.float64, device=W.device), info=info)
+    return dataclasses.replace(mapped, full_scale=_full_scale(mapped, calib_inputs, calib_seed))
 
 
 def _per_array(fs_col: torch.Tensor, mapped: MappedMatrix) -> torch.Tensor:
@@ -209,7 +323,7 @@ def _full_scale(mapped: MappedMatrix, calib_inputs, calib_seed: int) -> torch.Te
     hw = mapped.hw
     adc = hw.adc
     k = hw.array.r_tia * hw.array.v_read
-    gd = mapped.g_pos - mapped.expand_neg(mapped.g_neg)  # (nrt, R, m_pad)
+    gd = mapped.effective_difference()  # (nrt, R, m_pad), IR drop included
     if adc.fs_mode == "fixed":
         return torch.full((mapped.n_row_tiles, mapped.out_pad), float(adc.full_scale), dtype=torch.float64,
                           device=gd.device)

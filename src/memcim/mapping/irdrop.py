@@ -1,9 +1,14 @@
-"""IR-drop-aware mapping of a matrix onto a differential pair of crossbars (paper 002).
+"""IR-drop-aware mapping of one array's block onto a differential pair of crossbars (paper 002).
 
-A matrix W (in x out) is realized as ``W^r = (G_eff(g_pos) - G_eff(g_neg)) / alpha`` where
+These are the per-array methods behind ``mapping.method`` in
+:func:`memcim.mapping.crossbar.map_matrix`, which cuts a matrix into tiles and calls
+:func:`map_block` on each; use ``map_matrix(W, hw)`` rather than calling them directly.
+
+A block W (rows x cols) is realized as ``W^r = (G_eff(g_pos) - G_eff(g_neg)) / alpha`` where
 ``G_eff`` is the realized matrix of a crossbar with wire resistance (:mod:`memcim.hardware.circuit`),
-``g_pos, g_neg`` are cell conductances in [g_min, g_max] quantized to ``2**bits`` equidistant
-levels, and ``alpha`` [S per unit weight] is the scale realized by the periphery.
+``g_pos, g_neg`` are cell conductances in [g_min, g_max] rounded to the device's levels
+(:func:`memcim.hardware.device.quantize_array`), and ``alpha`` [S per unit weight] is the scale
+realized by the periphery.
 
 Methods (:data:`METHODS`):
 
@@ -25,63 +30,18 @@ Methods (:data:`METHODS`):
     minimise the expected output error ``tr(E^T M E)`` instead of the Frobenius norm.
 
 Conversion of the ideal-conductor plan to memristor states for non-linear cells is
-:func:`memcim.hardware.circuit.states_from_conductances` (paper Sec. V-D), exposed here as
-:func:`plan_states`.
+:func:`memcim.hardware.circuit.states_from_conductances` (paper Sec. V-D); the circuit reader of
+:mod:`memcim.simulate` applies it to every programmed chip.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-
 import numpy as np
 
-from memcim.hardware.circuit import (G_MAX, G_MIN, Crossbar, Wires, currents_through_source_cells,
-                                     states_from_conductances)
+from memcim.config import DeviceConfig, MappingConfig, WiresConfig
+from memcim.hardware.circuit import Crossbar, currents_through_source_cells
+from memcim.hardware.device import quantize_array
 
 METHODS = ("linear", "dpe", "representable")
-
-
-def _check_range(g_min, g_max, bits):
-    if not (np.isfinite(g_min) and g_min > 0):
-        raise ValueError(f"g_min: {g_min!r} is not allowed; must be a positive conductance in S")
-    if not (np.isfinite(g_max) and g_max > g_min):
-        raise ValueError(f"g_max: {g_max!r} is not allowed; must be a finite conductance > g_min = {g_min:g} S")
-    if bits is not None and (int(bits) != bits or not 1 <= bits <= 24):
-        raise ValueError(f"bits: {bits!r} is not allowed; must be an integer in 1..24 (or None = continuous)")
-
-
-def quantize(g, g_min: float, g_max: float, bits: int | None):
-    """Round conductances to ``2**bits`` equidistant levels in [g_min, g_max] (None: clip only)."""
-    g = np.clip(np.asarray(g, float), g_min, g_max)
-    if bits is None:
-        return g
-    step = (g_max - g_min) / (2 ** int(bits) - 1)
-    return g_min + np.round((g - g_min) / step) * step
-
-
-@dataclass
-class IRDropPlan:
-    """A mapped matrix: quantized conductances of both arrays and the scale alpha [S per unit weight]."""
-
-    g_pos: np.ndarray
-    g_neg: np.ndarray
-    alpha: float
-    method: str
-    wires: Wires
-    g_min: float
-    g_max: float
-    bits: int | None
-    info: dict = field(default_factory=dict)
-
-    def realized(self) -> np.ndarray:
-        """W^r = (G_eff(g_pos) - G_eff(g_neg)) / alpha, by the circuit solver."""
-        return (Crossbar(self.g_pos, self.wires).realized() - Crossbar(self.g_neg, self.wires).realized()) / self.alpha
-
-    def save(self, path) -> None:
-        w = self.wires
-        np.savez(path, g_pos=self.g_pos, g_neg=self.g_neg, alpha=np.float64(self.alpha),
-                 r_wire=w.r_wire, r_in=w.r_in, r_out=w.r_out, g_min=self.g_min, g_max=self.g_max,
-                 bits=-1 if self.bits is None else self.bits, method=self.method)
 
 
 def error_report(W, Wr, Wr_unquantized=None, inputs=None, second_moment=None) -> dict:
@@ -113,9 +73,10 @@ def _split(W, c, g_min):
     return g_min + c * np.maximum(W, 0), g_min + c * np.maximum(-W, 0)
 
 
-def map_linear(W, wires: Wires, g_min=G_MIN, g_max=G_MAX, bits=8):
-    c = (g_max - g_min) / np.max(np.abs(W))
-    gp, gn = _split(W, c, g_min)
+def map_linear(W, wires: WiresConfig, dev: DeviceConfig):
+    """The ideal mapping (ignores the wires); returns (g_pos, g_neg, alpha, info) unquantized."""
+    c = (dev.g_max - dev.g_min) / np.max(np.abs(W))
+    gp, gn = _split(W, c, dev.g_min)
     return gp, gn, c, {}
 
 
@@ -131,8 +92,9 @@ def _dpe_g(W, c, g_min, v_cal, wires):
     return res
 
 
-def map_dpe(W, wires: Wires, g_min=G_MIN, g_max=G_MAX, bits=8, v_cal=None, iters=50):
+def map_dpe(W, wires: WiresConfig, dev: DeviceConfig, v_cal=None, iters=50):
     """Hu et al. (DAC 2016) calibration-vector mapping; returns (g_pos, g_neg, alpha, info) unquantized."""
+    g_min, g_max = dev.g_min, dev.g_max
     v_cal = np.ones(W.shape[0]) if v_cal is None else np.asarray(v_cal, float)
     c0 = (g_max - g_min) / np.max(np.abs(W))
     lo, hi = 0.0, 1.0
@@ -154,7 +116,7 @@ def map_dpe(W, wires: Wires, g_min=G_MIN, g_max=G_MAX, bits=8, v_cal=None, iters
 class _Tuner:
     """Projected, diagonally preconditioned gradient descent on tr(E^T M E), E = W^r - T."""
 
-    def __init__(self, wires, g_min, g_max, M=None):
+    def __init__(self, wires: WiresConfig, g_min: float, g_max: float, M=None):
         self.w, self.g_min, self.g_max, self.M = wires, g_min, g_max, M
         self.n_evals = 0
 
@@ -201,11 +163,12 @@ class _Tuner:
         return gp, gn, F, E, state
 
 
-def _screen_alpha(W, wires, g_min, g_max, bits, v_cal):
+def _screen_alpha(W, wires, dev: DeviceConfig, v_cal):
     """Closed-form screen of alpha: current-source (DPE-like) compensation per alpha, then
     value-range error = clipped compensation, precision error = quantization variance."""
+    g_min, g_max = dev.g_min, dev.g_max
     c0 = (g_max - g_min) / np.max(np.abs(W))
-    step = 0.0 if bits is None else (g_max - g_min) / (2 ** bits - 1)
+    step = dev.level_step or 0.0
     best = None
     for rho in np.geomspace(0.05, 1.5, 40):
         a = rho * c0
@@ -223,10 +186,11 @@ def _screen_alpha(W, wires, g_min, g_max, bits, v_cal):
     return best[1]
 
 
-def map_representable(W, wires: Wires, g_min=G_MIN, g_max=G_MAX, bits=8, v_cal=None, second_moment=None,
+def map_representable(W, wires: WiresConfig, dev: DeviceConfig, v_cal=None, second_moment=None,
                       beta=0.25, patience=1, max_alpha_evals=4, search_iters=1, final_iters=4, calib_rounds=1,
                       alpha=None):
     """Paper 002's mapping; returns (g_pos, g_neg, alpha, info) unquantized (quantize afterwards)."""
+    g_min, g_max = dev.g_min, dev.g_max
     W = np.asarray(W, float)
     v_cal = np.ones(W.shape[0]) if v_cal is None else np.asarray(v_cal, float)
     M = None if second_moment is None else np.asarray(second_moment, float)
@@ -242,7 +206,7 @@ def map_representable(W, wires: Wires, g_min=G_MIN, g_max=G_MAX, bits=8, v_cal=N
 
     def assess(a, gp, gn, iters):
         gp, gn, F, E, st = tuner.run(gp, gn, a, W, iters)
-        qp, qn = quantize(gp, g_min, g_max, bits), quantize(gn, g_min, g_max, bits)
+        qp, qn = quantize_array(gp, dev), quantize_array(gn, dev)
         # quantized error by linearization through the diagonal sensitivities of the last
         # gradient evaluation (saves one circuit evaluation per alpha; the final plan is exact)
         dp, dn = tuner.last_d
@@ -257,7 +221,7 @@ def map_representable(W, wires: Wires, g_min=G_MIN, g_max=G_MAX, bits=8, v_cal=N
     else:
         # start at the DPE scale: the largest range for which the calibration-current compensation
         # stays within [g_min, g_max] (value-range errors small there); then the paper's update rule
-        a = map_dpe(W, wires, g_min, g_max, bits, v_cal=v_cal)[2]
+        a = map_dpe(W, wires, dev, v_cal=v_cal)[2]
         best = None
         direction, stall = 0, 0
         for _ in range(max_alpha_evals):
@@ -294,73 +258,27 @@ def map_representable(W, wires: Wires, g_min=G_MIN, g_max=G_MAX, bits=8, v_cal=N
 
 
 # ------------------------------------------------------------------------------------------------
-def map_matrix_irdrop(W, method: str = "representable", *, wires: Wires | None = None, g_min: float = G_MIN,
-                      g_max: float = G_MAX, bits: int | None = 8, v_cal=None, inputs=None, second_moment=None,
-                      max_rows: int | None = None, max_cols: int | None = None, **kw):
-    """Map ``W`` (in x out) onto a differential pair of crossbars with IR drop.
+def map_block(W, wires: WiresConfig, dev: DeviceConfig, mapping: MappingConfig, *, second_moment=None, **kw):
+    """Map one array's block ``W`` (rows, cols) with ``mapping.method``.
 
-    Parameters
-    ----------
-    W : target matrix (in, out).
-    method : ``"linear"``, ``"dpe"`` or ``"representable"``.
-    wires : :class:`~memcim.hardware.circuit.Wires` (default: paper 002's 1/100/100 Ohm).
-    g_min, g_max : programmable cell conductance range [S].
-    bits : programming precision (levels = 2**bits), None = continuous.
-    v_cal : calibration input (in,), default all ones.
-    inputs : input vectors (batch, in) for ``max_output_error``.
-    second_moment : E[x^T x] (in, in): representable tunes the expected output error (beyond the paper).
-    max_rows, max_cols : array size limits; a larger matrix is an error.
-
-    Returns
-    -------
-    (IRDropPlan, report dict)
+    Returns ``(g_pos, g_neg, alpha, info)``: the device targets [S] rounded to the device's levels,
+    the scale alpha [S per unit weight] and the method's own report. ``kw`` overrides the
+    ``representable`` settings of ``mapping`` (``max_alpha_evals``, ``alpha`` ...).
     """
-    t0 = time.perf_counter()
     W = np.asarray(W, float)
-    if W.ndim != 2 or W.size == 0:
-        raise ValueError(f"--matrix: shape {W.shape} is not allowed; must be a non-empty 2-D (in, out) array")
-    if not np.all(np.isfinite(W)):
-        raise ValueError("--matrix: contains NaN or inf")
-    if not np.any(W != 0):
-        raise ValueError("--matrix: all entries are zero; nothing to map")
+    method = mapping.method
     if method not in METHODS:
-        raise ValueError(f"--method: {method!r} is not allowed; choose one of {', '.join(METHODS)}")
-    _check_range(g_min, g_max, bits)
-    if max_rows is not None and W.shape[0] > max_rows or max_cols is not None and W.shape[1] > max_cols:
-        raise ValueError(f"--matrix: shape {W.shape} exceeds the configured array ({max_rows} x {max_cols})")
-    wires = wires or Wires()
-    if v_cal is not None:
-        v_cal = np.asarray(v_cal, float)
-        if v_cal.shape != (W.shape[0],):
-            raise ValueError(f"v_cal: shape {v_cal.shape} does not match the matrix; expected ({W.shape[0]},)")
-    if inputs is not None:
-        inputs = np.asarray(inputs, float)
-        if inputs.ndim != 2 or inputs.shape[1] != W.shape[0]:
-            raise ValueError(f"--inputs: shape {inputs.shape} does not match the matrix; expected (batch, {W.shape[0]})")
-    if second_moment is not None:
-        second_moment = np.asarray(second_moment, float)
-        if second_moment.shape != (W.shape[0],) * 2:
-            raise ValueError(f"second_moment: shape {second_moment.shape}; expected ({W.shape[0]}, {W.shape[0]})")
+        raise ValueError(f"mapping.method: {method!r} is not allowed; choose one of {', '.join(METHODS)}")
+    if not np.any(W != 0):  # nothing to compensate: every device at g_min
+        g = np.full(W.shape, dev.g_min)
+        return quantize_array(g, dev), quantize_array(g, dev), (dev.g_max - dev.g_min), {}
     if method == "linear":
-        gp, gn, alpha, info = map_linear(W, wires, g_min, g_max, bits)
+        gp, gn, a, info = map_linear(W, wires, dev)
     elif method == "dpe":
-        gp, gn, alpha, info = map_dpe(W, wires, g_min, g_max, bits, v_cal=v_cal)
+        gp, gn, a, info = map_dpe(W, wires, dev)
     else:
-        gp, gn, alpha, info = map_representable(W, wires, g_min, g_max, bits, v_cal=v_cal,
-                                                second_moment=second_moment, **kw)
-    qp, qn = quantize(gp, g_min, g_max, bits), quantize(gn, g_min, g_max, bits)
-    plan = IRDropPlan(qp, qn, float(alpha), method, wires, g_min, g_max, bits, info)
-    Wr = plan.realized()
-    Wr_u = (Crossbar(gp, wires).realized() - Crossbar(gn, wires).realized()) / alpha
-    rep = {"method": method, "alpha": float(alpha), **error_report(W, Wr, Wr_u, inputs, second_moment),
-           "utilization": float(max(qp.max(), qn.max()) - g_min) / (g_max - g_min),
-           "time_s": time.perf_counter() - t0}
-    return plan, rep
-
-
-def plan_states(plan: IRDropPlan, v_cal=None, memristor=None, transistor=None):
-    """Memristor states (s_pos, s_neg) realizing a plan's conductances at ``v_cal`` (paper Sec. V-D)."""
-    v_cal = np.full(plan.g_pos.shape[0], 0.1) if v_cal is None else np.asarray(v_cal, float)
-    sp_, _ = states_from_conductances(plan.g_pos, v_cal, plan.wires, memristor, transistor)
-    sn_, _ = states_from_conductances(plan.g_neg, v_cal, plan.wires, memristor, transistor)
-    return sp_, sn_
+        settings = dict(max_alpha_evals=mapping.alpha_evals, search_iters=mapping.search_iters,
+                        final_iters=mapping.final_iters, calib_rounds=mapping.calib_rounds)
+        settings.update(kw)
+        gp, gn, a, info = map_representable(W, wires, dev, second_moment=second_moment, **settings)
+    return quantize_array(gp, dev), quantize_array(gn, dev), float(a), info

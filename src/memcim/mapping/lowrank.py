@@ -54,7 +54,7 @@ def equivalent_sigma(mapped) -> float:
         return 0.0
     n, m = mapped.in_features, mapped.out_features
     gp = mapped.g_pos.reshape(-1, mapped.out_pad)[:n, :m].detach().cpu().numpy()
-    c = mapped.scale[:m].detach().cpu().numpy()
+    c = mapped.scale[0, :m].detach().cpu().numpy()  # linear mapping: one scale per column
     var = _dev_var(gp, dev)
     gn = mapped.expand_neg(mapped.g_neg).reshape(-1, mapped.out_pad)[:n, :m].detach().cpu().numpy()
     var = var + _dev_var(gn, dev)   # offset: the reference device's noise enters every weight of its row

@@ -26,6 +26,7 @@ generator state, so ``load_state_dict`` into a converted model reproduces output
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -274,8 +275,10 @@ class _AnalogMixin:
         self.programmed_seed = None
         if state.get("programmed"):
             mapped = map_matrix(self.crossbar_weight().to(torch.float64).cpu(), self.hardware)
-            mapped.scale = state["scale"].to(torch.float64)
-            mapped.full_scale = state["full_scale"].to(torch.float64)
+            scale = state["scale"].to(torch.float64)
+            if scale.ndim == 1:  # saved before the scale became per row tile
+                scale = scale.unsqueeze(0).expand_as(mapped.scale).clone()
+            mapped = dataclasses.replace(mapped, scale=scale, full_scale=state["full_scale"].to(torch.float64))
             device = self.weight.device
             mapped = mapped.to(device)
             gen = torch.Generator(device=device)

@@ -1,6 +1,8 @@
-"""Non-linear cell models for circuit-level crossbar simulation (paper 002, Fig. 2a).
+"""Cell I-V models for circuit-level crossbar simulation (paper 002, Fig. 2a).
 
-Two device models, each vectorised over cells (numpy arrays of any shape):
+The config section ``cell`` (:class:`memcim.config.CellConfig`) chooses one: ``linear`` (an ohmic
+device), ``taox`` or ``taox_1t1r``; :func:`cell_devices` builds the device objects from it.
+Two non-linear device models, each vectorised over cells (numpy arrays of any shape):
 
 * :class:`TaOxMemristor`: the tantalum-oxide memristor state model of Strachan et al.
   ("State dynamics and modeling of tantalum oxide memristors", IEEE Trans. Electron Devices
@@ -129,3 +131,13 @@ class Level1NMOS:
     def on_conductance(self, v_source: float = 0.0) -> float:
         """Small-signal channel conductance [S] at vds -> 0 with the source at ``v_source``."""
         return self.beta * max(self.v_gate - v_source - self.vt0, 0.0)
+
+
+def cell_devices(cell) -> tuple[TaOxMemristor | None, Level1NMOS | None]:
+    """(memristor, access transistor) of a :class:`memcim.config.CellConfig`; (None, None) when linear."""
+    if cell.model == "linear":
+        return None, None
+    mem = TaOxMemristor(g_m=cell.g_m, a=cell.a, b=cell.b)
+    tr = Level1NMOS(kp=cell.kp, w_over_l=cell.w_over_l, vt0=cell.vt0, v_gate=cell.v_gate) \
+        if cell.model == "taox_1t1r" else None
+    return mem, tr
