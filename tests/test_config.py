@@ -109,3 +109,54 @@ def test_without_and_only_switch_each_nonideality():
     assert preset("ideal").active_nonidealities() == ()
     with pytest.raises(ValueError, match="non-ideality"):
         hw.without("drift")
+
+
+@pytest.mark.parametrize("settings,match", [
+    ({"wires.r_wire": -1.0}, "wires.r_wire"),
+    ({"wires.r_in": float("nan")}, "wires.r_in"),
+    ({"wires.r_out": float("inf")}, "wires.r_out"),
+    ({"wires.r_wire": 1.0, "wires.r_in": 100.0}, "wires.r_out: 0 is not allowed"),       # zero where needed
+    ({"wires.r_wire": 1.0, "wires.r_out": 100.0}, "wires.r_in: 0 is not allowed"),
+    ({"wires.drive": "middle"}, "wires.drive"),
+    ({"cell.model": "hfo2"}, "cell.model"),                                              # unknown cell model
+    ({"cell.model": "taox"}, "cell.model: 'taox' .* needs wires"),
+    ({"cell.solve": "spice"}, "cell.solve"),
+    ({"cell.vt0": 3.0}, "cell.v_gate"),
+    ({"mapping.method": "magic"}, "mapping.method"),
+    ({"mapping.method": "dpe"}, "mapping.method: 'dpe' .* needs wires"),                # reader cannot honour it
+    ({"mapping.pair": "arrays", "mapping.scheme": "offset"}, "mapping.pair"),
+    ({"device.rtn_amplitude": 1.0}, "device.rtn_amplitude"),
+    ({"device.rtn_probability": -0.1}, "device.rtn_probability"),
+    ({"device.nonsense": 1}, "unknown setting 'device.nonsense'"),
+    ({"nowhere.x": 1}, "unknown setting 'nowhere.x'"),
+])
+def test_set_rejects_bad_settings_in_one_line(settings, match):
+    with pytest.raises(ValueError, match=match) as e:
+        preset("realistic").set(settings)
+    assert "\n" not in str(e.value)
+
+
+def test_irdrop_methods_need_a_differential_pair_of_arrays():
+    hw = preset("irdrop")
+    assert hw.reader == "circuit" and hw.mapping.method == "representable"
+    with pytest.raises(ValueError, match="mapping.pair = 'arrays'"):
+        hw.set("mapping.pair", "columns")
+    assert hw.set({"mapping.pair": "columns", "mapping.method": "linear"}).reader == "circuit"
+    assert hw.without("wires").reader == "ideal" and hw.without("wires").mapping.method == "linear"
+
+
+def test_set_is_replace_with_dotted_names_and_round_trips():
+    hw = preset("realistic").set({"device.prog_sigma_rel": 0.05, "wires.r_wire": 2.0, "wires.r_in": 50.0,
+                                  "wires.r_out": 50.0, "cell.model": "taox_1t1r", "name": "mine"})
+    assert hw.device.prog_sigma_rel == 0.05 and hw.wires.rc == 2.0 and hw.name == "mine"
+    assert hw == hw.replace(device={"prog_sigma_rel": 0.05})
+    assert HardwareConfig.from_toml(hw.to_toml()) == hw
+    assert set(HardwareConfig.fields()) == {"device", "dac", "adc", "array", "wires", "cell", "mapping"}
+
+
+@pytest.mark.parametrize("name", ["irdrop", "lowrank", "convex_cim"])
+def test_paper_presets_cite_their_paper(name):
+    from importlib import resources
+
+    text = resources.files("memcim.presets").joinpath(f"{name}.toml").read_text()
+    assert "Paper 00" in text.split("name =")[0]

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from memcim.config import _SECTIONS, HardwareConfig, resolve_config
+from memcim.config import HardwareConfig, resolve_config
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 _SWEEP_KEYS = ("name", "task", "command", "base", "seeds", "store", "samples", "sample_seed")
@@ -111,7 +111,7 @@ class SweepSpec:
 # ---- parameter names ---------------------------------------------------------------------------
 def hardware_fields() -> dict[str, tuple[str, ...]]:
     """Valid dotted hardware names: section -> field names."""
-    return {s: tuple(f.name for f in dataclasses.fields(cls)) for s, cls in _SECTIONS.items()}
+    return HardwareConfig.fields()
 
 
 def _check_hw_name(where: str, name: str) -> None:
@@ -125,12 +125,8 @@ def _check_hw_name(where: str, name: str) -> None:
 
 
 def apply_hw(base: HardwareConfig, settings: dict[str, Any]) -> HardwareConfig:
-    """``base`` with dotted settings (``{"adc.bits": 6}``) applied through :meth:`HardwareConfig.replace`."""
-    by_sec: dict[str, dict[str, Any]] = {}
-    for name, value in settings.items():
-        sec, _, fld = name.partition(".")
-        by_sec.setdefault(sec, {})[fld] = list(value) if isinstance(value, tuple) else value
-    return base.replace(**by_sec) if by_sec else base
+    """``base`` with dotted settings (``{"adc.bits": 6}``) applied through :meth:`HardwareConfig.set`."""
+    return base.set(dict(settings)) if settings else base
 
 
 def split_params(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -215,7 +211,7 @@ def _flatten(table: dict, random: bool = False, prefix: str = "") -> dict[str, A
     out: dict[str, Any] = {}
     for k, v in table.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and (not random or (not prefix and k in _SECTIONS)
+        if isinstance(v, dict) and (not random or (not prefix and k in HardwareConfig.fields())
                                     or any(isinstance(x, dict) for x in v.values())):
             out.update(_flatten(v, random, key + "."))
         else:
