@@ -51,3 +51,40 @@ def test_bad_inputs():
         layer_energy(W, HW, g_min=1e-4, g_max=1e-5)
     with pytest.raises(ValueError, match="W: expected a 2-D"):
         layer_energy(np.ones(3), HW)
+
+
+def test_crossbar_power_is_the_convex_programs_read_power():
+    """One read-power formula: the convex program's coefficients come from the energy model's
+    crossbar term and equal the hand derivation P = v^2 sum_i u2_i (2 m G_min + c sum_j |w_ij|)."""
+    from memcim.analysis.column_error import InputStats, LayerErrorModel
+    from memcim.config import preset
+    from memcim.hardware.energy import crossbar_power
+    from memcim.mapping.crossbar import map_matrix
+    from memcim.optimize.convex_range import read_power_coeffs
+
+    rng = np.random.default_rng(0)
+    Wr, X = rng.normal(size=(20, 6)), np.abs(rng.normal(size=(50, 20)))
+    hw = preset("convex_cim")
+    model = LayerErrorModel(Wr, hw, InputStats.from_samples(X, hw))
+    m2 = model.stats.m2_plain if getattr(model.stats, "m2_plain", None) is not None else model.stats.m2
+    alpha, beta = read_power_coeffs(model)
+    v2 = hw.array.v_read ** 2
+    assert alpha == pytest.approx(v2 * 2 * 6 * m2.sum(), rel=1e-12)
+    assert beta == pytest.approx(v2 * float(m2 @ np.abs(Wr).sum(1)) / np.abs(Wr).max(), rel=1e-12)
+    plan = map_matrix(Wr, hw)
+    a, d = hw.device.g_min, hw.device.g_max - hw.device.g_min
+    assert crossbar_power(plan, m2) == pytest.approx(alpha * a + beta * d, rel=1e-12)
+
+
+def test_crossbar_power_offset_scheme_by_hand():
+    """Offset mapping: every weight device sits around g_ref, plus one reference device per row."""
+    from memcim.hardware.energy import crossbar_power
+    from memcim.mapping.crossbar import map_matrix
+
+    hw = HW.set("mapping.scheme", "offset")
+    plan = map_matrix(W, hw)
+    g_ref = (1e-6 + 1e-4) / 2
+    c = (1e-4 - 1e-6) / 2 / 2.0
+    # 4 columns per array: 3 weight columns + 1 reference column -> one column tile
+    rows = [3 * g_ref + c * W[i].sum() + g_ref for i in range(3)]
+    assert crossbar_power(plan, U2) == pytest.approx(0.2 ** 2 * float(U2 @ np.array(rows)), rel=1e-12)

@@ -1,7 +1,8 @@
-"""Energy per inference of a crossbar layer, and a digital-accelerator baseline (paper 003).
+"""The one energy and power model: energy per inference of a crossbar layer, and a
+digital-accelerator baseline (paper 003).
 
-Per input vector, for a layer ``y = x W`` (``in x out``) tiled on ``T`` row tiles and ``C``
-column tiles of ``rows x cols`` arrays (differential pairs, ``cols // 2`` weights per array row):
+Per input vector, for a layer ``y = x W`` (``in x out``) mapped by
+:func:`memcim.mapping.crossbar.map_matrix` on ``T`` row tiles and ``C`` column tiles:
 
 * **crossbar read**: ``t_read v_read^2 sum_i u_i^2 sum_j (G+_ij + G-_ij)`` (Joule heating of every
   device while its word line is driven at ``u_i v_read`` during the integration time ``t_read``;
@@ -27,14 +28,15 @@ add (0.9 pJ) and 4-byte weight reads (10 pJ).
 """
 from __future__ import annotations
 
-import math
+import math  # noqa: F401
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from memcim.config import HardwareConfig
 
-__all__ = ["EnergyConfig", "HOROWITZ_2014_PJ", "layer_energy", "digital_energy", "network_energy"]
+__all__ = ["EnergyConfig", "HOROWITZ_2014_PJ", "crossbar_power", "layer_energy", "digital_energy",
+           "network_energy"]
 
 #: Energy per operation [pJ], 45 nm, 0.9 V (Horowitz, ISSCC 2014, Fig. 1.1.9 and its table).
 HOROWITZ_2014_PJ = {
@@ -88,9 +90,30 @@ def _pj(key):
     return HOROWITZ_2014_PJ[key] * 1e-12
 
 
+def crossbar_power(plan, u2) -> float:
+    """Crossbar read power [W] of a plan: ``v_read^2 sum_i E[u_i^2] sum_j G_ij`` over every device
+    (G+ and G-, or the weight and reference columns), Joule heating of each device while its word
+    line is driven at ``u_i v_read``. The one read-power formula: the energy per read is this times
+    ``t_read``; the convex program's power is this (:func:`memcim.optimize.convex_range.read_power_coeffs`).
+
+    Parameters
+    ----------
+    plan : a :class:`memcim.mapping.crossbar.MappedMatrix` (its targets [S]).
+    u2 : (in,) mean squared word-line drive fraction ``E[u_i^2]``.
+    """
+    u2 = np.asarray(u2, dtype=np.float64)
+    n = plan.in_features
+    if u2.shape != (n,):
+        raise ValueError(f"u2: shape {u2.shape} does not match the {n} inputs")
+    g = plan.g_pos.sum(dim=2) + plan.g_neg.sum(dim=2)          # (row tiles, rows): sum_j G per word line
+    rows = g.reshape(-1)[:n].detach().cpu().numpy()
+    return plan.hw.array.v_read ** 2 * float(u2 @ rows)
+
+
 def layer_energy(W, hw: HardwareConfig, *, g_min: float | None = None, g_max: float | None = None,
-                 u2=None, cfg: EnergyConfig | None = None) -> dict:
-    """Energy [J] of one input vector through one crossbar layer, by component.
+                 u2=None, cfg: EnergyConfig | None = None, plan=None) -> dict:
+    """Energy [J] of one input vector through one crossbar layer, by component, on the layer's
+    actual mapping (:func:`memcim.mapping.crossbar.map_matrix`: its tiles, levels and scheme).
 
     Parameters
     ----------
@@ -99,38 +122,39 @@ def layer_energy(W, hw: HardwareConfig, *, g_min: float | None = None, g_max: fl
     g_min, g_max : the window the weights are mapped into (default: the config's).
     u2 : (in,) mean squared word-line fraction ``E[u_i^2]`` (default 1/3, uniform drive).
     cfg : :class:`EnergyConfig`.
+    plan : the layer's plan, if already mapped (``W``, ``hw``, ``g_min`` and ``g_max`` are then
+        taken from it).
 
     Returns
     -------
     dict with ``crossbar``, ``dac``, ``adc``, ``tia``, ``digital`` and ``total`` [J], plus
     ``conversions`` (ADC) and ``dac_conversions``.
     """
+    from memcim.mapping.crossbar import map_matrix
+
     cfg = cfg or EnergyConfig()
-    W = np.asarray(W, dtype=np.float64)
-    if W.ndim != 2:
-        raise ValueError(f"W: expected a 2-D (in, out) matrix, got shape {W.shape}")
-    n, m = W.shape
-    g_min = hw.device.g_min if g_min is None else float(g_min)
-    g_max = hw.device.g_max if g_max is None else float(g_max)
-    if not (0 <= g_min < g_max):
-        raise ValueError(f"g_max: the window [{g_min:g}, {g_max:g}] S is not allowed; need 0 <= g_min < g_max")
+    if plan is None:
+        W = np.asarray(W, dtype=np.float64)
+        if W.ndim != 2:
+            raise ValueError(f"W: expected a 2-D (in, out) matrix, got shape {W.shape}")
+        g_min = hw.device.g_min if g_min is None else float(g_min)
+        g_max = hw.device.g_max if g_max is None else float(g_max)
+        if not (0 <= g_min < g_max):
+            raise ValueError(f"g_max: the window [{g_min:g}, {g_max:g}] S is not allowed; need 0 <= g_min < g_max")
+        plan = map_matrix(W, hw.without("wires").set({"device.g_min": g_min, "device.g_max": g_max}))
+    hw = plan.hw
+    n, m = plan.in_features, plan.out_features
     u2 = np.full(n, 1.0 / 3.0) if u2 is None else np.asarray(u2, dtype=np.float64)
     if u2.shape != (n,):
         raise ValueError(f"u2: shape {u2.shape} does not match the {n} inputs")
-    if hw.mapping.scheme != "differential":
-        raise ValueError("mapping.scheme: the energy model covers 'differential' mapping only")
-    R, Cw = hw.array.rows, hw.array.cols // 2
-    T, C = math.ceil(n / R), math.ceil(m / Cw)
-    A = np.abs(W)
-    wmax = np.full(m, A.max()) if hw.mapping.scale == "matrix" else np.where(A.max(0) > 0, A.max(0), 1.0)
-    c = (g_max - g_min) / wmax
-    gsum = 2 * g_min * m + (A * c[None, :]).sum(1)          # sum_j (G+ + G-) per row
+    T, C = plan.n_row_tiles, plan.n_col_tiles
     t = cfg.read_time(hw)
     v = hw.array.v_read
-    e_xbar = t * v * v * float(u2 @ gsum)
+    e_xbar = t * crossbar_power(plan, u2)
     dac_conv = C * n
+    arrays_per_tile = 2 if (hw.mapping.scheme == "differential" and hw.mapping.pair == "arrays") else 1
     e_dac = dac_conv * (2 ** hw.dac.bits) * cfg.dac_c_unit * cfg.dac_vdd ** 2 \
-        + C * float(u2.sum()) * hw.array.cols * cfg.c_cell * v * v
+        + C * float(u2.sum()) * arrays_per_tile * hw.array.cols * cfg.c_cell * v * v
     conv = T * m
     e_adc = conv * cfg.adc_fom * 2 ** hw.adc.bits
     e_tia = conv * cfg.tia_power * t

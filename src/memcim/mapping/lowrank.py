@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from memcim.hardware.device import programming_sigma
 from memcim.analysis.lowrank import (LowRankTerms, check_matrix, check_second_moment, factorize,
                                      lowrank_terms_factors, svd_stats)
 
@@ -32,11 +33,9 @@ __all__ = ["equivalent_sigma", "HardwareLowRank", "hardware_lowrank", "hardware_
            "predict_hardware"]
 
 
-def _dev_var(g, dev):
-    var = np.full_like(g, dev.prog_sigma_abs ** 2)
-    if dev.prog_sigma_rel > 0:
-        var = var + (dev.prog_sigma_rel * g) ** 2
-    return var
+def _dev_var(g, level, dev):
+    """Programming-noise variance [S^2] per device, from the one device model."""
+    return programming_sigma(torch.as_tensor(g), level, dev).numpy() ** 2
 
 
 def equivalent_sigma(mapped) -> float:
@@ -45,19 +44,24 @@ def equivalent_sigma(mapped) -> float:
     ``sigma_w^2 = mean over weights of (var(G+) + var(G-)) / c^2`` (differential) or
     ``var(G) / c^2`` plus the reference column's share (offset). Exact for absolute noise; for
     relative noise it is the average, which gives the correct expected error only where the noise
-    terms weight every entry equally (white inputs on the first step). Level-table noise and clipping
-    at ``g = 0`` are ignored. Returns 0 when the config has no programming noise.
+    terms weight every entry equally (white inputs on the first step). Per-level table noise is
+    included (:func:`memcim.hardware.device.programming_sigma`); clipping at ``g = 0`` is ignored.
+    Returns 0 when the config has no programming noise.
     """
     hw = mapped.hw
     dev = hw.device
     if not dev.has_programming_noise:
         return 0.0
     n, m = mapped.in_features, mapped.out_features
-    gp = mapped.g_pos.reshape(-1, mapped.out_pad)[:n, :m].detach().cpu().numpy()
+
+    def weights(t):
+        return None if t is None else t.reshape(-1, mapped.out_pad)[:n, :m].detach().cpu()
+
     c = mapped.scale[0, :m].detach().cpu().numpy()  # linear mapping: one scale per column
-    var = _dev_var(gp, dev)
-    gn = mapped.expand_neg(mapped.g_neg).reshape(-1, mapped.out_pad)[:n, :m].detach().cpu().numpy()
-    var = var + _dev_var(gn, dev)   # offset: the reference device's noise enters every weight of its row
+    var = _dev_var(weights(mapped.g_pos), weights(mapped.level_pos), dev)
+    ln = None if mapped.level_neg is None else mapped.expand_neg(mapped.level_neg)
+    # offset: the reference device's noise enters every weight of its row
+    var = var + _dev_var(weights(mapped.expand_neg(mapped.g_neg)), weights(ln), dev)
     return float(np.sqrt(np.mean(var / c[None, :] ** 2)))
 
 

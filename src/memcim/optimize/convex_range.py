@@ -143,15 +143,19 @@ class LayerDesign:
 def read_power_coeffs(model: LayerErrorModel) -> tuple[float, float]:
     """Crossbar read power ``P = alpha G_min + beta (G_max - G_min)`` [W] at the mean input.
 
-    ``P = v_read^2 sum_i E[u_i^2] sum_j (G+_ij + G-_ij)`` with ``G+ + G- = 2 G_min + c |w|``.
+    The power is the energy model's crossbar term (:func:`memcim.hardware.energy.crossbar_power`,
+    ``v_read^2 sum_i E[u_i^2] sum_j (G+_ij + G-_ij)``), linear in the window for continuous
+    levels: beta is its value for the window [0, 1 S], alpha + beta for [1 S, 2 S].
     """
+    from memcim.hardware.energy import crossbar_power
+    from memcim.mapping.crossbar import map_matrix
+
     st = model.stats
     m2 = st.m2_plain if getattr(st, "m2_plain", None) is not None else st.m2
-    v2 = model.hw.array.v_read ** 2
-    W = np.abs(model.W)
-    alpha = v2 * 2 * W.shape[1] * float(m2.sum())
-    beta = v2 * float((m2 @ (W / model.wmax[None, :])).sum())
-    return alpha, float(beta)
+    hw = model.hw.without("quantization", "wires")
+    beta = crossbar_power(map_matrix(model.W, hw.set({"device.g_min": 0.0, "device.g_max": 1.0})), m2)
+    both = crossbar_power(map_matrix(model.W, hw.set({"device.g_min": 1.0, "device.g_max": 2.0})), m2)
+    return both - beta, beta
 
 
 # ------------------------------------------------------------------------------ coefficients
