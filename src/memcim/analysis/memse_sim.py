@@ -30,6 +30,7 @@ the foundation mapping does not express (its per-column scale uses each column's
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -44,16 +45,22 @@ from memcim.analysis.moments import (CrossbarLayer, ElementwiseLayer, FlattenLay
 __all__ = ["memse_hardware", "to_sequential", "monte_carlo_simulator"]
 
 
+@functools.lru_cache(maxsize=1)
+def _memse_preset():
+    from memcim.config import preset
+
+    return preset("memse")
+
+
 def memse_hardware(gmax: float, sigma: float, levels: int, offset: float | None = None):
-    """The :class:`~memcim.config.HardwareConfig` that realises the MemSE crossbar of one layer.
+    """The :class:`~memcim.config.HardwareConfig` that realises the MemSE crossbar of one layer:
+    the ``memse`` preset (paper 001) with this layer's G_max, sigma and N.
 
     Parameters
     ----------
     gmax : G_max of the layer (S, > 0). sigma : programming-noise std (S, >= 0).
     levels : N (the devices get N + 1 levels). offset : g_min (S); default ``max(10 sigma, 1e-3 G_max)``.
     """
-    from memcim.config import preset
-
     if not (math.isfinite(gmax) and gmax > 0):
         raise ValueError(f"gmax: {gmax!r} is not allowed; must be finite and > 0 S")
     if not (math.isfinite(sigma) and sigma >= 0):
@@ -61,13 +68,9 @@ def memse_hardware(gmax: float, sigma: float, levels: int, offset: float | None 
     off = float(offset) if offset is not None else max(10.0 * sigma, 1e-3 * gmax)
     if not (math.isfinite(off) and off >= 0):
         raise ValueError(f"offset: {offset!r} is not allowed; must be finite and >= 0 S")
-    return preset("ideal").replace(
-        name="memse",
+    return _memse_preset().replace(
         device={"g_min": off, "g_max": off + float(gmax), "levels": int(levels) + 1, "bits": None,
-                "prog_sigma_abs": float(sigma), "prog_sigma_rel": 0.0, "prog_sigma_table": None,
-                "stuck_at_min": 0.0, "stuck_at_max": 0.0, "thermal_noise": False, "shot_noise": False},
-        dac={"enabled": False}, adc={"enabled": False},
-        mapping={"scheme": "differential", "scale": "matrix"})
+                "prog_sigma_abs": float(sigma)})
 
 
 class _Affine(nn.Module):

@@ -42,6 +42,7 @@ uses the exact rectified-Gaussian mean and variance. Cross-covariances after an 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -52,7 +53,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["CrossbarLayer", "PoolLayer", "PadLayer", "FlattenLayer", "ElementwiseLayer", "parse_model",
-           "Moments", "propagate", "predict_mse", "MSEPrediction", "quantize_weight",
+           "Moments", "propagate", "run_layers", "predict_mse", "MSEPrediction", "quantize_weight",
            "resolve_gmax", "activation_moments", "COV_MODES"]
 
 COV_MODES = ("exact", "lowrank", "diagonal")
@@ -149,7 +150,7 @@ def _leaves(model: nn.Module, prefix: str = ""):
         yield prefix.rstrip("."), model
 
 
-def parse_model(model: nn.Module, dtype: torch.dtype = torch.float64) -> list:
+def parse_model(model: nn.Module, dtype: torch.dtype = torch.float64, *, fold_bn: bool = True) -> list:
     """Turn a (nested) ``nn.Sequential`` into the list of layers the analysis understands.
 
     BatchNorm (running statistics, i.e. inference) directly after a ``Linear``/``Conv2d`` is
@@ -160,6 +161,9 @@ def parse_model(model: nn.Module, dtype: torch.dtype = torch.float64) -> list:
     ----------
     model : nn.Module; a ``nn.Sequential`` (possibly nested), or a single supported layer.
     dtype : floating dtype of the extracted weights.
+    fold_bn : fold a BatchNorm that directly follows a crossbar layer into its weight and bias
+        (MemSE's convention). False keeps every BatchNorm as a digital affine map, as
+        :func:`memcim.nn.analog.convert_to_analog` does (the crossbar then holds the unfolded weight).
 
     Returns
     -------
@@ -200,7 +204,7 @@ def parse_model(model: nn.Module, dtype: torch.dtype = torch.float64) -> list:
             a = inv * (m.weight.detach().to(dtype) if m.affine else 1.0)
             sh = -m.running_mean.detach().to(dtype) * a + (m.bias.detach().to(dtype) if m.affine else 0.0)
             prev = layers[-1] if layers else None
-            if isinstance(prev, CrossbarLayer) and prev.out_features == a.numel() and (
+            if fold_bn and isinstance(prev, CrossbarLayer) and prev.out_features == a.numel() and (
                     (prev.kind == "conv") == isinstance(m, nn.BatchNorm2d)):
                 shape = (-1,) + (1,) * (prev.weight.dim() - 1)
                 prev.weight = prev.weight * a.reshape(shape)
@@ -401,7 +405,9 @@ class Moments:
     """Moments of a batch of feature maps: ``mean`` and ``var`` are (B, *shape).
 
     ``cov`` (B, D, D) in exact mode; ``factors`` (B, K, *shape) in lowrank mode (``None`` when
-    no factor exists yet); ``var`` is always the full per-unit variance.
+    no factor exists yet); ``var`` is always the full per-unit variance. ``nonzero`` (B, *shape) is
+    the probability that a unit is not exactly 0 (after a ReLU: ``P(X > 0)``; None means 1); a DAC
+    rounds an exact 0 to 0, so it scales the DAC's rounding noise.
     """
 
     mean: torch.Tensor
@@ -409,6 +415,7 @@ class Moments:
     mode: str
     cov: torch.Tensor | None = None
     factors: torch.Tensor | None = None
+    nonzero: torch.Tensor | None = None
 
     @property
     def shape(self):
@@ -475,10 +482,20 @@ def _compress(fac: torch.Tensor, max_factors: int) -> torch.Tensor:
 def _crossbar_step(st: Moments, layer: CrossbarLayer, wq: torch.Tensor, s2: torch.Tensor,
                    rank: int, max_factors: int) -> Moments:
     """Crossbar layer: quantized weights ``wq`` plus per-weight noise of variance ``s2``
-    (scalar or (out,))."""
+    (scalar, (out,), or one value per weight with ``wq``'s shape).
+
+    The noise is shared by every read of the layer (a programmed chip), so a convolution's noise
+    correlates its output positions. With a per-weight ``s2`` every variance stays exact; the
+    cross-position covariance of a convolution then uses each output channel's input-power-weighted
+    mean of ``s2`` (exact when ``s2`` is uniform over a channel).
+    """
+    per_weight = s2.dim() > 0 and s2.shape == wq.shape
     if layer.kind == "linear":
         out = _linear_step(st, lambda x: x @ wq.t(), lambda v: v @ (wq * wq).t())
-        noise = (st.second_moment().sum(1, keepdim=True) * s2).expand_as(out.mean)   # (B, out)
+        if per_weight:
+            noise = st.second_moment() @ s2.t()                                        # (B, out)
+        else:
+            noise = (st.second_moment().sum(1, keepdim=True) * s2).expand_as(out.mean)   # (B, out)
         mean = out.mean + layer.bias
         var = out.var + noise
         cov = out.cov
@@ -493,11 +510,15 @@ def _crossbar_step(st: Moments, layer: CrossbarLayer, wq: torch.Tensor, s2: torc
     cin, h, w = st.shape
     cout, _, kh, kw = wq.shape
     ho, wo = out.mean.shape[2:]
-    s2c = s2.reshape(-1, 1, 1) if s2.dim() else s2
     m2 = st.second_moment()
+    if per_weight:
+        exact_noise = conv(m2, s2)                                         # (B, Cout, Ho, Wo)
+        pw = m2.mean((0, 2, 3)).reshape(1, cin, 1, 1).expand(1, cin, kh, kw)
+        s2 = (s2 * pw).sum((1, 2, 3)) / pw.sum().clamp_min(1e-300)          # (Cout,) for the cross terms
+    s2c = s2.reshape(-1, 1, 1) if s2.dim() else s2
     diag_noise = conv(m2, torch.ones(1, cin, kh, kw, dtype=m2.dtype))      # (B, 1, Ho, Wo)
     mean = out.mean + layer.bias.reshape(-1, 1, 1)
-    var = out.var + diag_noise * s2c
+    var = out.var + (exact_noise if per_weight else diag_noise * s2c)
     if st.mode == "exact":
         p = ho * wo
         idx = _patch_index(layer, h, w, m2.device)                     # (k2, P)
@@ -518,6 +539,9 @@ def _crossbar_step(st: Moments, layer: CrossbarLayer, wq: torch.Tensor, s2: torc
         eye = torch.diag_embed(s2v)                                    # (cout, cout)
         cov = cov + eye.reshape(1, cout, 1, cout, 1) * nsp.reshape(b, 1, p, 1, p)
         cov = cov.reshape(b, d_out, d_out)
+        if per_weight:  # the diagonal exact, the cross terms with the channel mean of s2
+            fix = (exact_noise - diag_noise * s2c).reshape(b, -1)
+            cov = cov + torch.diag_embed(fix)
         return Moments(mean, torch.diagonal(cov, dim1=1, dim2=2).reshape(mean.shape), "exact", cov)
     if st.mode == "diagonal" or rank == 0:
         return Moments(mean, var, st.mode, None, out.factors)
@@ -551,21 +575,23 @@ def _elementwise_step(st: Moments, layer: ElementwiseLayer, method: str, order: 
         m, v, slope = st.mean * a + sh, st.var * a * a, a.expand_as(st.mean)
     else:
         m, v, slope = activation_moments(layer.kind, st.mean, st.var, beta=layer.beta, method=method, order=order)
+    nz = slope if layer.kind == "relu" else None    # ReLU: P(X > 0) is its average slope
     if st.mode == "exact":
         if st.cov is None:
-            return Moments(m, v, "exact", None)
+            return Moments(m, v, "exact", None, nonzero=nz)
         sl = slope.reshape(slope.shape[0], -1)
         cov = st.cov * sl.unsqueeze(-1) * sl.unsqueeze(-2)
         cov = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2)) + torch.diag_embed(v.reshape(v.shape[0], -1))
-        return Moments(m, v, "exact", cov)
+        return Moments(m, v, "exact", cov, nonzero=nz)
     fac = None if st.factors is None else st.factors * slope.unsqueeze(1)
-    return Moments(m, v, st.mode, None, fac)
+    return Moments(m, v, st.mode, None, fac, nonzero=nz)
 
 
 def _flatten_step(st: Moments) -> Moments:
     b = st.mean.shape[0]
     fac = None if st.factors is None else st.factors.reshape(b, st.factors.shape[1], -1)
-    return Moments(st.mean.reshape(b, -1), st.var.reshape(b, -1), st.mode, st.cov, fac)
+    nz = None if st.nonzero is None else st.nonzero.reshape(b, -1)
+    return Moments(st.mean.reshape(b, -1), st.var.reshape(b, -1), st.mode, st.cov, fac, nz)
 
 
 def _to_full(st: Moments) -> Moments:
@@ -622,6 +648,36 @@ def propagate(layers: list, x: torch.Tensor, *, sigma: float, gmax, levels: int 
     dtype = layers[next(i for i, l in enumerate(layers) if isinstance(l, CrossbarLayer))].weight.dtype
     x = torch.as_tensor(x).to(dtype)
     gm = resolve_gmax(gmax, layers, dtype)
+
+    def crossbar(ix, layer, st):
+        wq = quantize_weight(layer.weight, int(levels))
+        c = gm[ix] / layer.wmax
+        if on_crossbar is not None:
+            on_crossbar(ix, layer, st, wq, c)
+        s2 = 2.0 * float(sigma) ** 2 / (c * c)
+        return _crossbar_step(st, layer, wq, s2, rank, max_factors)
+
+    return run_layers(layers, x, crossbar, cov=cov, full_below=full_below, full_linear=full_linear,
+                      act_method=act_method, taylor_order=taylor_order, return_all=return_all)
+
+
+def run_layers(layers: list, x: torch.Tensor, crossbar: Callable, *, cov: str = "lowrank",
+               full_below: int = DEFAULT_FULL_BELOW, full_linear: int = 4096, act_method: str = "taylor",
+               taylor_order: int = 2, return_all: bool = False):
+    """The moment propagation loop shared by MemSE's :func:`propagate` and
+    :func:`memcim.analysis.predict.predict`.
+
+    Parameters
+    ----------
+    layers : output of :func:`parse_model`.
+    x : (B, *input_shape) deterministic inputs.
+    crossbar : ``f(index, layer, state) -> state``, the step of the ``index``-th crossbar layer.
+    cov, full_below, full_linear, act_method, taylor_order, return_all : see :func:`propagate`.
+
+    Returns
+    -------
+    Moments of the output (and the list of all states if ``return_all``).
+    """
     st = Moments(x, torch.zeros_like(x), cov, None, None)
     states = []
     ix = 0
@@ -629,14 +685,9 @@ def propagate(layers: list, x: torch.Tensor, *, sigma: float, gmax, levels: int 
         if isinstance(layer, CrossbarLayer):
             if (st.mode == "lowrank" and layer.kind == "linear" and layer.weight.shape[1] <= full_linear
                     and (st.factors is not None or bool(torch.any(st.var.detach() > 0)))):
-                st = _to_full(st)   # a Linear layer mixes every unit: keep its input covariance in full
-            wq = quantize_weight(layer.weight, int(levels))
-            c = gm[ix] / layer.wmax
-            if on_crossbar is not None:
-                on_crossbar(ix, layer, st, wq, c)
-            s2 = 2.0 * float(sigma) ** 2 / (c * c)
+                st = dataclasses.replace(_to_full(st), nonzero=st.nonzero)   # a Linear layer mixes every unit
             try:
-                st = _crossbar_step(st, layer, wq, s2, rank, max_factors)
+                st = crossbar(ix, layer, st)
             except RuntimeError as e:
                 raise ValueError(f"x: shape {tuple(x.shape)} does not fit layer {layer.name} ({e})") from None
             ix += 1
@@ -649,7 +700,7 @@ def propagate(layers: list, x: torch.Tensor, *, sigma: float, gmax, levels: int 
         else:
             st = _elementwise_step(st, layer, act_method, taylor_order)
         if st.mode == "lowrank" and full_below > 0 and st.mean[0].numel() <= full_below:
-            st = _to_full(st)
+            st = dataclasses.replace(_to_full(st), nonzero=st.nonzero)
         if return_all:
             states.append(st)
     return (st, states) if return_all else st
@@ -740,7 +791,27 @@ def predict_mse(model, x, *, sigma: float, gmax, levels: int = 128, cov: str = "
         batch_chunk = x.shape[0] if cov != "exact" else max(1, min(x.shape[0], 8))
     from memcim.analysis import power as pw
 
-    means, vars_, acc = [], [], pw.PowerAccumulator(float(sigma), r) if power else None
+    acc = pw.PowerAccumulator(float(sigma), r) if power else None
+    gm = resolve_gmax(gmax, layers, dtype)
+    if not (isinstance(levels, (int, np.integer)) and levels >= 1):
+        raise ValueError(f"levels: {levels!r} is not allowed; must be an integer >= 1")
+    if not (math.isfinite(float(sigma)) and float(sigma) >= 0):
+        raise ValueError(f"sigma: {sigma!r} is not allowed; must be finite and >= 0 S")
+    cfg = {"sigma": float(sigma), "levels": int(levels), "cov": cov, "rank": rank, "act_method": act_method,
+           "taylor_order": taylor_order, "batch": int(x.shape[0]), "r": r}
+    if all(g.dim() == 0 and not g.requires_grad for g in gm):
+        # the general closed form on the memse preset (paper 001's semantics as a HardwareConfig)
+        from memcim.analysis.memse_sim import memse_hardware
+        from memcim.analysis.predict import predict
+
+        hws = [memse_hardware(float(g), float(sigma), int(levels)) for g in gm]
+        p = predict(layers, x, hws, cov=cov, rank=rank, max_factors=max_factors, full_below=full_below,
+                    act_method=act_method, taylor_order=taylor_order, dtype=dtype, batch_chunk=batch_chunk,
+                    on_crossbar=acc)
+        return MSEPrediction(p.mean, p.var, p.reference, p.per_output, p.mse_mean, p.mse_max,
+                             acc.result(gmax_layers=gm, layers=layers) if power else None, cfg)
+    # per-column G_max (one max|w| per matrix, a G_max per column) is not a HardwareConfig: MemSE's own step
+    means, vars_ = [], []
     for s in range(0, x.shape[0], batch_chunk):
         xb = x[s:s + batch_chunk]
         st = propagate(layers, xb, sigma=sigma, gmax=gmax, levels=levels, cov=cov, rank=rank,
@@ -752,8 +823,6 @@ def predict_mse(model, x, *, sigma: float, gmax, levels: int = 128, cov: str = "
     ref = reference_output(layers, x)
     per = var + (mean - ref) ** 2
     per2 = per.reshape(per.shape[0], -1)
-    cfg = {"sigma": float(sigma), "levels": int(levels), "cov": cov, "rank": rank, "act_method": act_method,
-           "taylor_order": taylor_order, "batch": int(x.shape[0]), "r": r}
     return MSEPrediction(mean, var, ref, per2, float(per2.mean()), float(per2.max(1).values.mean()),
                          acc.result(gmax_layers=resolve_gmax(gmax, layers, dtype), layers=layers) if power else None, cfg)
 

@@ -1,0 +1,667 @@
+"""Closed-form output statistics of a matrix or a network on the hardware a config describes.
+
+``predict(model_or_W, x, hw)`` returns, without sampling, the mean and variance of every output
+over programmed chips and reads, and the output MSE against the noise-free, full-precision
+result. It joins MemSE's moment propagation (paper 001, :mod:`memcim.analysis.moments`: mean and
+covariance through ``Linear``/``Conv2d``/pooling/BatchNorm/activations) with paper 003's per-column
+error terms (:mod:`memcim.analysis.column_error`), and it reads the same plan the simulator
+programs: every crossbar layer is mapped with :func:`memcim.mapping.crossbar.map_matrix`, and the
+closed form takes the level-rounded targets, the scale, the tiling and the ADC full scale from that
+plan. The physics comes from the one-place functions: programming-noise variance
+(:func:`memcim.hardware.device.programming_sigma`), thermal and shot variance
+(:func:`memcim.hardware.device.read_noise_variance`), the DAC and ADC transfers
+(:mod:`memcim.hardware.converters`).
+
+Model, per crossbar layer (weights W (in, out), inputs x with mean and covariance)
+-------------------------------------------------------------------------------------
+Each device's conductance is a random variable: target ``g`` (level-rounded, with g_min), plus
+Gaussian programming noise of standard deviation ``s = sigma_p(g, level)`` (absolute, relative and
+per-level table) clipped at 0 S as the simulator clips it (``z = g/s``):
+
+    E[G_p] = g Phi(z) + s phi(z),   E[G_p^2] = (g^2 + s^2) Phi(z) + g s phi(z)
+
+then stuck at g_min / g_max with probabilities ``p0`` / ``p1``:
+
+    E[G] = (1 - p0 - p1) E[G_p] + p0 g_min + p1 g_max
+    E[G^2] = (1 - p0 - p1) E[G_p^2] + p0 g_min^2 + p1 g_max^2
+
+Random telegraph noise multiplies every conductance by ``1 - A b`` with ``b ~ Bernoulli(p)``
+(mean ``1 - pA``, mean square ``1 - 2pA + pA^2``), one snapshot per read call, i.e. shared by every
+row of one call like the programming noise. The effective weight ``(G+ - G-)/c`` then has the mean
+``W~ = realized + (E[G_d] - g_d)/c`` (``realized`` is the plan's matrix, with IR drop when the array
+has wires) and the per-weight variance ``s^2 = (Var G+ + Var G-)/c^2`` (offset mapping: the
+reference device of the row), shared by every read of the chip (a convolution's positions are
+correlated through it, as MemSE tracks).
+
+Each read (a row of x, or a patch of a convolution) is scaled by ``xs`` (``dac.x_range``, or the
+read's own largest magnitude), DAC-rounded, and every row tile ``t`` (a separate array with its own
+ADCs) computes the partial sum ``Y_t = x_t . W_eff_t`` plus read noise, in output units:
+
+* thermal + shot: ``(xs/c)^2 read_noise_variance(sum_i E[G_s,i], sum_i E|u_i| E[G_s,i], v_read)/v_read^2``
+  with ``G_s = G+ + G-`` (offset: G plus the reference column);
+* DAC rounding (random inputs): ``(xs/K_dac)^2/12 sum_i P(x_i != 0) E[W_eff,i^2]``; a deterministic
+  input (the network's input) is rounded exactly instead.
+
+The ADC of array ``t`` quantizes ``Y_t`` with the plan's full scale, in output units
+``F = xs FS / (r_tia v_read c)``, step ``F/K``. With ``Y_t ~ N(m, v)`` the quantizer's output mean,
+variance and mean slope are exact sums over the levels near ``m`` when ``sqrt(v)`` is under two
+steps (a deterministic input is then rounded exactly), and otherwise the clipped-Gaussian moments
+plus ``step^2/12`` inside the range. The partial sums are added digitally: means add, variances add,
+and the tiles' cross-covariance (from correlated inputs) is scaled by the mean ADC slope, which also
+scales the output's covariance factors (Stein's lemma, as for activations). A bias is exact.
+
+Limits (documented approximations; ``tests/agreement`` measures them against the simulator)
+--------------------------------------------------------------------------------------------
+* Dynamic DAC range: ``xs`` of a random input is taken at ``max_i sqrt(E[x_i^2])`` of the read; a
+  fixed-range DAC's clipping of random inputs is not modelled (deterministic inputs: exact).
+* The partial sums are Gaussian for the ADC; the cross-tile covariance after clipping uses the
+  mean slope.
+* Offset mapping: the reference column is shared by every output of an array; its noise enters
+  each output's variance exactly but not the covariance between outputs that later layers see.
+* Per-weight noise variance (relative, table, stuck) is exact in every variance; a convolution's
+  cross-position covariance uses each channel's input-weighted mean of it.
+* Activations, pooling and the covariance representation: as in :mod:`memcim.analysis.moments`.
+
+Examples
+--------
+>>> import numpy as np
+>>> from memcim.config import preset
+>>> from memcim.analysis.predict import predict
+>>> W = np.random.default_rng(0).normal(size=(200, 20))
+>>> x = np.random.default_rng(1).normal(size=(8, 200))
+>>> p = predict(W, x, preset("realistic"))
+>>> p.mean.shape, p.mse_mean > 0
+(torch.Size([8, 20]), True)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from memcim.analysis import moments as mo
+from memcim.config import HardwareConfig, resolve_config
+from memcim.hardware.converters import adc_convert, dac_convert
+from memcim.hardware.device import programming_sigma, read_noise_variance
+from memcim.mapping.crossbar import as_matrix, map_matrix
+
+__all__ = ["predict", "Prediction", "LayerHardware", "layer_hardware", "device_moments", "quantizer_moments"]
+
+_NARROW = 2.0       # a partial sum narrower than this many ADC steps is summed level by level
+_WINDOW = 12        # levels each side of the mean in that sum (6 standard deviations at least)
+
+
+# ------------------------------------------------------------------------------------- devices
+
+def device_moments(g: torch.Tensor, level: torch.Tensor | None, mask: torch.Tensor, dev) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance [S, S^2] of programmed conductances over chips (and RTN snapshots).
+
+    Parameters
+    ----------
+    g : targets [S] (level-rounded, from the plan). level : their level indices or None.
+    mask : where a device exists (absent devices: mean and variance 0).
+    dev : :class:`memcim.config.DeviceConfig`.
+
+    Returns
+    -------
+    (mean, var), both shaped like ``g``. Programming noise (clipped at 0 S), stuck-at faults and random
+    telegraph noise as in the module docstring.
+    """
+    if dev.has_programming_noise:
+        # Gaussian programming noise, clipped at 0 S as the simulator clips it (rectified Gaussian)
+        sd = programming_sigma(g, level, dev)
+        pos = sd > 0
+        sds = torch.where(pos, sd, torch.ones_like(sd))
+        z = g / sds
+        cdf, pdf = _cdf(z), _phi(z)
+        mean = torch.where(pos, g * cdf + sd * pdf, g.clamp_min(0.0))
+        second = torch.where(pos, (g * g + sd * sd) * cdf + g * sd * pdf, g.clamp_min(0.0) ** 2)
+        var = (second - mean * mean).clamp_min(0.0)
+    else:
+        mean, var = g, torch.zeros_like(g)
+    p0, p1 = dev.stuck_at_min, dev.stuck_at_max
+    if p0 > 0 or p1 > 0:
+        keep = 1.0 - p0 - p1
+        second = keep * (mean * mean + var) + p0 * dev.g_min ** 2 + p1 * dev.g_max ** 2
+        mean = keep * mean + p0 * dev.g_min + p1 * dev.g_max
+        var = (second - mean * mean).clamp_min(0.0)
+    if getattr(dev, "has_rtn", False):
+        a, p = dev.rtn_amplitude, dev.rtn_probability
+        f1, f2 = 1.0 - p * a, 1.0 - 2.0 * p * a + p * a * a
+        second = f2 * (var + mean * mean)
+        mean = f1 * mean
+        var = (second - mean * mean).clamp_min(0.0)
+    m = mask.to(g.dtype)
+    return mean * m, var * m
+
+
+@dataclass
+class LayerHardware:
+    """The closed form's view of one mapped matrix (crossbar orientation, in x out).
+
+    Attributes
+    ----------
+    plan : the :class:`~memcim.mapping.crossbar.MappedMatrix` the simulator programs.
+    weight : (in, out) mean effective weight ``W~`` [output units per input unit].
+    s2 : (in, out) per-weight variance shared by the reads of one chip.
+    gs_c2 : (in, out) ``E[G_s]/c^2`` (thermal and shot noise) [S per (S/weight)^2].
+    gsum_c2 : (n_row_tiles, out) ``sum_i E[G_s,i]/c^2`` over each array's rows.
+    fs : (n_row_tiles, out) ADC full scale in output units per unit input scale ``xs``.
+    tile_rows, n_row_tiles : the row tiling (separate arrays, separate ADCs).
+    """
+
+    hw: HardwareConfig
+    plan: object
+    weight: torch.Tensor
+    s2: torch.Tensor
+    gs_c2: torch.Tensor
+    gsum_c2: torch.Tensor
+    fs: torch.Tensor
+    tile_rows: int
+    n_row_tiles: int
+
+    @property
+    def uniform_s2(self) -> float | None:
+        """The single per-weight variance when every weight has the same one (MemSE's case)."""
+        v = self.s2.reshape(-1)
+        return float(v[0]) if bool((v == v[0]).all()) else None
+
+    def summary(self) -> dict:
+        p = self.plan
+        d = dict(p.summary()) if hasattr(p, "summary") else {}
+        d.update({"noise_std_mean": float(self.s2.mean().sqrt()), "realized_max_abs": float(self.weight.abs().max())})
+        return d
+
+
+def layer_hardware(W, hw: HardwareConfig, *, calib_inputs=None, calib_seed: int = 0) -> LayerHardware:
+    """Map ``W`` (in, out) with ``hw`` and derive the per-weight and per-array quantities.
+
+    Parameters
+    ----------
+    W : real matrix (in, out). hw : the hardware.
+    calib_inputs : sample inputs (batch, in) that calibrate the ADC full scale (as the simulator).
+    calib_seed : seed of the default calibration inputs.
+
+    Returns
+    -------
+    :class:`LayerHardware`.
+    """
+    plan = map_matrix(W, hw, calib_inputs=calib_inputs, calib_seed=calib_seed)
+    dev = hw.device
+    nrt, R, m_pad = plan.g_pos.shape
+    n, m = plan.in_features, plan.out_features
+    scale = plan.scale.to(torch.float64)
+    scale = scale.unsqueeze(0).expand(nrt, m_pad) if scale.dim() == 1 else scale      # (nrt, out_pad)
+    c3 = scale.unsqueeze(1)                                                           # (nrt, 1, out_pad)
+    mp, vp = device_moments(plan.g_pos, plan.level_pos, plan.mask_pos, dev)
+    mn, vn = device_moments(plan.g_neg, plan.level_neg, plan.mask_neg, dev)
+    mn, vn = plan.expand_neg(mn), plan.expand_neg(vn)
+    gd_target = plan.g_pos - plan.expand_neg(plan.g_neg)
+
+    def crop(t):  # (nrt, R, out_pad) -> (in, out)
+        return t.reshape(nrt * R, m_pad)[:n, :m]
+
+    realized = plan.realized().to(torch.float64)
+    weight = realized + crop(((mp - mn) - gd_target) / c3)
+    s2 = crop((vp + vn) / (c3 * c3))
+    gs = (mp + mn) / (c3 * c3)
+    fs = plan.full_scale.to(torch.float64) / (hw.array.r_tia * hw.array.v_read) / scale
+    return LayerHardware(hw=hw, plan=plan, weight=weight, s2=s2, gs_c2=crop(gs), gsum_c2=gs.sum(1)[:, :m],
+                         fs=fs[:, :m], tile_rows=R, n_row_tiles=nrt)
+
+
+# ------------------------------------------------------------------------------------- ADC
+
+def _phi(z):
+    return torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+
+def _cdf(z):
+    return 0.5 * torch.erfc(-z / math.sqrt(2.0))
+
+
+def quantizer_moments(m: torch.Tensor, v: torch.Tensor, step: torch.Tensor, adc) -> tuple[torch.Tensor, ...]:
+    """Mean, variance and mean slope of ``ADC(Y)`` for ``Y ~ N(m, v)`` (elementwise, broadcasting).
+
+    Parameters
+    ----------
+    m, v : mean and variance of the ADC input, in output units.
+    step : the ADC step in the same units (full scale / K, ``K = 2**(bits-1) - 1``).
+    adc : :class:`memcim.config.ADCConfig` (its transfer, :func:`memcim.hardware.converters.adc_convert`,
+        is evaluated on the levels).
+
+    Returns
+    -------
+    (mean, var, slope): ``slope = dE[ADC(Y)]/dm``, the factor on covariances with other units.
+    Inputs narrower than two steps are summed over the nearest levels (exact for a Gaussian; a
+    deterministic input is rounded exactly); wider ones use the clipped Gaussian plus ``step^2/12``.
+    """
+    m, v, step = (t.contiguous() for t in torch.broadcast_tensors(m, v.clamp_min(0.0), step))
+    K = adc.steps
+    fs = step * K
+    sd = v.sqrt()
+    mean, var, slope = torch.empty_like(m), torch.empty_like(m), torch.empty_like(m)
+    narrow = sd < _NARROW * step
+    # --- wide: clipped Gaussian plus uniform rounding noise inside the range
+    w = ~narrow
+    if bool(w.any()):
+        mw, sw, stw, fw = m[w], sd[w], step[w], fs[w]
+        if adc.saturate:
+            a, b = (-fw - mw) / sw, (fw - mw) / sw
+            pin, plo, phi_ = _cdf(b) - _cdf(a), _cdf(a), 1.0 - _cdf(b)
+            pa, pb = _phi(a), _phi(b)
+            e_in = mw * pin + sw * (pa - pb)
+            e2_in = (mw * mw + sw * sw) * pin + 2 * mw * sw * (pa - pb) + sw * sw * (a * pa - b * pb)
+            mu = e_in + fw * (phi_ - plo)
+            e2 = e2_in + fw * fw * (phi_ + plo)
+            mean[w] = mu
+            var[w] = (e2 - mu * mu).clamp_min(0.0) + stw * stw / 12.0 * pin
+            slope[w] = pin
+        else:
+            mean[w] = mw
+            var[w] = sw * sw + stw * stw / 12.0
+            slope[w] = 1.0
+    # --- narrow: sum over the levels near the mean
+    if bool(narrow.any()):
+        mn, sn, stn, fn = m[narrow], sd[narrow], step[narrow], fs[narrow]
+        k0 = torch.round(mn / stn)
+        ks = k0.unsqueeze(-1) + torch.arange(-_WINDOW, _WINDOW + 1, dtype=m.dtype, device=m.device)
+        q = adc_convert(ks * stn.unsqueeze(-1), fn.unsqueeze(-1), adc)                 # the levels' outputs
+        hi = (ks + 0.5) * stn.unsqueeze(-1)
+        pos = sn > 0
+        s_ = torch.where(pos, sn, torch.ones_like(sn)).unsqueeze(-1)
+        z = (hi - mn.unsqueeze(-1)) / s_
+        c = _cdf(z)
+        c[..., -1] = 1.0
+        cdf_lo = torch.cat([torch.zeros_like(c[..., :1]), c[..., :-1]], -1)
+        prob = c - cdf_lo
+        mu = (prob * q).sum(-1)
+        vv = ((prob * q * q).sum(-1) - mu * mu).clamp_min(0.0)
+        sl = ((q[..., 1:] - q[..., :-1]) * _phi(z[..., :-1]) / s_).sum(-1)
+        # deterministic inputs: the transfer itself
+        q0 = adc_convert(mn, fn, adc)
+        inside = (mn.abs() < fn - 0.5 * stn) if adc.saturate else torch.ones_like(pos)
+        mean[narrow] = torch.where(pos, mu, q0)
+        var[narrow] = torch.where(pos, vv, torch.zeros_like(vv))
+        slope[narrow] = torch.where(pos, sl, inside.to(m.dtype))
+    return mean, var, slope
+
+
+# ------------------------------------------------------------------------------------- layers
+
+def _torch_layout(t: torch.Tensor, layer: mo.CrossbarLayer) -> torch.Tensor:
+    """(in, out) crossbar orientation -> the layer's weight layout (out, in[, kh, kw])."""
+    return t.t().reshape(layer.weight.shape).to(layer.weight.dtype)
+
+
+def _op(layer: mo.CrossbarLayer):
+    if layer.kind == "linear":
+        return lambda x, w: x @ w.t()
+    return lambda x, w: F.conv2d(x, w, None, layer.stride, layer.padding, layer.dilation)
+
+
+def _per_read(layer: mo.CrossbarLayer, a: torch.Tensor) -> torch.Tensor:
+    """Largest entry of ``a`` (B, *shape) over each read: (B, 1) or (B, 1, Ho, Wo)."""
+    if layer.kind == "linear":
+        return a.amax(1, keepdim=True)
+    ph, pw = layer.padding
+    ac = F.pad(a.amax(1, keepdim=True), (pw, pw, ph, ph))
+    return F.max_pool2d(ac, layer.weight.shape[2:], layer.stride, 0, layer.dilation)
+
+
+def _col(t: torch.Tensor, layer: mo.CrossbarLayer) -> torch.Tensor:
+    """(out,) per output -> broadcastable against the layer output."""
+    return t if layer.kind == "linear" else t.reshape(-1, 1, 1)
+
+
+def _is_deterministic(st: mo.Moments) -> bool:
+    return st.factors is None and st.cov is None and not bool(torch.any(st.var != 0))
+
+
+class _HardwareStep:
+    """The crossbar step of :func:`predict` for one layer (see the module docstring)."""
+
+    def __init__(self, lh: LayerHardware, layer: mo.CrossbarLayer, rank: int, max_factors: int,
+                 on_crossbar: Callable | None, index: int):
+        self.lh, self.layer, self.rank, self.max_factors = lh, layer, rank, max_factors
+        self.on_crossbar, self.index = on_crossbar, index
+        dt = layer.weight.dtype
+        self.W = _torch_layout(lh.weight, layer)
+        us2 = lh.uniform_s2
+        self.s2_full = _torch_layout(lh.s2, layer)
+        self.s2 = torch.tensor(us2, dtype=dt) if us2 is not None else self.s2_full
+        self.gs = _torch_layout(lh.gs_c2, layer)
+        n = lh.weight.shape[0]
+        self.masks = []
+        for t in range(lh.n_row_tiles):
+            mk = torch.zeros(n, dtype=dt)
+            mk[t * lh.tile_rows:(t + 1) * lh.tile_rows] = 1.0
+            self.masks.append(mk.reshape(1, *layer.weight.shape[1:]))
+
+    def _scale_c(self):
+        s = self.lh.plan.scale
+        s = s if s.dim() == 1 else s[0]
+        s = s[: self.lh.weight.shape[1]].to(self.layer.weight.dtype)
+        return s[0] if bool((s == s[0]).all()) else s
+
+    def __call__(self, st: mo.Moments) -> mo.Moments:
+        lh, layer = self.lh, self.layer
+        hw = lh.hw
+        dev, dac, adc = hw.device, hw.dac, hw.adc
+        op = _op(layer)
+        det = _is_deterministic(st)
+        dmean = None                                   # exact DAC rounding of a deterministic input
+        if dac.enabled and det:
+            st, dmean = self._dac_exact(st, op)
+        if self.on_crossbar is not None:
+            self.on_crossbar(self.index, layer, st, self.W, self._scale_c())
+        need_read = dev.thermal_noise or dev.shot_noise or (dac.enabled and not det)
+        out = mo._crossbar_step(st, layer, self.W, self.s2, self.rank, self.max_factors)
+        if not (need_read or adc.enabled):     # MemSE's case: the moments of the noisy weights are all
+            if dmean is None:
+                return out
+            return mo.Moments(out.mean + dmean, out.var, out.mode, out.cov, out.factors)
+        # the input scale of every read
+        if dac.x_range is not None:
+            xs = torch.tensor(float(dac.x_range), dtype=st.mean.dtype)
+        else:
+            xs = _per_read(layer, st.second_moment().sqrt())
+            xs = torch.where(xs > 0, xs, torch.ones_like(xs))
+        eabs = None
+        if dev.shot_noise:
+            if det:
+                eabs = st.mean.abs()
+            else:
+                sd = st.var.clamp_min(0).sqrt()
+                sds = torch.where(sd > 0, sd, torch.ones_like(sd))
+                z = st.mean / sds
+                eabs = torch.where(sd > 0, sd * 2 * _phi(z) + st.mean * (2 * _cdf(z) - 1), st.mean.abs())
+        m2 = st.second_moment()
+        nz = st.nonzero if st.nonzero is not None else torch.ones_like(st.mean)
+        w2 = self.W * self.W + self.s2_full
+
+        def read_var(t: int | None):
+            """Per-read noise of array t (None: all arrays), in output units."""
+            if not need_read:
+                return None
+            mask = 1.0 if t is None else self.masks[t]
+            v = None
+            if dev.thermal_noise or dev.shot_noise:
+                gsum = lh.gsum_c2.sum(0) if t is None else lh.gsum_c2[t]
+                gsum = _col(gsum.to(st.mean.dtype), layer)
+                ab = op(eabs, self.gs * mask) / xs if eabs is not None else None
+                vr = hw.array.v_read
+                v = (xs * xs) * read_noise_variance(gsum, ab, vr, dev) / (vr * vr)
+            if dac.enabled and not det:
+                k = dac.steps
+                dv = (xs / k) ** 2 / 12.0 * op(nz, w2 * mask)
+                v = dv if v is None else v + dv
+            return v
+
+        bias = _col(layer.bias, layer)
+        if not adc.enabled:
+            rv = read_var(None)
+            mean = out.mean if dmean is None else out.mean + dmean
+            if rv is None:
+                return mo.Moments(mean, out.var, out.mode, out.cov, out.factors)
+            cov = out.cov
+            if cov is not None:
+                cov = cov + torch.diag_embed(rv.expand_as(out.var).reshape(rv.shape[0], -1))
+            return mo.Moments(mean, out.var + rv, out.mode, cov, out.factors)
+        # --- one ADC per array: every row tile's partial sum is quantized on its own
+        T = lh.n_row_tiles
+        K = adc.steps
+        qm = qv = 0.0
+        vsum = slv = 0.0
+        sl_sum = 0.0
+        vin_tiles = 0.0
+        for t in range(T):
+            if T == 1:
+                mean_t = out.mean - bias
+                rv = read_var(None)
+                v_t = out.var if rv is None else out.var + rv
+                vin_t = None
+            else:
+                mk = self.masks[t]
+                wt = self.W * mk
+                mean_t = op(st.mean, wt)
+                vin_t = mo._lin_var(st, lambda x, w=wt: op(x, w), lambda x, w=wt: op(x, w * w))
+                chip = op(m2, self.s2_full * mk)
+                rv = read_var(t)
+                v_t = vin_t + chip if rv is None else vin_t + chip + rv
+                vin_tiles = vin_tiles + vin_t
+            if dmean is not None:
+                mean_t = mean_t + (dmean[t] if T > 1 else dmean)
+            step = xs * _col(lh.fs[t].to(st.mean.dtype), layer) / K
+            a, b, s = quantizer_moments(mean_t, v_t, step, adc)
+            qm, qv = qm + a, qv + b
+            vsum = vsum + v_t
+            slv = slv + s * v_t
+            sl_sum = sl_sum + s
+        slope = torch.where(vsum > 0, slv / torch.where(vsum > 0, vsum, torch.ones_like(vsum)), sl_sum / T)
+        var = qv
+        if T > 1:   # the arrays' partial sums are correlated through the inputs: keep that, scaled by the slope
+            vin_total = out.var - op(m2, self.s2_full)
+            var = (var + slope * slope * (vin_total - vin_tiles)).clamp_min(0.0)
+        mean = qm + bias
+        cov, fac = out.cov, out.factors
+        if fac is not None:
+            fac = fac * slope.unsqueeze(1)
+        if cov is not None:
+            sl = slope.reshape(slope.shape[0], -1)
+            cov = cov * sl.unsqueeze(-1) * sl.unsqueeze(-2)
+            cov = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2)) + torch.diag_embed(var.reshape(var.shape[0], -1))
+        return mo.Moments(mean, var, out.mode, cov, fac)
+
+    def _dac_exact(self, st: mo.Moments, op):
+        """Round a deterministic input through the DAC exactly.
+
+        Linear layers and fixed-range DACs: the rounded input replaces the input. A convolution with
+        dynamic range scales every patch by its own maximum, so the rounding differs per patch: its
+        effect on the mean is added per array in patch space (``dmean``), the noise terms keep the
+        unrounded input (a second-order difference)."""
+        layer, dac = self.layer, self.lh.hw.dac
+        x = st.mean
+        if layer.kind == "linear" or dac.x_range is not None:
+            flat = x.reshape(x.shape[0], -1)
+            u, sc = dac_convert(flat, dac)
+            xq = (u * sc).reshape(x.shape)
+            return mo.Moments(xq, st.var, st.mode, st.cov, st.factors, (xq != 0).to(x.dtype)), None
+        kh, kw = layer.weight.shape[2:]
+        cols = F.unfold(x, (kh, kw), dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
+        rows = cols.transpose(1, 2)                                     # (B, P, in)
+        u, sc = dac_convert(rows, dac)
+        d = u * sc - rows
+        out = self.lh.weight.to(x.dtype)                                # (in, out)
+        b = x.shape[0]
+        parts = []
+        T = self.lh.n_row_tiles
+        for t in range(T if self.lh.hw.adc.enabled and T > 1 else 1):
+            wt = out if T == 1 or not self.lh.hw.adc.enabled else out * self.masks[t].reshape(-1, 1)
+            y = d @ wt                                                  # (B, P, out)
+            parts.append(y.transpose(1, 2))
+        ho = (x.shape[2] + 2 * layer.padding[0] - layer.dilation[0] * (kh - 1) - 1) // layer.stride[0] + 1
+        wo = (x.shape[3] + 2 * layer.padding[1] - layer.dilation[1] * (kw - 1) - 1) // layer.stride[1] + 1
+        parts = [p.reshape(b, -1, ho, wo) for p in parts]
+        dmean = torch.stack(parts) if len(parts) > 1 else parts[0]
+        return st, dmean
+
+
+# ------------------------------------------------------------------------------------- result
+
+@dataclass
+class Prediction:
+    """Closed-form output statistics.
+
+    Attributes
+    ----------
+    mean, var : (B, out) mean and variance of every output over chips and reads.
+    reference : (B, out) the noise-free, full-precision output.
+    per_output : (B, out) MSE of every output against the reference (variance + bias^2).
+    mse_mean : mean of ``per_output``. mse_max : mean over inputs of the max over outputs.
+    layers : per crossbar layer, a summary of its plan and noise.
+    power : MemSE's expected power when asked for (see :mod:`memcim.analysis.power`).
+    config : the settings of the prediction.
+    """
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    reference: torch.Tensor
+    per_output: torch.Tensor
+    mse_mean: float
+    mse_max: float
+    layers: list = field(default_factory=list)
+    power: dict | None = None
+    config: dict = field(default_factory=dict)
+
+    def to_dict(self, per_output: bool = True) -> dict:
+        d = {"mse_mean": self.mse_mean, "mse_max": self.mse_max,
+             "per_output": self.per_output.mean(0).detach().cpu().numpy() if per_output else None,
+             "layers": self.layers}
+        if self.power is not None:
+            d["power"] = self.power
+        d["config"] = self.config
+        return d
+
+
+def _hardware_list(hw, n_layers: int, analog: list | None) -> list[HardwareConfig]:
+    if hw is None:
+        if analog is None:
+            raise ValueError("hw: a HardwareConfig (or a preset name, or one per crossbar layer) is required")
+        return [m.hardware for m in analog]
+    if isinstance(hw, (HardwareConfig, str)):
+        return [resolve_config(hw)] * n_layers
+    if isinstance(hw, Sequence):
+        if len(hw) != n_layers:
+            raise ValueError(f"hw: got {len(hw)} configs; the model has {n_layers} crossbar layer(s) "
+                             "(give one config, or one per crossbar layer)")
+        out = []
+        for h in hw:
+            if not isinstance(h, (HardwareConfig, str)):
+                raise TypeError(f"hw: expected HardwareConfig entries, got {type(h).__name__}")
+            out.append(resolve_config(h))
+        return out
+    raise TypeError(f"hw: expected a HardwareConfig, a preset name or a list of them, got {type(hw).__name__}")
+
+
+def _analog_layers(model: nn.Module) -> list | None:
+    try:
+        from memcim.nn.analog import analog_layers
+    except ImportError:  # pragma: no cover
+        return None
+    layers = [m for _, m in analog_layers(model)]
+    return layers or None
+
+
+def _calibration_rows(model: nn.Module, calib_data, analog: list | None, hw0: HardwareConfig) -> list:
+    """The crossbar inputs each layer's ADC is calibrated on, exactly as the simulator's analog model
+    records them (:func:`memcim.nn.analog.calibrate`)."""
+    from memcim.nn.analog import convert_to_analog
+
+    if calib_data is None:
+        if analog is None:
+            return None
+        return [getattr(m, "_calib", None) for m in analog]
+    if not isinstance(calib_data, torch.Tensor):
+        calib_data = torch.as_tensor(np.asarray(calib_data))
+    conv = convert_to_analog(model, hw0, calib_data=calib_data.to(next(model.parameters()).dtype))
+    return [getattr(m, "_calib", None) for m in _analog_layers(conv)]
+
+
+def predict(model, x, hw=None, *, calib_data=None, calib_inputs=None, cov: str = "lowrank",
+            rank: int = mo.DEFAULT_RANK, max_factors: int = 64, full_below: int = mo.DEFAULT_FULL_BELOW,
+            full_linear: int = 4096, act_method: str = "taylor", taylor_order: int = 2,
+            fold_bn: bool = False, dtype: torch.dtype = torch.float64, batch_chunk: int | None = None,
+            on_crossbar: Callable | None = None) -> Prediction:
+    """Predict the output mean, variance and MSE of a matrix or a network on crossbars, in closed form.
+
+    Parameters
+    ----------
+    model : a matrix W (in, out) (numpy or torch; the crossbar computes ``x @ W``), an
+        ``nn.Sequential`` of the layers :func:`memcim.analysis.moments.parse_model` accepts, a list
+        from it, or a model converted by :func:`memcim.nn.analog.convert_to_analog` (its layers'
+        own hardware and calibration are then used when ``hw`` is None).
+    x : inputs, (B, in) for a matrix or (B, *input_shape) for a network (deterministic).
+    hw : :class:`~memcim.config.HardwareConfig`, a preset name or file, or one per crossbar layer.
+    calib_data : network inputs that calibrate every layer's ADC full scale
+        (``adc.fs_mode = "calibrated"``), as :func:`memcim.nn.analog.convert_to_analog` does with
+        the same argument; default: the mapping's standard normal calibration inputs.
+    calib_inputs : for a matrix, the (batch, in) calibration inputs of :func:`map_matrix`.
+    cov, rank, max_factors, full_below, full_linear, act_method, taylor_order : the moment
+        propagation's settings (see :func:`memcim.analysis.moments.propagate`).
+    fold_bn : fold BatchNorm into the preceding crossbar layer (MemSE's convention). Default False,
+        as the analog conversion keeps BatchNorm digital.
+    dtype : computation dtype. batch_chunk : process the inputs in chunks of this size.
+    on_crossbar : optional callback ``f(index, layer, state_in, mean_weight, c)`` per crossbar layer.
+
+    Returns
+    -------
+    :class:`Prediction`.
+
+    Raises
+    ------
+    ValueError / TypeError naming the parameter for a bad model, input, config or setting.
+    """
+    if cov not in mo.COV_MODES:
+        raise ValueError(f"cov: {cov!r} is not allowed; choose one of {', '.join(mo.COV_MODES)}")
+    if not (isinstance(rank, int) and rank >= 0):
+        raise ValueError(f"rank: {rank!r} is not allowed; must be an integer >= 0")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype: {dtype} is not allowed; use torch.float32 or torch.float64")
+    analog = None
+    matrix = not isinstance(model, (nn.Module, list))
+    if matrix:
+        W = as_matrix(model, "model")
+        layers = [mo.CrossbarLayer("linear", W.t().to(dtype).contiguous(), torch.zeros(W.shape[1], dtype=dtype),
+                                   name="W")]
+        xt = mo._check_x(x)
+        if xt.dim() != 2 or xt.shape[1] != W.shape[0]:
+            raise ValueError(f"x: shape {tuple(xt.shape)} does not match W; expected (batch, {W.shape[0]})")
+    else:
+        if isinstance(model, nn.Module):
+            analog = _analog_layers(model)
+            layers = mo.parse_model(model, dtype, fold_bn=fold_bn)
+        else:
+            layers = model
+        xt = mo._check_x(x)
+    xt = xt.to(dtype)
+    xl = mo.crossbar_layers(layers)
+    hws = _hardware_list(hw, len(xl), analog)
+    if matrix:
+        calib = [calib_inputs]
+    elif calib_data is not None or analog is not None:
+        if not isinstance(model, nn.Module):
+            raise ValueError("calib_data: needs the model as an nn.Module (not parsed layers)")
+        calib = _calibration_rows(model, calib_data, analog, hws[0])
+        if calib is None or len(calib) != len(xl):
+            raise ValueError("calib_data: the model's crossbar layers do not match its analog layers "
+                             "(BatchNorm folding? use fold_bn=False)")
+    else:
+        calib = [None] * len(xl)
+    lhs = []
+    for layer, h, cal in zip(xl, hws, calib):
+        Wc = layer.weight.reshape(layer.weight.shape[0], -1).t().to(torch.float64)
+        lhs.append(layer_hardware(Wc, h, calib_inputs=cal))
+    steps = [_HardwareStep(lh, layer, rank, max_factors, on_crossbar, i) for i, (lh, layer) in enumerate(zip(lhs, xl))]
+    bc = batch_chunk or (xt.shape[0] if cov != "exact" else max(1, min(xt.shape[0], 8)))
+    means, vars_ = [], []
+    for s in range(0, xt.shape[0], bc):
+        st = mo.run_layers(layers, xt[s:s + bc], lambda ix, layer, st: steps[ix](st), cov=cov,
+                           full_below=full_below, full_linear=full_linear, act_method=act_method,
+                           taylor_order=taylor_order)
+        means.append(st.mean)
+        vars_.append(st.var)
+    mean, var = torch.cat(means), torch.cat(vars_)
+    ref = mo.reference_output(layers, xt)
+    b = xt.shape[0]
+    mean, var, ref = mean.reshape(b, -1), var.reshape(b, -1), ref.reshape(b, -1)
+    per = var + (mean - ref) ** 2
+    cfg = {"hardware": [h.name for h in hws], "cov": cov, "rank": rank, "act_method": act_method,
+           "taylor_order": taylor_order, "batch": int(b), "fold_bn": fold_bn}
+    return Prediction(mean, var, ref, per, float(per.mean()), float(per.max(1).values.mean()),
+                      [dict(lh.summary(), layer=l.name) for lh, l in zip(lhs, xl)], None, cfg)
