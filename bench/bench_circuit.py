@@ -11,9 +11,26 @@ import time
 
 import numpy as np
 
-from memcim.hardware.circuit import G_MAX, G_MIN, Crossbar, ngspice_available, run_ngspice, to_spice
+from memcim.config import preset
+from memcim.hardware.circuit import Crossbar, ngspice_available, run_ngspice, to_spice
 from memcim.io import provenance, write_json
-from memcim.mapping.irdrop import map_matrix_irdrop
+from memcim.mapping.crossbar import map_matrix
+from memcim.mapping.irdrop import error_report
+
+#: paper 002's set-up (the irdrop preset): 2 kOhm .. 3 MOhm, 8 bits, 1 Ohm wires, 100 Ohm in/out
+HW = preset("irdrop").without("dac", "adc")
+G_MIN, G_MAX = HW.device.g_min, HW.device.g_max
+
+
+def map_report(W, method):
+    """Map one n x n matrix on one array pair (the array grows with the matrix) and report its errors."""
+    n = W.shape[0]
+    hw = HW.set({"mapping.method": method, "array.rows": max(n, 128), "array.cols": max(n, 128)})
+    t0 = time.perf_counter()
+    plan = map_matrix(W, hw)
+    Wr = plan.realized().numpy()
+    t = time.perf_counter() - t0
+    return {"alpha": float(plan.scale[0, 0]), **error_report(W, Wr), "time_s": t}
 
 
 def main():
@@ -29,7 +46,7 @@ def main():
     n = a.spice_size
     g = rng.uniform(G_MIN, G_MAX, (n, n))
     t0 = time.perf_counter()
-    G = Crossbar(g).realized()
+    G = Crossbar(g, HW.wires).realized()
     t_ours = time.perf_counter() - t0
     spice = {"size": n, "memcim_realized_s": t_ours}
     if ngspice_available():
@@ -38,9 +55,9 @@ def main():
         # and the n-input time extrapolated (a full unit_inputs run exceeded 10 min).
         v = rng.uniform(0, 0.2, n)
         t0 = time.perf_counter()
-        I_ours = Crossbar(g).currents(v)
+        I_ours = Crossbar(g, HW.wires).currents(v)
         t_one = time.perf_counter() - t0
-        I, t_sp = run_ngspice(to_spice(g, v), n, timeout=3600)
+        I, t_sp = run_ngspice(to_spice(g, v, HW.wires), n, timeout=3600)
         spice.update(memcim_one_input_s=t_one, ngspice_one_input_s=t_sp, speedup_one_input=t_sp / t_one,
                      ngspice_realized_estimate_s=t_sp * n, speedup=t_sp * n / t_ours,
                      max_rel_diff=float(np.abs(I[0] - I_ours).max() / np.abs(I_ours).max()))
@@ -51,7 +68,7 @@ def main():
     for n in a.sizes:
         g = rng.uniform(G_MIN, G_MAX, (n, n))
         t0 = time.perf_counter()
-        cb = Crossbar(g)
+        cb = Crossbar(g, HW.wires)
         cb.realized()
         t1 = time.perf_counter()
         cb.currents(rng.uniform(0, 0.2, n))
@@ -63,7 +80,7 @@ def main():
         W = rng.uniform(-1, 1, (n, n))
         row = {"size": n}
         for m in ("linear", "dpe", "representable"):
-            _, rep = map_matrix_irdrop(W, m)
+            rep = map_report(W, m)
             row[m] = {k: rep[k] for k in ("alpha", "frobenius_error", "relative_error", "max_output_error",
                                           "time_s")}
             print(f"{n:>6} {m:>14} {rep['time_s']:>8.2f} {rep['frobenius_error']:>10.4g} "
