@@ -65,6 +65,19 @@ def _physical(plan, gp: np.ndarray, gn: np.ndarray, r: int, k: int):
     return rows, cols, arrays, diff
 
 
+def _tiles(plan, g_pos: torch.Tensor, g_neg: torch.Tensor):
+    """Every used tile of every chip: (chip, r, k, rows, cols, physical arrays, diff); the
+    conductances as float64 numpy arrays with one leading chip dimension."""
+    gp = g_pos.detach().to(torch.float64).cpu().reshape(-1, *g_pos.shape[-3:]).numpy()
+    gn = g_neg.detach().to(torch.float64).cpu().reshape(-1, *g_neg.shape[-3:]).numpy()
+    for t in range(gp.shape[0]):
+        for r in range(plan.n_row_tiles):
+            for k in range(plan.n_col_tiles):
+                rows, cols, arrays, diff = _physical(plan, gp[t], gn[t], r, k)
+                if rows and cols:
+                    yield t, r, k, rows, cols, arrays, diff
+
+
 def circuit_difference(plan, g_pos: torch.Tensor, g_neg: torch.Tensor) -> torch.Tensor:
     """``G_d`` per tile from the linear nodal solve: ``j = u @ G_d`` [S], same shape as ``g_pos``.
 
@@ -74,17 +87,10 @@ def circuit_difference(plan, g_pos: torch.Tensor, g_neg: torch.Tensor) -> torch.
     """
     w = plan.hw.wires
     lead = g_pos.shape[:-3]
-    gp = g_pos.detach().to(torch.float64).cpu().reshape(-1, *g_pos.shape[-3:]).numpy()
-    gn = g_neg.detach().to(torch.float64).cpu().reshape(-1, *g_neg.shape[-3:]).numpy()
-    out = np.zeros(gp.shape)
-    for t in range(gp.shape[0]):
-        for r in range(plan.n_row_tiles):
-            for k in range(plan.n_col_tiles):
-                rows, cols, arrays, diff = _physical(plan, gp[t], gn[t], r, k)
-                if rows == 0 or cols == 0:
-                    continue
-                c0 = k * plan.tile_cols
-                out[t, r, :rows, c0:c0 + cols] = diff([Crossbar(a, w).realized() for a in arrays])
+    out = np.zeros((int(np.prod(lead, dtype=np.int64)), *g_pos.shape[-3:]))
+    for t, r, k, rows, cols, arrays, diff in _tiles(plan, g_pos, g_neg):
+        c0 = k * plan.tile_cols
+        out[t, r, :rows, c0:c0 + cols] = diff([Crossbar(a, w).realized() for a in arrays])
     return torch.from_numpy(out).reshape(*lead, *g_pos.shape[-3:]).to(device=g_pos.device, dtype=g_pos.dtype)
 
 
@@ -100,26 +106,18 @@ class NewtonTiles:
         hw = plan.hw
         self.plan = plan
         self.mem, self.tr = cell_devices(hw.cell)
-        gp = g_pos.detach().to(torch.float64).cpu().numpy()
-        gn = g_neg.detach().to(torch.float64).cpu().numpy()
         self.tiles = {}
         bad = total = 0
-        for t in range(gp.shape[0]):
-            for r in range(plan.n_row_tiles):
-                for k in range(plan.n_col_tiles):
-                    rows, cols, arrays, diff = _physical(plan, gp[t], gn[t], r, k)
-                    if rows == 0 or cols == 0:
-                        continue
-                    xbars = []
-                    for a in arrays:
-                        s, _ = states_from_conductances(np.maximum(a, 1e-30), np.full(rows, hw.array.v_read),
-                                                        hw.wires, self.mem, self.tr)
-                        ok = np.isfinite(s) & (s >= 0) & (s <= 1)
-                        bad += int((~ok).sum())
-                        total += s.size
-                        xbars.append(NonlinearCrossbar(np.clip(np.nan_to_num(s), 0.0, 1.0), self.mem, self.tr,
-                                                       hw.wires))
-                    self.tiles[(t, r, k)] = (rows, cols, xbars, diff)
+        for t, r, k, rows, cols, arrays, diff in _tiles(plan, g_pos, g_neg):
+            xbars = []
+            for a in arrays:
+                s, _ = states_from_conductances(np.maximum(a, 1e-30), np.full(rows, hw.array.v_read),
+                                                hw.wires, self.mem, self.tr)
+                ok = np.isfinite(s) & (s >= 0) & (s <= 1)
+                bad += int((~ok).sum())
+                total += s.size
+                xbars.append(NonlinearCrossbar(np.clip(np.nan_to_num(s), 0.0, 1.0), self.mem, self.tr, hw.wires))
+            self.tiles[(t, r, k)] = (rows, cols, xbars, diff)
         self.states_out_of_range = bad / max(total, 1)
         if bad:
             warnings.warn(f"cell: {bad} of {total} programmed conductances ({100 * bad / total:.2g} %) are outside "
