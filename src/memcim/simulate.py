@@ -10,6 +10,18 @@ devices). ``chip.mvm(x)`` runs one read of every chip:
 Trials are the leading dimension of every output. Everything runs on the tensors' device (CPU or
 CUDA) and is reproducible from the seeds.
 
+**Differentiable read (hardware-aware training).** ``program(plan, seed, weights=W)`` programs the
+same chip as ``program(plan, seed)`` (the same random numbers, the same conductances), but its
+conductances carry the gradient of ``W``: ``d G / d W = c`` (the plan's scale; straight through the
+rounding to levels; programming noise and stuck devices are drawn from detached values, a stuck
+device passes no gradient). ``chip.mvm(x, differentiable=True)`` then runs the same read out of
+place, with straight-through DAC rounding and ADC rounding and saturation (``dac_convert`` /
+``adc_convert`` with ``ste=True``), read noise and RTN drawn as in the simulator (detached), the
+plan's ADC full scale (fixed at mapping time, not from the batch), so gradients reach ``x`` and
+``W``. The circuit reader has no gradient of its own: its forward result is used, with the
+gradient of the ideal-wire reader (``u @ (G+ - G-)``). With the same seeds the values equal the
+simulator's read exactly.
+
 Examples
 --------
 >>> import numpy as np
@@ -105,11 +117,21 @@ class ProgrammedChip:
         w = w.reshape(self.trials, m.n_row_tiles * m.tile_rows, m.out_pad)
         return w[:, : m.in_features, : m.out_features]
 
+    def _difference(self, gp: torch.Tensor, gn: torch.Tensor) -> torch.Tensor:
+        """``m.effective_difference``; when the conductances carry a gradient (training) and the
+        reader is the circuit solve, which has none, the gradient is that of the ideal wires."""
+        m = self.mapped
+        gd = m.effective_difference(gp, gn)
+        if m.hw.reader != "ideal" and (gp.requires_grad or gn.requires_grad):
+            ideal = gp - m.expand_neg(gn)
+            gd = ideal + (gd.to(ideal) - ideal.detach())
+        return gd
+
     def _prepared(self):
         if self._cache is None:
             m = self.mapped
             hw = m.hw
-            gd = m.effective_difference(self.g_pos, self.g_neg).contiguous()
+            gd = self._difference(self.g_pos, self.g_neg).contiguous()
             scale = m.scale.to(device=self.device, dtype=self.dtype)
             # the ADC full scale in units of u @ G [S]
             fs = (m.full_scale / (hw.array.r_tia * hw.array.v_read)).to(device=self.device, dtype=self.dtype)
@@ -130,15 +152,19 @@ class ProgrammedChip:
         gp, gn = self.g_pos[trials], self.g_neg[trials]
         gp = gp * rtn_factor(gp.shape, dev, gen, dtype=gp.dtype, device=gp.device)
         gn = gn * rtn_factor(gn.shape, dev, gen, dtype=gn.dtype, device=gn.device)
-        return gp, gn, m.effective_difference(gp, gn)
+        return gp, gn, self._difference(gp, gn)
 
-    def mvm(self, x, seed: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def mvm(self, x, seed: int | None = None, generator: torch.Generator | None = None, *,
+            differentiable: bool = False) -> torch.Tensor:
         """One read of every chip: ``y ~ x @ W``.
 
         Parameters
         ----------
         x : inputs (batch, in), shared by all chips, or (trials, batch, in); numpy or torch.
         seed, generator : the read-noise source; by default the chip's own generator.
+        differentiable : the training read: the same values, out of place and straight through
+            the converters, so gradients reach ``x`` and (with ``program(..., weights=W)``) ``W``
+            (see the module docstring). Default False: the in-place, memory-lean read.
 
         Returns
         -------
@@ -149,7 +175,7 @@ class ProgrammedChip:
         gen = generator if generator is not None else (
             _generator(seed, self.device) if seed is not None else self.generator)
         prepared = self._prepared()
-        u, xscale = dac_convert(x, m.hw.dac)
+        u, xscale = dac_convert(x, m.hw.dac, ste=differentiable)
         pad = m.n_row_tiles * m.tile_rows - m.in_features
         if pad:
             u = torch.nn.functional.pad(u, (0, pad))
@@ -158,16 +184,16 @@ class ProgrammedChip:
         per_trial = m.n_row_tiles * B * m.out_pad
         chunk = max(1, (1 << 26) // max(per_trial, 1))
         if self.trials <= chunk:
-            return self._read(u, xscale, slice(None), prepared, gen)
+            return self._read(u, xscale, slice(None), prepared, gen, differentiable)
         parts = []
         for t0 in range(0, self.trials, chunk):
             sl = slice(t0, min(t0 + chunk, self.trials))
             ui = u[sl] if u.ndim == 3 else u
             xi = xscale[sl] if xscale.ndim == 3 else xscale
-            parts.append(self._read(ui, xi, sl, prepared, gen))
+            parts.append(self._read(ui, xi, sl, prepared, gen, differentiable))
         return torch.cat(parts, dim=0)
 
-    def _currents(self, ut, trials: slice, gd) -> torch.Tensor:
+    def _currents(self, ut, trials: slice, gd, differentiable: bool = False) -> torch.Tensor:
         """The reader: noise-free column currents over v_read, ``j`` [S], (T, nrt, B, out_pad)."""
         hw = self.mapped.hw
         if hw.reader == "circuit" and not hw.cell.linear and hw.cell.solve == "newton":
@@ -177,11 +203,16 @@ class ProgrammedChip:
                                  "'linearized' or switch RTN off")
             if self._newton is None:
                 self._newton = NewtonTiles(self.mapped, self.g_pos, self.g_neg)
-            return self._newton.currents(ut, range(self.trials)[trials])
+            j = self._newton.currents(ut, range(self.trials)[trials])
+            if differentiable:  # Newton's result, the gradient of the ideal reader
+                lin = torch.matmul(ut, gd)
+                j = lin + (j - lin.detach())
+            return j
         return torch.matmul(ut, gd)
 
-    def _read(self, u, xscale, trials: slice, prepared, gen) -> torch.Tensor:
-        """The analog read for the chips ``trials``; in-place on the partial sums to save memory."""
+    def _read(self, u, xscale, trials: slice, prepared, gen, differentiable: bool = False) -> torch.Tensor:
+        """The analog read for the chips ``trials``; in-place on the partial sums to save memory
+        (out of place, with the noise statistics detached, when ``differentiable``)."""
         m = self.mapped
         hw = m.hw
         dev = hw.device
@@ -201,25 +232,35 @@ class ProgrammedChip:
         ut = u.reshape(*lead, B, nrt, R).transpose(-3, -2)  # (..., nrt, B, R)
         if len(lead) == 0:
             ut = ut.unsqueeze(0)
-        j = self._currents(ut, trials, gd)  # (T, nrt, B, out_pad): column current / v_read [S]
+        j = self._currents(ut, trials, gd, differentiable)  # (T, nrt, B, out_pad): column current / v_read [S]
         if gs is not None:
-            v = hw.array.v_read
-            # read-noise variance [A^2] (device.read_noise_variance) over v_read^2: in the units of j
+            v, v2 = hw.array.v_read, hw.array.v_read ** 2
+            if differentiable:  # noise statistics carry no gradient
+                ut, gs, gsum_th, g_neg = ut.detach(), gs.detach(), gsum_th.detach(), g_neg.detach()
+            # read-noise variance [A^2] (device.read_noise_variance) over v_read^2, in the units of j;
+            # computed in place on the shot-noise product (one pass, no extra batch-sized buffer)
             a = ut.abs() if dev.shot_noise else None
-            var = read_noise_variance(gsum_th, None if a is None else torch.matmul(a, gs), v, dev).div_(v * v)
+            var = read_noise_variance(gsum_th / v2, None if a is None else torch.matmul(a, gs).div_(v2), v, dev,
+                                      inplace=True)
+            sd = var.sqrt_() if var.shape == j.shape else var.sqrt().expand_as(j)
             noise = torch.randn(j.shape, generator=gen, dtype=j.dtype, device=j.device)
-            j.addcmul_(noise, var.expand_as(j).sqrt())
+            if differentiable:
+                j = j + noise * sd
+            else:
+                j.addcmul_(noise, sd)
             if m.scheme == "offset":
                 # the reference column of each array is one physical column: its noise is common to
                 # every output of that array, so it is drawn once per array and subtracted from all
-                var_ref = read_noise_variance(g_neg.sum(dim=2, keepdim=True),
-                                              None if a is None else torch.matmul(a, g_neg), v, dev).div_(v * v)
+                var_ref = read_noise_variance(g_neg.sum(dim=2, keepdim=True) / v2,
+                                              None if a is None else torch.matmul(a, g_neg).div_(v2), v, dev,
+                                              inplace=True)
                 shape = (*j.shape[:-1], m.n_col_tiles)
                 n_ref = torch.randn(shape, generator=gen, dtype=j.dtype, device=j.device) * var_ref.expand(shape).sqrt()
-                j.sub_(m.expand_neg(n_ref))
+                j = j - m.expand_neg(n_ref) if differentiable else j.sub_(m.expand_neg(n_ref))
         # ADC (fs is in the units of j) and the digital rescale 1/c in one pass, then the row tiles'
         # partial sums are added digitally
-        y = adc_convert(j, fs.unsqueeze(1), hw.adc, inplace=True, gain=1.0 / scale.unsqueeze(1)).sum(dim=1)
+        y = adc_convert(j, fs.unsqueeze(1), hw.adc, inplace=not differentiable, gain=1.0 / scale.unsqueeze(1),
+                        ste=differentiable).sum(dim=1)
         return y[..., : m.out_features] * xscale
 
     def _check_inputs(self, x) -> torch.Tensor:
@@ -266,8 +307,27 @@ class ProgrammedChip:
         self._newton = None
 
 
+def _trainable_targets(m: MappedMatrix, weights, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plan's targets carrying the gradient of ``weights`` (in, out): value ``m.g_pos``, gradient
+    of ``scale * max(W, 0)`` (differential; ``scale * W`` offset), straight through the level rounding
+    (``dpe``/``representable``: the same linear gradient with each array's own scale)."""
+    if not isinstance(weights, torch.Tensor):
+        raise TypeError(f"weights: expected a torch tensor (in, out), got {type(weights).__name__}")
+    if tuple(weights.shape) != (m.in_features, m.out_features):
+        raise ValueError(f"weights: shape {tuple(weights.shape)} does not match the plan's "
+                         f"({m.in_features}, {m.out_features})")
+    pad = (0, m.out_pad - m.out_features, 0, m.n_row_tiles * m.tile_rows - m.in_features)
+    wt = torch.nn.functional.pad(weights.to(dtype), pad).reshape(m.n_row_tiles, m.tile_rows, m.out_pad)
+    c = m.scale.to(dtype).unsqueeze(1)
+    if m.scheme == "differential":
+        tp, tn = c * wt.clamp_min(0), c * (-wt).clamp_min(0)
+        return m.g_pos.to(dtype) + (tp - tp.detach()), m.g_neg.to(dtype) + (tn - tn.detach())
+    tp = c * wt
+    return m.g_pos.to(dtype) + (tp - tp.detach()), m.g_neg.to(dtype)
+
+
 def program(mapped: MappedMatrix, seed: int | None = None, trials: int = 1, *, dtype: torch.dtype = torch.float32,
-            device=None) -> ProgrammedChip:
+            device=None, weights: torch.Tensor | None = None) -> ProgrammedChip:
     """Program ``trials`` independent chips with the plan ``mapped``.
 
     Parameters
@@ -277,6 +337,9 @@ def program(mapped: MappedMatrix, seed: int | None = None, trials: int = 1, *, d
     trials : number of chips (Monte Carlo trials), the leading dimension of every result.
     dtype : float32 (default, fast) or float64.
     device : "cpu", "cuda", ...; default: the plan's device.
+    weights : for training, the matrix W (in, out) the plan was made from, as a tensor that needs
+        its gradient: the chips are the same, and their conductances carry ``d G / d W`` (see the
+        module docstring; read them with ``mvm(x, differentiable=True)``).
 
     To leave a non-ideality out, program a plan made with ``hw.without(...)``.
     """
@@ -290,8 +353,12 @@ def program(mapped: MappedMatrix, seed: int | None = None, trials: int = 1, *, d
     m = mapped.to(device)
     gen = _generator(seed, device)
     dev = m.hw.device
-    g_pos = program_devices(m.g_pos.to(dtype), m.level_pos, m.mask_pos, dev, int(trials), gen)
-    g_neg = program_devices(m.g_neg.to(dtype), m.level_neg, m.mask_neg, dev, int(trials), gen)
+    if weights is None:
+        t_pos, t_neg = m.g_pos.to(dtype), m.g_neg.to(dtype)
+    else:
+        t_pos, t_neg = _trainable_targets(m, weights.to(device), dtype)
+    g_pos = program_devices(t_pos, m.level_pos, m.mask_pos, dev, int(trials), gen)
+    g_neg = program_devices(t_neg, m.level_neg, m.mask_neg, dev, int(trials), gen)
     return ProgrammedChip(mapped=m, g_pos=g_pos, g_neg=g_neg, generator=gen)
 
 

@@ -15,13 +15,16 @@ import torch
 from memcim.config import ADCConfig, DACConfig
 
 
-def dac_convert(x: torch.Tensor, dac: DACConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def dac_convert(x: torch.Tensor, dac: DACConfig, *, ste: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Convert inputs to word-line drive fractions.
 
     Parameters
     ----------
     x : inputs, shape (..., batch, in).
     dac : the DAC settings.
+    ste : straight-through rounding for training: the same values, with the gradient of the
+        clipped, unrounded ``u`` (the clip keeps its true gradient, 0 outside the range) and a
+        detached ``scale``.
 
     Returns
     -------
@@ -36,6 +39,8 @@ def dac_convert(x: torch.Tensor, dac: DACConfig) -> tuple[torch.Tensor, torch.Te
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     else:
         scale = torch.full_like(x[..., :1], dac.x_range)
+    if ste:  # the range is a setting of the read, not a function to differentiate
+        scale = scale.detach()
     u = x / scale
     if not dac.enabled:
         return u, scale
@@ -45,16 +50,28 @@ def dac_convert(x: torch.Tensor, dac: DACConfig) -> tuple[torch.Tensor, torch.Te
                          "and dac.clip is false; enable clipping or widen dac.x_range")
     u = u.clamp(lo, 1.0)
     k = dac.steps
+    if ste:
+        return u + (torch.round(u.detach() * k) / k - u.detach()), scale
     return torch.round(u * k) / k, scale
 
 
 def adc_convert(v: torch.Tensor, full_scale: torch.Tensor | float, adc: ADCConfig, *,
-                inplace: bool = False, gain: torch.Tensor | float = 1.0) -> torch.Tensor:
+                inplace: bool = False, gain: torch.Tensor | float = 1.0, ste: bool = False) -> torch.Tensor:
     """Quantize TIA output voltages ``v`` [V] with full scale ``full_scale`` [V] (broadcastable).
 
     ``inplace=True`` overwrites ``v`` (saves memory and time on large batches); the result is
     multiplied by ``gain`` in the same pass (the digital rescale that follows the ADC).
+    ``ste=True`` (training) computes the same values out of place, straight through: the gradient
+    is that of ``v * gain``, through the rounding and the saturation alike.
     """
+    if ste:
+        if not adc.enabled:
+            return v * gain
+        step = full_scale / adc.steps
+        q = torch.round(v.detach() / step)
+        if adc.saturate:
+            q = q.clamp(-float(adc.steps), float(adc.steps))
+        return (v + (q * step - v.detach())) * gain
     if not adc.enabled:
         q = v if inplace else v.clone()
         return q.mul_(gain) if not (isinstance(gain, float) and gain == 1.0) else q
@@ -65,3 +82,11 @@ def adc_convert(v: torch.Tensor, full_scale: torch.Tensor | float, adc: ADCConfi
         k = float(adc.steps)
         q.clamp_(-k, k)
     return q.mul_(step * gain)
+
+
+def adc_quantization_variance(full_scale: torch.Tensor | float, adc: ADCConfig):
+    """Variance of the ADC's rounding error, ``(FS / K)^2 / 12`` in the units of ``full_scale``
+    squared (uniform error over one step; 0 when the ADC is off). Saturation is not included."""
+    if not adc.enabled:
+        return full_scale * 0.0
+    return (full_scale / adc.steps) ** 2 / 12.0

@@ -68,6 +68,10 @@ def program_devices(g_target: torch.Tensor, level: torch.Tensor | None, mask: to
     g_max with probability ``dev.stuck_at_max``. Entries where ``mask`` is False are absent devices
     (tile padding) and stay at 0 S.
 
+    ``g_target`` may carry a gradient (hardware-aware training): the noise is drawn from its
+    detached values, so a programmed device passes the gradient of its target through, and a stuck
+    device passes none. The random numbers drawn, and so the chips, do not depend on it.
+
     Returns
     -------
     Tensor of shape ``(trials, *g_target.shape)`` [S].
@@ -75,7 +79,9 @@ def program_devices(g_target: torch.Tensor, level: torch.Tensor | None, mask: to
     shape = (trials, *g_target.shape)
     g = g_target.unsqueeze(0).expand(shape)
     if programming and dev.has_programming_noise:
-        sigma = programming_sigma(g_target, level, dev)
+        # the noise is detached: a g_target that carries a gradient (training, memcim.simulate.program's
+        # ``weights``) gets d g / d g_target = 1 (0 where clipped at 0 S)
+        sigma = programming_sigma(g_target.detach(), level, dev)
         noise = torch.randn(shape, generator=generator, dtype=g_target.dtype, device=g_target.device)
         g = (g + sigma * noise).clamp_min(0.0)
     else:
@@ -105,7 +111,7 @@ def rtn_factor(shape, dev: DeviceConfig, generator: torch.Generator, *, dtype=to
 
 
 def read_noise_variance(g_sum: torch.Tensor, abs_current_per_volt: torch.Tensor | None, v_read: float,
-                        dev: DeviceConfig) -> torch.Tensor | None:
+                        dev: DeviceConfig, *, inplace: bool = False) -> torch.Tensor | None:
     """Variance [A^2] of a column's read current from thermal and shot noise.
 
     Parameters
@@ -115,6 +121,8 @@ def read_noise_variance(g_sum: torch.Tensor, abs_current_per_volt: torch.Tensor 
     abs_current_per_volt : sum_i |u_i| G_ij [S], the column's device current magnitude divided by
         v_read (shot noise follows each device's own current |v_i| G_ij).
     v_read : full-scale word-line voltage [V].
+    inplace : overwrite ``abs_current_per_volt`` with the result (saves a pass and an allocation
+        on large batches).
 
     Returns
     -------
@@ -124,6 +132,11 @@ def read_noise_variance(g_sum: torch.Tensor, abs_current_per_volt: torch.Tensor 
     if dev.thermal_noise:
         var = dev.thermal_psd * g_sum
     if dev.shot_noise and abs_current_per_volt is not None:
-        shot = dev.shot_psd * v_read * abs_current_per_volt
-        var = shot if var is None else var + shot
+        k = dev.shot_psd * v_read
+        if inplace:
+            shot = abs_current_per_volt.mul_(k)
+            var = shot if var is None else shot.add_(var)
+        else:
+            shot = k * abs_current_per_volt
+            var = shot if var is None else var + shot
     return var
