@@ -1,4 +1,4 @@
-"""Analog conversion, programming, state dicts and the hardware-aware surrogate."""
+"""Analog conversion, programming, state dicts and the training read."""
 import math
 
 import numpy as np
@@ -11,7 +11,7 @@ from memcim.config import NONIDEALITIES, HardwareConfig, preset
 from memcim.data.digits import load_digits
 from memcim.mapping.crossbar import map_matrix
 from memcim.nn.analog import (AnalogConv2d, AnalogLinear, analog_layers, conversion_report, convert_to_analog,
-                              convert_to_digital, hardware_aware_matmul, program)
+                              convert_to_digital, program)
 from memcim.nn.evaluate import evaluate_analog
 from memcim.nn.models import build_model
 from memcim.simulate import program as program_chip
@@ -172,44 +172,66 @@ def test_state_dict_of_unprogrammed_model_and_whole_model_save(tmp_path):
     assert torch.equal(c(x), a(x))                          # same chip, same read-noise state
 
 
-def test_hardware_aware_surrogate_exact_without_nonidealities():
+def test_training_read_exact_without_nonidealities():
+    """All non-idealities off: the training forward is x W^T + b, and its gradients those of the matmul."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(7, 300, dtype=torch.float64, generator=g)
+    lin = nn.Linear(300, 70).double()
+    layer = AnalogLinear.from_digital(lin, preset("noisy").without(*NONIDEALITIES)).train()
+    x = torch.randn(7, 300, dtype=torch.float64, generator=g, requires_grad=True)
+    y = layer(x)
+    torch.testing.assert_close(y, lin(x), rtol=1e-10, atol=1e-10)
+    go = torch.randn(7, 70, dtype=torch.float64, generator=g)
+    (y * go).sum().backward()
+    torch.testing.assert_close(layer.weight.grad, go.t() @ x.detach(), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(x.grad, go @ lin.weight.detach(), rtol=1e-10, atol=1e-10)
+
+
+def test_training_read_is_the_simulator_read():
+    """The training chip of a seed is the chip program() makes with that seed, and its read the
+    simulator's read (to float rounding); the gradients are straight through every rounding."""
+    g = torch.Generator().manual_seed(0)
     W = torch.randn(300, 70, dtype=torch.float64, generator=g)
-    hw = preset("noisy").without(*NONIDEALITIES)
-    torch.testing.assert_close(hardware_aware_matmul(x, W, hw, g), x @ W, rtol=1e-10, atol=1e-10)
-
-
-def test_hardware_aware_surrogate_matches_simulator_statistics():
-    """Programming noise of the surrogate vs the foundation simulator: same mean and variance (MC)."""
-    gx = torch.Generator().manual_seed(0)
-    n_in, n_out, T = 40, 6, 600
-    W = torch.randn(n_in, n_out, dtype=torch.float64, generator=gx)
-    x = torch.rand(3, n_in, dtype=torch.float64, generator=gx)
-    hw = HardwareConfig(device={"levels": 32, "prog_sigma_abs": 2e-6, "prog_sigma_rel": 0.05},
-                        array={"rows": 16, "cols": 8})
-    chip = program_chip(map_matrix(W, hw), seed=1, trials=T, dtype=torch.float64)
-    y_sim = chip.mvm(x)                                      # (T, 3, out)
-    gen = torch.Generator().manual_seed(2)
-    y_hwa = torch.stack([hardware_aware_matmul(x, W, hw, gen) for _ in range(T)])
-    m1, m2 = y_sim.mean(0), y_hwa.mean(0)
-    v1, v2 = y_sim.var(0), y_hwa.var(0)
-    se_mean = torch.sqrt((v1 + v2) / T)
-    assert bool((m1 - m2).abs().max() < 5 * se_mean.max())
-    ratio = (v2 / v1).mean()                                  # 18 ratios of variances over T draws
-    assert abs(float(ratio) - 1) < 5 * math.sqrt(2 / (T - 1)) / math.sqrt(18) + 0.05
-
-
-def test_hardware_aware_ste_gradient_and_training_step():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(5, 30, dtype=torch.float64, generator=g, requires_grad=True)
-    W = torch.randn(30, 4, dtype=torch.float64, generator=g)
-    hw = preset("realistic").without("programming", "stuck", "thermal", "shot", "quantization")
-    y = hardware_aware_matmul(x, W, hw, g)
-    assert not torch.allclose(y, x @ W, atol=1e-6)           # DAC/ADC quantization acts
+    x = torch.randn(5, 300, dtype=torch.float64, generator=g)
+    for scheme in ("differential", "offset"):
+        hw = preset("noisy").replace(mapping={"scheme": scheme})
+        plan = map_matrix(W, hw)
+        ref = program_chip(plan, seed=3, dtype=torch.float64)
+        Wg = W.clone().requires_grad_()
+        chip = program_chip(plan, seed=3, dtype=torch.float64, weights=Wg)
+        assert torch.equal(chip.g_pos.detach(), ref.g_pos) and torch.equal(chip.g_neg.detach(), ref.g_neg)
+        torch.testing.assert_close(chip.mvm(x, differentiable=True), ref.mvm(x), rtol=0, atol=1e-9)
+    # with levels, DAC and ADC only, the chip is the rounded plan: d y / d x is the chip's matrix
+    # (the rounded W), d y / d W = x (straight through the level rounding)
+    hw = preset("realistic").without("programming", "stuck", "thermal", "shot")
+    xg = x.clone().requires_grad_()
+    Wg = W.clone().requires_grad_()
+    chip = program_chip(map_matrix(W, hw), seed=0, dtype=torch.float64, weights=Wg)
+    y = chip.mvm(xg, differentiable=True)[0]
+    assert not torch.allclose(y, x @ W, atol=1e-3)          # levels, DAC and ADC quantization act
     y.sum().backward()
-    torch.testing.assert_close(x.grad, W.sum(1).expand(5, 30))  # straight-through gradient
+    torch.testing.assert_close(xg.grad, chip.realized()[0].detach().sum(1).expand(5, 300))
+    xs = x.abs().amax(1, keepdim=True)                        # 8-bit DAC, per-vector range
+    xq = torch.round(x / xs * 127) / 127 * xs
+    torch.testing.assert_close(Wg.grad, xq.sum(0).unsqueeze(1).expand(300, 70))
+    with pytest.raises(ValueError, match=r"weights: shape \(70, 300\)"):
+        program_chip(map_matrix(W, hw), weights=Wg.t())
 
+
+def test_training_read_stuck_devices_pass_no_gradient():
+    """A device stuck at g_min or g_max does not follow its weight: its gradient is 0."""
+    W = torch.randn(20, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    hw = preset("ideal").replace(device={"stuck_at_min": 0.3, "stuck_at_max": 0.2})
+    Wg = W.clone().requires_grad_()
+    chip = program_chip(map_matrix(W, hw), seed=0, dtype=torch.float64, weights=Wg)
+    stuck = ((chip.g_pos == hw.device.g_min) | (chip.g_pos == hw.device.g_max))[0, 0, :20, :3]
+    chip.g_pos.sum().backward()
+    c = float(map_matrix(W, hw).scale[0, 0])
+    expected = torch.where(stuck | (W <= 0), torch.zeros_like(W), torch.full_like(W, c))
+    assert bool(stuck.any()) and bool((~stuck).any())
+    torch.testing.assert_close(Wg.grad, expected)
+
+
+def test_training_step_redraws_the_chip():
     model = digits_mlp()
     a = convert_to_analog(model, preset("noisy"), seed=0).train()
     ds = load_digits("train")

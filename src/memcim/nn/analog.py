@@ -14,10 +14,13 @@ row-tile partial sums); the bias is added digitally. An :class:`AnalogConv2d` un
 patches and runs every patch through the *same* programmed chip, so programming noise is correlated
 across positions as on real hardware. Layers that are not ``Linear``/``Conv2d`` stay digital.
 
-In **training mode** the analog layers instead run a differentiable surrogate of the same hardware
-(:func:`hardware_aware_matmul`): weight noise drawn like programming noise, stuck devices, level,
-DAC and ADC quantization with straight-through gradients, and read noise; everything is redrawn on
-every forward, i.e. every mini-batch. Training an analog model is hardware-aware training.
+In **training mode** the analog layers run the simulator's own read in its differentiable mode
+(:meth:`_AnalogMixin.train_chip`): on every forward, i.e. every mini-batch, the current weights are
+mapped (``map_matrix``: the same tiling, scale, levels and ADC full scale, calibrated at mapping time
+on the inputs captured by :func:`calibrate`), a fresh chip is programmed from them
+(``program(plan, seed, weights=W)``: programming noise, stuck devices) and read once with
+``chip.mvm(x, differentiable=True)`` (DAC, read noise, RTN, ADC), straight through the roundings and
+the saturation (see :mod:`memcim.simulate`). Training an analog model is hardware-aware training.
 
 State: ``analog.state_dict()`` holds the weights plus, per analog layer, an ``_extra_state`` entry
 with the hardware config, the programmed conductances, the ADC full scales and the read-noise
@@ -40,6 +43,10 @@ from memcim.config import HardwareConfig
 from memcim.mapping.crossbar import map_matrix
 from memcim.simulate import ProgrammedChip, program as program_chip
 
+#: Non-idealities a layer with ``train_noise=False`` leaves out of its training read (it keeps the
+#: levels, the DAC and the ADC, and the wires).
+TRAIN_NOISE = ("programming", "stuck", "rtn", "thermal", "shot")
+
 _MAX_CALIB_ROWS = 4096
 
 
@@ -49,138 +56,6 @@ def layer_seed(seed: int, index: int) -> int:
         raise ValueError(f"--seed: {seed!r} is not allowed; use a non-negative integer")
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(2, np.uint32).astype(np.uint64)
                .dot([1 << 31, 1])) & ((1 << 63) - 1)
-
-
-# ------------------------------------------------------------------------------------------------
-# differentiable surrogate (hardware-aware training)
-# ------------------------------------------------------------------------------------------------
-
-def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Forward value ``q``, gradient of ``x`` (straight-through estimator)."""
-    return x + (q - x).detach()
-
-
-def hardware_aware_matmul(x: torch.Tensor, W: torch.Tensor, hw: HardwareConfig,
-                          generator: torch.Generator, *, noise: bool = True) -> torch.Tensor:
-    """Differentiable noisy ``x @ W`` that mimics one freshly programmed chip and one read.
-
-    Parameters
-    ----------
-    x : inputs (batch, in).
-    W : weights (in, out) (a crossbar's orientation).
-    hw : hardware config.
-    generator : source of the weight, fault and read noise (redrawn on every call).
-    noise : False keeps quantization (levels, DAC, ADC) but draws no noise.
-
-    Returns
-    -------
-    (batch, out) tensor; gradients flow to ``x`` and ``W`` straight through every quantizer.
-
-    Notes
-    -----
-    Same model as :mod:`memcim.simulate`, re-derived on differentiable tensors: the scale
-    ``c = window / max|W|`` is taken per matrix or column (detached), targets are rounded to levels,
-    programming noise has variance ``abs^2 + (rel g)^2 + table[level]^2`` (detached), stuck devices
-    are redrawn, the DAC uses ``x_range`` or per-vector scaling, row-tile partial sums are ADC
-    quantized with a full scale per array/column (``fixed``: from the config; ``max``: worst case;
-    ``calibrated``: the batch's own ``calib_quantile`` of |partial sum|, detached), and thermal and
-    shot noise are added to each partial sum. For the offset scheme the reference device is drawn
-    once per row (not once per column tile).
-    """
-    dev, arr, dac, adc = hw.device, hw.array, hw.dac, hw.adc
-    n, m = W.shape
-    kind = {"dtype": W.dtype, "device": W.device}
-    window = dev.g_max - dev.g_min
-    offset = hw.mapping.scheme == "offset"
-    if offset:
-        window = window / 2
-    with torch.no_grad():
-        wmax = W.abs().amax() if hw.mapping.scale == "matrix" else W.abs().amax(dim=0)
-        c = window / torch.where(wmax > 0, wmax, torch.ones_like(wmax))
-
-    def quant_levels(g):
-        g = g.clamp(dev.g_min, dev.g_max)
-        if dev.levels is None:
-            return g, None
-        step = window * (2 if offset else 1) / (dev.levels - 1)
-        lev = torch.round((g.detach() - dev.g_min) / step).clamp(0, dev.levels - 1)
-        return _ste(g, dev.g_min + lev * step), lev.long()
-
-    def program_like(g, lev):
-        if noise and dev.has_programming_noise:
-            with torch.no_grad():
-                var = torch.full_like(g, dev.prog_sigma_abs ** 2) + (dev.prog_sigma_rel * g) ** 2
-                if dev.prog_sigma_table is not None and lev is not None:
-                    var = var + torch.tensor(dev.prog_sigma_table, **kind)[lev] ** 2
-            g = (g + var.sqrt() * torch.randn(g.shape, generator=generator, **kind)).clamp_min(0.0)
-        if noise and (dev.stuck_at_min > 0 or dev.stuck_at_max > 0):
-            u = torch.rand(g.shape, generator=generator, **kind)
-            g = torch.where(u < dev.stuck_at_min, torch.full_like(g, dev.g_min), g)
-            g = torch.where((u >= dev.stuck_at_min) & (u < dev.stuck_at_min + dev.stuck_at_max),
-                            torch.full_like(g, dev.g_max), g)
-        return g
-
-    if offset:
-        g_ref = (dev.g_min + dev.g_max) / 2
-        gp = program_like(*quant_levels(g_ref + c * W))
-        gr = program_like(*quant_levels(torch.full((n, 1), g_ref, **kind)))
-        gd, gs = gp - gr, gp + gr
-    else:
-        gp = program_like(*quant_levels(dev.g_min + c * W.clamp_min(0)))
-        gn = program_like(*quant_levels(dev.g_min + c * (-W).clamp_min(0)))
-        gd, gs = gp - gn, gp + gn
-
-    # DAC
-    if dac.x_range is None:
-        xs = x.detach().abs().amax(dim=-1, keepdim=True)
-        xs = torch.where(xs > 0, xs, torch.ones_like(xs))
-    else:
-        xs = torch.full_like(x[..., :1], dac.x_range)
-    u = x / xs
-    if dac.enabled:
-        lo = -1.0 if dac.signed else 0.0
-        uc = u.clamp(lo, 1.0)
-        u = _ste(u, torch.round(uc.detach() * dac.steps) / dac.steps)
-
-    # row tiles: partial sums per array, in siemens (u @ G)
-    R = arr.rows
-    nrt = -(-n // R)
-    pad = nrt * R - n
-    ut = F.pad(u, (0, pad)).reshape(u.shape[0], nrt, R).transpose(0, 1)      # (nrt, B, R)
-    gdt = F.pad(gd, (0, 0, 0, pad)).reshape(nrt, R, m)
-    j = torch.matmul(ut, gdt)                                               # (nrt, B, m)
-    if noise and (dev.thermal_noise or dev.shot_noise):
-        with torch.no_grad():
-            gst = F.pad(gs, (0, 0, 0, pad)).reshape(nrt, R, m)
-            var = torch.zeros_like(j)
-            if dev.thermal_noise:
-                var = var + dev.thermal_psd / arr.v_read ** 2 * gst.sum(dim=1, keepdim=True)
-            if dev.shot_noise:
-                var = var + dev.shot_psd / arr.v_read * torch.matmul(ut.abs(), gst)
-        j = j + var.sqrt() * torch.randn(j.shape, generator=generator, **kind)
-    if adc.enabled:
-        k = arr.r_tia * arr.v_read
-        with torch.no_grad():
-            if adc.fs_mode == "fixed":
-                fs = torch.full((nrt, 1, m), adc.full_scale / k, **kind)
-            elif adc.fs_mode == "max":
-                fs = gdt.abs().sum(dim=1, keepdim=True)
-            else:
-                a = j.detach().abs()
-                fs = a.amax(dim=1, keepdim=True) if adc.calib_quantile >= 1 else \
-                    torch.quantile(a, adc.calib_quantile, dim=1, keepdim=True)
-            if adc.granularity == "array":
-                cols = arr.cols // 2 if not offset else arr.cols - 1
-                nct = -(-m // cols)
-                fpad = F.pad(fs, (0, nct * cols - m)).reshape(nrt, 1, nct, cols).amax(dim=3, keepdim=True)
-                fs = fpad.expand(nrt, 1, nct, cols).reshape(nrt, 1, nct * cols)[..., :m]
-            fs = torch.where(fs > 0, fs, torch.ones_like(fs))
-            step = fs / adc.steps
-        q = torch.round(j.detach() / step)
-        if adc.saturate:
-            q = q.clamp(-adc.steps, adc.steps)
-        j = _ste(j, q * step)
-    return j.sum(dim=0) / c * xs
 
 
 # ------------------------------------------------------------------------------------------------
@@ -237,6 +112,30 @@ class _AnalogMixin:
         self._weight_version = self.weight._version
         return self.chip
 
+    def train_hardware(self) -> HardwareConfig:
+        """The hardware of the training read: the layer's, without :data:`TRAIN_NOISE` when
+        ``train_noise`` is False."""
+        return self.hardware if self.train_noise else self.hardware.without(*TRAIN_NOISE)
+
+    def train_chip(self, seed: int | None = None) -> ProgrammedChip:
+        """A freshly programmed chip of the current weights whose conductances carry their gradient.
+
+        The weights are mapped as :meth:`program` maps them (the ADC full scale calibrated at mapping
+        time, never on the batch) and one chip is programmed with ``program(..., weights=W)``; the
+        seed is drawn from the layer's training generator unless given. Read it with
+        ``chip.mvm(x, differentiable=True)``.
+        """
+        W = self.weight.reshape(self.weight.shape[0], -1).t()
+        mapped = map_matrix(W.detach().to(torch.float64).cpu(), self.train_hardware(), calib_inputs=self._calib)
+        if seed is None:
+            seed = int(torch.randint(0, 2 ** 62, (1,), generator=self._train_gen))
+        dtype = torch.float64 if self.weight.dtype == torch.float64 else torch.float32
+        return program_chip(mapped, seed=seed, dtype=dtype, device=self.weight.device, weights=W)
+
+    def _train_mvm(self, x2d: torch.Tensor) -> torch.Tensor:
+        chip = self.train_chip()
+        return chip.mvm(x2d, differentiable=True)[0].to(x2d.dtype)
+
     def _analog_mvm(self, x2d: torch.Tensor) -> torch.Tensor:
         if self.chip is None:
             raise RuntimeError(f"{type(self).__name__} is not programmed; call "
@@ -247,12 +146,11 @@ class _AnalogMixin:
         return self.chip.mvm(x2d.detach())[0].to(x2d.dtype)
 
     def _matmul(self, x2d: torch.Tensor) -> torch.Tensor:
-        """x2d (rows, in) -> (rows, out) through the digital, surrogate or chip path."""
-        W = self.weight.reshape(self.weight.shape[0], -1)
+        """x2d (rows, in) -> (rows, out) through the digital, training-read or chip path."""
         if self._digital:
-            return x2d @ W.t()
+            return x2d @ self.weight.reshape(self.weight.shape[0], -1).t()
         if self.training:
-            return hardware_aware_matmul(x2d, W.t(), self.hardware, self._train_gen, noise=self.train_noise)
+            return self._train_mvm(x2d)
         return self._analog_mvm(x2d)
 
     # -- state dict -----------------------------------------------------------------------------
@@ -500,8 +398,9 @@ def convert_to_analog(model: nn.Module, hardware: HardwareConfig, *, overrides: 
         ``None`` keeps that layer digital. Exact names win over globs, globs over types.
     calib_data : sample model inputs used to calibrate each layer's ADC full scale
         (``adc.fs_mode == "calibrated"``); see :func:`calibrate`.
-    seed : seed of the hardware-aware-training noise generators (layer ``i`` gets its own).
-    train_noise : draw weight and read noise in training mode (False: quantization only).
+    seed : seed of the training chips' generators (layer ``i`` gets its own).
+    train_noise : program and read the training chips with their noise (False: without
+        :data:`TRAIN_NOISE`, keeping levels, DAC and ADC).
     inplace : convert ``model`` itself instead of a deep copy.
     return_report : also return the :class:`ConversionReport`.
 
