@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from memcim.io import dumps, provenance, write_json
@@ -22,6 +23,12 @@ def register(sub) -> None:
                    help="hardware config .toml/.json (repeatable)")
     p.add_argument("--preset", action="append", default=[], metavar="NAME",
                    help="hardware preset name (repeatable); default: realistic")
+    p.add_argument("--method", default=None, metavar="METHOD",
+                   help="mapping method for every config: linear | dpe | representable (mapping.method; "
+                        "default: the config's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                   help="dotted hardware override applied to every config, e.g. --set adc.bits=6 "
+                        "--set wires.r_wire=2 (repeatable; VALUE is a number, true/false, none or a word)")
     p.add_argument("--chips", type=int, default=10, help="number of programmed chips (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the chips (default 0)")
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N samples only")
@@ -33,6 +40,35 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     p.add_argument("--out", default=None, metavar="DIR", help="write evaluate.json there")
     p.set_defaults(func=run)
+
+
+def parse_settings(items) -> dict:
+    """``["adc.bits=6", "dac.enabled=false"]`` -> ``{"adc.bits": 6, "dac.enabled": False}``."""
+    out = {}
+    for item in items:
+        key, eq, raw = str(item).partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not eq or not key or not raw:
+            raise ValueError(f"--set: {item!r} is not allowed; use KEY=VALUE with a dotted key, e.g. adc.bits=6")
+        if raw.lower() in ("none", "null"):
+            value = None
+        elif raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                value = raw
+        out[key] = value
+    return out
+
+
+def _apply(hw, settings: dict, method: str | None):
+    try:
+        return hw.set(settings)
+    except (ValueError, TypeError) as e:
+        flag = "--method" if method is not None and "mapping.method" in str(e) else "--set"
+        raise ValueError(f"{flag}: {e}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
     configs = [HardwareConfig.load(f) for f in args.config] + [preset(n) for n in args.preset]
     if not configs:
         configs = [preset("realistic")]
+    settings = parse_settings(args.settings)
+    if args.method is not None:
+        settings["mapping.method"] = args.method
+    if settings:
+        configs = [_apply(hw, settings, args.method) for hw in configs]
     ds = load_dataset(args.dataset, args.split, root=args.data_dir, limit=args.limit)
     calib_split = "train" if args.split != "train" else "val"
     calib = load_dataset(args.dataset, calib_split, root=args.data_dir, limit=args.calib_samples).x

@@ -1,18 +1,29 @@
-"""Paper 002 (Representable Matrices) reproductions: Fig. 4, Fig. 7 and Fig. 9a.
+"""Paper 002 (Representable Matrices) reproductions: Fig. 4, 7, 9a, 9b and 10a.
 
-* :func:`fig4` -- total, value-range and precision error of the ``representable`` mapping against
-  the scale alpha for one random matrix, with the automatic alpha and the ``dpe`` / ``linear``
-  errors on the same matrix.
-* :func:`fig7` -- maximum output error over random inputs and random matrices against the wire
-  resistance, the array size and the device model (ideal cells, TaOx memristors, 1T1R cells), for
-  every mapping side by side.
-* :func:`fig10a` -- the same with random telegraph noise on the programmed conductances.
-* :func:`fig9a` -- a multilayer perceptron (default: the reference 784-500-300-10 MNIST MLP) mapped
-  layer by layer onto ``tile x tile`` differential crossbar pairs with IR drop; every tile mapped
-  with ``linear`` / ``dpe`` / ``representable``; its realized matrix (exact for ideal cells: the
-  circuit is linear, so ``I = v G_eff`` for every input) gives the effective weights; DAC on the
-  tile inputs, ADC on every tile's partial sums, partial sums added digitally; accuracy against
-  the DAC/ADC resolution.
+Every figure is a short script over memcim's one flow: ``preset("irdrop").set({...})`` describes
+the hardware (2 kOhm-3 MOhm devices programmed to 8 bits, 1 Ohm wires, 100 Ohm in/out, 0.2 V,
+128x128 arrays, G+ and G- in a pair of arrays), :func:`memcim.mapping.crossbar.map_matrix` maps
+(``mapping.method`` = linear, dpe or representable), ``plan.realized()`` gives the matrix the
+circuit computes, and networks run through :mod:`memcim.nn` (``convert_to_analog``, calibrate,
+program, forward) with the chip's circuit reader. There is no quantizer, DAC/ADC, tile cutter or
+network forward pass here.
+
+* :func:`fig4` -- total, value-range and precision error of ``representable`` against the scale
+  alpha for one random matrix, with the automatic alpha and ``dpe`` / ``linear`` on the same matrix.
+* :func:`fig7` -- maximum output error over random inputs and matrices against the wire
+  resistance, the array size, the memristor pairs per weight and the cell model (linear cells,
+  TaOx memristors, 1T1R; the non-linear ones solved by Newton through the chip's reader).
+* :func:`fig9a` -- an MLP (default: the reference 784-500-300-10 MNIST MLP) on the irdrop preset,
+  one analog model per mapping method, accuracy against the DAC/ADC resolution.
+* :func:`fig9b` -- the same for the small reference CNN (paper: a 7-layer CIFAR-10 CNN; CIFAR-10 is
+  not available here, so the counterpart is ``mnist-cnn-small``).
+* :func:`fig10a` -- accuracy with random telegraph noise (``device.rtn_amplitude``, read through
+  the chip: one snapshot per read call, every tile re-solved).
+
+The DAC/ADC sweep maps every layer once per method: the converter bits do not change the
+conductance targets, so the programmed chips are read again under a plan whose hardware differs
+only in its converters (or its RTN), with the same ADC full scales (calibrated once, with the
+preset's 8-bit converters, on calibration images from the training split).
 
 Every function writes ``<name>.json`` (config, provenance with the seed, rows, and a top-level
 ``summary`` of scalar headline numbers) and ``<name>.png`` into ``out``.
@@ -20,23 +31,36 @@ Every function writes ``<name>.json`` (config, provenance with the seed, rows, a
 from __future__ import annotations
 
 import copy
+import dataclasses
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from memcim.hardware.circuit import G_MAX, G_MIN, Crossbar, NonlinearCrossbar, Wires
+from memcim.config import HardwareConfig, preset
+from memcim.hardware.device import quantize_array
 from memcim.io import provenance, savefig, write_json
-from memcim.mapping.irdrop import (METHODS, IRDropPlan, error_report, map_dpe, map_linear, map_representable,
-                                   plan_states, quantize)
+from memcim.mapping.crossbar import map_matrix
+from memcim.mapping.irdrop import METHODS, error_report, map_block
 
-#: representable settings of the full (non-quick) Fig. 9a run: fewer alpha evaluations and
-#: tuning iterations than the mapping defaults (4 alpha evaluations, 4 final iterations).
-FAST_REPRESENTABLE = dict(max_alpha_evals=2, search_iters=1, final_iters=3)
+#: representable settings of the full Fig. 9a/10a runs and of arrays of 256x256 and more in Fig. 7:
+#: fewer alpha evaluations and tuning iterations than the preset (4 alpha evaluations, 4 final iterations).
+FAST_REPRESENTABLE = {"mapping.alpha_evals": 2, "mapping.search_iters": 1, "mapping.final_iters": 3}
 #: quick-mode settings (alpha from the DPE scale, one tuning iteration, no calibration round).
-QUICK_REPRESENTABLE = dict(max_alpha_evals=1, search_iters=1, final_iters=1, calib_rounds=0)
-#: Fig. 9a model: the paper's MLP; quick mode uses the smaller reference MLP (17 instead of 40 tiles).
+QUICK_REPRESENTABLE = {"mapping.alpha_evals": 1, "mapping.search_iters": 1, "mapping.final_iters": 1,
+                       "mapping.calib_rounds": 0}
+#: Fig. 9a model: the paper's MLP; quick mode and Fig. 10a use the smaller reference MLP.
 FIG9A_MODEL, FIG9A_QUICK_MODEL = "mnist-mlp-500-300", "mnist-mlp-256-128"
+#: Fig. 9b counterpart: the small reference CNN (paper: a 7-layer CNN on CIFAR-10).
+FIG9B_MODEL = "mnist-cnn-small"
+#: the paper's accuracies (Fig. 9a: MNIST MLP at DAC/ADC = infinity; Fig. 9b: CIFAR-10 CNN).
+PAPER_9A = {"software": 0.984, "representable": 0.983, "dpe": 0.963}
+PAPER_9B = {"software": 0.752, "representable": 0.718, "dpe": 0.205}
+
+_STYLE = {"linear": "k-o", "dpe": "b-s", "representable": "r-^"}
 
 
 def _plt():
@@ -48,57 +72,75 @@ def _plt():
     return plt
 
 
-def map_and_realize(W, method: str, wires: Wires, *, g_min=G_MIN, g_max=G_MAX, bits=8, rep_kw=None):
-    """Map ``W`` (in, out) with ``method``; returns (plan, W^r quantized, W^r unquantized).
+def _no_converters(hw: HardwareConfig) -> HardwareConfig:
+    return hw.without("dac", "adc")
 
-    Cheaper than :func:`memcim.mapping.irdrop.map_matrix_irdrop` when the unquantized
-    realization is not needed (pass ``bits=None``: then both are the same solve).
-    """
-    W = np.asarray(W, float)
-    if method == "linear":
-        gp, gn, a, info = map_linear(W, wires, g_min, g_max, bits)
-    elif method == "dpe":
-        gp, gn, a, info = map_dpe(W, wires, g_min, g_max, bits)
-    elif method == "representable":
-        gp, gn, a, info = map_representable(W, wires, g_min, g_max, bits, **(rep_kw or {}))
-    else:
-        raise ValueError(f"method: {method!r} is not allowed; choose one of {', '.join(METHODS)}")
-    qp, qn = quantize(gp, g_min, g_max, bits), quantize(gn, g_min, g_max, bits)
-    plan = IRDropPlan(qp, qn, float(a), method, wires, g_min, g_max, bits, info)
-    Wr = plan.realized()
-    Wu = Wr if bits is None else (Crossbar(gp, wires).realized() - Crossbar(gn, wires).realized()) / a
-    return plan, Wr, Wu
+
+def _io_hw(hw: HardwareConfig, bits) -> HardwareConfig:
+    """``hw`` with ``bits``-bit DAC and ADC, or both disabled for ``bits`` None."""
+    if bits is None:
+        return _no_converters(hw)
+    return hw.set({"dac.enabled": True, "adc.enabled": True, "dac.bits": int(bits), "adc.bits": int(bits)})
+
+
+def _check_bits(io_bits) -> tuple:
+    out = []
+    for b in io_bits:
+        if b is None or (isinstance(b, str) and b.lower() in ("none", "float", "inf")):
+            out.append(None)
+            continue
+        if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 2 <= int(b) <= 24:
+            raise ValueError(f"io_bits: {b!r} is not allowed; use integers in 2..24 or None (converters off)")
+        out.append(int(b))
+    if not out:
+        raise ValueError("io_bits: give at least one resolution")
+    return tuple(out)
 
 
 # ------------------------------------------------------------------------------------------------
 # Fig. 4
 # ------------------------------------------------------------------------------------------------
+def _with_targets(template, gp, gn, alpha: float):
+    """A plan with ``template``'s (one-array) layout and hardware but other targets and scale."""
+    t = lambda g: torch.as_tensor(g, dtype=torch.float64).reshape(template.g_pos.shape)  # noqa: E731
+    return dataclasses.replace(template, g_pos=t(gp), g_neg=t(gn), level_pos=None, level_neg=None,
+                               scale=torch.full_like(template.scale, float(alpha)))
+
+
 def fig4(out, *, size: int = 64, n_alpha: int = 12, seed: int = 0, quick: bool = False, r_wire: float = 1.0,
          bits: int = 8, final_iters: int = 4) -> dict:
     """Errors of ``representable`` against alpha (fixed alpha, then tuning) for one matrix.
 
-    Errors are squared Frobenius norms (paper's terms): value-range error = ``||W - W^r||^2``
-    of the unquantized tuned plan, total = the quantized plan, precision = their difference.
+    Errors are squared Frobenius norms (paper's terms): value-range error = ``||W - W^r||^2`` of the
+    tuned plan with continuous conductances, total = the same plan rounded to the device's levels,
+    precision = their difference. The hardware is ``preset("irdrop")`` with one ``size x size``
+    array pair, ``wires.r_wire = r_wire`` and ``device.bits = bits``; the automatic alpha and the
+    ``dpe`` / ``linear`` errors come from ``map_matrix`` on the same matrix.
     """
     if quick:
         size, n_alpha = min(size, 32), min(n_alpha, 6)
-    wires = Wires(r_wire=r_wire)
+    hw = _no_converters(preset("irdrop")).set({"array.rows": size, "array.cols": size, "wires.r_wire": r_wire,
+                                               "device.bits": bits})
+    dev = hw.device
     W = np.random.default_rng(seed).uniform(-1, 1, (size, size))
-    c0 = (G_MAX - G_MIN) / np.max(np.abs(W))
-    rows = []
+    c0 = (dev.g_max - dev.g_min) / np.max(np.abs(W))
     t0 = time.perf_counter()
+    plans = {m: map_matrix(W, hw.set("mapping.method", m)) for m in METHODS}
+    auto = {}
+    for m, plan in plans.items():
+        auto[m] = {"alpha": float(plan.scale[0, 0]), **error_report(W, plan.realized().numpy())}
+    # fixed-alpha sweep: the representable tuning at alpha with continuous conductances, then rounded
+    continuous = hw.without("quantization").device
+    rows = []
     for rho in np.geomspace(0.08, 1.2, n_alpha):
         a = float(rho * c0)
-        _, Wr, Wu = map_and_realize(W, "representable", wires, bits=bits,
-                                    rep_kw=dict(alpha=a, final_iters=final_iters))
-        e = error_report(W, Wr, Wu)
+        gp, gn, _, _ = map_block(W, hw.wires, continuous, hw.mapping, alpha=a, final_iters=final_iters)
+        Wu = _with_targets(plans["linear"], gp, gn, a).realized().numpy()
+        Wq = _with_targets(plans["linear"], quantize_array(gp, dev), quantize_array(gn, dev), a).realized().numpy()
+        e = error_report(W, Wq, Wu)
         rows.append({"alpha": a, "alpha_over_linear": float(rho), "total_error": e["total_error"],
                      "value_range_error": e["value_range_error"], "precision_error": e["precision_error"],
                      "max_output_error": e["max_output_error"]})
-    auto = {}
-    for m in METHODS:
-        plan, Wr, Wu = map_and_realize(W, m, wires, bits=bits)
-        auto[m] = {"alpha": plan.alpha, **error_report(W, Wr, Wu)}
     best = min(rows, key=lambda r: r["total_error"])
     summary = {
         "size": size, "r_wire": r_wire,
@@ -111,9 +153,8 @@ def fig4(out, *, size: int = 64, n_alpha: int = 12, seed: int = 0, quick: bool =
         "wall_s": time.perf_counter() - t0,
     }
     res = {"figure": "fig4", "summary": summary, "rows": rows, "methods": auto,
-           "config": {"size": size, "n_alpha": n_alpha, "r_wire": r_wire, "r_in": wires.r_in, "r_out": wires.r_out,
-                      "bits": bits, "final_iters": final_iters, "g_min": G_MIN, "g_max": G_MAX, "quick": quick,
-                      "matrix": "uniform[-1,1]"},
+           "config": {"size": size, "n_alpha": n_alpha, "final_iters": final_iters, "quick": quick,
+                      "matrix": "uniform[-1,1]", "hardware": hw.to_dict()},
            "provenance": provenance(seed=seed)}
     out = Path(out)
     write_json(out / "fig4.json", res)
@@ -140,83 +181,93 @@ def _max_out_err(X, W, Y):
     return float(np.max(np.abs(Y - ref)) / max(np.max(np.abs(ref)), 1e-300))
 
 
-def _device_outputs(plan: IRDropPlan, X, device: str, v_read: float):
-    """Outputs in weight units for inputs X in [0, 1] scaled to ``v_read`` volts."""
-    from memcim.hardware.devices_nonlinear import Level1NMOS
+#: Fig. 7 cell models: figure label -> cell.model
+CELLS = {"ideal": "linear", "taox": "taox", "1t1r": "taox_1t1r"}
 
-    if device == "ideal":
-        return X @ plan.realized(), 0.0
-    tr = Level1NMOS() if device == "1t1r" else None
-    v_cal = np.full(plan.g_pos.shape[0], v_read)
-    sp_, sn_ = plan_states(plan, v_cal=v_cal, transistor=tr)
-    bad = float(np.mean(~((sp_ >= 0) & (sp_ <= 1))) + np.mean(~((sn_ >= 0) & (sn_ <= 1)))) / 2
-    sp_, sn_ = np.clip(np.nan_to_num(sp_), 0, 1), np.clip(np.nan_to_num(sn_), 0, 1)
-    V = X * v_read
-    Ip = NonlinearCrossbar(sp_, transistor=tr, wires=plan.wires).currents(V)
-    In = NonlinearCrossbar(sn_, transistor=tr, wires=plan.wires).currents(V)
-    return (Ip - In) / (plan.alpha * v_read), bad
+
+def _outputs(plan, X, seed: int):
+    """Outputs in weight units for inputs X in [0, 1] (word lines at X * v_read); the fraction of
+    device states the non-linear cells could not reach (clipped by the reader)."""
+    if plan.hw.cell.linear:
+        return X @ plan.realized().numpy(), 0.0
+    from memcim.simulate import program
+
+    chip = program(plan, seed=seed, dtype=torch.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Y = chip.mvm(X)[0].numpy()
+    bad = 0.0
+    for w in caught:
+        msg = str(w.message)
+        if msg.startswith("cell:") and "%" in msg:
+            bad = float(msg.split("(")[1].split("%")[0]) / 100
+    return Y, bad
 
 
 def fig7(out, *, sizes=(32, 64, 128, 256), r_wires=(0.25, 0.5, 1.0, 2.0, 4.0), r_wire_size: int = 64,
          device_size: int = 32, n_matrices: int = 2, n_inputs: int = 100, n_inputs_device: int = 10,
-         seed: int = 0, quick: bool = False, bits: int = 8, v_read: float = 0.2, rep_kw=None,
-         device_g_min: float = 1e-4, per_weight=(1, 2, 4), per_weight_size: int = 32, large: int = 256 * 256) -> dict:
-    """Max output error against wire resistance, array size and device model, for every mapping.
+         seed: int = 0, quick: bool = False, bits: int = 8, rep_settings=None,
+         device_g_min: float = 1e-4, per_weight=(1, 2, 4), per_weight_size: int = 32, large: int = 256 * 256,
+         progress: bool = False) -> dict:
+    """Max output error against wire resistance, array size, pairs per weight and cell model.
 
-    Matrices: uniform [-1, 1]; inputs: uniform [0, 1] (x ``v_read`` volts for non-linear cells;
-    paper: 0.2 V max). The device-model panel maps with g in [``device_g_min``, g_max] (the TaOx
-    device cannot reach below ~6e-5 S at 0.2 V) and converts each plan to memristor states at
-    ``v_cal = v_read`` (paper Sec. V-D), then solves the non-linear circuit by Newton's method.
-    Memristors per weight (panel ``per_weight``, size ``per_weight_size``): ``k`` pairs per weight
-    are ``k`` adjacent columns, each mapped to ``W / k`` (an n x k*n array), whose output
-    currents are summed; more pairs give finer effective steps but a longer bit line network.
-    Arrays with ``large`` cells or more (default 256 x 256) use one matrix and
-    :data:`FAST_REPRESENTABLE` to bound the run time.
+    Matrices: uniform [-1, 1]; inputs: uniform [0, 1], driven as ``x * v_read`` (``dac.x_range = 1``,
+    converters off; paper: 0.2 V max). Each matrix is one array pair of its own size on
+    ``preset("irdrop")``. The cell-model panel maps with ``device.g_min = device_g_min`` (the TaOx
+    device cannot reach below ~6e-5 S at 0.2 V) and reads the programmed chip with ``cell.model``
+    ``linear`` / ``taox`` / ``taox_1t1r`` and ``cell.solve = "newton"`` (states from the
+    conductances at the calibration read, paper Sec. V-D). Memristors per weight (panel
+    ``per_weight``): ``k`` pairs per weight are ``k`` adjacent columns, each mapped to ``W / k``
+    (an n x k*n array), whose outputs are summed. Arrays with ``large`` cells or more use one matrix
+    and :data:`FAST_REPRESENTABLE`. ``rep_settings``: dotted overrides of the representable settings.
     """
     if quick:
         sizes = tuple(s for s in sizes if s <= 64) or (32,)
         r_wires, r_wire_size, device_size = (0.5, 2.0), 32, 16
         n_matrices, n_inputs, n_inputs_device = 1, 50, 5
         per_weight, per_weight_size = (1, 2), 16
+    base = _no_converters(preset("irdrop")).set({"dac.x_range": 1.0, "device.bits": bits, **(rep_settings or {})})
     rng = np.random.default_rng(seed)
     rows = []
     t0 = time.perf_counter()
+    jobs = ([("r_wire", r_wire_size, rw, "ideal", n_inputs, 1) for rw in r_wires]
+            + [("size", n, 1.0, "ideal", n_inputs, 1) for n in sizes]
+            + [("per_weight", per_weight_size, 1.0, "ideal", n_inputs, k) for k in per_weight]
+            + [("device", device_size, 1.0, dev, n_inputs_device, 1) for dev in CELLS])
+    it = jobs
+    if progress:
+        from tqdm import tqdm
 
-    def run_panel(panel, n, wires, device="ideal", g_min=G_MIN, nin=n_inputs, kpw=1):
-        # arrays of 256 x 256 and more: one matrix and the faster representable settings
+        it = tqdm(jobs, desc="fig7 panels", file=sys.stderr)
+    for panel, n, rw, device, nin, kpw in it:
         big = n * n * kpw >= large
-        rk = {**(rep_kw or {}), **FAST_REPRESENTABLE} if big else rep_kw
+        settings = {"array.rows": n, "array.cols": n * kpw, "wires.r_wire": rw, "cell.model": CELLS[device]}
+        if panel == "device":
+            settings["device.g_min"] = device_g_min
+        if big:
+            settings.update(FAST_REPRESENTABLE)
+        hw_panel = base.set(settings)
         for k in range(1 if big else n_matrices):
             W = rng.uniform(-1, 1, (n, n))
             X = rng.uniform(0, 1, (nin, n))
+            Wk = np.repeat(W, kpw, axis=1) / kpw
             for m in METHODS:
                 t1 = time.perf_counter()
-                Wk = np.repeat(W, kpw, axis=1) / kpw
-                plan, Wr, _ = map_and_realize(Wk, m, wires, g_min=g_min, bits=bits, rep_kw=rk)
-                Y, bad = _device_outputs(plan, X, device, v_read)
+                plan = map_matrix(Wk, hw_panel.set("mapping.method", m))
+                Y, bad = _outputs(plan, X, seed)
+                Wr = plan.realized().numpy()
                 Y, Wr = Y.reshape(len(X), n, kpw).sum(-1), Wr.reshape(n, n, kpw).sum(-1)
-                rows.append({"panel": panel, "size": n, "r_wire": wires.r_wire, "device": device, "matrix": k,
+                rows.append({"panel": panel, "size": n, "r_wire": rw, "device": device, "matrix": k,
                              "per_weight": kpw, "method": m, "max_output_error": _max_out_err(X, W, Y),
                              "relative_error": float(np.linalg.norm(Wr - W) / np.linalg.norm(W)),
                              "states_out_of_range": bad, "time_s": time.perf_counter() - t1})
 
-    for rw in r_wires:
-        run_panel("r_wire", r_wire_size, Wires(r_wire=rw))
-    for n in sizes:
-        run_panel("size", n, Wires(r_wire=1.0))
-    for kpw in per_weight:
-        run_panel("per_weight", per_weight_size, Wires(r_wire=1.0), kpw=kpw)
-    for dev in ("ideal", "taox", "1t1r"):
-        run_panel("device", device_size, Wires(r_wire=1.0), device=dev, g_min=device_g_min, nin=n_inputs_device)
-
     def agg(panel, key, val, m):
-        v = [r["max_output_error"] for r in rows if r["panel"] == panel and r[key] == val and r["method"] == m]
-        return max(v)
+        return max(r["max_output_error"] for r in rows if r["panel"] == panel and r[key] == val and r["method"] == m)
 
     table = {p: {str(v): {m: agg(p, key, v, m) for m in METHODS} for v in vals}
              for p, key, vals in (("r_wire", "r_wire", r_wires), ("size", "size", sizes),
-                                  ("per_weight", "per_weight", per_weight),
-                                  ("device", "device", ("ideal", "taox", "1t1r")))}
+                                  ("per_weight", "per_weight", per_weight), ("device", "device", tuple(CELLS)))}
     ratios = {s: table["size"][str(s)]["dpe"] / table["size"][str(s)]["representable"] for s in sizes}
     summary = {"error_ratio_dpe_over_representable": float(np.mean(list(ratios.values()))),
                "error_ratio_dpe_over_representable_largest": ratios[max(sizes)],
@@ -228,24 +279,22 @@ def fig7(out, *, sizes=(32, 64, 128, 256), r_wires=(0.25, 0.5, 1.0, 2.0, 4.0), r
            "ratio_dpe_over_representable_by_size": {str(k): v for k, v in ratios.items()}, "rows": rows,
            "config": {"sizes": list(sizes), "r_wires": list(r_wires), "r_wire_size": r_wire_size,
                       "device_size": device_size, "n_matrices": n_matrices, "n_inputs": n_inputs,
-                      "n_inputs_device": n_inputs_device, "bits": bits, "v_read": v_read,
-                      "device_g_min": device_g_min, "g_min": G_MIN, "g_max": G_MAX, "r_in": 100.0, "r_out": 100.0,
-                      "representable": rep_kw or "defaults", "representable_large": FAST_REPRESENTABLE,
-                      "large_cells": large, "quick": quick,
-                      "per_weight": list(per_weight), "per_weight_size": per_weight_size},
+                      "n_inputs_device": n_inputs_device, "device_g_min": device_g_min,
+                      "representable_large": FAST_REPRESENTABLE, "large_cells": large, "quick": quick,
+                      "per_weight": list(per_weight), "per_weight_size": per_weight_size,
+                      "cells": CELLS, "hardware": base.to_dict()},
            "provenance": provenance(seed=seed)}
     out = Path(out)
     write_json(out / "fig7.json", res)
     plt = _plt()
     fig, axs = plt.subplots(1, 4, figsize=(17, 3.8))
-    sty = {"linear": "k-o", "dpe": "b-s", "representable": "r-^"}
     for ax, (p, vals, xl) in zip(axs, (("r_wire", r_wires, "wire resistance [Ohm]"),
                                        ("size", sizes, "array size n (n x n)"),
                                        ("per_weight", per_weight, "memristor pairs per weight"),
-                                       ("device", ("ideal", "taox", "1t1r"), "device model"))):
+                                       ("device", tuple(CELLS), "cell model"))):
         xs = list(range(len(vals))) if p == "device" else list(vals)
         for m in METHODS:
-            ax.plot(xs, [table[p][str(v)][m] for v in vals], sty[m], label=m, ms=4)
+            ax.plot(xs, [table[p][str(v)][m] for v in vals], _STYLE[m], label=m, ms=4)
         ax.set(yscale="log", xlabel=xl, ylabel="max output error (rel.)")
         if p == "device":
             ax.set_xticks(xs, list(vals))
@@ -261,291 +310,280 @@ def fig7(out, *, sizes=(32, 64, 128, 256), r_wires=(0.25, 0.5, 1.0, 2.0, 4.0), r
 
 
 # ------------------------------------------------------------------------------------------------
-# Fig. 9a
+# Networks (Fig. 9a, 9b, 10a): memcim.nn with the irdrop preset
 # ------------------------------------------------------------------------------------------------
-def _linears(model):
-    import torch
+def _load_net(model, default):
+    """(model in eval mode, its name) from a reference name, a torch.save file or an nn.Module."""
+    if model is None:
+        model = default
+    if isinstance(model, torch.nn.Module):
+        return copy.deepcopy(model).float().eval(), type(model).__name__
+    from memcim.nn.loading import load_model
 
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    if not layers:
-        raise ValueError("--model: has no Linear layers; fig9a needs an MLP")
-    return [(l.weight.detach().double().numpy().T.copy(), None if l.bias is None else
-             l.bias.detach().double().numpy().copy()) for l in layers]
-
-
-def _tile_blocks(W, tile):
-    n, m = W.shape
-    for r0 in range(0, n, tile):
-        for c0 in range(0, m, tile):
-            yield r0, c0, W[r0:r0 + tile, c0:c0 + tile]
+    return load_model(str(model)).float().eval(), str(model)
 
 
-def _quant_unsigned(x, bits, hi):
-    if bits is None:
-        return x
-    L = 2 ** int(bits) - 1
-    return np.round(np.clip(x, 0, hi) / hi * L) / L * hi
-
-
-def _quant_signed(x, bits, hi):
-    if bits is None:
-        return x
-    L = 2 ** (int(bits) - 1) - 1
-    return np.round(np.clip(x, -hi, hi) / hi * L) / L * hi
-
-
-def mlp_forward(x, layers, tiles, bits, ranges):
-    """Tile-level forward pass: DAC per layer input, ADC per tile partial sum, digital accumulation.
-
-    ``tiles[l]`` = list of (r0, c0, effective block); ``ranges[l]`` = (input max, partial-sum max).
-    """
-    h = x
-    for li, (W, b) in enumerate(layers):
-        xq = _quant_unsigned(h, bits, ranges[li][0])
-        y = np.zeros((x.shape[0], W.shape[1]))
-        for r0, c0, B in tiles[li]:
-            p = xq[:, r0:r0 + B.shape[0]] @ B
-            y[:, c0:c0 + B.shape[1]] += _quant_signed(p, bits, ranges[li][1])
-        if b is not None:
-            y += b
-        h = np.maximum(y, 0) if li < len(layers) - 1 else y
-    return h
-
-
-def _prepare(model, dataset, n_images, n_calib, tile, quick):
-    """Model, data (evaluation and calibration images), ideal tiles and DAC/ADC ranges."""
-    import torch
-
+def _load_data(dataset, n_images, n_calib):
+    """Evaluated test images and calibration images (from the training split)."""
     from memcim.data.datasets import load_dataset
 
-    if model is None:
-        model = FIG9A_QUICK_MODEL if quick else FIG9A_MODEL
-    if isinstance(model, torch.nn.Module):
-        net, model_name = copy.deepcopy(model).double().eval(), type(model).__name__
-    else:
-        from memcim.nn.loading import load_model
-
-        net, model_name = load_model(str(model)).double().eval(), str(model)
-    ds = load_dataset(dataset, "test", limit=n_images + n_calib)
-    if len(ds.y) < n_images + 1:
-        raise ValueError(f"--images: {n_images} is more than the {len(ds.y)} test samples of {dataset}")
-    xall = ds.x.double().reshape(len(ds.y), -1).numpy()
-    yall = ds.y.numpy()
-    x, y = xall[:n_images], yall[:n_images]
-    xc = xall[n_images:] if len(yall) > n_images else xall
-    with torch.no_grad():
-        soft_logits = net(ds.x[:n_images].double()).numpy()
-    acc_soft = float(np.mean(soft_logits.argmax(1) == y))
-    layers = _linears(net)
-    if layers[0][0].shape[0] != x.shape[1]:
-        raise ValueError(f"--model: first layer takes {layers[0][0].shape[0]} inputs, the data has {x.shape[1]}")
-    # ideal tiles and the DAC/ADC ranges from calibration images
-    ideal = [[(r0, c0, B) for r0, c0, B in _tile_blocks(W, tile)] for W, _ in layers]
-    ranges, h = [], xc
-    for li, (W, b) in enumerate(layers):
-        pmax = max(float(np.max(np.abs(h[:, r0:r0 + B.shape[0]] @ B))) for r0, c0, B in ideal[li])
-        ranges.append((max(float(h.max()), 1e-12), max(pmax, 1e-12)))
-        h = h @ W + (0 if b is None else b)
-        h = np.maximum(h, 0) if li < len(layers) - 1 else h
-    # own check: the ideal tiled forward reproduces the software network
-    check = mlp_forward(x, layers, ideal, None, ranges)
-    if not np.allclose(check, soft_logits, atol=1e-8):
-        raise RuntimeError("fig9a: the tiled forward pass disagrees with the software model (unsupported "
-                           "layer types between the Linear layers?)")
-    return net, model_name, x, y, xc, acc_soft, layers, ideal, ranges
+    if isinstance(n_images, bool) or not isinstance(n_images, (int, np.integer)) or n_images < 1:
+        raise ValueError(f"n_images: {n_images!r} is not allowed; must be an integer >= 1")
+    test = load_dataset(dataset, "test", limit=n_images)
+    if len(test) < n_images:
+        raise ValueError(f"n_images: {n_images} is more than the {len(test)} test samples of {dataset}")
+    calib = load_dataset(dataset, "train", limit=n_calib).x
+    return test, calib
 
 
-def _map_tiles(layers, ideal, tile, wires, prog_bits, rep_kw, progress, methods=METHODS):
-    """Map every (zero-padded) tile with every method: effective blocks, plans and per-tile rows."""
-    tiles = {m: [[] for _ in layers] for m in methods}
-    plans = {m: [[] for _ in layers] for m in methods}
-    tile_rows = []
-    n_tiles = sum(len(t) for t in ideal)
-    it = ((li, r0, c0, B) for li in range(len(layers)) for r0, c0, B in ideal[li])
+def _accuracy(model, ds) -> float:
+    from memcim.nn.train import evaluate_accuracy
+
+    return evaluate_accuracy(model, ds)
+
+
+def _analog_model(net, hw: HardwareConfig, calib, seed: int, progress: bool, desc: str):
+    """``convert_to_analog`` + calibration + programming of every layer (one mapping per layer)."""
+    from memcim.nn.analog import analog_layers, convert_to_analog, layer_seed
+
+    analog = convert_to_analog(net, hw, calib_data=calib)
+    layers = analog_layers(analog)
+    if not layers:
+        raise ValueError("model: has no Linear or Conv2d layer to run on the crossbars")
+    it = enumerate(layers)
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(it, total=n_tiles, desc="tiles", file=__import__("sys").stderr)
-    for li, r0, c0, B in it:
-        P = np.zeros((tile, tile))
-        P[:B.shape[0], :B.shape[1]] = B
-        for m in methods:
-            if not np.any(P):
-                tiles[m][li].append((r0, c0, np.zeros_like(B)))
-                plans[m][li].append(None)
-                continue
-            t1 = time.perf_counter()
-            plan, Wr, _ = _map_q(P, m, wires, prog_bits, rep_kw)
-            tiles[m][li].append((r0, c0, Wr[:B.shape[0], :B.shape[1]]))
-            plans[m][li].append(plan)
-            tile_rows.append({"layer": li, "r0": r0, "c0": c0, "method": m, "time_s": time.perf_counter() - t1,
-                              "relative_error": float(np.linalg.norm(Wr - P) / np.linalg.norm(P))})
-    return tiles, plans, tile_rows
+        it = tqdm(it, total=len(layers), desc=desc, file=sys.stderr)
+    for i, (_, layer) in it:  # memcim.nn.analog.program, with a progress bar over the layers
+        layer.program(layer_seed(seed, i), dtype=torch.float64)
+    return analog
 
 
-def fig9a(out, *, model=None, dataset="mnist", n_images: int = 1000, tile: int = 128,
-          io_bits=(4, 6, 8, None), prog_bits: int | None = 8, wires: Wires | None = None, seed: int = 0,
-          quick: bool = False, rep_kw=None, n_calib: int = 200, progress: bool = False) -> dict:
-    """Accuracy of an MLP mapped onto ``tile x tile`` crossbar pairs with IR drop, per mapping and DAC/ADC bits.
+def _reread(analog, hw: HardwareConfig) -> None:
+    """Read the programmed chips of ``analog`` under ``hw``: the same conductances, scales and ADC
+    full scales, other converters or RTN. ``hw`` may differ from the mapping's hardware only there."""
+    from memcim.nn.analog import analog_layers
 
-    Parameters
-    ----------
-    model : reference-model name or a ``torch.save(model)`` file; or an ``nn.Module``. Default
-        :data:`FIG9A_MODEL` (quick: :data:`FIG9A_QUICK_MODEL`).
-    dataset : dataset name for :func:`memcim.data.datasets.load_dataset` (test split).
-    n_images : evaluated test images (the first ones); ``n_calib`` further images set the DAC and
-        ADC ranges (max layer input, max |tile partial sum| of the software model).
-    tile : crossbar size; a partial tile is zero-padded (unused cells at g_min, inputs at 0 V).
-    io_bits : DAC/ADC resolutions to evaluate (None = no conversion error).
-    prog_bits : conductance programming precision (None = continuous).
-    wires : crossbar parasitics (default paper 002: 1 / 100 / 100 Ohm).
-    rep_kw : settings of ``map_representable`` (default :data:`FAST_REPRESENTABLE`, quick:
-        :data:`QUICK_REPRESENTABLE`).
-    """
-    wires = wires or Wires()
-    if rep_kw is None:
-        rep_kw = QUICK_REPRESENTABLE if quick else FAST_REPRESENTABLE
-    if quick:
-        n_images = min(n_images, 300)
-    net, model_name, x, y, xc, acc_soft, layers, ideal, ranges = _prepare(model, dataset, n_images, n_calib, tile,
-                                                                          quick)
-    n_tiles = sum(len(t) for t in ideal)
+    for _, layer in analog_layers(analog):
+        old = layer.chip
+        o = old.mapped.hw
+        same = dataclasses.replace(hw, dac=o.dac, adc=o.adc, name=o.name,
+                                   device=hw.device.replace(rtn_amplitude=o.device.rtn_amplitude,
+                                                            rtn_probability=o.device.rtn_probability))
+        if same != o:
+            raise ValueError("hw: only the converters and the RTN may differ from the mapping's hardware")
+        chip = old.with_plan(dataclasses.replace(old.mapped, hw=hw))
+        # The tiles' circuit solve depends on the conductances, wires and cells only: carry it over
+        # instead of solving every tile again (see the proposal for ProgrammedChip.with_plan).
+        old.effective_difference()
+        chip._cache = old._cache
+        layer.chip = chip
+        layer.hardware = hw
+
+
+def _tile_errors(analog) -> list[float]:
+    """Relative error ||W^r - W|| / ||W|| of every array pair, from the programmed chips' realized matrices."""
+    from memcim.nn.analog import analog_layers
+
+    errs = []
+    for _, layer in analog_layers(analog):
+        plan = layer.chip.mapped
+        W = layer.crossbar_weight().to(torch.float64).cpu()
+        Wr = layer.chip.realized()[0].to(torch.float64).cpu()
+        for r in range(plan.n_row_tiles):
+            for k in range(plan.n_col_tiles):
+                rows, cols = plan.used(r, k)
+                sl = (slice(r * plan.tile_rows, r * plan.tile_rows + rows),
+                      slice(k * plan.tile_cols, k * plan.tile_cols + cols))
+                nw = float(torch.linalg.norm(W[sl]))
+                if nw > 0:
+                    errs.append(float(torch.linalg.norm(Wr[sl] - W[sl])) / nw)
+    return errs
+
+
+def _n_tiles(analog) -> int:
+    from memcim.nn.analog import analog_layers
+
+    return sum(l.chip.mapped.n_row_tiles * l.chip.mapped.n_col_tiles for _, l in analog_layers(analog))
+
+
+def _method_hw(hw: HardwareConfig, method: str, rep_settings) -> HardwareConfig:
+    hw = hw.set("mapping.method", method)
+    return hw.set(rep_settings) if method == "representable" and rep_settings else hw
+
+
+def _accuracy_vs_bits(figure, out, *, model, default_model, dataset, n_images, n_calib, io_bits, hw, seed,
+                      rep_settings, progress, paper, title) -> dict:
+    """Accuracy of ``model`` on ``hw`` for every mapping method and DAC/ADC resolution."""
+    io_bits = _check_bits(io_bits)
+    net, model_name = _load_net(model, default_model)
+    test, calib = _load_data(dataset, n_images, n_calib)
+    acc_soft = _accuracy(net, test)
     t0 = time.perf_counter()
-    tiles, _, tile_rows = _map_tiles(layers, ideal, tile, wires, prog_bits, rep_kw, progress)
-    map_s = time.perf_counter() - t0
+    # upper bound (paper): errors only from the DAC and ADC -- ideal wires, continuous conductances
+    hws = {"software": hw.without("wires", "quantization"), **{m: _method_hw(hw, m, rep_settings) for m in METHODS}}
+    models = {"software": _analog_model(net, hws["software"], calib, seed, False, "ideal")}
+    tile_err, map_s = {}, {}
+    for m in METHODS:
+        t1 = time.perf_counter()
+        models[m] = _analog_model(net, hws[m], calib, seed, progress, f"mapping ({m})")
+        map_s[m] = time.perf_counter() - t1
+        tile_err[m] = _tile_errors(models[m])
     rows = []
     for b in io_bits:
-        sw = float(np.mean(mlp_forward(x, layers, ideal, b, ranges).argmax(1) == y))
-        row = {"io_bits": b, "software": sw}
-        for m in METHODS:
-            row[m] = float(np.mean(mlp_forward(x, layers, tiles[m], b, ranges).argmax(1) == y))
+        row = {"io_bits": b}
+        for k, analog in models.items():
+            _reread(analog, _io_hw(hws[k], b))
+            row[k] = _accuracy(analog, test)
         rows.append(row)
     ref = next((r for r in rows if r["io_bits"] == 8), rows[-1])
+    flt = next((r for r in rows if r["io_bits"] is None), None)
     summary = {"accuracy_software": acc_soft, "accuracy_software_quantized_io": ref["software"],
                "accuracy_representable": ref["representable"], "accuracy_dpe": ref["dpe"],
-               "accuracy_linear": ref["linear"], "io_bits_of_headline": ref["io_bits"], "n_images": n_images,
-               "n_tiles": n_tiles, "mapping_time_s": map_s,
-               **{f"mean_tile_relative_error_{m}": float(np.mean([r["relative_error"] for r in tile_rows
-                                                                  if r["method"] == m])) for m in METHODS}}
-    res = {"figure": "fig9a", "summary": summary, "rows": rows, "tiles": tile_rows,
-           "paper": {"software": 0.984, "representable": 0.983, "dpe": 0.963},
-           "config": {"model": model_name, "dataset": dataset, "n_images": n_images, "n_calib": len(xc),
-                      "tile": tile, "io_bits": list(io_bits), "prog_bits": prog_bits, "r_wire": wires.r_wire,
-                      "r_in": wires.r_in, "r_out": wires.r_out, "g_min": G_MIN, "g_max": G_MAX,
-                      "representable": rep_kw, "quick": quick,
-                      "dac": "unsigned, range = max layer input on calibration images",
-                      "adc": "signed, per tile partial sum, range = max |partial sum| on calibration images"},
+               "accuracy_linear": ref["linear"], "io_bits_of_headline": ref["io_bits"],
+               **({f"accuracy_{m}_float": flt[m] for m in METHODS} if flt else {}),
+               "n_images": len(test), "n_tiles": _n_tiles(models["representable"]),
+               "mapping_time_s": float(sum(map_s.values())),
+               **{f"mean_tile_relative_error_{m}": float(np.mean(tile_err[m])) for m in METHODS},
+               "wall_s": time.perf_counter() - t0}
+    res = {"figure": figure, "summary": summary, "rows": rows, "paper": paper,
+           "tile_relative_errors": tile_err, "mapping_time_s": map_s,
+           "config": {"model": model_name, "dataset": dataset, "n_images": len(test), "n_calib": len(calib),
+                      "calibration": f"{len(calib)} images of the training split (ADC full scale per array)",
+                      "io_bits": list(io_bits), "representable": rep_settings or "preset",
+                      "hardware": hw.to_dict()},
            "provenance": provenance(seed=seed)}
     out = Path(out)
-    write_json(out / "fig9a.json", res)
+    write_json(out / f"{figure}.json", res)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     lab = [str(r["io_bits"]) if r["io_bits"] is not None else "float" for r in rows]
     xs = range(len(rows))
-    for k, st in (("software", "k--"), ("linear", "k-o"), ("dpe", "b-s"), ("representable", "r-^")):
-        ax.plot(xs, [100 * r[k] for r in rows], st, label=k if k != "software" else "software (tiled, same DAC/ADC)",
-                ms=4)
+    ax.plot(xs, [100 * r["software"] for r in rows], "k--", label="upper bound (ideal wires, same DAC/ADC)", ms=4)
+    for m in METHODS:
+        ax.plot(xs, [100 * r[m] for r in rows], _STYLE[m], label=m, ms=4)
     ax.axhline(100 * acc_soft, color="gray", ls=":", label="software (float)")
     ax.set_xticks(list(xs), lab)
-    ax.set(xlabel="DAC/ADC bits", ylabel="test accuracy [%]",
-           title=f"Fig. 9a: {model_name}, {tile}x{tile} tiles, {n_images} images")
+    ax.set(xlabel="DAC/ADC bits", ylabel="test accuracy [%]", title=f"{title}: {model_name}, {len(test)} images")
     ax.legend(fontsize=7)
-    savefig(fig, out / "fig9a.png")
+    savefig(fig, out / f"{figure}.png")
     return res
 
 
-def _map_q(P, m, wires, prog_bits, rep_kw):
-    """Quantized plan only (skips the unquantized realization)."""
-    W = np.asarray(P, float)
-    if m == "linear":
-        gp, gn, a, _ = map_linear(W, wires)
-    elif m == "dpe":
-        gp, gn, a, _ = map_dpe(W, wires)
-    else:
-        gp, gn, a, _ = map_representable(W, wires, bits=prog_bits, **rep_kw)
-    plan = IRDropPlan(quantize(gp, G_MIN, G_MAX, prog_bits), quantize(gn, G_MIN, G_MAX, prog_bits), float(a), m,
-                      wires, G_MIN, G_MAX, prog_bits)
-    Wr = plan.realized()
-    return plan, Wr, Wr
+
+def fig9a(out, *, model=None, dataset="mnist", n_images: int = 1000, n_calib: int = 200,
+          io_bits=(4, 6, 8, None), hw: HardwareConfig | None = None, seed: int = 0, quick: bool = False,
+          rep_settings=None, progress: bool = False) -> dict:
+    """Accuracy of an MLP on the irdrop hardware, per mapping method and DAC/ADC resolution (paper Fig. 9a).
+
+    Parameters
+    ----------
+    model : reference-model name, ``torch.save(model)`` file or ``nn.Module``; default
+        :data:`FIG9A_MODEL` (quick: :data:`FIG9A_QUICK_MODEL`).
+    dataset : dataset name (test split evaluated; ``n_calib`` training images calibrate the ADCs).
+    n_images : evaluated test images (the first ones).
+    io_bits : DAC/ADC resolutions (None: converters off).
+    hw : the hardware (default ``preset("irdrop")``); ``mapping.method`` is swept.
+    rep_settings : dotted overrides of the representable settings (default
+        :data:`FAST_REPRESENTABLE`, quick :data:`QUICK_REPRESENTABLE`).
+
+    Every layer is converted with :func:`memcim.nn.analog.convert_to_analog`, calibrated and
+    programmed once per method; the ``software`` row is the upper bound of the paper (ideal wires,
+    continuous conductances, the same DAC/ADC).
+    """
+    if quick:
+        n_images = min(n_images, 300)
+    if rep_settings is None:
+        rep_settings = QUICK_REPRESENTABLE if quick else FAST_REPRESENTABLE
+    return _accuracy_vs_bits("fig9a", out, model=model, default_model=FIG9A_QUICK_MODEL if quick else FIG9A_MODEL,
+                             dataset=dataset, n_images=n_images, n_calib=n_calib, io_bits=io_bits,
+                             hw=hw or preset("irdrop"), seed=seed, rep_settings=rep_settings, progress=progress,
+                             paper=PAPER_9A, title="Fig. 9a")
+
+
+def fig9b(out, *, model=None, dataset="mnist", n_images: int = 1000, n_calib: int = 200,
+          io_bits=(4, 6, 8, None), hw: HardwareConfig | None = None, seed: int = 0, quick: bool = False,
+          rep_settings=None, progress: bool = False) -> dict:
+    """Fig. 9b's counterpart: the small reference CNN (:data:`FIG9B_MODEL`) at circuit level, accuracy
+    against DAC/ADC bits for linear, dpe and representable mappings (arguments as :func:`fig9a`;
+    every Conv2d runs as a crossbar MVM over its unfolded patches). The paper's Fig. 9b is a 7-layer
+    CNN on CIFAR-10 (software / representable / dpe = 75.2 / 71.8 / 20.5 %), which memcim cannot load
+    here; the numbers are not comparable, the ordering of the mappings is."""
+    if quick:
+        n_images = min(n_images, 300)
+    if rep_settings is None:
+        rep_settings = QUICK_REPRESENTABLE if quick else {}
+    return _accuracy_vs_bits("fig9b", out, model=model, default_model=FIG9B_MODEL, dataset=dataset,
+                             n_images=n_images, n_calib=n_calib, io_bits=io_bits, hw=hw or preset("irdrop"),
+                             seed=seed, rep_settings=rep_settings, progress=progress,
+                             paper={"cifar10_7layer_cnn": PAPER_9B}, title="Fig. 9b (counterpart)")
 
 
 # ------------------------------------------------------------------------------------------------
 # Fig. 10a (random telegraph noise)
 # ------------------------------------------------------------------------------------------------
-def rtn_conductances(g, amplitude: float, rng):
-    """Random telegraph noise, one snapshot: each cell independently sits in its nominal state or
-    in its low state ``g (1 - amplitude)`` (a trapped charge blocking part of the filament), with
-    probability 1/2 each."""
-    low = rng.random(g.shape) < 0.5
-    return np.where(low, g * (1.0 - amplitude), g)
-
-
-def fig10a(out, *, model=None, dataset="mnist", n_images: int = 1000, tile: int = 128,
-           amplitudes=(0.0, 0.05, 0.1, 0.2), n_draws: int = 2, io_bits: int | None = 8, prog_bits: int | None = 8,
-           wires: Wires | None = None, seed: int = 0, quick: bool = False, rep_kw=None, n_calib: int = 200,
+def fig10a(out, *, model=None, dataset="mnist", n_images: int = 1000, n_calib: int = 200,
+           amplitudes=(0.0, 0.05, 0.1, 0.2), probability: float = 0.5, n_draws: int = 2, io_bits: int | None = 8,
+           hw: HardwareConfig | None = None, seed: int = 0, quick: bool = False, rep_settings=None,
            methods=("dpe", "representable"), progress: bool = False) -> dict:
-    """Accuracy with random telegraph noise (RTN) on the programmed conductances (paper Fig. 10a).
+    """Accuracy with random telegraph noise (paper Fig. 10a): ``device.rtn_amplitude = A`` and
+    ``device.rtn_probability = probability`` on the irdrop hardware.
 
-    Each tile is mapped once (as in :func:`fig9a`); for each RTN amplitude and draw every cell's
-    conductance is perturbed by :func:`rtn_conductances` and the tile's realized matrix recomputed
-    by the circuit solver. Default model: :data:`FIG9A_QUICK_MODEL` (the 784-256-128-10 MLP, 17
-    tiles) to bound the run time; pass ``model="mnist-mlp-500-300"`` for the paper's network.
+    Each layer is mapped once per method; the chips are then read with RTN: every read call draws one
+    telegraph snapshot (each device at ``g (1 - A)`` with probability ``probability``, else at its
+    programmed value) and solves every tile's circuit with it. A draw is one pass over the images
+    (one snapshot per layer and batch of 1000). Default model: :data:`FIG9A_QUICK_MODEL`.
     """
-    wires = wires or Wires()
-    if rep_kw is None:
-        rep_kw = QUICK_REPRESENTABLE if quick else FAST_REPRESENTABLE
     if quick:
         n_images, amplitudes, n_draws = min(n_images, 300), (0.0, 0.2), 1
-    if model is None:
-        model = FIG9A_QUICK_MODEL
-    rng = np.random.default_rng(seed)
-    net, model_name, x, y, xc, acc_soft, layers, ideal, ranges = _prepare(model, dataset, n_images, n_calib, tile,
-                                                                          quick)
+    if rep_settings is None:
+        rep_settings = QUICK_REPRESENTABLE if quick else FAST_REPRESENTABLE
+    for a in amplitudes:
+        (hw or preset("irdrop")).set("device.rtn_amplitude", a)  # validates every amplitude first
+    if isinstance(n_draws, bool) or not isinstance(n_draws, (int, np.integer)) or n_draws < 1:
+        raise ValueError(f"n_draws: {n_draws!r} is not allowed; must be an integer >= 1")
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"methods: {m!r} is not allowed; choose from {', '.join(METHODS)}")
+    hw = _io_hw(hw or preset("irdrop"), io_bits)
+    net, model_name = _load_net(model, FIG9A_QUICK_MODEL)
+    test, calib = _load_data(dataset, n_images, n_calib)
+    acc_soft = _accuracy(net, test)
     t0 = time.perf_counter()
-    tiles, plans, _ = _map_tiles(layers, ideal, tile, wires, prog_bits, rep_kw, progress, methods)
+    hws = {m: _method_hw(hw, m, rep_settings) for m in methods}
+    models = {m: _analog_model(net, hws[m], calib, seed, progress, f"mapping ({m})") for m in methods}
     map_s = time.perf_counter() - t0
     rows = []
     for amp in amplitudes:
         for d in range(n_draws if amp > 0 else 1):
             row = {"amplitude": float(amp), "draw": d}
             for m in methods:
-                if amp == 0:
-                    eff = tiles[m]
-                else:
-                    eff = [[] for _ in layers]
-                    for li in range(len(layers)):
-                        for (r0, c0, B), plan in zip(tiles[m][li], plans[m][li]):
-                            if plan is None:
-                                eff[li].append((r0, c0, B))
-                                continue
-                            gp = rtn_conductances(plan.g_pos, amp, rng)
-                            gn = rtn_conductances(plan.g_neg, amp, rng)
-                            Wr = (Crossbar(gp, wires).realized() - Crossbar(gn, wires).realized()) / plan.alpha
-                            eff[li].append((r0, c0, Wr[:B.shape[0], :B.shape[1]]))
-                row[m] = float(np.mean(mlp_forward(x, layers, eff, io_bits, ranges).argmax(1) == y))
+                _reread(models[m], hws[m].set({"device.rtn_amplitude": float(amp),
+                                               "device.rtn_probability": float(probability)}))
+                row[m] = _accuracy(models[m], test)
             rows.append(row)
     amax = max(amplitudes)
-    summary = {"accuracy_software": acc_soft, "max_amplitude": float(amax), "n_images": n_images,
+    summary = {"accuracy_software": acc_soft, "max_amplitude": float(amax), "n_images": len(test),
                "mapping_time_s": map_s, "wall_s": time.perf_counter() - t0,
                **{f"accuracy_{m}_no_rtn": float(np.mean([r[m] for r in rows if r["amplitude"] == 0]))
-                  for m in methods},
+                  for m in methods if 0 in amplitudes},
                **{f"accuracy_{m}_max_rtn": float(np.mean([r[m] for r in rows if r["amplitude"] == amax]))
                   for m in methods}}
     res = {"figure": "fig10a", "summary": summary, "rows": rows,
-           "config": {"model": model_name, "dataset": dataset, "n_images": n_images, "tile": tile,
-                      "amplitudes": list(amplitudes), "n_draws": n_draws, "io_bits": io_bits, "prog_bits": prog_bits,
-                      "r_wire": wires.r_wire, "r_in": wires.r_in, "r_out": wires.r_out, "representable": rep_kw,
-                      "methods": list(methods), "quick": quick,
-                      "rtn": "per cell, one snapshot per draw: g -> g (1 - amplitude) with probability 1/2"},
+           "config": {"model": model_name, "dataset": dataset, "n_images": len(test), "n_calib": len(calib),
+                      "amplitudes": list(amplitudes), "rtn_probability": probability, "n_draws": n_draws,
+                      "io_bits": io_bits, "representable": rep_settings, "methods": list(methods),
+                      "quick": quick, "hardware": hw.to_dict(),
+                      "rtn": "device.rtn_amplitude through the chip: per device, one snapshot per read call"},
            "provenance": provenance(seed=seed)}
     out = Path(out)
     write_json(out / "fig10a.json", res)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    sty = {"linear": "k-o", "dpe": "b-s", "representable": "r-^"}
     for m in methods:
         ax.plot([100 * a for a in amplitudes],
-                [100 * np.mean([r[m] for r in rows if r["amplitude"] == a]) for a in amplitudes], sty[m], label=m)
+                [100 * np.mean([r[m] for r in rows if r["amplitude"] == a]) for a in amplitudes], _STYLE[m], label=m)
     ax.axhline(100 * acc_soft, color="gray", ls=":", label="software (float)")
     ax.set(xlabel="RTN amplitude [% of g]", ylabel="test accuracy [%]",
            title=f"Fig. 10a: {model_name}, {io_bits}-bit DAC/ADC")
