@@ -34,6 +34,7 @@ import torch
 
 from memcim.hardware.cells import cell_devices
 from memcim.hardware.circuit import Crossbar, NonlinearCrossbar, states_from_conductances
+from memcim.memo import Memo, digest
 
 
 def _physical(plan, gp: np.ndarray, gn: np.ndarray, r: int, k: int):
@@ -78,20 +79,32 @@ def _tiles(plan, g_pos: torch.Tensor, g_neg: torch.Tensor):
                     yield t, r, k, rows, cols, arrays, diff
 
 
+#: solved tiles: the plan's targets and a noise-free chip are the same conductances, solved once
+_SOLVED = Memo(16)
+
+
 def circuit_difference(plan, g_pos: torch.Tensor, g_neg: torch.Tensor) -> torch.Tensor:
     """``G_d`` per tile from the linear nodal solve: ``j = u @ G_d`` [S], same shape as ``g_pos``.
 
     ``g_pos``/``g_neg`` have the plan's layout, with any leading (chip) dimensions. Cells are
     linear (or non-linear ones linearised at the calibration read, where their conductance is the
-    programmed one).
+    programmed one). Identical conductances are solved once (:mod:`memcim.memo`).
     """
+    mp = plan.hw.mapping
+    key = digest(g_pos, g_neg, plan.hw.wires, mp.scheme, mp.pair, plan.tile_rows, plan.tile_cols,
+                 plan.in_features, plan.out_features)
+    out = _SOLVED.get(key, lambda: _solve_tiles(plan, g_pos, g_neg))
+    return out.to(device=g_pos.device, dtype=g_pos.dtype)
+
+
+def _solve_tiles(plan, g_pos: torch.Tensor, g_neg: torch.Tensor) -> torch.Tensor:
     w = plan.hw.wires
     lead = g_pos.shape[:-3]
     out = np.zeros((int(np.prod(lead, dtype=np.int64)), *g_pos.shape[-3:]))
     for t, r, k, rows, cols, arrays, diff in _tiles(plan, g_pos, g_neg):
         c0 = k * plan.tile_cols
         out[t, r, :rows, c0:c0 + cols] = diff([Crossbar(a, w).realized() for a in arrays])
-    return torch.from_numpy(out).reshape(*lead, *g_pos.shape[-3:]).to(device=g_pos.device, dtype=g_pos.dtype)
+    return torch.from_numpy(out).reshape(*lead, *g_pos.shape[-3:])
 
 
 class NewtonTiles:

@@ -39,6 +39,7 @@ import torch
 from memcim.config import HardwareConfig
 from memcim.hardware.converters import dac_convert
 from memcim.hardware.device import quantize_conductance
+from memcim.memo import Memo, digest
 
 
 def as_matrix(W, name: str = "W") -> torch.Tensor:
@@ -202,8 +203,24 @@ def _levels_of(g: torch.Tensor, dev) -> torch.Tensor | None:
     return torch.round((g - dev.g_min) / dev.level_step).clamp(0, dev.levels - 1).to(torch.int64)
 
 
+#: IR-drop-aware tile maps (seconds per array): a matrix mapped again under other converters reuses them
+_IRDROP_TILES = Memo(64)
+
+
 def _map_irdrop_tiles(Wt, mask_pos, hw: HardwareConfig, nct: int, Cw: int, second_moment, progress: bool):
-    """dpe / representable: every array's targets and alpha from :func:`memcim.mapping.irdrop.map_block`."""
+    """dpe / representable: every array's targets and alpha from :func:`memcim.mapping.irdrop.map_block`.
+
+    The result depends only on the weights, the wires, the device and the mapping settings, so it is
+    memoised on them (:mod:`memcim.memo`): mapping the same layer again with other converters, or for
+    another chip, does not repeat the circuit-in-the-loop optimisation.
+    """
+    key = digest(Wt, mask_pos, hw.wires, hw.device, hw.mapping, second_moment)
+    gp, gn, scale, infos = _IRDROP_TILES.get(
+        key, lambda: _map_irdrop_tiles_uncached(Wt, mask_pos, hw, nct, Cw, second_moment, progress))
+    return gp.clone(), gn.clone(), scale.clone(), list(infos)
+
+
+def _map_irdrop_tiles_uncached(Wt, mask_pos, hw: HardwareConfig, nct: int, Cw: int, second_moment, progress: bool):
     from memcim.mapping.irdrop import map_block
 
     nrt, R, m_pad = Wt.shape
