@@ -320,7 +320,12 @@ def _col(t: torch.Tensor, layer: mo.CrossbarLayer) -> torch.Tensor:
 
 
 def _is_deterministic(st: mo.Moments) -> bool:
-    return st.factors is None and st.cov is None and not bool(torch.any(st.var != 0))
+    """No variance anywhere (a full covariance of zeros counts: the propagation makes small maps full)."""
+    if bool(torch.any(st.var != 0)):
+        return False
+    if st.factors is not None and bool(torch.any(st.factors != 0)):
+        return False
+    return st.cov is None or not bool(torch.any(st.cov != 0))
 
 
 class _HardwareStep:
