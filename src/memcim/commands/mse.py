@@ -14,10 +14,19 @@ def register(sub) -> None:
                                    "and programming noise sigma, and the expected device+TIA power. Optionally "
                                    "check it with a Monte Carlo over chips sampled and read by memcim's hardware "
                                    "simulator (and/or the faster vectorised re-implementation).")
-    add_model_args(p)
-    g = p.add_mutually_exclusive_group(required=True)
+    add_model_args(p, sigma_required=False)
+    g = p.add_mutually_exclusive_group()
     g.add_argument("--gmax", type=float, help="one G_max for every crossbar layer, S")
     g.add_argument("--gmax-per-layer", help="comma-separated G_max per crossbar layer, S")
+    h = p.add_mutually_exclusive_group()
+    h.add_argument("--preset", metavar="NAME",
+                   help="predict on this hardware preset (memcim.analysis.predict: levels, programming noise, "
+                        "stuck devices, RTN, read noise, DAC, one ADC per array); --sigma/--gmax/--levels then "
+                        "override its device with MemSE's meaning (e.g. --preset memse --sigma 0.02 --gmax 3)")
+    h.add_argument("--config", metavar="HW.toml", help="like --preset, from a hardware config file (.toml or .json)")
+    p.add_argument("--calib", default=None, metavar="DATA",
+                   help="with --preset/--config: inputs that calibrate the ADC full scales, .npy/.npz/.csv or "
+                        "DATASET:N (first N training samples); default: the mapping's standard normal inputs")
     p.add_argument("--monte-carlo", type=int, default=0, metavar="T", help="also run T Monte Carlo chips")
     p.add_argument("--mc-engine", default="both", choices=None, metavar="ENGINE",
                    help="simulator: chips sampled and read by memcim's hardware simulator (memcim.nn / "
@@ -39,7 +48,16 @@ def run(args) -> int:
         raise ValueError(f"--monte-carlo: {args.monte_carlo} is not allowed; use 0 (off) or >= 2 trials")
     if args.mc_engine not in ("simulator", "vectorised", "both"):
         raise ValueError(f"--mc-engine: {args.mc_engine!r} is not allowed; choose simulator, vectorised or both")
+    if args.preset is not None or args.config is not None:
+        return _run_hardware(args)
+    if args.sigma is None:
+        raise ValueError("--sigma: required (or give --preset/--config)")
+    if args.gmax is None and args.gmax_per_layer is None:
+        raise ValueError("--gmax: required, or --gmax-per-layer (or give --preset/--config)")
+    if args.calib is not None:
+        raise ValueError("--calib: only with --preset or --config (MemSE's crossbar has no ADC)")
     model, x, labels = load(args)
+    args.levels = 128 if args.levels is None else args.levels
     gmax = args.gmax if args.gmax is not None else parse_floats(args.gmax_per_layer, "--gmax-per-layer")
     if args.gmax is not None and not args.gmax > 0:
         raise ValueError(f"--gmax: {args.gmax} is not allowed; must be > 0 S")
@@ -73,4 +91,98 @@ def run(args) -> int:
                 pw = f" power={m['power']['total_W']:.6g} W" if m.get("power") else ""
                 print(f"monte carlo, {engine} ({m['trials']} chips): mse_mean={m['mse_mean']:.6g} "
                       f"± {m['mse_mean_stderr']:.2g} mse_max={m['mse_max']:.6g}{pw} ({m['wall_s']:.2f} s)")
+    return 0
+
+
+def _hardware(args):
+    """The config of --preset/--config, with --sigma/--gmax/--levels applied as MemSE's device."""
+    import math
+
+    from memcim.config import HardwareConfig, preset
+
+    flag = "--config" if args.config else "--preset"
+    try:
+        hw = HardwareConfig.load(args.config) if args.config else preset(args.preset)
+    except ValueError as e:
+        raise ValueError(f"{flag}: {e}") from None
+    if args.gmax_per_layer is not None:
+        raise ValueError("--gmax-per-layer: not with --preset/--config (one device per config); use --gmax")
+    dev = {}
+    if args.sigma is not None:
+        dev["prog_sigma_abs"] = float(args.sigma)
+    if args.gmax is not None:
+        if not (math.isfinite(args.gmax) and args.gmax > 0):
+            raise ValueError(f"--gmax: {args.gmax} is not allowed; must be > 0 S")
+        dev["g_max"] = hw.device.g_min + float(args.gmax)
+    if args.levels is not None:
+        dev["levels"] = int(args.levels) + 1
+    return hw.replace(device=dev) if dev else hw
+
+
+@__import__("torch").no_grad()
+def _hardware_monte_carlo(model, x, hw, trials: int, seed: int, calib, labels):
+    """Per-chip output MSE and accuracy through the simulator (convert_to_analog + program)."""
+    import math
+
+    import numpy as np
+    import torch
+
+    from memcim.nn.analog import convert_to_analog, layer_seed, program
+
+    t0 = time.perf_counter()
+    ref = model(x)
+    analog = convert_to_analog(model, hw, calib_data=calib).eval()
+    mses, accs = [], []
+    for k in range(trials):
+        program(analog, seed=layer_seed(seed, k), dtype=torch.float64)
+        y = analog(x)
+        mses.append(float(((y - ref) ** 2).mean()))
+        if labels is not None:
+            accs.append(float((y.argmax(1) == labels).double().mean()))
+    m = np.asarray(mses)
+    out = {"engine": "simulator", "trials": trials, "mse_mean": float(m.mean()),
+           "mse_mean_stderr": float(m.std(ddof=1) / math.sqrt(trials)), "wall_s": time.perf_counter() - t0}
+    if accs:
+        out["accuracy"] = float(np.mean(accs))
+        out["digital_accuracy"] = float((ref.argmax(1) == labels).double().mean())
+    return out
+
+
+def _run_hardware(args) -> int:
+    from memcim.analysis.predict import predict
+    from memcim.commands._memse_common import check_fits, load, load_inputs
+    from memcim.io import emit_result, provenance
+
+    if args.monte_carlo < 0 or args.monte_carlo == 1:
+        raise ValueError(f"--monte-carlo: {args.monte_carlo} is not allowed; use 0 (off) or >= 2 trials")
+    if args.monte_carlo and args.mc_engine not in ("simulator", "both"):
+        raise ValueError(f"--mc-engine: {args.mc_engine!r} is not available with --preset/--config; "
+                         "the Monte Carlo runs through the simulator")
+    hw = _hardware(args)
+    model, x, labels = load(args)
+    calib = None
+    if args.calib is not None:
+        calib, _ = load_inputs(args.calib, "--calib", "train")
+        check_fits(model, calib.double(), "--calib")
+        calib = calib.double()
+    t0 = time.perf_counter()
+    pred = predict(model, x.double(), hw, calib_data=calib, cov=args.cov, act_method=args.act_method,
+                   taylor_order=args.taylor_order)
+    pd = pred.to_dict()
+    pd["wall_s"] = time.perf_counter() - t0
+    out = {"predicted": pd}
+    if args.monte_carlo:
+        out["monte_carlo"] = _hardware_monte_carlo(model, x.double(), hw, args.monte_carlo, args.seed, calib, labels)
+    out["config"] = {"model": str(args.model), "inputs": str(args.inputs), "batch": int(x.shape[0]),
+                     "hardware": hw.to_dict(), "calib": args.calib, "cov": args.cov,
+                     "monte_carlo": args.monte_carlo}
+    out["provenance"] = provenance(seed=args.seed)
+    if not emit_result(out, out=args.out, name="mse", as_json=args.json):
+        print(f"predicted ({hw.name}): mse_mean={pd['mse_mean']:.6g} mse_max={pd['mse_max']:.6g} "
+              f"({pd['wall_s'] * 1e3:.1f} ms)")
+        if "monte_carlo" in out:
+            m = out["monte_carlo"]
+            acc = f" accuracy={m['accuracy']:.4f}" if "accuracy" in m else ""
+            print(f"monte carlo, simulator ({m['trials']} chips): mse_mean={m['mse_mean']:.6g} "
+                  f"± {m['mse_mean_stderr']:.2g}{acc} ({m['wall_s']:.2f} s)")
     return 0

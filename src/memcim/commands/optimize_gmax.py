@@ -38,6 +38,7 @@ def run(args) -> int:
             raise ValueError(f"--gmax-bounds: {args.gmax_bounds!r} must be two numbers lo,hi")
         bounds = tuple(b)
     model, x, _ = load(args)
+    args.levels = 128 if args.levels is None else args.levels
     prob = GmaxProblem(model, x, sigma=args.sigma, levels=args.levels, granularity=args.granularity,
                        objective=args.objective, cov=args.cov, r=args.r, bounds=bounds)
     methods = ["structured", "ga"] if args.method == "both" else [args.method]
