@@ -1,4 +1,5 @@
-"""Noise-aware activations against numerical integration; gradients against finite differences."""
+"""Noise-aware activations against numerical integration; gradients against finite differences; the
+read's moments against the simulator's Monte Carlo; fine-tuning on the training read."""
 import math
 
 import numpy as np
@@ -7,10 +8,12 @@ import torch
 from scipy import integrate, stats
 from torch import nn
 
-from memcim.analysis.column_error import Design
 from memcim.config import preset
-from memcim.nn.noise_aware import (NoiseAwareActivation, NoiseAwareMLP, expected_clip, finetune_noise_aware,
-                                   layer_noise, noise_aware_activation, noise_aware_relu)
+from memcim.mapping.crossbar import map_matrix
+from memcim.nn.analog import AnalogLinear, convert_to_analog
+from memcim.nn.noise_aware import (NoiseAwareActivation, NoiseAwarePair, expected_clip, finetune_noise_aware,
+                                   noise_aware_activation, noise_aware_network, noise_aware_relu, read_moments)
+from memcim.simulate import program as program_chip
 
 F64 = torch.float64
 ACT = {"relu": lambda y: max(y, 0.0), "identity": lambda y: y, "sigmoid": lambda y: 1 / (1 + math.exp(-y)),
@@ -88,45 +91,67 @@ def _tiny():
     return nn.Sequential(nn.Flatten(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
 
 
-def test_noise_aware_mlp_without_noise_is_the_digital_model():
+def test_noise_aware_network_without_noise_is_the_digital_model():
     m = _tiny().double()
     hw = preset("ideal").replace(adc={"enabled": False})
-    noises = {i: layer_noise(m[i].weight, hw, Design(hw.device.g_min, hw.device.g_max, 1.0)) for i in (1, 3)}
-    for nz in noises.values():
-        assert float(nz.w_std.abs().max()) == 0.0 and float(nz.A.abs().max()) == 0.0
-    net = NoiseAwareMLP(m, noises).eval()
+    net = noise_aware_network(convert_to_analog(m, hw)).train()
+    assert isinstance(net[1], NoiseAwarePair) and isinstance(net[2], AnalogLinear)
     x = torch.randn(5, 8, dtype=F64)
-    assert torch.allclose(net(x).double(), m(x), atol=1e-6)
+    torch.testing.assert_close(net(x), m(x), rtol=1e-10, atol=1e-10)
 
 
-def test_layer_noise_matches_closed_form_weight_noise():
-    """The injected weight noise has the programming variance of the column model, device by device."""
-    m = _tiny()
-    hw = preset("convex_cim")
-    d = Design(2e-6, 6e-5, 1.0)
-    nz = layer_noise(m[1].weight, hw, d)
-    W = m[1].weight.detach().double().numpy()
-    c = (d.g_max - d.g_min) / np.abs(W).max()
-    w = W[2, 5]
-    gp, gn = d.g_min + c * max(w, 0), d.g_min + c * max(-w, 0)
-    hand = math.sqrt(2 * 5e-7 ** 2 + 0.03 ** 2 * (gp ** 2 + gn ** 2)) / c
-    assert float(nz.w_std[2, 5]) == pytest.approx(hand, rel=1e-6)
+@pytest.mark.parametrize("scheme", ["differential", "offset"])
+@pytest.mark.parametrize("adc", [False, True])
+def test_read_moments_match_the_simulator_monte_carlo(scheme, adc):
+    """Mean and variance of the per-read noise given one chip, against 4,000 reads of that chip.
+
+    ADC off: thermal + shot noise are Gaussian, so mean and variance agree to the Monte Carlo
+    standard error. ADC on (read noise of about one ADC step or more, no saturation): rounding acts
+    as uniform noise of variance step^2/12 added to it (here 15-20 % of the variance; with read
+    noise well below one step the model fails, as any dither model does).
+    """
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(150, 5, dtype=F64, generator=g)
+    x = torch.rand(3, 150, dtype=F64, generator=g)
+    hw = preset("convex_cim").replace(mapping={"scheme": scheme}, array={"rows": 64, "cols": 8},
+                                      device={"bandwidth": 3e10},
+                                      adc={"enabled": adc, "bits": 8 if scheme == "differential" else 6,
+                                           "saturate": False})
+    plan = map_matrix(W, hw)
+    chip = program_chip(plan, seed=1, dtype=F64)
+    mean, var, sat = read_moments(chip, x)
+    T = 4000
+    reads = torch.cat([chip.mvm(x) for _ in range(T)])            # (T, 3, 5)
+    m_mc, v_mc = reads.mean(0), reads.var(0)
+    z_mean = (mean - m_mc) / (v_mc / T).sqrt()
+    assert float(z_mean.abs().max()) < 4.5                       # 15 comparisons, Bonferroni at 1e-4
+    rel = var / v_mc - 1
+    assert float(rel.abs().max()) < 4.5 * (2 / (T - 1)) ** 0.5 + (0.02 if adc else 0.0)
+    assert bool(torch.isinf(sat).all())
+    # saturation bound: with the ADC saturating, the sum of the row tiles' full scales (x c xs)
+    hw2 = hw.replace(adc={"enabled": True, "saturate": True, "fs_mode": "fixed", "full_scale": 0.5})
+    _, _, sat2 = read_moments(program_chip(map_matrix(W, hw2), seed=1, dtype=F64), x)
+    xs = x.abs().amax(1, keepdim=True)
+    c = map_matrix(W, hw2).scale[:, :5]                          # (row tiles, out)
+    k = hw.array.r_tia * hw.array.v_read
+    torch.testing.assert_close(sat2, (0.5 / k / c).sum(0) * xs)
 
 
 def test_finetune_runs_and_rejects_bad_settings():
     from memcim.data.digits import load_digits
 
     ds = load_digits("train").subset(256)
+    torch.manual_seed(0)
     m = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
     hw = preset("convex_cim")
-    noises = {i: layer_noise(m[i].weight, hw, Design(1e-6, 1e-4, 4.0)) for i in (1, 3)}
     before = [p.detach().clone() for p in m.parameters()]
-    h = finetune_noise_aware(m, noises, ds, epochs=2, lr=1e-2, batch_size=64, seed=0)
+    h = finetune_noise_aware(m, hw, ds, epochs=2, lr=1e-2, batch_size=64, seed=0)
     assert len(h["loss"]) == 2 and h["loss"][1] < h["loss"][0]
+    assert all(type(l) in (nn.Flatten, nn.Linear, nn.ReLU) for l in m)   # still the digital model
     assert any(not torch.equal(a, b) for a, b in zip(before, m.parameters()))
     with pytest.raises(ValueError, match="--epochs"):
-        finetune_noise_aware(m, noises, ds, epochs=0)
+        finetune_noise_aware(m, hw, ds, epochs=0)
     with pytest.raises(ValueError, match="--lr"):
-        finetune_noise_aware(m, noises, ds, lr=-1.0)
-    with pytest.raises(ValueError, match="noises: missing"):
-        NoiseAwareMLP(m, {1: noises[1]})
+        finetune_noise_aware(m, hw, ds, lr=-1.0)
+    with pytest.raises(TypeError, match="model: expected an nn.Sequential"):
+        finetune_noise_aware(nn.Linear(64, 10), hw, ds)

@@ -9,7 +9,8 @@ The reference 784-256-128-10 ReLU MLP (``mnist-mlp-256-128``) runs on 128x128 cr
 * **convex only**: per layer, the window and FS from :func:`memcim.optimize.convex_range.optimize_layer`
   (inputs: the layer's digital activations on training images);
 * **noise-aware only**: the naive hardware, with the model fine-tuned by
-  :func:`memcim.nn.noise_aware.finetune_noise_aware` under the naive design's noise;
+  :func:`memcim.nn.noise_aware.finetune_noise_aware` on the naive design's hardware (the simulator's
+  training read, a new chip every mini-batch, and the noise-aware activation);
 * **both**: fine-tuned under the convex design's noise, then the design re-optimised on the
   fine-tuned weights.
 
@@ -130,15 +131,13 @@ def _predicted(designs):
     return float(sum(d["model"].terms(d["design"], per="layer")["total"] for d in designs.values()))
 
 
-def _finetune(model, designs, train, epochs, seed):
-    from memcim.nn.noise_aware import finetune_noise_aware, layer_noise
+def _finetune(model, hw, designs, train, epochs, seed, calib):
+    """Noise-aware fine-tuning of a copy of ``model`` on each layer's designed hardware."""
+    from memcim.nn.noise_aware import finetune_noise_aware
 
     ft = copy.deepcopy(model)
-    layers = dict(ft.named_children())
-    noises = {}
-    for name, d in designs.items():
-        noises[d["index"]] = layer_noise(layers[name].weight, d["model"].hw, d["design"])
-    hist = finetune_noise_aware(ft, noises, train, epochs=epochs, seed=seed)
+    hist = finetune_noise_aware(ft, hw, train, overrides={n: d["hw"] for n, d in designs.items()},
+                                calib_data=calib, epochs=epochs, seed=seed)
     return ft.eval(), hist
 
 
@@ -202,11 +201,11 @@ def run(*, quick: bool = False, chips: int | None = None, seed: int = 0, epochs:
     row("convex only", model, hw, conv_d, True,
         {"solve_seconds": {n: d["result"].solve_seconds for n, d in conv_d.items()}})
     _log(f"[convex-cim] noise-aware fine-tuning ({epochs} epochs) under the naive design", quiet)
-    na_model, h1 = _finetune(model, naive_d, train, epochs, seed)
+    na_model, h1 = _finetune(model, hw, naive_d, train, epochs, seed, calib)
     na_d = design_network(na_model, hw, calib, naive=True)
     row("noise-aware only", na_model, hw, na_d, False, {"finetune": h1})
     _log("[convex-cim] noise-aware fine-tuning under the convex design", quiet)
-    both_model, h2 = _finetune(model, conv_d, train, epochs, seed)
+    both_model, h2 = _finetune(model, hw, conv_d, train, epochs, seed, calib)
     both_d = design_network(both_model, hw, calib, limits=limits, method=method)
     row("both", both_model, hw, both_d, True, {"finetune": h2})
 
@@ -218,7 +217,7 @@ def run(*, quick: bool = False, chips: int | None = None, seed: int = 0, epochs:
 
         rn = evaluate_analog(model, test, hb, chips=sweep_chips, seed=seed, calib_data=calib, progress=False)
         cd = design_network(model, hb, calib, limits=limits, method="fast")
-        fm, _ = _finetune(model, cd, train, epochs, seed)
+        fm, _ = _finetune(model, hb, cd, train, epochs, seed, calib)
         bd = design_network(fm, hb, calib, limits=limits, method="fast")
         rb = _evaluate(fm, test, hb, bd, sweep_chips, seed, calib, quiet)
         sweep.append({"bits": int(b), "naive": {"mean": rn["accuracy"]["mean"], "std": rn["accuracy"]["std"],
