@@ -7,9 +7,9 @@ are written atomically to ``<checkpoint_dir>/checkpoint.pt``; a run started agai
 settings continues from the last finished epoch, so an interruption loses at most one epoch.
 
 Hardware-aware training needs nothing special here: train a model converted with
-:func:`memcim.nn.analog.convert_to_analog`; in training mode its analog layers inject
-programming-like weight noise and quantize with straight-through gradients, redrawn every
-mini-batch (see :mod:`memcim.nn.analog`).
+:func:`memcim.nn.analog.convert_to_analog`; in training mode its analog layers program a fresh
+chip of their current weights every mini-batch and read it with the simulator's differentiable
+read, straight through the roundings (see :mod:`memcim.nn.analog` and :mod:`memcim.simulate`).
 """
 from __future__ import annotations
 
