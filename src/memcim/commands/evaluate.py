@@ -12,9 +12,11 @@ def register(sub) -> None:
     p = sub.add_parser(
         "evaluate", help="accuracy of a model on simulated crossbars, with error bars over chips",
         description="Convert a model's Linear/Conv2d layers to simulated crossbars, program N chips and "
-                    "report accuracy and output MSE versus the digital model (mean, std, 95%% intervals). "
+                    "report accuracy and output MSE versus the digital model (mean, std, 95 % intervals). "
                     "--model is a reference model name (mnist-mlp-500-300, mnist-mlp-256-128, "
-                    "mnist-cnn-small) or a file saved with torch.save(model).")
+                    "mnist-cnn-small) or a file saved with torch.save(model). With a config that has wires (--preset "
+                    "irdrop) every layer runs at circuit level (exact nodal solve of every tile); --method picks "
+                    "the mapping (linear, dpe, representable) and --set KEY=VALUE changes any setting.")
     p.add_argument("--model", required=True, help="reference model name or torch.save(model) file")
     p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist, digits or cifar10 (default mnist)")
     p.add_argument("--split", default="test", help="split to evaluate on (default test)")
@@ -130,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
         for r in results:
             a, m = r["accuracy"], r["mse"]
             lo, hi = a["ci95_mean"]
+            ci = f"95% CI of mean {lo * 100:.2f}-{hi * 100:.2f} %" if a["n"] > 1 else "one chip: no interval"
             print(f"  {r['hardware']:18s} accuracy {a['mean'] * 100:6.2f} ± {a['std'] * 100:.2f} % "
-                  f"(95% CI of mean {lo * 100:.2f}-{hi * 100:.2f} %), output MSE {m['mean']:.4g} ± {m['std']:.2g}")
+                  f"({ci}), output MSE {m['mean']:.4g} ± {m['std']:.2g}")
         dig = results[0]["conversion"]["digital"]
         if dig:
             print("  kept digital: " + ", ".join(f"{d['name']} ({d['reason']})" for d in dig), file=sys.stderr)
