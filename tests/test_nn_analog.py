@@ -246,3 +246,24 @@ def test_training_step_redraws_the_chip():
     assert all(torch.isfinite(p).all() and torch.isfinite(p.grad).all() for p in a.parameters())
     assert all(not torch.equal(p, b) for p, b in zip(a.parameters(), before))
 
+
+
+def test_conv_training_reads_one_chip_per_forward():
+    """AnalogConv2d in training mode: all off it is the digital conv with its gradients; with noise every
+    patch of a forward reads the same fresh chip (one chip per forward, not per patch)."""
+    cnn = _cnn().double()
+    x = load_digits("test").x[:4].double().requires_grad_()
+    a = convert_to_analog(cnn, preset("noisy").without(*NONIDEALITIES)).train()
+    torch.testing.assert_close(a(x), cnn(x), rtol=1e-9, atol=1e-9)
+    a(x).sum().backward()
+    ref = _cnn().double()
+    ref(x.detach()).sum().backward()
+    torch.testing.assert_close(a[0].weight.grad, ref[0].weight.grad, rtol=1e-9, atol=1e-9)
+    # the same image twice in a batch: its patches read the same chip, so without read noise the
+    # two outputs are equal, though every forward draws another chip
+    hw = preset("ideal").replace(device={"prog_sigma_rel": 0.2})
+    layer = AnalogConv2d.from_digital(cnn[0], hw, seed=0).train()
+    xx = torch.cat([x[:1], x[:1]]).detach()
+    y1, y2 = layer(xx), layer(xx)
+    torch.testing.assert_close(y1[0], y1[1])
+    assert not torch.allclose(y1, y2)
