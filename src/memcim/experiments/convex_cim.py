@@ -103,24 +103,25 @@ def _energy(designs: dict, ecfg: EnergyConfig) -> dict:
 
 def _evaluate(model, test, hw, designs, chips, seed, calib, quiet):
     """Accuracy and output MSE over chips; per-column FS designs are written into each chip."""
-    from memcim.nn.analog import convert_to_analog, layer_seed, program
-    from memcim.nn.evaluate import summarize
+    from memcim.nn.evaluate import chip_outputs, summarize
     from memcim.nn.train import predict
 
     model = model.eval()
     ref = predict(model, test.x)
     y = test.y
     overrides = {n: d["hw"] for n, d in designs.items()} if designs else None
-    analog = convert_to_analog(model, hw, overrides=overrides, calib_data=calib).eval()
-    mods = dict(analog.named_modules())
-    accs, mses = [], []
-    for c in range(chips):
-        program(analog, layer_seed(seed, c))
+
+    def apply_designs(c, analog):
+        mods = dict(analog.named_modules())
         for name, d in (designs or {}).items():
             if np.ndim(d["design"].fs) > 0:          # per-column FS: write it into the programmed chip
                 chip = mods[name].chip
                 mods[name].chip = chip.with_plan(d["model"].apply_design(chip.mapped, d["design"]))
-        out = predict(analog, test.x)
+
+    accs, mses = [], []
+    for _, _, out in chip_outputs(model, test.x, hw, chips=chips, seed=seed, overrides=overrides, calib_data=calib,
+                                  progress=False, on_program=apply_designs):
+        out = out.float()
         accs.append(float((out.argmax(1) == y).float().mean()))
         mses.append(float(((out - ref) ** 2).mean()))
     return {"digital": {"accuracy": float((ref.argmax(1) == y).float().mean())}, "accuracy": summarize(accs),

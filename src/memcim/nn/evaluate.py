@@ -22,6 +22,48 @@ from memcim.nn.analog import conversion_report, convert_to_analog, layer_seed, p
 from memcim.nn.train import predict
 
 
+@torch.no_grad()
+def chip_outputs(model: nn.Module, x: torch.Tensor, hardware: HardwareConfig, *, chips: int, seed: int = 0,
+                 overrides: dict | None = None, calib_data: torch.Tensor | None = None, batch_size: int = 1000,
+                 dtype: torch.dtype = torch.float32, progress: bool | None = None, desc: str = "chips",
+                 on_program=None):
+    """The one Monte Carlo loop over programmed chips of a model.
+
+    Converts ``model`` once (:func:`memcim.nn.analog.convert_to_analog`), then for each chip ``c``
+    programs every analog layer with ``layer_seed(seed, c)`` and yields its outputs on ``x``
+    (fresh read noise on every read). :func:`evaluate_analog`, the MemSE Monte Carlo
+    (:func:`memcim.analysis.memse_sim.monte_carlo_simulator`), ``memcim mse --preset`` and the
+    convex-cim experiment all run this loop.
+
+    Parameters
+    ----------
+    model : a digital model (it is copied, not changed).
+    x : (B, ...) inputs.
+    hardware : the crossbar design; ``overrides`` per layer, as in :func:`convert_to_analog`.
+    chips : number of chips (>= 1). seed : chip ``c`` is programmed with ``layer_seed(seed, c)``.
+    calib_data : model inputs that calibrate the ADC full scales.
+    batch_size : inference batch size. dtype : simulation precision of the chips.
+    progress : tqdm bar over chips on stderr (default: when stderr is a terminal). desc : its label.
+    on_program : optional ``f(c, analog)`` called after chip ``c`` is programmed, before it is read
+        (to install hooks, or to apply a designed ADC full scale to the programmed chips).
+
+    Yields
+    ------
+    (c, analog, out): the chip index, the analog model (programmed as chip ``c``) and its outputs
+    on ``x`` (B, ...), in the model's output dtype.
+    """
+    if isinstance(chips, bool) or not isinstance(chips, (int, np.integer)) or chips < 1:
+        raise ValueError(f"chips: {chips!r} is not allowed; must be an integer >= 1")
+    layer_seed(seed, 0)
+    analog = convert_to_analog(model, hardware, overrides=overrides, calib_data=calib_data).eval()
+    for c in tqdm(range(int(chips)), desc=desc, disable=None if progress is None else not progress):
+        program(analog, layer_seed(seed, c), dtype=dtype)
+        if on_program is not None:
+            on_program(c, analog)
+        out = torch.cat([analog(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+        yield c, analog, out
+
+
 def summarize(values) -> dict:
     """Mean, std (ddof=1), 95 % CI of the mean (Student t) and 2.5-97.5 % range over chips."""
     v = np.asarray(values, dtype=np.float64)
@@ -70,11 +112,11 @@ def evaluate_analog(model: nn.Module, dataset, hardware: HardwareConfig, *, chip
     y = dataset.y
     ref = predict(model, dataset.x, batch_size)
     digital_acc = float((ref.argmax(1) == y).float().mean())
-    analog = convert_to_analog(model, hardware, overrides=overrides, calib_data=calib_data).eval()
     accs, mses = [], []
-    for c in tqdm(range(chips), desc="chips", disable=None if progress is None else not progress):
-        program(analog, layer_seed(seed, c), dtype=dtype)
-        out = predict(analog, dataset.x, batch_size)
+    analog = None
+    for _, analog, out in chip_outputs(model, dataset.x, hardware, chips=chips, seed=seed, overrides=overrides,
+                                       calib_data=calib_data, batch_size=batch_size, dtype=dtype, progress=progress):
+        out = out.float()
         accs.append(float((out.argmax(1) == y).float().mean()))
         mses.append(float(((out - ref) ** 2).mean()))
     return {"digital": {"accuracy": digital_acc}, "accuracy": summarize(accs), "mse": summarize(mses),
