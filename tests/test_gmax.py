@@ -94,6 +94,8 @@ def test_cli_mse_and_optimize(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert set(out["predicted"]) >= {"mse_mean", "mse_max", "per_output", "power", "wall_s"}
     assert out["monte_carlo"]["trials"] == 50 and len(out["predicted"]["per_output"]) == 3
+    # the power measured on every chip (energy model on its conductances) against the expectation
+    assert out["monte_carlo"]["power"]["total_W"] == pytest.approx(out["predicted"]["power"]["total_W"], rel=0.05)
     rc = main(["mse", "--model", mp, "--inputs", xp, "--sigma", "0.01", "--gmax-per-layer", "0.5,1,2", "--json"])
     assert rc == 0
     capsys.readouterr()

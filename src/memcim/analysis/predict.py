@@ -153,6 +153,8 @@ class LayerHardware:
     gsum_c2 : (n_row_tiles, out) ``sum_i E[G_s,i]/c^2`` over each array's rows.
     fs : (n_row_tiles, out) ADC full scale in output units per unit input scale ``xs``.
     tile_rows, n_row_tiles : the row tiling (separate arrays, separate ADCs).
+    bitline_mean, bitline_var : (n_row_tiles, tile_rows, bit lines) mean and variance [S, S^2] of every
+        device over chips, G+ (or weight) columns then G- (or reference) columns (the read power).
     """
 
     hw: HardwareConfig
@@ -164,6 +166,8 @@ class LayerHardware:
     fs: torch.Tensor
     tile_rows: int
     n_row_tiles: int
+    bitline_mean: torch.Tensor | None = None
+    bitline_var: torch.Tensor | None = None
 
     @property
     def uniform_s2(self) -> float | None:
@@ -200,6 +204,7 @@ def layer_hardware(W, hw: HardwareConfig, *, calib_inputs=None, calib_seed: int 
     c3 = scale.unsqueeze(1)                                                           # (nrt, 1, out_pad)
     mp, vp = device_moments(plan.g_pos, plan.level_pos, plan.mask_pos, dev)
     mn, vn = device_moments(plan.g_neg, plan.level_neg, plan.mask_neg, dev)
+    bl_mean, bl_var = torch.cat([mp, mn], -1), torch.cat([vp, vn], -1)
     mn, vn = plan.expand_neg(mn), plan.expand_neg(vn)
     gd_target = plan.g_pos - plan.expand_neg(plan.g_neg)
 
@@ -212,7 +217,7 @@ def layer_hardware(W, hw: HardwareConfig, *, calib_inputs=None, calib_seed: int 
     gs = (mp + mn) / (c3 * c3)
     fs = plan.full_scale.to(torch.float64) / (hw.array.r_tia * hw.array.v_read) / scale
     return LayerHardware(hw=hw, plan=plan, weight=weight, s2=s2, gs_c2=crop(gs), gsum_c2=gs.sum(1)[:, :m],
-                         fs=fs[:, :m], tile_rows=R, n_row_tiles=nrt)
+                         fs=fs[:, :m], tile_rows=R, n_row_tiles=nrt, bitline_mean=bl_mean, bitline_var=bl_var)
 
 
 # ------------------------------------------------------------------------------------- ADC
@@ -332,9 +337,10 @@ class _HardwareStep:
     """The crossbar step of :func:`predict` for one layer (see the module docstring)."""
 
     def __init__(self, lh: LayerHardware, layer: mo.CrossbarLayer, rank: int, max_factors: int,
-                 on_crossbar: Callable | None, index: int):
+                 on_crossbar: Callable | None, index: int, power: bool = False):
         self.lh, self.layer, self.rank, self.max_factors = lh, layer, rank, max_factors
         self.on_crossbar, self.index = on_crossbar, index
+        self.power = [0.0, 0.0, 0] if power else None
         dt = layer.weight.dtype
         self.W = _torch_layout(lh.weight, layer)
         us2 = lh.uniform_s2
@@ -347,6 +353,40 @@ class _HardwareStep:
             mk = torch.zeros(n, dtype=dt)
             mk[t * lh.tile_rows:(t + 1) * lh.tile_rows] = 1.0
             self.masks.append(mk.reshape(1, *layer.weight.shape[1:]))
+
+    def _bitlines(self):
+        """Every bit line of every array as a (L, *weight.shape[1:]) weight over the layer's inputs
+        (zero on the other arrays' rows): mean and variance of its conductances [S, S^2]."""
+        lh, layer = self.lh, self.layer
+        n = lh.weight.shape[0]
+        T, R = lh.n_row_tiles, lh.tile_rows
+        out = []
+        for t_ in (lh.bitline_mean, lh.bitline_var):
+            full = torch.zeros(T, T * R, t_.shape[-1], dtype=layer.weight.dtype)
+            for t in range(T):
+                full[t, t * R:(t + 1) * R] = t_[t].to(layer.weight.dtype)
+            g = full[:, :n].permute(0, 2, 1).reshape(-1, n)                 # (T L, in)
+            out.append(g.reshape(g.shape[0], *layer.weight.shape[1:]))
+        return out
+
+    def _read_power(self, st: mo.Moments) -> None:
+        """Accumulate the expected device and TIA power of this layer's reads (:mod:`memcim.analysis.power`)."""
+        from memcim.analysis.power import layer_read_power
+
+        hw, layer = self.lh.hw, self.layer
+        if not hasattr(self, "_bl"):
+            self._bl = self._bitlines()
+        if hw.dac.x_range is not None:
+            xs = torch.tensor(float(hw.dac.x_range), dtype=st.mean.dtype)
+        else:
+            xs = _per_read(layer, st.second_moment().sqrt())
+            xs = torch.where(xs > 0, xs, torch.ones_like(xs))
+        d, t = layer_read_power(st, layer, self._bl[0], self._bl[1], v_read=hw.array.v_read,
+                                r_tia=hw.array.r_tia, xs=xs)
+        b = st.mean.shape[0]
+        self.power[0] += float(d) * b
+        self.power[1] += float(t) * b
+        self.power[2] += b
 
     def _scale_c(self):
         s = self.lh.plan.scale
@@ -365,6 +405,8 @@ class _HardwareStep:
             st, dmean = self._dac_exact(st, op)
         if self.on_crossbar is not None:
             self.on_crossbar(self.index, layer, st, self.W, self._scale_c())
+        if self.power is not None:
+            self._read_power(st)
         need_read = dev.thermal_noise or dev.shot_noise or (dac.enabled and not det)
         out = mo._crossbar_step(st, layer, self.W, self.s2, self.rank, self.max_factors)
         if not (need_read or adc.enabled):     # MemSE's case: the moments of the noisy weights are all
@@ -510,7 +552,7 @@ class Prediction:
     per_output : (B, out) MSE of every output against the reference (variance + bias^2).
     mse_mean : mean of ``per_output``. mse_max : mean over inputs of the max over outputs.
     layers : per crossbar layer, a summary of its plan and noise.
-    power : MemSE's expected power when asked for (see :mod:`memcim.analysis.power`).
+    power : the expected read power [W] when asked for (see :mod:`memcim.analysis.power`).
     config : the settings of the prediction.
     """
 
@@ -582,7 +624,7 @@ def predict(model, x, hw=None, *, calib_data=None, calib_inputs=None, cov: str =
             rank: int = mo.DEFAULT_RANK, max_factors: int = 64, full_below: int = mo.DEFAULT_FULL_BELOW,
             full_linear: int = 4096, act_method: str = "taylor", taylor_order: int = 2,
             fold_bn: bool = False, dtype: torch.dtype = torch.float64, batch_chunk: int | None = None,
-            on_crossbar: Callable | None = None) -> Prediction:
+            on_crossbar: Callable | None = None, power: bool = False) -> Prediction:
     """Predict the output mean, variance and MSE of a matrix or a network on crossbars, in closed form.
 
     Parameters
@@ -603,6 +645,10 @@ def predict(model, x, hw=None, *, calib_data=None, calib_inputs=None, cov: str =
         as the analog conversion keeps BatchNorm digital.
     dtype : computation dtype. batch_chunk : process the inputs in chunks of this size.
     on_crossbar : optional callback ``f(index, layer, state_in, mean_weight, c)`` per crossbar layer.
+    power : also predict the expected read power [W] of the devices and of the TIAs' feedback
+        resistors on the plan (its arrays, levels with g_min, scheme, device moments over chips,
+        ``v_read``, ``r_tia``, the DAC's input scale): the expectation of
+        :func:`memcim.hardware.energy.bitline_power` (see :mod:`memcim.analysis.power`).
 
     Returns
     -------
@@ -652,7 +698,8 @@ def predict(model, x, hw=None, *, calib_data=None, calib_inputs=None, cov: str =
     for layer, h, cal in zip(xl, hws, calib):
         Wc = layer.weight.reshape(layer.weight.shape[0], -1).t().to(torch.float64)
         lhs.append(layer_hardware(Wc, h, calib_inputs=cal))
-    steps = [_HardwareStep(lh, layer, rank, max_factors, on_crossbar, i) for i, (lh, layer) in enumerate(zip(lhs, xl))]
+    steps = [_HardwareStep(lh, layer, rank, max_factors, on_crossbar, i, power)
+             for i, (lh, layer) in enumerate(zip(lhs, xl))]
     bc = batch_chunk or (xt.shape[0] if cov != "exact" else max(1, min(xt.shape[0], 8)))
     means, vars_ = [], []
     for s in range(0, xt.shape[0], bc):
@@ -668,5 +715,15 @@ def predict(model, x, hw=None, *, calib_data=None, calib_inputs=None, cov: str =
     per = var + (mean - ref) ** 2
     cfg = {"hardware": [h.name for h in hws], "cov": cov, "rank": rank, "act_method": act_method,
            "taylor_order": taylor_order, "batch": int(b), "fold_bn": fold_bn}
+    pw = None
+    if power:
+        per_layer = [{"layer": l.name, "device_W": st_.power[0] / st_.power[2], "tia_W": st_.power[1] / st_.power[2],
+                      "total_W": (st_.power[0] + st_.power[1]) / st_.power[2], "v_read_V": lh.hw.array.v_read,
+                      "r_tia_ohm": lh.hw.array.r_tia} for st_, l, lh in zip(steps, xl, lhs)]
+        pw = {"total_W": sum(p["total_W"] for p in per_layer), "device_W": sum(p["device_W"] for p in per_layer),
+              "tia_W": sum(p["tia_W"] for p in per_layer),
+              "units": "W: read power per input of the devices and the TIAs' feedback resistors, each read "
+                       "lasting one time unit (energy per inference = this times t_read)",
+              "per_layer": per_layer}
     return Prediction(mean, var, ref, per, float(per.mean()), float(per.max(1).values.mean()),
-                      [dict(lh.summary(), layer=l.name) for lh, l in zip(lhs, xl)], None, cfg)
+                      [dict(lh.summary(), layer=l.name) for lh, l in zip(lhs, xl)], pw, cfg)

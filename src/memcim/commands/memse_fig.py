@@ -13,8 +13,6 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trials", type=int, default=None, help="Monte Carlo chips per point")
     p.add_argument("--inputs", type=int, default=None, help="number of MNIST test inputs")
-    p.add_argument("--mc-engine", default="simulator", metavar="ENGINE",
-                   help="Monte Carlo of record: simulator (memcim's hardware simulator, default) or vectorised")
     p.add_argument("--ga-pop", type=int, default=None, help="fig4: GA population (paper: 50)")
     p.add_argument("--ga-gen", type=int, default=None, help="fig4: GA generations (paper: 100)")
     p.add_argument("--budgets", type=int, default=None, help="fig4: number of power budgets")
@@ -36,9 +34,7 @@ def run(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')}: {v} is not allowed; must be >= 1")
         if v is not None and args.figure != "fig4":
             raise ValueError(f"--{name.replace('_', '-')}: only applies to fig4")
-    if args.mc_engine not in ("simulator", "vectorised"):
-        raise ValueError(f"--mc-engine: {args.mc_engine!r} is not allowed; choose simulator or vectorised")
-    kw = {"seed": args.seed, "quick": args.quick, "engine": args.mc_engine}
+    kw = {"seed": args.seed, "quick": args.quick}
     if args.inputs:
         kw["n_inputs"] = args.inputs
     if args.figure == "fig2":

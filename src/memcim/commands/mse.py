@@ -11,9 +11,9 @@ def register(sub) -> None:
     p = sub.add_parser("mse", help="fast analytic output MSE and power of a network on noisy crossbars (MemSE)",
                        description="Predict, by moment propagation (paper 001), the output MSE of a model whose "
                                    "Linear/Conv2d layers run on memristor crossbars with quantization to N+1 levels "
-                                   "and programming noise sigma, and the expected device+TIA power. Optionally "
-                                   "check it with a Monte Carlo over chips sampled and read by memcim's hardware "
-                                   "simulator (and/or the faster vectorised re-implementation).")
+                                   "and programming noise sigma, and the expected device+TIA read power (the energy "
+                                   "model's expectation). Optionally check both with a Monte Carlo over chips "
+                                   "sampled and read by memcim's hardware simulator, the power measured on every chip.")
     add_model_args(p, sigma_required=False)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--gmax", type=float, help="one G_max for every crossbar layer, S")
@@ -27,11 +27,9 @@ def register(sub) -> None:
     p.add_argument("--calib", default=None, metavar="DATA",
                    help="with --preset/--config: inputs that calibrate the ADC full scales, .npy/.npz/.csv or "
                         "DATASET:N (first N training samples); default: the mapping's standard normal inputs")
-    p.add_argument("--monte-carlo", type=int, default=0, metavar="T", help="also run T Monte Carlo chips")
-    p.add_argument("--mc-engine", default="both", choices=None, metavar="ENGINE",
-                   help="simulator: chips sampled and read by memcim's hardware simulator (memcim.nn / "
-                        "memcim.simulate); vectorised: MemSE's semantics re-implemented with trials batched, "
-                        "faster, and it measures the power on every chip; both (default)")
+    p.add_argument("--monte-carlo", type=int, default=0, metavar="T",
+                   help="also run T chips through memcim's hardware simulator (output MSE, accuracy, and the "
+                        "read power measured on every chip)")
     p.add_argument("--seed", type=int, default=0, help="Monte Carlo seed (default 0)")
     p.add_argument("--act-method", default="taylor", help="taylor (default) or gh (Gauss-Hermite)")
     p.add_argument("--taylor-order", type=int, default=2, help="even Taylor order (default 2, the paper's)")
@@ -39,15 +37,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from memcim.analysis.memse_mc import monte_carlo
     from memcim.analysis.moments import predict_mse
     from memcim.commands._memse_common import load, parse_floats
     from memcim.io import emit_result, provenance
 
     if args.monte_carlo < 0 or args.monte_carlo == 1:
         raise ValueError(f"--monte-carlo: {args.monte_carlo} is not allowed; use 0 (off) or >= 2 trials")
-    if args.mc_engine not in ("simulator", "vectorised", "both"):
-        raise ValueError(f"--mc-engine: {args.mc_engine!r} is not allowed; choose simulator, vectorised or both")
     if args.preset is not None or args.config is not None:
         return _run_hardware(args)
     if args.sigma is None:
@@ -67,31 +62,36 @@ def run(args) -> int:
     pd = pred.to_dict()
     pd["wall_s"] = time.perf_counter() - t0
     out = {"predicted": pd}
-    if args.monte_carlo and args.mc_engine in ("simulator", "both"):
+    if args.monte_carlo:
         from memcim.analysis.memse_sim import monte_carlo_simulator
 
         mc = monte_carlo_simulator(model, x, sigma=args.sigma, gmax=gmax, levels=args.levels,
-                                   trials=args.monte_carlo, seed=args.seed, labels=labels)
+                                   trials=args.monte_carlo, seed=args.seed, labels=labels, power=True)
         out["monte_carlo"] = mc.to_dict()
-    if args.monte_carlo and args.mc_engine in ("vectorised", "both"):
-        mc = monte_carlo(model, x, sigma=args.sigma, gmax=gmax, levels=args.levels, trials=args.monte_carlo,
-                         seed=args.seed, power=True, r=args.r, labels=labels)
-        out["monte_carlo" if args.mc_engine == "vectorised" else "monte_carlo_vectorised"] = mc.to_dict()
     out["config"] = {"model": str(args.model), "inputs": str(args.inputs), "batch": int(x.shape[0]),
                      "sigma": args.sigma, "gmax": gmax, "levels": args.levels, "cov": args.cov, "r": args.r,
-                     "monte_carlo": args.monte_carlo, "mc_engine": args.mc_engine}
+                     "monte_carlo": args.monte_carlo}
     out["provenance"] = provenance(seed=args.seed)
     if not emit_result(out, out=args.out, name="mse", as_json=args.json):
         print(f"predicted: mse_mean={pd['mse_mean']:.6g} mse_max={pd['mse_max']:.6g} "
-              f"power={pd['power']['total_W']:.6g} W ({pd['wall_s'] * 1e3:.1f} ms)")
-        for key in ("monte_carlo", "monte_carlo_vectorised"):
-            if key in out:
-                m = out[key]
-                engine = m["config"].get("engine", "vectorised")
-                pw = f" power={m['power']['total_W']:.6g} W" if m.get("power") else ""
-                print(f"monte carlo, {engine} ({m['trials']} chips): mse_mean={m['mse_mean']:.6g} "
-                      f"± {m['mse_mean_stderr']:.2g} mse_max={m['mse_max']:.6g}{pw} ({m['wall_s']:.2f} s)")
+              f"power={_watts(pd['power']['total_W'])} ({pd['wall_s'] * 1e3:.1f} ms)")
+        if "monte_carlo" in out:
+            m = out["monte_carlo"]
+            print(f"monte carlo, simulator ({m['trials']} chips): mse_mean={m['mse_mean']:.6g} "
+                  f"± {m['mse_mean_stderr']:.2g} mse_max={m['mse_max']:.6g} power={_watts(m['power']['total_W'])} "
+                  f"({m['wall_s']:.2f} s)")
+        print(f"power: read power per input of the devices and the TIA feedback resistors in paper 001's normalised "
+              f"units (G in S, inputs in V, r = {args.r:g} Ohm, levels from 0 S): watts of those units, not of a "
+              "real chip; use --preset/--config for a physical design")
     return 0
+
+
+def _watts(p: float) -> str:
+    """A power with an SI prefix."""
+    for k, unit in ((1e9, "GW"), (1e6, "MW"), (1e3, "kW"), (1.0, "W"), (1e-3, "mW"), (1e-6, "uW"), (1e-9, "nW")):
+        if abs(p) >= k:
+            return f"{p / k:.4g} {unit}"
+    return f"{p * 1e12:.4g} pW"
 
 
 def _hardware(args):
@@ -121,27 +121,32 @@ def _hardware(args):
 
 @__import__("torch").no_grad()
 def _hardware_monte_carlo(model, x, hw, trials: int, seed: int, calib, labels):
-    """Per-chip output MSE and accuracy through the simulator (convert_to_analog + program)."""
+    """Per-chip output MSE, accuracy and read power through the simulator, in the one chips loop
+    (:func:`memcim.nn.evaluate.chip_outputs`)."""
     import math
 
     import numpy as np
     import torch
 
-    from memcim.nn.analog import convert_to_analog, layer_seed, program
+    from memcim.analysis.memse_sim import ReadPowerProbe
+    from memcim.nn.evaluate import chip_outputs
 
     t0 = time.perf_counter()
     ref = model(x)
-    analog = convert_to_analog(model, hw, calib_data=calib).eval()
-    mses, accs = [], []
-    for k in range(trials):
-        program(analog, seed=layer_seed(seed, k), dtype=torch.float64)
-        y = analog(x)
+    probe = ReadPowerProbe(x.shape[0])
+    mses, accs, pw = [], [], []
+    for _, analog, y in chip_outputs(model, x, hw, chips=trials, seed=seed, calib_data=calib, batch_size=x.shape[0],
+                                     dtype=torch.float64, progress=False, on_program=probe):
         mses.append(float(((y - ref) ** 2).mean()))
+        pw.append(probe.measure(analog).sum(0))
         if labels is not None:
             accs.append(float((y.argmax(1) == labels).double().mean()))
     m = np.asarray(mses)
+    p = np.asarray(pw).mean(0)
     out = {"engine": "simulator", "trials": trials, "mse_mean": float(m.mean()),
-           "mse_mean_stderr": float(m.std(ddof=1) / math.sqrt(trials)), "wall_s": time.perf_counter() - t0}
+           "mse_mean_stderr": float(m.std(ddof=1) / math.sqrt(trials)),
+           "power": {"total_W": float(p.sum()), "device_W": float(p[0]), "tia_W": float(p[1])},
+           "wall_s": time.perf_counter() - t0}
     if accs:
         out["accuracy"] = float(np.mean(accs))
         out["digital_accuracy"] = float((ref.argmax(1) == labels).double().mean())
@@ -155,9 +160,6 @@ def _run_hardware(args) -> int:
 
     if args.monte_carlo < 0 or args.monte_carlo == 1:
         raise ValueError(f"--monte-carlo: {args.monte_carlo} is not allowed; use 0 (off) or >= 2 trials")
-    if args.monte_carlo and args.mc_engine not in ("simulator", "both"):
-        raise ValueError(f"--mc-engine: {args.mc_engine!r} is not available with --preset/--config; "
-                         "the Monte Carlo runs through the simulator")
     hw = _hardware(args)
     model, x, labels = load(args)
     calib = None
@@ -167,7 +169,7 @@ def _run_hardware(args) -> int:
         calib = calib.double()
     t0 = time.perf_counter()
     pred = predict(model, x.double(), hw, calib_data=calib, cov=args.cov, act_method=args.act_method,
-                   taylor_order=args.taylor_order)
+                   taylor_order=args.taylor_order, power=True)
     pd = pred.to_dict()
     pd["wall_s"] = time.perf_counter() - t0
     out = {"predicted": pd}
@@ -179,10 +181,14 @@ def _run_hardware(args) -> int:
     out["provenance"] = provenance(seed=args.seed)
     if not emit_result(out, out=args.out, name="mse", as_json=args.json):
         print(f"predicted ({hw.name}): mse_mean={pd['mse_mean']:.6g} mse_max={pd['mse_max']:.6g} "
-              f"({pd['wall_s'] * 1e3:.1f} ms)")
+              f"power={_watts(pd['power']['total_W'])} ({pd['wall_s'] * 1e3:.1f} ms)")
         if "monte_carlo" in out:
             m = out["monte_carlo"]
             acc = f" accuracy={m['accuracy']:.4f}" if "accuracy" in m else ""
             print(f"monte carlo, simulator ({m['trials']} chips): mse_mean={m['mse_mean']:.6g} "
-                  f"± {m['mse_mean_stderr']:.2g}{acc} ({m['wall_s']:.2f} s)")
+                  f"± {m['mse_mean_stderr']:.2g}{acc} power={_watts(m['power']['total_W'])} ({m['wall_s']:.2f} s)")
+        print(f"power: read power per input of the devices and the TIA feedback resistors of this config "
+              f"(v_read = {hw.array.v_read:g} V, r_tia = {hw.array.r_tia:g} Ohm, levels from g_min = "
+              f"{hw.device.g_min:g} S, {'its' if hw.dac.x_range is None else 'x_range'} input scale), "
+              "each read lasting one time unit")
     return 0

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memcim.analysis.memse_mc import monte_carlo
 from memcim.analysis.memse_sim import monte_carlo_simulator
 from memcim.analysis.moments import predict_mse
 from memcim.io import provenance, savefig, write_json
@@ -30,15 +29,13 @@ def load_inputs(spec: str, n: int | None = None):
     return ds.x.double(), ds.y
 
 
-def _mc(engine: str, net, x, **kw):
-    """Monte Carlo of record: ``simulator`` (memcim.nn / memcim.simulate chips) or ``vectorised``
-    (memcim.analysis.memse_mc); per-column G_max always uses the vectorised one."""
-    if engine not in ("simulator", "vectorised"):
-        raise ValueError(f"engine: {engine!r} is not allowed; choose simulator or vectorised")
+def _mc(net, x, **kw):
+    """The Monte Carlo of record: memcim's hardware simulator (:func:`monte_carlo_simulator`). Per-column
+    G_max is not expressible in the simulator's mapping: None then."""
     per_column = any(np.ndim(g) for g in kw["gmax"]) if isinstance(kw["gmax"], (list, tuple)) else False
-    if engine == "simulator" and not per_column:
-        return monte_carlo_simulator(net, x, dtype=torch.float32, **kw)
-    return monte_carlo(net, x, dtype=torch.float32, **kw)
+    if per_column:
+        return None
+    return monte_carlo_simulator(net, x, dtype=torch.float32, **kw)
 
 
 def _model(spec: str):
@@ -48,12 +45,9 @@ def _model(spec: str):
 
 
 def fig2(out: str | Path, *, models=("mnist-cnn-small", "mnist-mlp-256-128"), sigmas=None, gmax: float = 1.0,
-         levels: int = 128, n_inputs: int = 64, trials: int = 200, seed: int = 0, orders=(2, 4), quick=False,
-         engine: str = "simulator") -> dict:
+         levels: int = 128, n_inputs: int = 64, trials: int = 200, seed: int = 0, orders=(2, 4), quick=False) -> dict:
     """MSE at the output vs sigma, predicted (Taylor orders, Gauss-Hermite, covariance modes) and
-    simulated, with the simulated accuracy. The Monte Carlo of record runs through ``engine``
-    (default memcim's hardware simulator); the vectorised MemSE Monte Carlo runs beside it as a
-    cross-check (``mc_vectorised_*``)."""
+    simulated through memcim's hardware simulator, with the simulated accuracy."""
     sigmas = list(sigmas) if sigmas is not None else list(np.logspace(-3.5, -0.5, 4 if quick else 9))
     x, y = load_inputs("mnist", n_inputs)
     rows = []
@@ -74,16 +68,13 @@ def fig2(out: str | Path, *, models=("mnist-cnn-small", "mnist-mlp-256-128"), si
                                                  act_method="gh").mse_mean
             row["pred_diagonal_t2"] = predict_mse(net, x, sigma=s, gmax=gmax, levels=levels, power=False,
                                                   cov="diagonal").mse_mean
-            mc = _mc(engine, net, x, sigma=s, gmax=gmax, levels=levels, trials=trials, seed=seed, labels=y)
-            vec = monte_carlo(net, x, sigma=s, gmax=gmax, levels=levels, trials=trials, seed=seed + 1, labels=y,
-                              dtype=torch.float32)
+            mc = _mc(net, x, sigma=s, gmax=gmax, levels=levels, trials=trials, seed=seed, labels=y)
             row.update(mc_engine=mc.config["engine"], mc_mse=mc.mse_mean, mc_stderr=mc.mse_mean_stderr,
                        mc_max=mc.mse_max, mc_accuracy=float(mc.accuracy.mean()), mc_wall_s=mc.wall_s,
-                       mc_vectorised_mse=vec.mse_mean, mc_vectorised_stderr=vec.mse_mean_stderr,
-                       mc_vectorised_wall_s=vec.wall_s, rel_err_t2=(p.mse_mean - mc.mse_mean) / mc.mse_mean)
+                       rel_err_t2=(p.mse_mean - mc.mse_mean) / mc.mse_mean)
             rows.append(row)
     res = {"figure": "fig2", "rows": rows, "config": {"levels": levels, "gmax": gmax, "n_inputs": n_inputs,
-                                                         "trials": trials, "models": list(models), "engine": engine},
+                                                         "trials": trials, "models": list(models), "engine": "simulator"},
            "provenance": provenance(seed=seed)}
     out = Path(out)
     write_json(out / "memse_fig2.json", res)
@@ -95,8 +86,7 @@ def fig2(out: str | Path, *, models=("mnist-cnn-small", "mnist-mlp-256-128"), si
         s = [r["sigma"] for r in rs]
         ax = axes[0, j]
         ax.errorbar(s, [r["mc_mse"] for r in rs], yerr=[3 * r["mc_stderr"] for r in rs], fmt="ko",
-                    label=f"Monte Carlo ({engine}, ±3 s.e.)")
-        ax.plot(s, [r["mc_vectorised_mse"] for r in rs], "k+", label="Monte Carlo (vectorised)")
+                    label="Monte Carlo (simulator, ±3 s.e.)")
         ax.plot(s, [r["pred_lowrank_t2"] for r in rs], "-", label="predicted (Taylor 2)")
         for o in orders:
             if o != 2:
@@ -113,10 +103,9 @@ def fig2(out: str | Path, *, models=("mnist-cnn-small", "mnist-mlp-256-128"), si
 
 
 def fig3(out: str | Path, *, models=("mnist-cnn-small", "mnist-mlp-256-128"), sigmas=(0.01, 0.03, 0.1), gmaxes=None,
-         levels: int = 128, n_inputs: int = 64, trials: int = 100, seed: int = 0, quick=False,
-         engine: str = "simulator") -> dict:
+         levels: int = 128, n_inputs: int = 64, trials: int = 100, seed: int = 0, quick=False) -> dict:
     """Mean over inputs of the max over outputs of the MSE vs G_max, for several sigma, predicted
-    and simulated (Monte Carlo through ``engine``, default memcim's hardware simulator), with the
+    and simulated (Monte Carlo through memcim's hardware simulator), with the
     simulated accuracy and the quantization floor F3, for each model."""
     gmaxes = list(gmaxes) if gmaxes is not None else list(np.logspace(-0.5, 2, 4 if quick else 8))
     if isinstance(models, str):
@@ -129,7 +118,7 @@ def fig3(out: str | Path, *, models=("mnist-cnn-small", "mnist-mlp-256-128"), si
         for s in sigmas:
             for g in gmaxes:
                 p = predict_mse(net, x, sigma=s, gmax=g, levels=levels, power=True)
-                mc = _mc(engine, net, x, sigma=s, gmax=float(g), levels=levels, trials=trials, seed=seed, labels=y)
+                mc = _mc(net, x, sigma=s, gmax=float(g), levels=levels, trials=trials, seed=seed, labels=y)
                 rows.append({"model": name, "mc_engine": mc.config["engine"], "sigma": s, "gmax": float(g),
                              "clean_accuracy": clean,
                              "pred_max": p.mse_max, "pred_mean": p.mse_mean, "mc_max": mc.mse_max,
@@ -139,7 +128,7 @@ def fig3(out: str | Path, *, models=("mnist-cnn-small", "mnist-mlp-256-128"), si
                              "rel_err_mean": (p.mse_mean - mc.mse_mean) / mc.mse_mean})
         floors[name] = predict_mse(net, x, sigma=0.0, gmax=1.0, levels=levels, power=False).mse_max
     res = {"figure": "fig3", "models": list(models), "rows": rows, "quantization_floor_max": floors,
-           "config": {"levels": levels, "n_inputs": n_inputs, "trials": trials, "engine": engine,
+           "config": {"levels": levels, "n_inputs": n_inputs, "trials": trials, "engine": "simulator",
                       "sigmas": list(sigmas), "gmaxes": gmaxes},
            "provenance": provenance(seed=seed)}
     out = Path(out)
@@ -163,10 +152,11 @@ def fig3(out: str | Path, *, models=("mnist-cnn-small", "mnist-mlp-256-128"), si
 
 def fig4(out: str | Path, *, model="mnist-cnn-small", sigma: float = 0.01, levels: int = 128, n_inputs: int = 16,
          n_budgets: int = 5, ga: bool = True, pop_size: int = 50, n_gen: int = 100, seed: int = 0, quick=False,
-         mc_trials: int = 50, granularities=None, progress: bool | None = None, engine: str = "simulator") -> dict:
+         mc_trials: int = 50, granularities=None, progress: bool | None = None) -> dict:
     """Pareto front: min max-MSE vs power budget for network / layer / column G_max, structured
     optimizer and (optionally) the paper's GA (population 50, 100 generations), with the Monte
-    Carlo accuracy at each structured optimum.
+    Carlo accuracy at each structured optimum (through the simulator; none for per-column G_max, which
+    its mapping does not express).
 
     The JSON is rewritten after every optimisation, so an interrupted run keeps what it finished
     (``"complete": false`` until the end). A tqdm bar on stderr shows the progress.
@@ -189,8 +179,8 @@ def fig4(out: str | Path, *, model="mnist-cnn-small", sigma: float = 0.01, level
     res = {"figure": "fig4", "model": model, "sigma": sigma, "budgets_W": budgets, "rows": rows, "complete": False,
            "config": {"levels": levels, "n_inputs": n_inputs, "n_budgets": n_budgets, "granularities": list(grans),
                       "ga": ga, "pop_size": pop_size, "n_gen": n_gen, "mc_trials": mc_trials, "quick": quick,
-                      "engine": engine},
-           "units": "power in W for G in S, x in V and r = 1 Ohm (the paper's normalisation)",
+                      "engine": "simulator"},
+           "units": "power in W for G in S, x in V and r = 1 Ohm (the paper's normalised units, not a real chip's)",
            "provenance": provenance(seed=seed)}
     n_jobs = len(grans) * len(budgets) + (sum(g != "column" for g in grans) * len(budgets) if ga else 0)
     bar = tqdm(total=n_jobs, desc="fig4 optimisations", disable=None if progress is None else not progress)
@@ -199,8 +189,9 @@ def fig4(out: str | Path, *, model="mnist-cnn-small", sigma: float = 0.01, level
         for v in budgets:
             r = optimize_gmax(None, None, sigma=sigma, power_budget=float(v), problem=prob)
             d = r.to_dict()
-            mc = _mc(engine, net, x, sigma=sigma, gmax=r.gmax, levels=levels, trials=mc_trials, seed=seed, labels=y)
-            d.update(mc_engine=mc.config["engine"], mc_mse_max=mc.mse_max, mc_accuracy=float(mc.accuracy.mean()))
+            mc = _mc(net, x, sigma=sigma, gmax=r.gmax, levels=levels, trials=mc_trials, seed=seed, labels=y)
+            d.update(mc_engine=None if mc is None else mc.config["engine"], mc_mse_max=None if mc is None else mc.mse_max,
+                     mc_accuracy=None if mc is None else float(mc.accuracy.mean()))
             rows.append(d)
             bar.update()
             write_json(out / "memse_fig4.json", res)
@@ -228,7 +219,10 @@ def fig4(out: str | Path, *, model="mnist-cnn-small", sigma: float = 0.01, level
                 axes[0].plot([r["power_W"] for r in rs], [r["objective_mse"] for r in rs], mk, color=f"C{k}",
                              label=f"{gran}, {m}")
         rs = [r for r in rows if r["granularity"] == gran and r["method"] == "structured"]
-        axes[1].plot([r["power_W"] for r in rs], [100 * r["mc_accuracy"] for r in rs], "-o", color=f"C{k}", label=gran)
+        rs = [r for r in rs if r["mc_accuracy"] is not None]
+        if rs:
+            axes[1].plot([r["power_W"] for r in rs], [100 * r["mc_accuracy"] for r in rs], "-o", color=f"C{k}",
+                         label=gran)
     axes[0].set(xscale="log", yscale="log", xlabel="expected power (W, r = 1 Ω)", ylabel="predicted max output MSE",
                 title=f"{model}, sigma={sigma} S")
     axes[0].legend(fontsize=7)

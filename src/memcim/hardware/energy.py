@@ -38,7 +38,7 @@ import numpy as np
 
 from memcim.config import HardwareConfig
 
-__all__ = ["EnergyConfig", "HOROWITZ_2014_PJ", "bitline_power", "crossbar_power", "tia_power", "layer_energy",
+__all__ = ["EnergyConfig", "HOROWITZ_2014_PJ", "bitline_power", "crossbar_power", "tia_power", "chip_power", "layer_energy",
            "digital_energy", "network_energy"]
 
 #: Energy per operation [pJ], 45 nm, 0.9 V (Horowitz, ISSCC 2014, Fig. 1.1.9 and its table).
@@ -208,6 +208,41 @@ def tia_power(plan, m2, *, g_var=None, conductances=None):
     _, tia = bitline_power(g, u2, ug2, v_read=plan.hw.array.v_read, r_tia=plan.hw.array.r_tia, g_var=var)
     tia = tia.sum(-1).detach().cpu().numpy()
     return float(tia) if tia.ndim == 0 else tia
+
+
+def chip_power(chip, u, *, n_inputs: int | None = None, g_offset: float = 0.0):
+    """Measured read power [W] of programmed chips for the reads they actually ran: the device term
+    (:func:`crossbar_power`) and the TIA term (:func:`tia_power`) on each chip's programmed
+    conductances.
+
+    Parameters
+    ----------
+    chip : a :class:`memcim.simulate.ProgrammedChip` (``trials`` chips).
+    u : (reads, in) the word-line drive fractions of the reads (after the DAC).
+    n_inputs : the power is summed over the reads and divided by this (the inputs the reads belong to:
+        a convolution reads once per output position); default ``reads`` (power per read).
+    g_offset : a conductance [S] subtracted from every present device first (MemSE counts its levels
+        from 0 S while the ``memse`` preset lifts them by ``g_min``; see :mod:`memcim.analysis.memse_sim`).
+
+    Returns
+    -------
+    (device_W, tia_W), each a (trials,) array.
+    """
+    import torch
+
+    plan = chip.mapped
+    u = torch.as_tensor(u).to(torch.float64).cpu()
+    if u.ndim != 2 or u.shape[1] != plan.in_features:
+        raise ValueError(f"u: shape {tuple(u.shape)} does not match the {plan.in_features} inputs")
+    n = u.shape[0] if n_inputs is None else int(n_inputs)
+    gp, gn = chip.g_pos.detach().to(torch.float64).cpu(), chip.g_neg.detach().to(torch.float64).cpu()
+    if g_offset:
+        gp = gp - g_offset * plan.mask_pos.to(gp)
+        gn = gn - g_offset * plan.mask_neg.to(gn)
+    m2 = (u.t() @ u / n).numpy()
+    dev = crossbar_power(plan, np.diag(m2), conductances=(gp, gn))
+    tia = tia_power(plan, m2, conductances=(gp, gn))
+    return np.atleast_1d(dev), np.atleast_1d(tia)
 
 
 def layer_energy(W, hw: HardwareConfig, *, g_min: float | None = None, g_max: float | None = None,
