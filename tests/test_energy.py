@@ -88,3 +88,30 @@ def test_crossbar_power_offset_scheme_by_hand():
     # 4 columns per array: 3 weight columns + 1 reference column -> one column tile
     rows = [3 * g_ref + c * W[i].sum() + g_ref for i in range(3)]
     assert crossbar_power(plan, U2) == pytest.approx(0.2 ** 2 * float(U2 @ np.array(rows)), rel=1e-12)
+
+
+def test_tia_power_by_hand():
+    """Every bit line (G+ and G- of each weight, per row tile) ends in its own TIA: r_tia sum_j E[I_j^2]
+    with I_j = v_read sum_i u_i G_ij over the rows of its array; E[I^2] from E[u u^T]."""
+    from memcim.hardware.energy import layer_energy, tia_power
+    from memcim.mapping.crossbar import map_matrix
+
+    hw = HW.set("array.r_tia", 5e3)
+    plan = map_matrix(W, hw)
+    rng = np.random.default_rng(1)
+    U = rng.uniform(-1, 1, size=(7, 3))
+    m2 = U.T @ U / 7
+    gp = plan.g_pos.double().numpy()
+    gn = plan.g_neg.double().numpy()
+    want = 0.0
+    for t, rows in enumerate((slice(0, 2), slice(2, 3))):          # balanced tiling: 2 + 1 rows
+        k = rows.stop - rows.start
+        for g in (gp[t, :k], gn[t, :k]):                           # (rows, bit lines)
+            i = 0.2 * U[:, rows] @ g                               # (reads, bit lines) [A]
+            want += 5e3 * (i ** 2).sum(1).mean()
+    assert tia_power(plan, m2) == pytest.approx(want, rel=1e-12)
+    e = layer_energy(None, None, plan=plan, m2=m2)
+    assert e["tia_feedback"] == pytest.approx(e["t_read"] * want, rel=1e-12)
+    assert e["total"] == pytest.approx(sum(e[k] for k in ("crossbar", "dac", "adc", "tia", "tia_feedback", "digital")))
+    with pytest.raises(ValueError, match="m2"):
+        tia_power(plan, np.eye(4))
