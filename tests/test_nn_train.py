@@ -79,6 +79,28 @@ def test_hardware_aware_fine_tuning_keeps_accuracy_and_converts_back():
     assert type(tuned[1]) is nn.Linear and evaluate_accuracy(tuned, te) > 0.85
 
 
+def test_hardware_aware_training_resumes_bit_identically(tmp_path):
+    """The training chips are drawn from each layer's generator, saved in the checkpoint: an interrupted
+    and resumed hardware-aware run draws the same chips and ends with the same weights."""
+    from memcim.config import preset
+
+    ds = load_digits("train").subset(512)
+    kw = dict(epochs=2, lr=3e-3, batch_size=64, seed=0, progress=False)
+    hw = preset("noisy")
+    full = convert_to_analog(digits_mlp(), hw, seed=1)
+    train(full, ds, **kw)
+    part = convert_to_analog(digits_mlp(), hw, seed=1)
+    train(part, ds, checkpoint_dir=tmp_path, stop_after=1, **kw)
+    resumed = convert_to_analog(digits_mlp(), hw, seed=1)
+    h = train(resumed, ds, checkpoint_dir=tmp_path, **kw)
+    assert h["resumed_from"] == 1
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    other = convert_to_analog(digits_mlp(), hw, seed=2)            # other chips, other weights
+    train(other, ds, **kw)
+    assert not torch.equal(other[1].weight, full[1].weight)
+
+
 def test_reference_model_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("MEMCIM_CACHE", str(tmp_path))
     monkeypatch.setitem(models.REFERENCE_MODELS, "digits-tiny",
