@@ -68,6 +68,8 @@ from scipy.special import ndtr
 
 from memcim.config import HardwareConfig
 from memcim.hardware.converters import dac_convert
+from memcim.hardware.device import read_noise_coefficients
+from memcim.mapping.crossbar import map_matrix, tile_geometry
 
 __all__ = ["TERMS", "CONSTANT_TERMS", "InputStats", "Design", "LayerErrorModel", "gaussian_saturation",
            "gaussian_saturation_grad_F"]
@@ -281,27 +283,21 @@ class LayerErrorModel:
             raise ValueError("W: all weights are zero; nothing to map")
         self._precompute()
 
-    # -- geometry ---------------------------------------------------------------------------
+    # -- geometry: the mapping's own (memcim.mapping.crossbar.tile_geometry) -------------------
     @property
     def n_row_tiles(self) -> int:
-        """Arrays along the input dimension, ``ceil(in / array.rows)``."""
-        return -(-self.W.shape[0] // self.hw.array.rows)
+        """Arrays along the input dimension."""
+        return tile_geometry(*self.W.shape, self.hw)[2]
 
     @property
     def rows(self) -> int:
-        """Rows used per array: all of them ("packed"), or spread evenly ("balanced" tiling)."""
-        if getattr(self.hw.mapping, "tiling", "packed") == "balanced":
-            return -(-self.W.shape[0] // self.n_row_tiles)
-        return self.hw.array.rows
+        """Rows used per array (see ``mapping.tiling``)."""
+        return tile_geometry(*self.W.shape, self.hw)[0]
 
     @property
     def tile_cols(self) -> int:
-        """Weight columns per array (differential pairs), as the mapping tiles them."""
-        cw = self.hw.array.cols // 2
-        m = self.W.shape[1]
-        if getattr(self.hw.mapping, "tiling", "packed") == "balanced":
-            return -(-m // -(-m // cw))
-        return cw
+        """Weight columns per array, as the mapping tiles them."""
+        return tile_geometry(*self.W.shape, self.hw)[1]
 
     @property
     def wmax(self) -> np.ndarray:
@@ -333,12 +329,14 @@ class LayerErrorModel:
         c["Aw"] = At.sum(1)                                                     # sum |w_i|
         c["B"] = mabs.sum(1)[:, None] * np.ones(m)                              # sum b_i
         c["Bw"] = np.einsum("tr,trm->tm", mabs, At)                             # sum b_i |w_i|
-        # programming-noise table: level index of each device is round(w (L-1)/wmax), independent of (a, D)
+        # the plan of the level grid (independent of the window (a, D): the levels span it), from
+        # the one mapping: level indices for the per-level noise table, the level-rounding error
+        plan = self._plan()
+        Wq = plan.realized().numpy()
         if dev.prog_sigma_table is not None and dev.levels is not None:
             t = np.asarray(dev.prog_sigma_table)
-            L = dev.levels
-            lp = np.clip(np.round(np.maximum(Wt, 0) * (L - 1) / wmax), 0, L - 1).astype(int)
-            ln = np.clip(np.round(np.maximum(-Wt, 0) * (L - 1) / wmax), 0, L - 1).astype(int)
+            lp = self._tiles(self._weights(plan.level_pos))
+            ln = self._tiles(self._weights(plan.level_neg))
             c["Ttab"] = np.einsum("tr,trm->tm", m2, t[lp] ** 2 + t[ln] ** 2)
         else:
             c["Ttab"] = np.zeros_like(c["S2"])
@@ -361,15 +359,9 @@ class LayerErrorModel:
         const = {"levels": np.zeros((self.n_row_tiles, m)), "stuck": np.zeros((self.n_row_tiles, m)),
                  "dac": np.zeros((self.n_row_tiles, m))}
         if dev.levels is not None:
-            step = wmax / (dev.levels - 1)
-            e = (np.round(np.maximum(W, 0) / step) - np.round(np.maximum(-W, 0) / step)) * step - W
-            const["levels"] = self._quadratic(e, sec)
+            const["levels"] = self._quadratic(Wq - W, sec)
         p0, p1 = dev.stuck_at_min, dev.stuck_at_max
         if p0 > 0 or p1 > 0:
-            Wq = W
-            if dev.levels is not None:
-                step = wmax / (dev.levels - 1)
-                Wq = (np.round(np.maximum(W, 0) / step) - np.round(np.maximum(-W, 0) / step)) * step
             wp, wn = np.maximum(Wq, 0), np.maximum(-Wq, 0)
             # error of the output weight when one side is stuck: (G_stuck - G)/c
             mean_e = (-p0 * wp + p1 * (wmax - wp)) - (-p0 * wn + p1 * (wmax - wn))
@@ -381,6 +373,15 @@ class LayerErrorModel:
             nz = self._tiles(st.nonzero)
             const["dac"] = np.einsum("tr,trm->tm", nz, Wt ** 2) / (12.0 * k * k)
         c["const"] = const
+
+    def _plan(self):
+        """The layer's plan on the config's own window, ideal wires and no converters (cheap)."""
+        return map_matrix(self.W, self.hw.without("wires", "dac", "adc"))
+
+    def _weights(self, t) -> np.ndarray:
+        """A plan tensor (row tiles, rows, out_pad) as (in, out) numpy."""
+        n, m = self.W.shape
+        return t.reshape(-1, t.shape[-1])[:n, :m].cpu().numpy()
 
     def _quadratic(self, e: np.ndarray, sec: np.ndarray) -> np.ndarray:
         """``E_w[(u . e_j)^2]`` of a fixed (in, out) error, split over row tiles.
@@ -394,29 +395,52 @@ class LayerErrorModel:
         return own + (full - own.sum(0)) / self.n_row_tiles
 
     # -- the terms --------------------------------------------------------------------------
-    def noise_terms(self, g_min: float, g_max: float) -> dict[str, np.ndarray]:
-        """Analog-noise terms (u-units, per row tile and column, before the ``xs2`` factor)."""
+    #: the basis of :meth:`noise_coefficients`, in the window's G_min = a and D = G_max - G_min
+    BASIS = ("D^-2", "a D^-2", "a^2 D^-2", "a D^-1", "D^-1", "1")
+
+    def noise_coefficients(self) -> dict[str, np.ndarray]:
+        """Every analog-noise term as coefficients of :data:`BASIS`: ``term = sum_k C[..., k] basis_k``,
+        shape (n_row_tiles, out, 6), in u-units before the ``xs2`` factor.
+
+        With ``1/c = wmax / D`` and ``G± = a + c w±`` (differential pair):
+
+        * programming: ``sum_i m_i (var G+_i + var G-_i) / c^2``, ``var G = abs^2 + rel^2 G^2 + table^2``;
+        * read noise (:func:`memcim.hardware.device.read_noise_coefficients`):
+          ``k_th sum_i (G+_i + G-_i) / c^2 + k_sh sum_i b_i (G+_i + G-_i) / c^2``.
+
+        The convex program (:mod:`memcim.optimize.convex_range`) uses the same coefficients.
+        """
+        if "coef" in self._c:
+            return self._c["coef"]
         dev, arr = self.hw.device, self.hw.array
         c = self._c
-        a = float(g_min)
-        D = float(g_max) - a
-        q = c["wmax"] / D                       # 1/c  [weight units per S]
-        out = {}
-        out["prog_abs"] = 2 * dev.prog_sigma_abs ** 2 * c["S2"] * q ** 2
+        w = c["wmax"][None, :]
+        z = np.zeros((*c["S2"].shape, 6))
+        out = {k: z.copy() for k in ("prog_abs", "prog_rel", "prog_table", "thermal", "shot")}
+        out["prog_abs"][..., 0] = 2 * dev.prog_sigma_abs ** 2 * c["S2"] * w ** 2
         r2 = dev.prog_sigma_rel ** 2
-        out["prog_rel"] = r2 * (2 * a * a * c["S2"] * q ** 2 + 2 * a * c["S2w"] * q + c["S2ww"])
-        out["prog_table"] = c["Ttab"] * q ** 2
-        if dev.thermal_noise:
-            th = dev.thermal_psd / arr.v_read ** 2
-            out["thermal"] = th * (2 * a * c["ndev"] * q ** 2 + c["Aw"] * q)
-        else:
-            out["thermal"] = np.zeros_like(c["S2"])
-        if dev.shot_noise:
-            sh = dev.shot_psd / arr.v_read
-            out["shot"] = sh * (2 * a * c["B"] * q ** 2 + c["Bw"] * q)
-        else:
-            out["shot"] = np.zeros_like(c["S2"])
+        out["prog_rel"][..., 2] = 2 * r2 * c["S2"] * w ** 2
+        out["prog_rel"][..., 3] = 2 * r2 * c["S2w"] * w
+        out["prog_rel"][..., 5] = r2 * c["S2ww"]
+        out["prog_table"][..., 0] = c["Ttab"] * w ** 2
+        k_th, k_sh = read_noise_coefficients(dev, arr.v_read)
+        out["thermal"][..., 1] = 2 * k_th * c["ndev"] * w ** 2
+        out["thermal"][..., 4] = k_th * c["Aw"] * w
+        out["shot"][..., 1] = 2 * k_sh * c["B"] * w ** 2
+        out["shot"][..., 4] = k_sh * c["Bw"] * w
+        c["coef"] = out
         return out
+
+    @staticmethod
+    def basis(g_min: float, g_max: float) -> np.ndarray:
+        """The values of :data:`BASIS` for a window [g_min, g_max]."""
+        a, D = float(g_min), float(g_max) - float(g_min)
+        return np.array([D ** -2, a * D ** -2, a * a * D ** -2, a / D, 1 / D, 1.0])
+
+    def noise_terms(self, g_min: float, g_max: float) -> dict[str, np.ndarray]:
+        """Analog-noise terms (u-units, per row tile and column, before the ``xs2`` factor)."""
+        b = self.basis(g_min, g_max)
+        return {k: C @ b for k, C in self.noise_coefficients().items()}
 
     def terms(self, design: Design, *, per: str = "column") -> dict[str, np.ndarray | float]:
         """Every error term for ``design``, in weight units (MSE of ``y = x W``).

@@ -110,6 +110,18 @@ def rtn_factor(shape, dev: DeviceConfig, generator: torch.Generator, *, dtype=to
     return 1.0 - dev.rtn_amplitude * low.to(dtype)
 
 
+def read_noise_coefficients(dev: DeviceConfig, v_read: float) -> tuple[float, float]:
+    """Read-noise variance per unit conductance, in the units of ``j = I / v_read`` [S]:
+    ``var(j) = k_thermal * sum_i G_ij + k_shot * sum_i |u_i| G_ij`` (0 for a noise switched off).
+
+    ``k_thermal = 4 k T B / v_read^2`` [S], ``k_shot = 2 q B / v_read`` [S]; the same physics as
+    :func:`read_noise_variance`, which is ``v_read^2`` times this.
+    """
+    k_th = dev.thermal_psd / v_read ** 2 if dev.thermal_noise else 0.0
+    k_sh = dev.shot_psd / v_read if dev.shot_noise else 0.0
+    return k_th, k_sh
+
+
 def read_noise_variance(g_sum: torch.Tensor, abs_current_per_volt: torch.Tensor | None, v_read: float,
                         dev: DeviceConfig, *, inplace: bool = False) -> torch.Tensor | None:
     """Variance [A^2] of a column's read current from thermal and shot noise.

@@ -161,25 +161,16 @@ def read_power_coeffs(model: LayerErrorModel) -> tuple[float, float]:
 # ------------------------------------------------------------------------------ coefficients
 
 def _coeffs(model: LayerErrorModel, G_u: float) -> np.ndarray:
-    """(P, 6) non-negative coefficients of [d^-2, a d^-2, a^2 d^-2, a d^-1, d^-1, 1] per tile-column."""
-    c = model._c
-    dev, arr = model.hw.device, model.hw.array
-    w = c["wmax"][None, :]
-    K = np.zeros((*c["S2"].shape, 6))
-    K[..., 0] = (2 * dev.prog_sigma_abs ** 2 * c["S2"] + c["Ttab"]) * w ** 2 / G_u ** 2
-    r2 = dev.prog_sigma_rel ** 2
-    K[..., 2] = 2 * r2 * c["S2"] * w ** 2
-    K[..., 3] = 2 * r2 * c["S2w"] * w
-    K[..., 5] = r2 * c["S2ww"] + sum(c["const"].values())
-    if dev.thermal_noise:
-        th = dev.thermal_psd / arr.v_read ** 2
-        K[..., 1] += 2 * th * c["ndev"] * w ** 2 / G_u
-        K[..., 4] += th * c["Aw"] * w / G_u
-    if dev.shot_noise:
-        sh = dev.shot_psd / arr.v_read
-        K[..., 1] += 2 * sh * c["B"] * w ** 2 / G_u
-        K[..., 4] += sh * c["Bw"] * w / G_u
+    """(P, 6) non-negative coefficients of [d^-2, a d^-2, a^2 d^-2, a d^-1, d^-1, 1] per tile-column,
+    in the normalised window (a = G_min / G_u, d = (G_max - G_min) / G_u): the error model's own
+    noise coefficients (:meth:`LayerErrorModel.noise_coefficients`) rescaled, plus its constant terms."""
+    K = sum(model.noise_coefficients().values()) * (G_u ** _G_U_POWER)
+    K[..., 5] += sum(model._c["const"].values())
     return K.reshape(-1, 6)
+
+
+#: powers of G_u that turn the error model's basis (D^-2, a D^-2, ...) into the normalised one
+_G_U_POWER = np.array([-2.0, -1.0, 0.0, 0.0, -1.0, 0.0])
 
 
 def _basis(d, a):
