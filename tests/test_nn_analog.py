@@ -267,3 +267,20 @@ def test_conv_training_reads_one_chip_per_forward():
     y1, y2 = layer(xx), layer(xx)
     torch.testing.assert_close(y1[0], y1[1])
     assert not torch.allclose(y1, y2)
+
+
+def test_layer_maps_once_for_many_chips_and_again_when_weights_change():
+    """A Monte Carlo over chips programs every chip from one plan; a weight update makes a new one."""
+    from memcim.config import preset
+    from memcim.nn.analog import AnalogLinear
+
+    layer = AnalogLinear.from_digital(torch.nn.Linear(12, 5), preset("realistic"))
+    p0 = layer.program(0).mapped
+    c1 = layer.program(1)
+    assert c1.mapped.g_pos.data_ptr() == p0.g_pos.data_ptr() or torch.equal(c1.mapped.g_pos, p0.g_pos)
+    assert layer.plan() is layer.plan()
+    with torch.no_grad():
+        layer.weight.mul_(0.5)
+    p2 = layer.plan()
+    assert p2 is not p0
+    assert torch.allclose(p2.realized(), p0.realized() * 0.5, atol=float(p0.realized().abs().max()) / 40)

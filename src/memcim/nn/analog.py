@@ -87,11 +87,24 @@ class _AnalogMixin:
         self._calib: torch.Tensor | None = None
         self._digital = False
         self._weight_version: int | None = None
+        self._plan_memo = None
 
     # -- the matrix in crossbar orientation -----------------------------------------------------
     def crossbar_weight(self) -> torch.Tensor:
         """The layer's weight as the crossbar matrix W (in, out)."""
         return self.weight.detach().reshape(self.weight.shape[0], -1).t()
+
+    def plan(self, calib_inputs: torch.Tensor | None = None):
+        """The layer's plan (:func:`memcim.mapping.crossbar.map_matrix`), mapped once and reused for
+        every chip while the weights, the hardware and the calibration inputs stay the same (a
+        Monte Carlo over chips programs N chips from one plan, as a real chip line would)."""
+        calib = calib_inputs if calib_inputs is not None else self._calib
+        key = (self.weight.data_ptr(), self.weight._version, tuple(self.weight.shape), self.hardware)
+        memo = getattr(self, "_plan_memo", None)
+        if memo is None or memo[0] != key or memo[1] is not calib:
+            mapped = map_matrix(self.crossbar_weight().to(torch.float64).cpu(), self.hardware, calib_inputs=calib)
+            self._plan_memo = memo = (key, calib, mapped)
+        return memo[2]
 
     def program(self, seed: int | None = 0, *, dtype: torch.dtype = torch.float32,
                 calib_inputs: torch.Tensor | None = None) -> ProgrammedChip:
@@ -104,9 +117,8 @@ class _AnalogMixin:
         calib_inputs : crossbar inputs (rows, in) used to calibrate the ADC full scale; default
             the ones captured by :func:`calibrate` (or standard normal vectors if none).
         """
-        W = self.crossbar_weight()
         calib = calib_inputs if calib_inputs is not None else self._calib
-        mapped = map_matrix(W.to(torch.float64).cpu(), self.hardware, calib_inputs=calib)
+        mapped = self.plan(calib)
         self.chip = program_chip(mapped, seed=seed, dtype=dtype, device=self.weight.device)
         self.programmed_seed = seed
         self._weight_version = self.weight._version
@@ -190,7 +202,7 @@ class _AnalogMixin:
     # -- pickling (torch.save(model), copy.deepcopy) through plain data only --------------------
     def __getstate__(self):
         d = dict(nn.Module.__getstate__(self))
-        for k in ("hardware", "chip", "_train_gen", "programmed_seed", "_weight_version"):
+        for k in ("hardware", "chip", "_train_gen", "programmed_seed", "_weight_version", "_plan_memo"):
             d.pop(k, None)
         d["_memcim_state"] = self.get_extra_state()
         return d
@@ -202,6 +214,7 @@ class _AnalogMixin:
         self.chip = None
         self.programmed_seed = None
         self._weight_version = None
+        self._plan_memo = None
         self._train_gen = torch.Generator()
         self.set_extra_state(st)
 
