@@ -195,3 +195,22 @@ def test_with_full_scale_after_programming_clips_at_the_new_scale():
         chip.with_full_scale(-1.0)
     with pytest.raises(ValueError, match="full_scale"):
         chip.with_full_scale(np.ones(7))
+
+
+def test_with_hardware_keeps_targets_and_refuses_what_changes_them():
+    """Other converters give a new plan with the same targets (and a recalibrated ADC full scale);
+    a change of window, wires or mapping would change the targets and is refused."""
+    Wm = W[:60, :30]
+    hw = preset("realistic")
+    plan = map_matrix(Wm, hw, calib_inputs=X[:, :60])
+    new = plan.with_hardware(hw.set("adc.bits", 5), calib_inputs=X[:, :60])
+    assert torch.equal(new.g_pos, plan.g_pos) and torch.equal(new.scale, plan.scale)
+    fresh = map_matrix(Wm, hw.set("adc.bits", 5), calib_inputs=X[:, :60])
+    assert torch.equal(new.full_scale, fresh.full_scale)
+    assert plan.with_hardware(hw.set("adc.bits", 5), keep_full_scale=True).full_scale is not None
+    for key, value in (("device.g_max", 5e-5), ("array.rows", 64), ("mapping.scale", "column")):
+        with pytest.raises(ValueError, match="map the matrix again"):
+            plan.with_hardware(hw.set(key, value))
+    # a chip re-read under the new plan: the same devices, so the noise-free realized matrix is the same
+    chip = program(plan, seed=0, dtype=torch.float64)
+    assert torch.equal(chip.with_plan(new).realized(), chip.realized())

@@ -82,6 +82,7 @@ class ProgrammedChip:
     def __post_init__(self):
         self._cache = None
         self._newton = None
+        self._gd = None      # the reader's effective difference: depends on conductances, wires, cells only
 
     @property
     def trials(self) -> int:
@@ -131,7 +132,9 @@ class ProgrammedChip:
         if self._cache is None:
             m = self.mapped
             hw = m.hw
-            gd = self._difference(self.g_pos, self.g_neg).contiguous()
+            if self._gd is None:
+                self._gd = self._difference(self.g_pos, self.g_neg).contiguous()
+            gd = self._gd
             scale = m.scale.to(device=self.device, dtype=self.dtype)
             # the ADC full scale in units of u @ G [S]
             fs = (m.full_scale / (hw.array.r_tia * hw.array.v_read)).to(device=self.device, dtype=self.dtype)
@@ -289,7 +292,11 @@ class ProgrammedChip:
                              f"{tuple(self.mapped.g_pos.shape)}")
         gen = torch.Generator(device=self.device)
         gen.set_state(self.generator.get_state())
-        return ProgrammedChip(mapped=mapped.to(self.device), g_pos=self.g_pos, g_neg=self.g_neg, generator=gen)
+        chip = ProgrammedChip(mapped=mapped.to(self.device), g_pos=self.g_pos, g_neg=self.g_neg, generator=gen)
+        o, n = self.mapped.hw, mapped.hw
+        if (o.wires, o.cell, o.mapping.scheme, o.mapping.pair) == (n.wires, n.cell, n.mapping.scheme, n.mapping.pair):
+            chip._gd = self.effective_difference()   # the same devices on the same wires: solved tiles carry over
+        return chip
 
     def with_full_scale(self, full_scale) -> "ProgrammedChip":
         """A new chip with the ADC full scale [V] replaced (see :meth:`MappedMatrix.with_full_scale`)."""
@@ -305,6 +312,7 @@ class ProgrammedChip:
         self.generator.set_state(state["rng_state"])
         self._cache = None
         self._newton = None
+        self._gd = None
 
 
 def _trainable_targets(m: MappedMatrix, weights, dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -368,16 +368,12 @@ def _reread(analog, hw: HardwareConfig) -> None:
     for _, layer in analog_layers(analog):
         old = layer.chip
         o = old.mapped.hw
-        same = dataclasses.replace(hw, dac=o.dac, adc=o.adc, name=o.name,
-                                   device=hw.device.replace(rtn_amplitude=o.device.rtn_amplitude,
-                                                            rtn_probability=o.device.rtn_probability))
-        if same != o:
+        if dataclasses.replace(hw, device=o.device, dac=o.dac, adc=o.adc, name=o.name) != o or \
+                hw.device.replace(rtn_amplitude=o.device.rtn_amplitude,
+                                  rtn_probability=o.device.rtn_probability) != o.device:
             raise ValueError("hw: only the converters and the RTN may differ from the mapping's hardware")
-        chip = old.with_plan(dataclasses.replace(old.mapped, hw=hw))
-        # The tiles' circuit solve depends on the conductances, wires and cells only: carry it over
-        # instead of solving every tile again (see the proposal for ProgrammedChip.with_plan).
-        old.effective_difference()
-        chip._cache = old._cache
+        # the same devices under other converters: the solved tiles carry over (ProgrammedChip.with_plan)
+        chip = old.with_plan(old.mapped.with_hardware(hw, keep_full_scale=True))
         layer.chip = chip
         layer.hardware = hw
 

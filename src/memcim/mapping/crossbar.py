@@ -167,6 +167,32 @@ class MappedMatrix:
             raise ValueError("full_scale: every value must be a positive, finite voltage")
         return dataclasses.replace(self, full_scale=fs)
 
+    def with_hardware(self, hw: HardwareConfig, calib_inputs=None, *, calib_seed: int = 0,
+                      keep_full_scale: bool = False) -> "MappedMatrix":
+        """A new plan of the same targets under a config that differs only where the targets do not
+        depend on it: the converters, the read noise, RTN, programming noise and stuck devices.
+
+        The ADC full scale is recalibrated under ``hw`` (as ``map_matrix`` would, on ``calib_inputs``),
+        or kept with ``keep_full_scale=True``. Anything else that differs (window, levels, array,
+        wires, cells, mapping) changes the targets: map again instead (``ValueError``).
+        """
+        if not isinstance(hw, HardwareConfig):
+            raise TypeError(f"hw: expected a HardwareConfig, got {type(hw).__name__}")
+        o = self.hw
+        target_fields = ("g_min", "g_max", "levels")
+        for sec in ("array", "wires", "cell", "mapping"):
+            if getattr(hw, sec) != getattr(o, sec):
+                raise ValueError(f"hw: its {sec} section differs from the plan's; the targets depend on it, "
+                                 "so map the matrix again (map_matrix)")
+        for f in target_fields:
+            if getattr(hw.device, f) != getattr(o.device, f):
+                raise ValueError(f"hw: device.{f} differs from the plan's; the targets depend on it, so map the "
+                                 "matrix again (map_matrix)")
+        new = dataclasses.replace(self, hw=hw)
+        if keep_full_scale:
+            return new
+        return dataclasses.replace(new, full_scale=_full_scale(new, calib_inputs, calib_seed))
+
     def to(self, device) -> "MappedMatrix":
         """A copy with every tensor on ``device``."""
         kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
