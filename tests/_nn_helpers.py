@@ -1,4 +1,5 @@
 """Shared tiny models for the nn tests (trained in about a second on sklearn's digits)."""
+import copy
 import functools
 
 import torch
@@ -10,11 +11,16 @@ from memcim.nn.train import train
 
 
 @functools.lru_cache(maxsize=None)
-def digits_mlp():
-    """A 64-48-10 MLP trained on the 8x8 digits (about 95 % test accuracy)."""
+def _trained_digits_mlp():
     model = build_model("mlp-48", (1, 8, 8), 10, seed=0)
     train(model, load_digits("train"), epochs=25, lr=1e-2, batch_size=64, seed=0, progress=False)
     return model.eval()
+
+
+def digits_mlp():
+    """A 64-48-10 MLP trained on the 8x8 digits (about 95 % test accuracy); a fresh copy each call
+    (trained once), so a test that changes it (``.double()`` works in place) cannot leak into others."""
+    return copy.deepcopy(_trained_digits_mlp())
 
 
 class TinyCNN(nn.Sequential):
