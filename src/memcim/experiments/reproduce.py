@@ -88,7 +88,8 @@ def _sum_000(d: Path) -> list[Row]:
 
 # ---------------------------------------------------------------- papers 001-003
 def _summary_rows(d: Path, paper: dict[str, str]) -> list[Row]:
-    """Rows from the ``summary`` dict that each step's JSON carries, beside the paper's values."""
+    """Rows from the ``summary`` dict that each step's JSON carries, beside the paper's values
+    (keyed ``"<figure>:<key>"`` for one figure, or ``"<key>"`` for every figure)."""
     rows: list[Row] = []
     for sub in sorted(p for p in d.iterdir() if p.is_dir()) if d.exists() else []:
         for f in sorted(sub.glob("*.json")):
@@ -97,7 +98,8 @@ def _summary_rows(d: Path, paper: dict[str, str]) -> list[Row]:
                 continue
             for k, v in s.items():
                 if isinstance(v, (int, float, str)) and not isinstance(v, bool):
-                    rows.append((f"{f.stem}: {k}", paper.get(k, ""), v if isinstance(v, str) else _fmt(v), ""))
+                    ref = paper.get(f"{f.stem}:{k}", paper.get(k, ""))
+                    rows.append((f"{f.stem}: {k}", ref, v if isinstance(v, str) else _fmt(v), ""))
     return rows
 
 
@@ -136,7 +138,8 @@ def _sum_001(d: Path) -> list[Row]:
                          f"GA ({(f4.get('config') or {}).get('pop_size')} x {(f4.get('config') or {}).get('n_gen')}) within "
                          f"1 % in {v['ga_reached_structured_within_1pct']}/{v['budgets']} budgets"))
     return rows + _summary_rows(d, _PAPER_001)
-_PAPER_002 = {"accuracy_software": "0.984", "accuracy_representable": "0.983", "accuracy_dpe": "0.963",
+_PAPER_002 = {"fig9a:accuracy_software": "0.984", "fig9a:accuracy_representable": "0.983",
+              "fig9a:accuracy_dpe": "0.963", "fig10a:accuracy_software": "0.984",
               "error_ratio_dpe_over_representable": "4-9x"}
 _PAPER_003 = {"naive_loss_points": "6.74", "both_gap_points": "0.89", "mse_reduction_both_vs_naive": "0.86",
               "energy_gain_both_vs_naive": "0.11", "adc3_both_accuracy": "0.938"}
@@ -160,6 +163,7 @@ SECTIONS: dict[str, Section] = {
                        Step("irdrop-fig", ["fig4", "--quick"], ["fig4"]),
                        Step("irdrop-fig", ["fig7", "--quick"], ["fig7"]),
                        Step("irdrop-fig", ["fig9a", "--quick"], ["fig9a"]),
+                       Step("irdrop-fig", ["fig9b", "--quick"], ["fig9b"]),
                        Step("irdrop-fig", ["fig10a", "--quick"], ["fig10a"]),
                    ], lambda d: _summary_rows(d, _PAPER_002)),
     "003": Section("003", "Mathematical optimization of analog compute-in-memory",
