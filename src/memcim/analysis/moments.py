@@ -254,9 +254,15 @@ def quantize_weight(w: torch.Tensor, levels: int, wmax: float | None = None) -> 
 
     Independent of ``G_max``: ``q(c*max(w,0))/c - q(c*max(-w,0))/c``.
     """
+    from memcim.config import DeviceConfig
+    from memcim.hardware.device import quantize_conductance
+
     wmax = float(w.abs().max()) if wmax is None else wmax
-    step = wmax / levels
-    return torch.sign(w) * torch.clamp(torch.round(w.abs() / step), 0, levels) * step
+    if wmax <= 0:
+        return torch.zeros_like(w)
+    # the device's own rounding, in units where c = 1 S per weight unit: levels {0, step, ..., wmax}
+    dev = DeviceConfig(g_min=0.0, g_max=wmax, levels=int(levels) + 1)
+    return quantize_conductance(w.clamp_min(0), dev)[0] - quantize_conductance((-w).clamp_min(0), dev)[0]
 
 
 def resolve_gmax(gmax, layers: list, dtype=torch.float64) -> list[torch.Tensor]:

@@ -28,9 +28,16 @@ def quantize_conductance(g: torch.Tensor, dev: DeviceConfig) -> tuple[torch.Tens
     g = g.clamp(dev.g_min, dev.g_max)
     if dev.levels is None:
         return g, None
-    step = (dev.g_max - dev.g_min) / (dev.levels - 1)
-    level = torch.round((g - dev.g_min) / step).clamp(0, dev.levels - 1).to(torch.int64)
-    return dev.g_min + level.to(g.dtype) * step, level
+    level = level_index(g, dev)
+    return dev.g_min + level.to(g.dtype) * dev.level_step, level
+
+
+def level_index(g: torch.Tensor, dev: DeviceConfig) -> torch.Tensor | None:
+    """Index of the nearest programmable level of each conductance [S] (int64), or None when
+    continuous; ties round to even (``torch.round``)."""
+    if dev.levels is None:
+        return None
+    return torch.round((g - dev.g_min) / dev.level_step).clamp(0, dev.levels - 1).to(torch.int64)
 
 
 def level_grid(dev: DeviceConfig) -> np.ndarray | None:

@@ -38,7 +38,7 @@ import torch
 
 from memcim.config import HardwareConfig
 from memcim.hardware.converters import dac_convert
-from memcim.hardware.device import quantize_conductance
+from memcim.hardware.device import level_index, quantize_conductance
 from memcim.memo import Memo, digest
 
 
@@ -223,12 +223,6 @@ def tile_geometry(n: int, m: int, hw: HardwareConfig) -> tuple[int, int, int, in
     return R, Cw, nrt, nct
 
 
-def _levels_of(g: torch.Tensor, dev) -> torch.Tensor | None:
-    if dev.levels is None:
-        return None
-    return torch.round((g - dev.g_min) / dev.level_step).clamp(0, dev.levels - 1).to(torch.int64)
-
-
 #: IR-drop-aware tile maps (seconds per array): a matrix mapped again under other converters reuses them
 _IRDROP_TILES = Memo(64)
 
@@ -320,7 +314,7 @@ def map_matrix(W, hw: HardwareConfig, calib_inputs=None, *, calib_seed: int = 0,
                                  f"({n}, {n}) matrix E[x^T x]")
         gp, gn, scale, info["tiles"] = _map_irdrop_tiles(Wt, mask_pos, hw, nct, Cw, second_moment, progress)
         gp, gn = gp * mask_pos, gn * mask_pos
-        lp, ln = _levels_of(gp, dev), _levels_of(gn, dev)
+        lp, ln = level_index(gp, dev), level_index(gn, dev)
         mask_neg = mask_pos
     else:
         window = dev.g_max - dev.g_min
