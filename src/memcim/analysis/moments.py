@@ -732,12 +732,19 @@ def reference_output(layers: list, x: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class MSEPrediction:
-    """Predicted output statistics.
+class Prediction:
+    """Closed-form output statistics (of :func:`memcim.analysis.predict.predict` and :func:`predict_mse`).
 
-    ``per_output`` (B, out): variance + bias^2 against the noise-free full-precision output.
-    ``mse_mean``: mean over batch and units. ``mse_max``: mean over the batch of the max over
-    units (the paper's "mean of the maximum"). ``power``: see :mod:`memcim.analysis.power`.
+    Attributes
+    ----------
+    mean, var : (B, out) mean and variance of every output over chips and reads.
+    reference : (B, out) the noise-free, full-precision output.
+    per_output : (B, out) MSE of every output against the reference (variance + bias^2).
+    mse_mean : mean of ``per_output``. mse_max : mean over inputs of the max over outputs (the
+        paper's "mean of the maximum").
+    power : the expected read power when asked for (see :mod:`memcim.analysis.power`).
+    config : the settings of the prediction.
+    layers : per crossbar layer, a summary of its plan and noise (``predict``).
     """
 
     mean: torch.Tensor
@@ -748,14 +755,21 @@ class MSEPrediction:
     mse_max: float
     power: dict | None = None
     config: dict = field(default_factory=dict)
+    layers: list = field(default_factory=list)
 
     def to_dict(self, per_output: bool = True) -> dict:
         d = {"mse_mean": self.mse_mean, "mse_max": self.mse_max,
              "per_output": self.per_output.mean(0).detach().cpu().numpy() if per_output else None}
+        if self.layers:
+            d["layers"] = self.layers
         if self.power is not None:
             d["power"] = self.power
         d["config"] = self.config
         return d
+
+
+#: the name MemSE's predict_mse used for its result
+MSEPrediction = Prediction
 
 
 def _as_layers(model, dtype):

@@ -541,39 +541,8 @@ class _HardwareStep:
 
 # ------------------------------------------------------------------------------------- result
 
-@dataclass
-class Prediction:
-    """Closed-form output statistics.
-
-    Attributes
-    ----------
-    mean, var : (B, out) mean and variance of every output over chips and reads.
-    reference : (B, out) the noise-free, full-precision output.
-    per_output : (B, out) MSE of every output against the reference (variance + bias^2).
-    mse_mean : mean of ``per_output``. mse_max : mean over inputs of the max over outputs.
-    layers : per crossbar layer, a summary of its plan and noise.
-    power : the expected read power [W] when asked for (see :mod:`memcim.analysis.power`).
-    config : the settings of the prediction.
-    """
-
-    mean: torch.Tensor
-    var: torch.Tensor
-    reference: torch.Tensor
-    per_output: torch.Tensor
-    mse_mean: float
-    mse_max: float
-    layers: list = field(default_factory=list)
-    power: dict | None = None
-    config: dict = field(default_factory=dict)
-
-    def to_dict(self, per_output: bool = True) -> dict:
-        d = {"mse_mean": self.mse_mean, "mse_max": self.mse_max,
-             "per_output": self.per_output.mean(0).detach().cpu().numpy() if per_output else None,
-             "layers": self.layers}
-        if self.power is not None:
-            d["power"] = self.power
-        d["config"] = self.config
-        return d
+#: the result type, shared with MemSE's predict_mse
+Prediction = mo.Prediction
 
 
 def _hardware_list(hw, n_layers: int, analog: list | None) -> list[HardwareConfig]:
@@ -725,5 +694,5 @@ def predict(model, x, hw=None, *, calib_data=None, calib_inputs=None, cov: str =
               "units": "W: read power per input of the devices and the TIAs' feedback resistors, each read "
                        "lasting one time unit (energy per inference = this times t_read)",
               "per_layer": per_layer}
-    return Prediction(mean, var, ref, per, float(per.mean()), float(per.max(1).values.mean()),
-                      [dict(lh.summary(), layer=l.name) for lh, l in zip(lhs, xl)], pw, cfg)
+    return Prediction(mean, var, ref, per, float(per.mean()), float(per.max(1).values.mean()), power=pw, config=cfg,
+                      layers=[dict(lh.summary(), layer=l.name) for lh, l in zip(lhs, xl)])
