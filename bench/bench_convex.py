@@ -14,7 +14,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 from torch import nn
 
 from memcim.analysis.column_error import InputStats, LayerErrorModel

@@ -12,7 +12,6 @@ Run: .venv/bin/python bench/bench_lowrank.py
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path

@@ -13,7 +13,6 @@ Run: ``.venv/bin/python bench/bench_memse.py`` (writes bench/results/bench_memse
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path

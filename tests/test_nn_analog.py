@@ -1,13 +1,12 @@
 """Analog conversion, programming, state dicts and the training read."""
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memcim.config import NONIDEALITIES, HardwareConfig, preset
+from memcim.config import NONIDEALITIES, preset
 from memcim.data.digits import load_digits
 from memcim.mapping.crossbar import map_matrix
 from memcim.nn.analog import (AnalogConv2d, AnalogLinear, analog_layers, conversion_report, convert_to_analog,

@@ -15,7 +15,6 @@ DAC, ADC without noise) are exact: their budget is 1e-9.
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

@@ -379,7 +379,7 @@ def harmonic_matrix(n: int, m: int | None = None, rank: int | None = None, alpha
     n = _check_int(n, "--size", 1)
     m = n if m is None else _check_int(m, "m", 1)
     p = min(n, m)
-    rank = p if rank is None else _check_int(rank, "--matrix-rank", 1, p, f" = min(n, m)")
+    rank = p if rank is None else _check_int(rank, "--matrix-rank", 1, p, " = min(n, m)")
     alpha = math.sqrt(n * m) if alpha is None else float(alpha)
     rng = np.random.default_rng(seed)
     U = _haar_orthonormal(rng, n, rank)

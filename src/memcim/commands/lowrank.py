@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import sys
 
-import numpy as np
 
 DESCRIPTION = """Compute y = x W as x A B with A B the truncated SVD of W, each factor programmed r1 / r2
 times and the outputs averaged (paper 000). Prints the closed-form expected squared output error

@@ -1,7 +1,6 @@
 """``memcim mse``: predicted (and optionally Monte Carlo) output MSE and power of a model on crossbars."""
 from __future__ import annotations
 
-import sys
 import time
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from memcim.analysis.column_error import InputStats, LayerErrorModel
-from memcim.config import HardwareConfig, preset
+from memcim.config import HardwareConfig
 from memcim.hardware.energy import EnergyConfig, digital_energy, layer_energy, network_energy
 from memcim.optimize.convex_range import DesignLimits, optimize_layer
 

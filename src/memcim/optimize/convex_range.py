@@ -53,7 +53,7 @@ import numpy as np
 
 from scipy.special import ndtr
 
-from memcim.analysis.column_error import (CONSTANT_TERMS, TERMS, Design, LayerErrorModel,
+from memcim.analysis.column_error import (CONSTANT_TERMS, Design, LayerErrorModel,
                                           gaussian_saturation, gaussian_saturation_grad_F)
 
 __all__ = ["DesignLimits", "LayerDesign", "InfeasibleDesign", "optimize_layer", "grid_search",
