@@ -463,7 +463,15 @@ def optimize_layer(model: LayerErrorModel, limits: DesignLimits | None = None, *
     if method == "fast":
         d, F, status = _solve_fast(pb)
     else:
-        d, F, status = _solve_cvxpy(pb, nodes)
+        import cvxpy as cp
+
+        try:
+            d, F, status = _solve_cvxpy(pb, nodes)
+        except cp.error.SolverError as e:
+            # CLARABEL's interior point fails numerically on some badly scaled layers (seen after
+            # noise-aware fine-tuning): the exact 1-D solver, which the tests hold to the same optimum
+            d, F, status = _solve_fast(pb)
+            status = f"{status} (cvxpy failed: {' '.join(str(e).split())[:120]}; fast solver used)"
     solve = time.perf_counter() - t0
     F_exact = pb.inner_F(d)
     if F is None:
