@@ -163,29 +163,6 @@ class _Tuner:
         return gp, gn, F, E, state
 
 
-def _screen_alpha(W, wires, dev: DeviceConfig, v_cal):
-    """Closed-form screen of alpha: current-source (DPE-like) compensation per alpha, then
-    value-range error = clipped compensation, precision error = quantization variance."""
-    g_min, g_max = dev.g_min, dev.g_max
-    c0 = (g_max - g_min) / np.max(np.abs(W))
-    step = dev.level_step or 0.0
-    best = None
-    for rho in np.geomspace(0.05, 1.5, 40):
-        a = rho * c0
-        gi = _split(W, a, g_min)
-        gs = _dpe_g(W, a, g_min, v_cal, wires)
-        ve, pe = 0.0, 0.0
-        for g_id, g in zip(gi, gs):
-            att = np.where(np.isfinite(g), g_id / np.where(np.isfinite(g), g, 1.0), 0.0)
-            over = np.where(np.isfinite(g), np.maximum(g - g_max, 0.0), g_max)
-            ve += np.sum((over * att / a) ** 2)
-            pe += np.sum(att ** 2) * step ** 2 / 12 / a ** 2
-        tot = ve + pe
-        if best is None or tot < best[0]:
-            best = (tot, a)
-    return best[1]
-
-
 def map_representable(W, wires: WiresConfig, dev: DeviceConfig, v_cal=None, second_moment=None,
                       beta=0.25, patience=1, max_alpha_evals=4, search_iters=1, final_iters=4, calib_rounds=1,
                       alpha=None):
