@@ -92,3 +92,30 @@ def test_reproducible_and_independent_chips():
     b = program(m, seed=7, trials=2).g_pos
     c = program(m, seed=8, trials=2).g_pos
     assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a[0], a[1])
+
+
+def test_conductance_moments_match_sampled_devices():
+    """The closed-form device moments against the sampling functions they describe
+    (program_devices, then rtn_factor), on targets near 0 S (clipped), with stuck devices, a
+    per-level table and RTN. Tolerance: 4.5 standard errors, Bonferroni over 2 x 6 comparisons."""
+    from memcim.config import DeviceConfig
+    from memcim.hardware.device import conductance_moments, program_devices, quantize_conductance, rtn_factor
+
+    dev = DeviceConfig(g_min=0.0, g_max=1e-4, levels=6, prog_sigma_abs=1e-5, prog_sigma_rel=0.1,
+                       prog_sigma_table=(2e-6, 0, 0, 0, 0, 3e-6), stuck_at_min=0.02, stuck_at_max=0.03,
+                       rtn_amplitude=0.3, rtn_probability=0.4)
+    g, level = quantize_conductance(torch.linspace(0, 1e-4, 6, dtype=torch.float64), dev)
+    mask = torch.ones(6, dtype=torch.bool)
+    n = 40000
+    gen = torch.Generator().manual_seed(5)
+    s = program_devices(g, level, mask, dev, n, gen)
+    s = s * rtn_factor(s.shape, dev, gen, dtype=s.dtype)
+    mean, var = conductance_moments(g, level, mask, dev)
+    m_mc, v_mc = s.mean(0), s.var(0)
+    se_m = (v_mc / n).sqrt()
+    se_v = (((s - m_mc) ** 4).mean(0) - v_mc ** 2).clamp_min(0).div(n).sqrt()
+    assert bool(((mean - m_mc).abs() <= 4.5 * se_m).all())
+    assert bool(((var - v_mc).abs() <= 4.5 * se_v).all())
+    # the clip at 0 S matters here: without it the first device's mean would be off by many SE
+    unclipped = (1 - 0.05) * g[0] + 0.03 * 1e-4
+    assert abs(float(m_mc[0]) - float(unclipped * (1 - 0.4 * 0.3))) > 10 * float(se_m[0])

@@ -17,7 +17,7 @@ Two callers:
 
 * :func:`memcim.analysis.predict.predict` with ``power=True``: the bit lines of the plan the simulator
   programs (row tiles, g_min, differential or offset columns), their mean and variance over chips from
-  :func:`memcim.analysis.predict.device_moments` (programming noise clipped at 0 S, stuck devices,
+  :func:`memcim.hardware.device.conductance_moments` (programming noise clipped at 0 S, stuck devices,
   RTN), ``v_read`` and ``r_tia`` of the config. Real watts for any config.
 * MemSE (paper 001, Eqs. 16-21; :class:`PowerAccumulator`, used by
   :func:`memcim.analysis.moments.predict_mse` and the G_max optimizer): the paper's crossbar, one array

@@ -87,58 +87,16 @@ import torch.nn.functional as F
 from memcim.analysis import moments as mo
 from memcim.config import HardwareConfig, resolve_config
 from memcim.hardware.converters import adc_convert, dac_convert
-from memcim.hardware.device import programming_sigma, read_noise_variance
+from memcim.hardware.device import conductance_moments, read_noise_variance
 from memcim.mapping.crossbar import as_matrix, map_matrix
 
-__all__ = ["predict", "Prediction", "LayerHardware", "layer_hardware", "device_moments", "quantizer_moments"]
+__all__ = ["predict", "Prediction", "LayerHardware", "layer_hardware", "quantizer_moments"]
 
 _NARROW = 2.0       # a partial sum narrower than this many ADC steps is summed level by level
 _WINDOW = 12        # levels each side of the mean in that sum (6 standard deviations at least)
 
 
 # ------------------------------------------------------------------------------------- devices
-
-def device_moments(g: torch.Tensor, level: torch.Tensor | None, mask: torch.Tensor, dev) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and variance [S, S^2] of programmed conductances over chips (and RTN snapshots).
-
-    Parameters
-    ----------
-    g : targets [S] (level-rounded, from the plan). level : their level indices or None.
-    mask : where a device exists (absent devices: mean and variance 0).
-    dev : :class:`memcim.config.DeviceConfig`.
-
-    Returns
-    -------
-    (mean, var), both shaped like ``g``. Programming noise (clipped at 0 S), stuck-at faults and random
-    telegraph noise as in the module docstring.
-    """
-    if dev.has_programming_noise:
-        # Gaussian programming noise, clipped at 0 S as the simulator clips it (rectified Gaussian)
-        sd = programming_sigma(g, level, dev)
-        pos = sd > 0
-        sds = torch.where(pos, sd, torch.ones_like(sd))
-        z = g / sds
-        cdf, pdf = _cdf(z), _phi(z)
-        mean = torch.where(pos, g * cdf + sd * pdf, g.clamp_min(0.0))
-        second = torch.where(pos, (g * g + sd * sd) * cdf + g * sd * pdf, g.clamp_min(0.0) ** 2)
-        var = (second - mean * mean).clamp_min(0.0)
-    else:
-        mean, var = g, torch.zeros_like(g)
-    p0, p1 = dev.stuck_at_min, dev.stuck_at_max
-    if p0 > 0 or p1 > 0:
-        keep = 1.0 - p0 - p1
-        second = keep * (mean * mean + var) + p0 * dev.g_min ** 2 + p1 * dev.g_max ** 2
-        mean = keep * mean + p0 * dev.g_min + p1 * dev.g_max
-        var = (second - mean * mean).clamp_min(0.0)
-    if getattr(dev, "has_rtn", False):
-        a, p = dev.rtn_amplitude, dev.rtn_probability
-        f1, f2 = 1.0 - p * a, 1.0 - 2.0 * p * a + p * a * a
-        second = f2 * (var + mean * mean)
-        mean = f1 * mean
-        var = (second - mean * mean).clamp_min(0.0)
-    m = mask.to(g.dtype)
-    return mean * m, var * m
-
 
 @dataclass
 class LayerHardware:
@@ -202,8 +160,8 @@ def layer_hardware(W, hw: HardwareConfig, *, calib_inputs=None, calib_seed: int 
     scale = plan.scale.to(torch.float64)
     scale = scale.unsqueeze(0).expand(nrt, m_pad) if scale.dim() == 1 else scale      # (nrt, out_pad)
     c3 = scale.unsqueeze(1)                                                           # (nrt, 1, out_pad)
-    mp, vp = device_moments(plan.g_pos, plan.level_pos, plan.mask_pos, dev)
-    mn, vn = device_moments(plan.g_neg, plan.level_neg, plan.mask_neg, dev)
+    mp, vp = conductance_moments(plan.g_pos, plan.level_pos, plan.mask_pos, dev)
+    mn, vn = conductance_moments(plan.g_neg, plan.level_neg, plan.mask_neg, dev)
     bl_mean, bl_var = torch.cat([mp, mn], -1), torch.cat([vp, vn], -1)
     mn, vn = plan.expand_neg(mn), plan.expand_neg(vn)
     gd_target = plan.g_pos - plan.expand_neg(plan.g_neg)

@@ -6,6 +6,8 @@ Every fidelity level calls these functions: the simulator (:mod:`memcim.simulate
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -115,6 +117,50 @@ def rtn_factor(shape, dev: DeviceConfig, generator: torch.Generator, *, dtype=to
         return None
     low = torch.rand(shape, generator=generator, dtype=dtype, device=device) < dev.rtn_probability
     return 1.0 - dev.rtn_amplitude * low.to(dtype)
+
+
+def conductance_moments(g: torch.Tensor, level: torch.Tensor | None, mask: torch.Tensor, dev) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance [S, S^2] of programmed conductances over chips and RTN snapshots: the closed
+    form of :func:`program_devices` followed by :func:`rtn_factor`.
+
+    Parameters
+    ----------
+    g : targets [S] (level-rounded, from the plan). level : their level indices or None.
+    mask : where a device exists (absent devices: mean and variance 0).
+    dev : :class:`memcim.config.DeviceConfig`.
+
+    Returns
+    -------
+    (mean, var), both shaped like ``g``: Gaussian programming noise clipped at 0 S (a rectified
+    Gaussian), then stuck at g_min / g_max with probabilities ``stuck_at_min`` / ``stuck_at_max``,
+    then the RTN factor (mean ``1 - pA``, second moment ``1 - 2pA + pA^2``).
+    """
+    if dev.has_programming_noise:
+        # Gaussian programming noise, clipped at 0 S as the simulator clips it (rectified Gaussian)
+        sd = programming_sigma(g, level, dev)
+        pos = sd > 0
+        sds = torch.where(pos, sd, torch.ones_like(sd))
+        z = g / sds
+        cdf, pdf = torch.special.ndtr(z), torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+        mean = torch.where(pos, g * cdf + sd * pdf, g.clamp_min(0.0))
+        second = torch.where(pos, (g * g + sd * sd) * cdf + g * sd * pdf, g.clamp_min(0.0) ** 2)
+        var = (second - mean * mean).clamp_min(0.0)
+    else:
+        mean, var = g, torch.zeros_like(g)
+    p0, p1 = dev.stuck_at_min, dev.stuck_at_max
+    if p0 > 0 or p1 > 0:
+        keep = 1.0 - p0 - p1
+        second = keep * (mean * mean + var) + p0 * dev.g_min ** 2 + p1 * dev.g_max ** 2
+        mean = keep * mean + p0 * dev.g_min + p1 * dev.g_max
+        var = (second - mean * mean).clamp_min(0.0)
+    if dev.has_rtn:
+        a, p = dev.rtn_amplitude, dev.rtn_probability
+        f1, f2 = 1.0 - p * a, 1.0 - 2.0 * p * a + p * a * a
+        second = f2 * (var + mean * mean)
+        mean = f1 * mean
+        var = (second - mean * mean).clamp_min(0.0)
+    m = mask.to(g.dtype)
+    return mean * m, var * m
 
 
 def read_noise_coefficients(dev: DeviceConfig, v_read: float) -> tuple[float, float]:

@@ -187,7 +187,7 @@ def tia_power(plan, m2, *, g_var=None, conductances=None):
     plan : a :class:`memcim.mapping.crossbar.MappedMatrix`.
     m2 : (in, in) ``E[u u^T]`` of the word-line drive fractions (averaged over the reads of one input).
     g_var : optional (Var G+, Var G-) shaped like the plan's targets [S^2] (the spread over chips,
-        e.g. from :func:`memcim.analysis.predict.device_moments`); then ``E[G]`` should be given in
+        e.g. from :func:`memcim.hardware.device.conductance_moments`); then ``E[G]`` should be given in
         ``conductances``.
     conductances : optional (G+, G-): programmed chips (with a leading chips dimension, giving a
         (chips,) array) or mean conductances; default the plan's targets.
