@@ -72,17 +72,26 @@ def run(args) -> int:
                      "monte_carlo": args.monte_carlo}
     out["provenance"] = provenance(seed=args.seed)
     if not emit_result(out, out=args.out, name="mse", as_json=args.json):
-        print(f"predicted: mse_mean={pd['mse_mean']:.6g} mse_max={pd['mse_max']:.6g} "
-              f"power={_watts(pd['power']['total_W'])} ({pd['wall_s'] * 1e3:.1f} ms)")
-        if "monte_carlo" in out:
-            m = out["monte_carlo"]
-            print(f"monte carlo, simulator ({m['trials']} chips): mse_mean={m['mse_mean']:.6g} "
-                  f"± {m['mse_mean_stderr']:.2g} mse_max={m['mse_max']:.6g} power={_watts(m['power']['total_W'])} "
-                  f"({m['wall_s']:.2f} s)")
-        print(f"power: read power per input of the devices and the TIA feedback resistors in paper 001's normalised "
-              f"units (G in S, inputs in V, r = {args.r:g} Ohm, levels from 0 S): watts of those units, not of a "
-              "real chip; use --preset/--config for a physical design")
+        _print(out, "predicted",
+               f"power: read power per input of the devices and the TIA feedback resistors in paper 001's normalised "
+               f"units (G in S, inputs in V, r = {args.r:g} Ohm, levels from 0 S): watts of those units, not of a "
+               "real chip; use --preset/--config for a physical design")
     return 0
+
+
+def _print(out: dict, head: str, power_note: str) -> None:
+    """The human-readable result: the prediction, the Monte Carlo if run, and what the power means."""
+    pd = out["predicted"]
+    print(f"{head}: mse_mean={pd['mse_mean']:.6g} mse_max={pd['mse_max']:.6g} "
+          f"power={_watts(pd['power']['total_W'])} ({pd['wall_s'] * 1e3:.1f} ms)")
+    if "monte_carlo" in out:
+        m = out["monte_carlo"]
+        extra = f" accuracy={m['accuracy']:.4f}" if "accuracy" in m else ""
+        if "mse_max" in m:
+            extra += f" mse_max={m['mse_max']:.6g}"
+        print(f"monte carlo, simulator ({m['trials']} chips): mse_mean={m['mse_mean']:.6g} "
+              f"± {m['mse_mean_stderr']:.2g}{extra} power={_watts(m['power']['total_W'])} ({m['wall_s']:.2f} s)")
+    print(power_note)
 
 
 def _watts(p: float) -> str:
@@ -157,8 +166,6 @@ def _run_hardware(args) -> int:
     from memcim.commands._memse_common import check_fits, load, load_inputs
     from memcim.io import emit_result, provenance
 
-    if args.monte_carlo < 0 or args.monte_carlo == 1:
-        raise ValueError(f"--monte-carlo: {args.monte_carlo} is not allowed; use 0 (off) or >= 2 trials")
     hw = _hardware(args)
     model, x, labels = load(args)
     calib = None
@@ -179,15 +186,9 @@ def _run_hardware(args) -> int:
                      "monte_carlo": args.monte_carlo}
     out["provenance"] = provenance(seed=args.seed)
     if not emit_result(out, out=args.out, name="mse", as_json=args.json):
-        print(f"predicted ({hw.name}): mse_mean={pd['mse_mean']:.6g} mse_max={pd['mse_max']:.6g} "
-              f"power={_watts(pd['power']['total_W'])} ({pd['wall_s'] * 1e3:.1f} ms)")
-        if "monte_carlo" in out:
-            m = out["monte_carlo"]
-            acc = f" accuracy={m['accuracy']:.4f}" if "accuracy" in m else ""
-            print(f"monte carlo, simulator ({m['trials']} chips): mse_mean={m['mse_mean']:.6g} "
-                  f"± {m['mse_mean_stderr']:.2g}{acc} power={_watts(m['power']['total_W'])} ({m['wall_s']:.2f} s)")
-        print(f"power: read power per input of the devices and the TIA feedback resistors of this config "
-              f"(v_read = {hw.array.v_read:g} V, r_tia = {hw.array.r_tia:g} Ohm, levels from g_min = "
-              f"{hw.device.g_min:g} S, {'its' if hw.dac.x_range is None else 'x_range'} input scale), "
-              "each read lasting one time unit")
+        _print(out, f"predicted ({hw.name})",
+               f"power: read power per input of the devices and the TIA feedback resistors of this config "
+               f"(v_read = {hw.array.v_read:g} V, r_tia = {hw.array.r_tia:g} Ohm, levels from g_min = "
+               f"{hw.device.g_min:g} S, {'its' if hw.dac.x_range is None else 'x_range'} input scale), "
+               "each read lasting one time unit")
     return 0
