@@ -540,11 +540,11 @@ def _calibration_rows(model: nn.Module, calib_data, analog: list | None, hw0: Ha
     if calib_data is None:
         if analog is None:
             return None
-        return [getattr(m, "_calib", None) for m in analog]
+        return [m.calibration_inputs for m in analog]
     if not isinstance(calib_data, torch.Tensor):
         calib_data = torch.as_tensor(np.asarray(calib_data))
     conv = convert_to_analog(model, hw0, calib_data=calib_data.to(next(model.parameters()).dtype))
-    return [getattr(m, "_calib", None) for m in _analog_layers(conv)]
+    return [m.calibration_inputs for m in _analog_layers(conv)]
 
 
 def predict(model, x, hw=None, *, calib_data=None, calib_inputs=None, cov: str = "lowrank",

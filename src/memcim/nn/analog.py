@@ -94,6 +94,12 @@ class _AnalogMixin:
         """The layer's weight as the crossbar matrix W (in, out)."""
         return self.weight.detach().reshape(self.weight.shape[0], -1).t()
 
+    @property
+    def calibration_inputs(self) -> torch.Tensor | None:
+        """The crossbar inputs (rows, in) recorded by :func:`calibrate`, on which the ADC full scale
+        is calibrated at mapping time (None before calibration)."""
+        return self._calib
+
     def plan(self, calib_inputs: torch.Tensor | None = None):
         """The layer's plan (:func:`memcim.mapping.crossbar.map_matrix`), mapped once and reused for
         every chip while the weights, the hardware and the calibration inputs stay the same (a
