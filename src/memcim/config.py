@@ -400,9 +400,6 @@ class MappingConfig(_Section):
                 raise ValueError(f"mapping.{name}: {v} is not allowed; must be at most 1000")
             object.__setattr__(self, name, v)
 
-    @property
-    def weights_per_array_col(self) -> int:  # pragma: no cover - documented helper
-        return 2 if self.scheme == "differential" and self.pair == "columns" else 1
 
 
 @dataclass(frozen=True)

@@ -101,10 +101,6 @@ class ProgrammedChip:
         """"ideal" or "circuit" (see :attr:`memcim.config.HardwareConfig.reader`)."""
         return self.mapped.hw.reader
 
-    def conductance_difference(self) -> torch.Tensor:
-        """G+ - G- per output column [S], (trials, n_row_tiles, tile_rows, out_pad) (no wires)."""
-        return self.g_pos - self.mapped.expand_neg(self.g_neg)
-
     def effective_difference(self) -> torch.Tensor:
         """What each array computes per unit drive, ``j = u @ G_d`` [S]: ``G+ - G-`` with ideal wires,
         the realized-matrix difference of every tile's nodal solve with wires (cached)."""

@@ -442,7 +442,6 @@ def _linear_step(st: Moments, fn, fn_sq) -> Moments:
     """Propagate through a linear (bias-free) map ``fn``; ``fn_sq`` maps with squared coefficients."""
     shape = st.shape
     mean = fn(st.mean)
-    out_shape = tuple(mean.shape[1:])
     if st.mode == "exact":
         if st.cov is None:
             return Moments(mean, torch.zeros_like(mean), "exact", None)

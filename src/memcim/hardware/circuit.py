@@ -238,11 +238,6 @@ class Crossbar:
         return G, grad, diag
 
 
-def realized_matrix(g, wires: WiresConfig | None = None, **kw) -> np.ndarray:
-    """Realized matrix G_eff (n, m) [S] of a crossbar of ideal cells ``g``; see :class:`Crossbar`."""
-    return Crossbar(g, wires, **kw).realized()
-
-
 def currents_through_source_cells(i_cell: np.ndarray, v: np.ndarray, w: WiresConfig) -> tuple[np.ndarray, np.ndarray]:
     """Row and column node voltages when every cell carries a prescribed current.
 

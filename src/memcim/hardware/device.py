@@ -42,14 +42,6 @@ def level_index(g: torch.Tensor, dev: DeviceConfig) -> torch.Tensor | None:
     return torch.round((g - dev.g_min) / dev.level_step).clamp(0, dev.levels - 1).to(torch.int64)
 
 
-def level_grid(dev: DeviceConfig) -> np.ndarray | None:
-    """The programmable conductance levels [S], ``levels`` values evenly spaced over [g_min, g_max]
-    (None when programming is continuous)."""
-    if dev.levels is None:
-        return None
-    return np.linspace(dev.g_min, dev.g_max, dev.levels)
-
-
 def quantize_array(g, dev: DeviceConfig) -> np.ndarray:
     """:func:`quantize_conductance` for numpy arrays: clip to the window and round to the levels [S]."""
     gq, _ = quantize_conductance(torch.from_numpy(np.asarray(g, dtype=np.float64)), dev)
