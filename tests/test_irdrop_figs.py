@@ -155,7 +155,7 @@ def test_reread_equals_fresh_mapping(digits_mlp):
     F._reread(reused, hw6)
     fresh = program_model(convert_to_analog(net, hw6, calib_data=calib), 0, dtype=torch.float64)
     assert torch.equal(predict(reused, x), predict(fresh, x))
-    with pytest.raises(ValueError, match="only the converters"):
+    with pytest.raises(ValueError, match="wires section differs"):
         F._reread(reused, hw.set("wires.r_wire", 2.0))
 
 

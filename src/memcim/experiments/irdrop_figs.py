@@ -362,17 +362,13 @@ def _analog_model(net, hw: HardwareConfig, calib, seed: int, progress: bool, des
 
 def _reread(analog, hw: HardwareConfig) -> None:
     """Read the programmed chips of ``analog`` under ``hw``: the same conductances, scales and ADC
-    full scales, other converters or RTN. ``hw`` may differ from the mapping's hardware only there."""
+    full scales, other converters or RTN (:meth:`MappedMatrix.with_hardware` refuses other changes)."""
     from memcim.nn.analog import analog_layers
 
     for _, layer in analog_layers(analog):
         old = layer.chip
-        o = old.mapped.hw
-        if dataclasses.replace(hw, device=o.device, dac=o.dac, adc=o.adc, name=o.name) != o or \
-                hw.device.replace(rtn_amplitude=o.device.rtn_amplitude,
-                                  rtn_probability=o.device.rtn_probability) != o.device:
-            raise ValueError("hw: only the converters and the RTN may differ from the mapping's hardware")
-        # the same devices under other converters: the solved tiles carry over (ProgrammedChip.with_plan)
+        # the same devices under other converters or RTN: with_hardware refuses anything that would move the
+        # targets, and with_plan carries the solved tiles over
         chip = old.with_plan(old.mapped.with_hardware(hw, keep_full_scale=True))
         layer.chip = chip
         layer.hardware = hw
