@@ -33,6 +33,8 @@ from typing import Any
 
 import tomli_w
 
+from memcim import validate as _validate
+
 #: Non-idealities that :meth:`HardwareConfig.without` / :meth:`HardwareConfig.only` can switch.
 NONIDEALITIES = ("quantization", "programming", "stuck", "rtn", "thermal", "shot", "dac", "adc", "wires")
 
@@ -45,41 +47,13 @@ BOLTZMANN = 1.380649e-23  # J/K
 ELEMENTARY_CHARGE = 1.602176634e-19  # C
 
 
-def _num(name: str, value: Any, *, lo: float | None = None, hi: float | None = None,
-         lo_open: bool = False, hi_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name}: expected a number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name}: {value!r} is not finite; a finite number is required")
-    if lo is not None and (v < lo or (lo_open and v == lo)):
-        raise ValueError(f"{name}: {value!r} is not allowed; must be {'>' if lo_open else '>='} {lo:g}")
-    if hi is not None and (v > hi or (hi_open and v == hi)):
-        raise ValueError(f"{name}: {value!r} is not allowed; must be {'<' if hi_open else '<='} {hi:g}")
-    return v
+_num = _validate.number
+_bool = _validate.boolean
+_choice = _validate.choice
 
 
 def _int(name: str, value: Any, *, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise ValueError(f"{name}: expected an integer, got {value!r}")
-    if value < lo:
-        raise ValueError(f"{name}: {value!r} is not allowed; must be an integer >= {lo}")
-    return int(value)
-
-
-def _bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}: expected true or false, got {value!r}")
-    return value
-
-
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name}: {value!r} is not allowed; choose one of {', '.join(allowed)}")
-    return value
+    return _validate.integer(name, value, lo=lo)
 
 
 class _Section:

@@ -1,0 +1,121 @@
+"""The one validation module: every check of a user value, named by its parameter.
+
+Each check returns the cleaned value or raises ``ValueError("<name>: <what is wrong>; <what is
+allowed>")``. The library names *parameters* (``chips``, ``device.g_max``); the CLI maps a
+parameter to its flag (``--chips``) through :data:`memcim.commands._shared.FLAGS`, so the same
+message serves both.
+
+Examples
+--------
+>>> integer("chips", 3, lo=1)
+3
+>>> integer("chips", 0, lo=1)
+Traceback (most recent call last):
+...
+ValueError: chips: 0 is not allowed; must be an integer >= 1
+>>> number("sigma", float("nan"))
+Traceback (most recent call last):
+...
+ValueError: sigma: nan is not finite; a finite number is required
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+#: Largest seed numpy and torch both accept.
+MAX_SEED = 2**63 - 1
+
+
+def number(name: str, value: Any, *, lo: float | None = None, hi: float | None = None,
+           lo_open: bool = False, hi_open: bool = False) -> float:
+    """A finite real number in [lo, hi] (open ends with ``lo_open`` / ``hi_open``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name}: {value!r} is not finite; a finite number is required")
+    if lo is not None and (v < lo or (lo_open and v == lo)):
+        raise ValueError(f"{name}: {value!r} is not allowed; must be {'>' if lo_open else '>='} {lo:g}")
+    if hi is not None and (v > hi or (hi_open and v == hi)):
+        raise ValueError(f"{name}: {value!r} is not allowed; must be {'<' if hi_open else '<='} {hi:g}")
+    return v
+
+
+def integer(name: str, value: Any, *, lo: int | None = None, hi: int | None = None) -> int:
+    """An integer in [lo, hi]; a float with an integral value is accepted."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
+    value = int(value)
+    if lo is not None and value < lo:
+        bound = f"an integer >= {lo}" if hi is None else f"an integer in {lo}..{hi}"
+        raise ValueError(f"{name}: {value!r} is not allowed; must be {bound}")
+    if hi is not None and value > hi:
+        bound = f"an integer <= {hi}" if lo is None else f"an integer in {lo}..{hi}"
+        raise ValueError(f"{name}: {value!r} is not allowed; must be {bound}")
+    return value
+
+
+def boolean(name: str, value: Any) -> bool:
+    """``True`` or ``False`` (no truthy strings or numbers)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}: expected true or false, got {value!r}")
+    return bool(value)
+
+
+def choice(name: str, value: Any, allowed: Iterable[str]) -> str:
+    """One of ``allowed``."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name}: {value!r} is not allowed; choose one of {', '.join(allowed)}")
+    return value
+
+
+def seed(value: Any, name: str = "seed") -> int:
+    """A random seed: an integer in 0..2**63-1."""
+    return integer(name, value, lo=0, hi=MAX_SEED)
+
+
+def existing_file(name: str, path: str | os.PathLike) -> Path:
+    """A path to an existing regular file."""
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{name}: file not found: {p}")
+    if not p.is_file():
+        raise ValueError(f"{name}: {p} is a directory; a file is required")
+    return p
+
+
+def out_dir(name: str, path: str | os.PathLike) -> Path:
+    """A directory that can be written: created if missing, checked before any work starts."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{name}: {p} exists and is not a directory; give a directory")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{name}: cannot create directory {p} ({e.strerror or e})") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ValueError(f"{name}: directory {p} is not writable")
+    return p
+
+
+def floats(name: str, text: str, *, n: int | None = None) -> list[float]:
+    """A comma-separated list of finite numbers (exactly ``n`` of them when given)."""
+    parts = [t.strip() for t in str(text).split(",")]
+    try:
+        vals = [float(t) for t in parts if t]
+    except ValueError:
+        raise ValueError(f"{name}: {text!r} is not a comma-separated list of numbers") from None
+    if not vals or any(not math.isfinite(v) for v in vals):
+        raise ValueError(f"{name}: {text!r} must hold finite numbers")
+    if n is not None and len(vals) != n:
+        raise ValueError(f"{name}: {text!r} has {len(vals)} number(s); {n} are required")
+    return vals
