@@ -1,5 +1,7 @@
+"""``python -m memcim`` runs the command line."""
 import sys
 
 from memcim.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
