@@ -184,10 +184,56 @@ def test_cifar10_missing_and_corrupt(tmp_path):
 
 
 def test_registry_errors():
-    with pytest.raises(ValueError, match="--dataset: 'imagenet' is not known; choose one of"):
+    with pytest.raises(ValueError, match="^dataset: 'imagenet' is not known; choose one of"):
         load_dataset("imagenet")
     with pytest.raises(ValueError, match="split: 'dev' is not allowed"):
         load_dataset("digits", "dev")
-    with pytest.raises(ValueError, match="--limit: 0 is not allowed"):
+    with pytest.raises(ValueError, match="^limit: 0 is not allowed"):
         load_dataset("digits", "test", limit=0)
     assert len(load_dataset("digits", "test", limit=10)) == 10
+
+
+def test_data_spec_bundled_and_normalize():
+    from memcim.data.spec import calibration_data, load_data, parse_data_spec
+
+    assert parse_data_spec("mnist") == ("mnist", "test", None)
+    assert parse_data_spec("digits:train:100") == ("digits", "train", 100)
+    ds = load_data("digits:train:100")
+    ref = load_dataset("digits", "train", limit=100)
+    assert ds.split == "train" and torch.equal(ds.x, ref.x) and torch.equal(ds.y, ref.y)
+    nd = load_data("digits:train:100", normalize="0.5,0.25")
+    assert torch.allclose(nd.x, (ref.x - 0.5) * 4)                      # (x - 0.5) / 0.25
+    assert nd.meta["normalize"] == [0.5, 0.25]
+    cal = calibration_data("digits:test:10", 30)                        # calibration comes from train
+    assert torch.equal(cal, load_dataset("digits", "train", limit=30).x)
+    for spec, msg in [("digits:dev", "^data: 'dev' in 'digits:dev' is neither a split"),
+                      ("a:b:c:d", "^data: 'a:b:c:d' is not allowed"), ("digits:0", "^data: .*need N >= 1"),
+                      ("imagenet", "^data: 'imagenet' is not known")]:
+        with pytest.raises(ValueError, match=msg):
+            load_data(spec)
+    for bad in ("0.1", "0.1,0", "a,b", "0.1,nan"):
+        with pytest.raises(ValueError, match="^normalize: "):
+            load_data("digits:5", normalize=bad)
+
+
+def test_data_spec_user_arrays(tmp_path):
+    from memcim.data.spec import load_data
+
+    rng = np.random.default_rng(0)
+    x = rng.random((12, 64)).astype(np.float32)
+    y = rng.integers(0, 3, 12)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    ds = load_data(f"{tmp_path}/x.npy,{tmp_path}/y.npy")
+    assert ds.x.shape == (12, 64) and torch.equal(ds.y, torch.as_tensor(y)) and ds.meta["labelled"]
+    assert ds.n_classes == int(y.max()) + 1
+    un = load_data(f"{tmp_path}/x.npy", limit=5)
+    assert len(un) == 5 and not un.meta["labelled"] and np.array_equal(un.x.numpy(), x[:5])
+    np.save(tmp_path / "short.npy", y[:5])
+    with pytest.raises(ValueError, match=r"^data: labels .* have shape \(5,\); expected \(12,\)"):
+        load_data(f"{tmp_path}/x.npy,{tmp_path}/short.npy")
+    np.save(tmp_path / "neg.npy", -np.ones(12))
+    with pytest.raises(ValueError, match="^data: labels .* non-negative integer"):
+        load_data(f"{tmp_path}/x.npy,{tmp_path}/neg.npy")
+    with pytest.raises(ValueError, match="^data: "):
+        load_data(f"{tmp_path}/missing.npy")

@@ -64,9 +64,9 @@ class Dataset:
 
 
 def check_limit(limit) -> int:
-    """Validate a ``--limit`` value."""
+    """Validate a sample count ``limit`` (a positive integer)."""
     if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
-        raise ValueError(f"--limit: {limit!r} is not allowed; must be a positive integer")
+        raise ValueError(f"limit: {limit!r} is not allowed; must be a positive integer")
     return int(limit)
 
 

@@ -64,7 +64,7 @@ def load_cifar10(split: str = "train", root: str | os.PathLike | None = None) ->
     missing = [p.name for p in files if not p.is_file()]
     if missing:
         raise ValueError(f"cifar10: {', '.join(missing)} not found in {root}; unpack "
-                         f"cifar-10-python.tar.gz there (data_batch_1..5, test_batch) or pass --data-dir")
+                         f"cifar-10-python.tar.gz there (data_batch_1..5, test_batch) or pass root (--data-dir)")
     xs, ys = zip(*(read_cifar_batch(p) for p in files))
     x = np.concatenate(xs).astype(np.float32) / 255.0
     return make_dataset(x, np.concatenate(ys), name="cifar10", split=split, n_classes=10,

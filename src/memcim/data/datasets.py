@@ -37,7 +37,7 @@ def load_dataset(name: str, split: str = "test", *, root: str | os.PathLike | No
     """
     key = _ALIASES.get(str(name).lower(), str(name).lower())
     if key not in DATASETS:
-        raise ValueError(f"--dataset: {name!r} is not known; choose one of {', '.join(DATASETS)}")
+        raise ValueError(f"dataset: {name!r} is not known; choose one of {', '.join(DATASETS)}")
     check_split(split)
     if key == "mnist":
         from memcim.data.mnist import load_mnist

