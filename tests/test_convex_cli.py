@@ -1,4 +1,4 @@
-"""CLI: memcim optimize-range and memcim experiment (registry), including one-line user errors."""
+"""CLI: memcim optimize range and memcim experiment (registry), including one-line user errors."""
 import json
 
 import numpy as np
@@ -22,8 +22,8 @@ def files(tmp_path_factory):
 
 
 def test_optimize_range_json(files, capsys):
-    rc = main(["optimize-range", "--model", str(files / "m.pt"), "--inputs", str(files / "x.npy"),
-               "--config", "convex_cim", "--method", "fast", "--json"])
+    rc = main(["optimize", "range", "--model", str(files / "m.pt"), "--trust-model-file", "--inputs",
+               str(files / "x.npy"), "--hw", "convex_cim", "--method", "fast", "--json"])
     out = capsys.readouterr().out
     assert rc == 0
     doc = json.loads(out)
@@ -37,8 +37,8 @@ def test_optimize_range_json(files, capsys):
 
 
 def test_optimize_range_per_column_text(files, capsys):
-    rc = main(["optimize-range", "--model", str(files / "m.pt"), "--inputs", str(files / "x.npy"),
-               "--per-column", "--method", "cvxpy"])
+    rc = main(["optimize", "range", "--model", str(files / "m.pt"), "--trust-model-file", "--inputs",
+               str(files / "x.npy"), "--per-column", "--method", "cvxpy"])
     out = capsys.readouterr().out
     assert rc == 0 and "per column" in out and "by term:" in out
 
@@ -46,25 +46,37 @@ def test_optimize_range_per_column_text(files, capsys):
 @pytest.mark.parametrize("extra,msg", [
     (["--snr-db", "200"], "snr_db: 200 dB is not reachable"),
     (["--min-window", "1"], "device window too narrow"),
-    (["--onoff-max", "0.5"], "onoff_max"),
+    (["--onoff-max", "0.5"], "--onoff-max: 0.5 is not allowed"),
     (["--slack", "-1"], "slack"),
 ])
 def test_optimize_range_infeasible_one_line(files, capsys, extra, msg):
-    rc = main(["optimize-range", "--model", str(files / "m.pt"), "--inputs", str(files / "x.npy"),
-               "--method", "fast", *extra])
+    rc = main(["optimize", "range", "--model", str(files / "m.pt"), "--trust-model-file", "--inputs",
+               str(files / "x.npy"), "--method", "fast", *extra])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and msg in err
-    if msg not in ("onoff_max", "slack"):
+    if msg not in ("--onoff-max: 0.5 is not allowed", "slack"):
         assert "binding limit" in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
 
 
 def test_optimize_range_bad_inputs(files, capsys):
-    rc = main(["optimize-range", "--model", str(files / "m.pt"), "--inputs", str(files / "bad.npy")])
+    rc = main(["optimize", "range", "--model", str(files / "m.pt"), "--trust-model-file", "--inputs",
+               str(files / "bad.npy")])
     err = capsys.readouterr().err
-    assert rc == 2 and "--inputs" in err and len(err.strip().splitlines()) == 1
-    rc = main(["optimize-range", "--model", str(files / "nope.pt"), "--inputs", str(files / "x.npy")])
+    assert rc == 2 and "--input" in err and "(7,)" in err and len(err.strip().splitlines()) == 1
+    rc = main(["optimize", "range", "--model", str(files / "nope.pt"), "--inputs", str(files / "x.npy")])
     assert rc == 2 and "--model" in capsys.readouterr().err
+
+
+def test_optimize_range_out_dir_and_hand_check(files, tmp_path, capsys):
+    """--out writes range.json and range.png; the reported naive MSE is the column model's own."""
+    rc = main(["optimize", "range", "--model", str(files / "m.pt"), "--trust-model-file", "--inputs",
+               str(files / "x.npy"), "--method", "fast", "--out", str(tmp_path)])
+    assert rc == 0
+    doc = json.loads((tmp_path / "range.json").read_text())
+    assert (tmp_path / "range.png").stat().st_size > 1000 and doc["provenance"]["memcim_version"]
+    for L in doc["layers"]:
+        assert L["snr_db"] == pytest.approx(10 * np.log10(L["signal_power"] / L["predicted_mse"]["total"]))
 
 
 def test_experiment_registry(tmp_path, capsys, monkeypatch):

@@ -63,9 +63,9 @@ def test_bad_inputs():
     net, x = _net(), _x()
     with pytest.raises(ValueError, match="granularity"):
         optimize_gmax(net, x, sigma=0.01, power_budget=1.0, granularity="tile")
-    with pytest.raises(ValueError, match="power-budget"):
+    with pytest.raises(ValueError, match="power_budget"):
         optimize_gmax(net, x, sigma=0.01, power_budget=-1.0)
-    with pytest.raises(ValueError, match="power-budget"):
+    with pytest.raises(ValueError, match="power_budget"):
         optimize_gmax(net, x, sigma=0.01, power_budget=1e-30)
     with pytest.raises(ValueError, match="sigma"):
         optimize_gmax(net, x, sigma=0.0, power_budget=1.0)
@@ -88,20 +88,22 @@ def test_cli_mse_and_optimize(tmp_path, capsys):
     from memcim.cli import main
 
     mp, xp = _files(tmp_path)
-    rc = main(["mse", "--model", mp, "--inputs", xp, "--sigma", "0.01", "--gmax", "0.5", "--levels", "32",
-               "--monte-carlo", "50", "--json"])
+    hw = ["--set", "device.prog_sigma_abs=0.01", "--set", "device.levels=33"]       # N = 32
+    base = ["predict", "mse", "--model", mp, "--trust-model-file", "--data", xp, *hw]
+    rc = main([*base, "--gmax-per-layer", "0.5,0.5,0.5", "--chips", "50", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out["predicted"]) >= {"mse_mean", "mse_max", "per_output", "power", "wall_s"}
-    assert out["monte_carlo"]["trials"] == 50 and len(out["predicted"]["per_output"]) == 3
+    assert out["monte_carlo"]["chips"] == 50 and len(out["predicted"]["per_output"]) == 3
     # the power measured on every chip (energy model on its conductances) against the expectation
-    assert out["monte_carlo"]["power"]["total_W"] == pytest.approx(out["predicted"]["power"]["total_W"], rel=0.05)
-    rc = main(["mse", "--model", mp, "--inputs", xp, "--sigma", "0.01", "--gmax-per-layer", "0.5,1,2", "--json"])
+    mc = out["monte_carlo"]["power"]
+    assert abs(mc["total_W"] - out["predicted"]["power"]["total_W"]) <= 4 * mc["total_W_stderr"] + 1e-9
+    rc = main([*base, "--gmax-per-layer", "0.5,1,2", "--json"])
     assert rc == 0
     capsys.readouterr()
     budget = out["predicted"]["power"]["total_W"]
-    rc = main(["optimize-gmax", "--model", mp, "--inputs", xp, "--sigma", "0.01", "--levels", "32",
-               "--power-budget", str(budget), "--granularity", "layer", "--json"])
+    rc = main(["optimize", "gmax", "--model", mp, "--trust-model-file", "--data", xp, *hw, "--power-budget",
+               repr(budget), "--gmax-bounds", "0.1,100", "--granularity", "layer", "--json"])
     assert rc == 0
     res = json.loads(capsys.readouterr().out)["results"]["structured"]
     assert res["feasible"] and res["objective_mse"] <= out["predicted"]["mse_max"] * (1 + 1e-6)
@@ -113,19 +115,24 @@ def test_cli_errors(tmp_path, capsys):
     mp, xp = _files(tmp_path)
     bad = tmp_path / "bad.pt"
     torch.save(nn.Sequential(nn.Linear(8, 4), nn.GELU()), bad)
+    mse = ["predict", "mse", "--trust-model-file"]
     cases = [
-        (["mse", "--model", str(bad), "--inputs", xp, "--sigma", "0.01", "--gmax", "1"], "GELU"),
-        (["mse", "--model", mp, "--inputs", xp, "--sigma", "0.01", "--gmax-per-layer", "1,2"], "gmax"),
-        (["mse", "--model", mp, "--inputs", xp, "--sigma", "-1", "--gmax", "1"], "--sigma"),
-        (["mse", "--model", mp, "--inputs", str(tmp_path / "nope.npy"), "--sigma", "0.01", "--gmax", "1"], "--inputs"),
-        (["mse", "--model", mp, "--inputs", xp, "--sigma", "0.01", "--gmax", "1", "--monte-carlo", "1"], "--monte-carlo"),
-        (["optimize-gmax", "--model", mp, "--inputs", xp, "--sigma", "0.01", "--power-budget", "1",
+        ([*mse, "--model", str(bad), "--data", xp], "GELU"),
+        ([*mse, "--model", mp, "--data", xp, "--gmax-per-layer", "1,2"], "--gmax-per-layer"),
+        ([*mse, "--model", mp, "--data", xp, "--set", "device.prog_sigma_abs=-1"], "--set"),
+        ([*mse, "--model", mp, "--data", str(tmp_path / "nope.npy")], "--data"),
+        ([*mse, "--model", mp, "--data", xp, "--chips", "1"], "--chips"),
+        (["optimize", "gmax", "--model", mp, "--trust-model-file", "--data", xp, "--power-budget", "1",
           "--granularity", "chip"], "--granularity"),
         (["memse-fig", "fig9", "--out", str(tmp_path)], "figure"),
     ]
     for argv, word in cases:
-        assert main(argv) == 2, argv
-        err = capsys.readouterr().err.strip()
+        try:
+            rc = main(argv)
+        except SystemExit as e:          # argparse's own one-line errors (invalid choice) exit
+            rc = e.code
+        assert rc == 2, argv
+        err = "\n".join(e for e in capsys.readouterr().err.strip().splitlines() if not e.startswith("data:"))
         assert word in err and len(err.splitlines()) == 1, err
 
 

@@ -1,4 +1,4 @@
-"""``memcim lowrank`` and ``memcim lowrank-fig2`` in-process."""
+"""``memcim predict lowrank`` / ``memcim optimize lowrank`` and ``memcim lowrank-fig2`` in-process."""
 import json
 
 import numpy as np
@@ -8,7 +8,10 @@ from memcim.cli import main
 
 
 def _run(capsys, argv):
-    rc = main(argv)
+    try:
+        rc = main(argv)
+    except SystemExit as e:          # argparse's own one-line errors exit
+        rc = e.code
     cap = capsys.readouterr()
     return rc, cap.out, cap.err
 
@@ -19,9 +22,9 @@ def test_lowrank_json_fields_and_monte_carlo_agreement(capsys, tmp_path):
     X = rng.standard_normal((40, 20))
     np.save(tmp_path / "W.npy", W)
     np.save(tmp_path / "X.npy", X)
-    rc, out, err = _run(capsys, ["lowrank", "--matrix", str(tmp_path / "W.npy"), "--inputs", str(tmp_path / "X.npy"),
-                                 "--sigma", "0.3", "--rank", "4", "--reps", "2", "3", "--split", "left",
-                                 "--trials", "800", "--json"])
+    rc, out, err = _run(capsys, ["predict", "lowrank", "--matrix", str(tmp_path / "W.npy"), "--inputs",
+                                 str(tmp_path / "X.npy"), "--sigma", "0.3", "--rank", "4", "--reps", "2", "3",
+                                 "--split", "left", "--chips", "800", "--json"])
     assert rc == 0, err
     d = json.loads(out)
     assert (d["k"], d["r1"], d["r2"], d["split"]) == (4, 2, 3, "left")
@@ -35,8 +38,8 @@ def test_lowrank_json_fields_and_monte_carlo_agreement(capsys, tmp_path):
 
 
 def test_lowrank_optimize_harmonic_and_out(capsys, tmp_path):
-    rc, out, err = _run(capsys, ["lowrank", "--profile", "harmonic", "--size", "64", "--sigma", "1.0", "--optimize",
-                                 "--trials", "50", "--json", "--out", str(tmp_path)])
+    rc, out, err = _run(capsys, ["optimize", "lowrank", "--profile", "harmonic", "--size", "64", "--sigma", "1.0",
+                                 "--chips", "50", "--json", "--out", str(tmp_path)])
     assert rc == 0, err
     d = json.loads(out)
     assert d["devices"]["lowrank"] <= d["devices"]["budget"] == 64 * 64
@@ -45,8 +48,8 @@ def test_lowrank_optimize_harmonic_and_out(capsys, tmp_path):
 
 
 def test_lowrank_sigma1_sigma2_and_budget(capsys):
-    rc, out, err = _run(capsys, ["lowrank", "--profile", "harmonic", "--size", "32", "--sigma1", "0.5",
-                                 "--sigma2", "1.0", "--optimize", "--budget", "2000", "--trials", "0", "--json"])
+    rc, out, err = _run(capsys, ["optimize", "lowrank", "--profile", "harmonic", "--size", "32", "--sigma1", "0.5",
+                                 "--sigma2", "1.0", "--budget", "2000", "--chips", "0", "--json"])
     assert rc == 0, err
     d = json.loads(out)
     assert d["devices"]["lowrank"] <= 2000 and d["sigma1"] == 0.5 and d["sigma2"] == 1.0
@@ -61,23 +64,25 @@ def _bad_files(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("extra,match", [
-    (["--matrix", "{d}/W.npy", "--sigma", "0.1", "--rank", "6", "--reps", "1", "1"], "--rank: 6 is not allowed"),
-    (["--matrix", "{d}/W.npy", "--sigma", "0.1", "--rank", "2", "--reps", "0", "1"], "--reps"),
-    (["--matrix", "{d}/W.npy", "--sigma", "0.1", "--optimize", "--budget", "10"], "--budget: 10 fits no scheme"),
-    (["--matrix", "{d}/W.npy", "--sigma", "0.1", "--rank", "2", "--reps", "1", "1", "--second-moment",
-      "{d}/Rrect.npy"], "--second-moment"),
-    (["--matrix", "{d}/Wnan.npy", "--sigma", "0.1", "--rank", "2", "--reps", "1", "1"], "NaN"),
-    (["--matrix", "{d}/W.npy", "--sigma", "nan", "--rank", "2", "--reps", "1", "1"], "--sigma"),
-    (["--matrix", "{d}/W.npy", "--rank", "2", "--reps", "1", "1"], "--sigma: required"),
-    (["--matrix", "{d}/W.npy", "--sigma", "0.1"], "--rank/--reps"),
-    (["--profile", "harmonic", "--sigma", "0.1", "--optimize"], "--size"),
-    (["--profile", "harmonic", "--size", "8", "--matrix-rank", "9", "--sigma", "0.1", "--optimize"], "--matrix-rank"),
-    (["--matrix", "{d}/W.npy", "--sigma", "0.1", "--optimize", "--rank", "2"], "not allowed with --optimize"),
+@pytest.mark.parametrize("cmd,extra,match", [
+    ("predict", ["--matrix", "{d}/W.npy", "--sigma", "0.1", "--rank", "6", "--reps", "1", "1"], "--rank: 6 is not allowed"),
+    ("predict", ["--matrix", "{d}/W.npy", "--sigma", "0.1", "--rank", "2", "--reps", "0", "1"], "--reps"),
+    ("optimize", ["--matrix", "{d}/W.npy", "--sigma", "0.1", "--budget", "10"], "--budget: 10 fits no scheme"),
+    ("predict", ["--matrix", "{d}/W.npy", "--sigma", "0.1", "--rank", "2", "--reps", "1", "1", "--second-moment",
+                 "{d}/Rrect.npy"], "--second-moment"),
+    ("predict", ["--matrix", "{d}/Wnan.npy", "--sigma", "0.1", "--rank", "2", "--reps", "1", "1"], "NaN"),
+    ("predict", ["--matrix", "{d}/W.npy", "--sigma", "nan", "--rank", "2", "--reps", "1", "1"], "--sigma"),
+    ("predict", ["--matrix", "{d}/W.npy", "--rank", "2", "--reps", "1", "1"], "--sigma: required"),
+    ("predict", ["--matrix", "{d}/W.npy", "--sigma", "0.1"], "--rank"),
+    ("predict", ["--matrix", "{d}/W.npy", "--sigma", "0.1", "--rank", "2", "--reps", "1", "1", "--chips", "1"],
+     "--chips: 1 is not allowed"),
+    ("optimize", ["--profile", "harmonic", "--sigma", "0.1"], "--size"),
+    ("optimize", ["--profile", "harmonic", "--size", "8", "--matrix-rank", "9", "--sigma", "0.1"], "--matrix-rank"),
+    ("optimize", ["--matrix", "{d}/W.npy", "--sigma", "0.1", "--rank", "2"], "unrecognized arguments: --rank"),
 ])
-def test_lowrank_bad_input(capsys, tmp_path, extra, match):
+def test_lowrank_bad_input(capsys, tmp_path, cmd, extra, match):
     d = _bad_files(tmp_path)
-    rc, out, err = _run(capsys, ["lowrank"] + [a.format(d=d) for a in extra])
+    rc, out, err = _run(capsys, [cmd, "lowrank"] + [a.format(d=d) for a in extra])
     assert rc == 2
     assert match in err and err.count("\n") == 1 and "Traceback" not in err
 

@@ -350,7 +350,7 @@ def lowrank_terms_factors(W, A, B, r1: int, r2: int, sigma1: float, sigma2: floa
 
 def harmonic_singular_values(rank: int, alpha: float = 1.0) -> np.ndarray:
     """Harmonic profile ``s_i = alpha / i`` for ``i = 1..rank`` (paper Section 5)."""
-    rank = _check_int(rank, "--matrix-rank", 1)
+    rank = _check_int(rank, "rank", 1)
     return float(alpha) / np.arange(1, rank + 1, dtype=np.float64)
 
 
@@ -376,10 +376,10 @@ def harmonic_matrix(n: int, m: int | None = None, rank: int | None = None, alpha
         (``||W||_F^2 < 1.645 n m``), the regime of Theorem 4.
     seed : RNG seed.
     """
-    n = _check_int(n, "--size", 1)
+    n = _check_int(n, "n", 1)
     m = n if m is None else _check_int(m, "m", 1)
     p = min(n, m)
-    rank = p if rank is None else _check_int(rank, "--matrix-rank", 1, p, " = min(n, m)")
+    rank = p if rank is None else _check_int(rank, "rank", 1, p, " = min(n, m)")
     alpha = math.sqrt(n * m) if alpha is None else float(alpha)
     rng = np.random.default_rng(seed)
     U = _haar_orthonormal(rng, n, rank)

@@ -102,7 +102,7 @@ def mc_baseline(W, sigma: float, trials: int = 1000, X=None, R=None, batch: int 
     W = check_matrix(W, "W")
     n, m = W.shape
     sigma = _check_sigma(sigma, "sigma")
-    trials = _check_int(trials, "--trials", 1)
+    trials = _check_int(trials, "trials", 1)
     g = _gen(seed, device)
     Wt = torch.as_tensor(W, dtype=dtype, device=device)
     draw = _input_sampler(n, X, R, batch, dtype, device)
@@ -134,7 +134,7 @@ def mc_lowrank(W, A, B, r1: int, r2: int, sigma1: float, sigma2: float, trials: 
         raise ValueError(f"A, B: shapes {A.shape} x {B.shape} do not factor W of shape {W.shape}")
     r1, r2 = _check_int(r1, "r1", 1), _check_int(r2, "r2", 1)
     s1, s2 = _check_sigma(sigma1, "sigma1"), _check_sigma(sigma2, "sigma2")
-    trials = _check_int(trials, "--trials", 1)
+    trials = _check_int(trials, "trials", 1)
     g = _gen(seed, device)
     Wt, At, Bt = (torch.as_tensor(M, dtype=dtype, device=device) for M in (W, A, B))
     draw = _input_sampler(n, X, R, batch, dtype, device)

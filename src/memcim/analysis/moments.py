@@ -847,11 +847,13 @@ def predict_mse(model, x, *, sigma: float, gmax, levels: int = 128, cov: str = "
 
 
 def mse_objective(layers: list, x: torch.Tensor, gmax_tensors: Sequence[torch.Tensor], *, sigma: float, levels: int,
-                  cov: str = "lowrank", objective: str = "max", r: float = 1.0, **kw):
-    """Differentiable (objective, total power) for the optimizer: torch scalars."""
+                  cov: str = "lowrank", objective: str = "max", r: float = 1.0, v_read: float = 1.0,
+                  g_offset: float = 0.0, **kw):
+    """Differentiable (objective, total power) for the optimizer: torch scalars (power: see
+    :class:`memcim.analysis.power.PowerAccumulator` for ``r``, ``v_read`` and ``g_offset``)."""
     from memcim.analysis import power as pw
 
-    acc = pw.PowerAccumulator(float(sigma), r, keep_graph=True)
+    acc = pw.PowerAccumulator(float(sigma), r, keep_graph=True, v_read=v_read, g_offset=g_offset)
     st = propagate(layers, x, sigma=sigma, gmax=list(gmax_tensors), levels=levels, cov=cov, on_crossbar=acc, **kw)
     ref = reference_output(layers, x)
     per = (st.var + (st.mean - ref) ** 2).reshape(x.shape[0], -1)

@@ -100,12 +100,18 @@ class PowerAccumulator:
     sigma : programming-noise std per device [S]. r : TIA feedback resistance [Ohm].
     v_read : read voltage [V] of an input of 1 (MemSE: 1 V, inputs in volts).
     keep_graph : keep the autograd graph (the optimizer's gradient in G_max).
+    g_offset : conductance [S] every device sits above MemSE's level (the ``g_min`` of a config
+        whose window is ``[g_min, g_min + G_max]``, as the ``memse`` preset); 0 = levels from 0 S.
     """
 
-    def __init__(self, sigma: float, r: float = 1.0, keep_graph: bool = False, v_read: float = 1.0):
+    def __init__(self, sigma: float, r: float = 1.0, keep_graph: bool = False, v_read: float = 1.0,
+                 g_offset: float = 0.0):
         if not r > 0:
             raise ValueError(f"r: {r!r} is not allowed; the TIA feedback resistance must be > 0 Ohm")
+        if not g_offset >= 0:
+            raise ValueError(f"g_offset: {g_offset!r} is not allowed; must be >= 0 S")
         self.sigma, self.r, self.v_read, self.keep = float(sigma), float(r), float(v_read), keep_graph
+        self.g_offset = float(g_offset)
         self.terms: dict[int, list] = {}
         self.c: dict[int, torch.Tensor] = {}
         self.names: dict[int, str] = {}
@@ -115,6 +121,8 @@ class PowerAccumulator:
         shape = (-1,) + (1,) * (wq.dim() - 1)
         cc = c.reshape(shape) if torch.is_tensor(c) and c.dim() else c
         g = torch.cat([cc * wq.clamp_min(0), cc * (-wq).clamp_min(0)])             # the G+ and G- bit lines
+        if self.g_offset:
+            g = g + self.g_offset
         var = torch.full_like(g, self.sigma ** 2)
         dev, tia = layer_read_power(st, layer, g, var, v_read=self.v_read, r_tia=self.r)
         if not self.keep:
@@ -145,7 +153,7 @@ class PowerAccumulator:
         return {"total_W": float(sum(p["total_W"] for p in per)), "device_W": float(sum(p["device_W"] for p in per)),
                 "tia_W": float(sum(p["tia_W"] for p in per)), "r_ohm": self.r, "v_read_V": self.v_read,
                 "units": "W in the paper's normalised units (G in S, inputs in V, r_tia = "
-                         f"{self.r:g} Ohm, levels from 0 S, one array per layer)",
+                         f"{self.r:g} Ohm, levels from {self.g_offset:g} S, one array per layer)",
                 "per_layer": per}
 
 

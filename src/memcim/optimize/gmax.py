@@ -37,25 +37,29 @@ class GmaxProblem:
     levels : N. granularity : "network", "layer" or "column". objective : "max" or "mean".
     cov : covariance mode of the prediction. r : TIA resistance (Ω).
     bounds : (lo, hi) for G_max in S (default ``(10*sigma, 1e4*sigma)``).
+    v_read : read voltage of an input of 1 [V]. g_offset : conductance every level sits above
+        (a config's ``g_min``; the ``memse`` preset's power then equals
+        :func:`memcim.analysis.predict.predict`'s on that config). Defaults: MemSE's 1 V and 0 S.
     """
 
     def __init__(self, model, x, *, sigma: float, levels: int = 128, granularity: str = "layer",
                  objective: str = "max", cov: str = "lowrank", r: float = 1.0, bounds=None,
-                 dtype=torch.float64, **kw):
+                 dtype=torch.float64, v_read: float = 1.0, g_offset: float = 0.0, **kw):
         if granularity not in GRANULARITIES:
-            raise ValueError(f"--granularity: {granularity!r} is not allowed; choose one of {', '.join(GRANULARITIES)}")
+            raise ValueError(f"granularity: {granularity!r} is not allowed; choose one of {', '.join(GRANULARITIES)}")
         if objective not in ("max", "mean"):
-            raise ValueError(f"--objective: {objective!r} is not allowed; choose 'max' or 'mean'")
+            raise ValueError(f"objective: {objective!r} is not allowed; choose 'max' or 'mean'")
         if not (math.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"--sigma: {sigma!r} is not allowed; the optimizer needs sigma > 0 S")
+            raise ValueError(f"sigma: {sigma!r} is not allowed; the optimizer needs sigma > 0 S")
         self.layers = model if isinstance(model, list) else mo.parse_model(model, dtype)
         self.x = mo._check_x(x).to(dtype)
         self.sigma, self.levels, self.granularity, self.objective = float(sigma), int(levels), granularity, objective
         self.cov, self.r, self.kw, self.dtype = cov, r, kw, dtype
+        self.v_read, self.g_offset = float(v_read), float(g_offset)
         self.xl = mo.crossbar_layers(self.layers)
         lo, hi = bounds if bounds is not None else (10 * sigma, 1e4 * sigma)
         if not (0 < lo < hi and math.isfinite(hi)):
-            raise ValueError(f"--gmax-bounds: ({lo}, {hi}) is not allowed; need 0 < lo < hi")
+            raise ValueError(f"gmax_bounds: ({lo}, {hi}) is not allowed; need 0 < lo < hi")
         self.bounds = (float(lo), float(hi))
         sizes = {"network": [1], "layer": [1] * len(self.xl), "column": [l.out_features for l in self.xl]}[granularity]
         self.sizes = sizes
@@ -74,7 +78,8 @@ class GmaxProblem:
     def evaluate_t(self, u: torch.Tensor):
         self.n_eval += 1
         obj, pw, _ = mo.mse_objective(self.layers, self.x, self.expand(u), sigma=self.sigma, levels=self.levels,
-                                      cov=self.cov, objective=self.objective, r=self.r, **self.kw)
+                                      cov=self.cov, objective=self.objective, r=self.r, v_read=self.v_read,
+                                      g_offset=self.g_offset, **self.kw)
         return obj, pw
 
     def evaluate(self, u) -> tuple[float, float]:
@@ -127,7 +132,7 @@ def _grid(prob: GmaxProblem, n: int = 25):
 
 def _check_budget(prob: GmaxProblem, budget: float) -> None:
     if not (math.isfinite(budget) and budget > 0):
-        raise ValueError(f"--power-budget: {budget!r} is not allowed; must be a finite power > 0 W")
+        raise ValueError(f"power_budget: {budget!r} is not allowed; must be a finite power > 0 W")
 
 
 def _network_solve(prob: GmaxProblem, budget: float, tol: float = 1e-4):
@@ -138,8 +143,8 @@ def _network_solve(prob: GmaxProblem, budget: float, tol: float = 1e-4):
     feas = [i for i, (o, p) in enumerate(vals) if p <= budget]
     if not feas:
         pmin = min(p for _, p in vals)
-        raise ValueError(f"--power-budget: {budget:.4g} W is below the {pmin:.4g} W drawn at the best common "
-                         f"G_max in [{prob.bounds[0]:.3g}, {prob.bounds[1]:.3g}] S; raise the budget or change --gmax-bounds")
+        raise ValueError(f"power_budget: {budget:.4g} W is below the {pmin:.4g} W drawn at the best common "
+                         f"G_max in [{prob.bounds[0]:.3g}, {prob.bounds[1]:.3g}] S; raise the budget or widen gmax_bounds")
     full = lambda v: np.full(prob.n_var, v)
     cands = [(vals[i][0], vs[i], vals[i]) for i in feas]
     i = max(feas)
@@ -301,7 +306,7 @@ def optimize_gmax(model, x, *, sigma: float, power_budget: float, levels: int = 
     GmaxResult.
     """
     if method not in ("structured", "ga"):
-        raise ValueError(f"--method: {method!r} is not allowed; choose 'structured' or 'ga'")
+        raise ValueError(f"method: {method!r} is not allowed; choose 'structured' or 'ga'")
     prob = problem or GmaxProblem(model, x, sigma=sigma, levels=levels, granularity=granularity,
                                   objective=objective, cov=cov, r=r, bounds=bounds, **kw)
     _check_budget(prob, float(power_budget))

@@ -63,9 +63,9 @@ class LowRankChoice:
 def _check_budget(budget, n, m):
     if budget is None:
         return n * m
-    b = _check_int(budget, "--budget", 1)
+    b = _check_int(budget, "budget", 1)
     if b < n + m:
-        raise ValueError(f"--budget: {budget} fits no scheme; the smallest (k = r1 = r2 = 1) needs "
+        raise ValueError(f"budget: {budget} fits no scheme; the smallest (k = r1 = r2 = 1) needs "
                          f"n + m = {n + m} devices")
     return b
 
@@ -150,7 +150,7 @@ def optimize_lowrank(W_or_stats, sigma1: float, sigma2: float | None = None, R=N
         if best is None or cand[0] < best[0]:
             best = cand
     if best is None:
-        raise ValueError(f"--budget: {budget} fits no scheme for a {st.n}x{st.m} matrix; need >= {st.n + st.m}")
+        raise ValueError(f"budget: {budget} fits no scheme for a {st.n}x{st.m} matrix; need >= {st.n + st.m}")
     err, sp, k, r1, r2 = best
     terms = lowrank_terms(st, k, r1, r2, sigma1, sigma2, sp)
     base = baseline_error(st.n, st.m, sigma1, trR=st.trR)
