@@ -2,12 +2,11 @@
 independent truth (hand derivation, Monte Carlo with a tolerance from its sample size, a second
 code path), and one-line errors for options that do not apply."""
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 from memcim.cli import main
 
@@ -162,7 +161,7 @@ def test_predict_lowrank_monte_carlo_and_hand_baseline(capsys, tmp_path):
     (["--hw", "nope"], "soft.pt", "--hw"),
 ])
 def test_predict_mse_bad_input_one_line(files, capsys, extra, model, match):
-    rc, out, err = _run(capsys, _base(files, model) + extra)
+    rc, _out, err = _run(capsys, _base(files, model) + extra)
     err = err.strip().splitlines()
     err = [e for e in err if not e.startswith("data:")]
     assert rc == 2 and len(err) == 1 and match in err[0] and "Traceback" not in err[0]
@@ -178,6 +177,6 @@ def test_predict_column_and_optimize_gmax_bad_input(files, capsys):
           str(files / "x.npy"), "--power-budget", "-1"], "--power-budget"),
     ]
     for argv, match in cases:
-        rc, out, err = _run(capsys, argv)
+        rc, _out, err = _run(capsys, argv)
         lines = [e for e in err.strip().splitlines() if not e.startswith("data:")]
         assert rc == 2 and len(lines) == 1 and match in lines[0], (argv, err)

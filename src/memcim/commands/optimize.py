@@ -107,10 +107,10 @@ def _text_range(doc: dict) -> str:
     import numpy as np
 
     hw = doc["hw"]
-    lines = [f"{doc['model']} on {hw.get('name')!r} ({hw['adc']['bits']}-bit ADC), method {doc['method']}"
-             f"{', per column' if doc['per_column'] else ''}",
-             f"{'layer':8s} {'G_min uS':>9s} {'G_max uS':>9s} {'FS V':>9s} {'MSE':>10s} {'naive MSE':>10s} "
-             f"{'improv.':>8s} {'SNR dB':>7s} {'solve ms':>9s}"]
+    lines = [(f"{doc['model']} on {hw.get('name')!r} ({hw['adc']['bits']}-bit ADC), method {doc['method']}"
+             f"{', per column' if doc['per_column'] else ''}"),
+             (f"{'layer':8s} {'G_min uS':>9s} {'G_max uS':>9s} {'FS V':>9s} {'MSE':>10s} {'naive MSE':>10s} "
+             f"{'improv.':>8s} {'SNR dB':>7s} {'solve ms':>9s}")]
     for d in doc["layers"]:
         fs = float(np.max(d["fs_volts"]))
         lines.append(f"{d['layer']:8s} {d['g_min'] * 1e6:9.3f} {d['g_max'] * 1e6:9.3f} {fs:9.4g} "

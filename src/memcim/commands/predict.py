@@ -235,8 +235,8 @@ def compute_mse(args) -> dict:
 def _text_mse(out: dict) -> str:
     pd, pu = out["predicted"], out["power_units"]
     hw = out["config"]["hw"].get("name", "hw")
-    lines = [f"predicted ({hw}): mse_mean={pd['mse_mean']:.6g} mse_max={pd['mse_max']:.6g} "
-             f"power={_fmt_power(pd['power']['total_W'], pu)} ({pd['wall_s'] * 1e3:.1f} ms)"]
+    lines = [(f"predicted ({hw}): mse_mean={pd['mse_mean']:.6g} mse_max={pd['mse_max']:.6g} "
+             f"power={_fmt_power(pd['power']['total_W'], pu)} ({pd['wall_s'] * 1e3:.1f} ms)")]
     if "monte_carlo" in out:
         m = out["monte_carlo"]
         acc = (f" accuracy={m['accuracy']:.4f} ± {m['accuracy_stderr']:.2g} (digital {m['digital_accuracy']:.4f})"
@@ -368,8 +368,8 @@ def _text_column(out: dict) -> str:
 
     p = out["predicted"]
     tot = np.asarray(p["total"])
-    lines = [f"W {out['shape'][0]}x{out['shape'][1]} on {out['config']['hw'].get('name', 'hw')}: "
-             f"predicted MSE per column mean {p['layer_mean']:.6g} (min {tot.min():.4g}, max {tot.max():.4g})"]
+    lines = [(f"W {out['shape'][0]}x{out['shape'][1]} on {out['config']['hw'].get('name', 'hw')}: "
+             f"predicted MSE per column mean {p['layer_mean']:.6g} (min {tot.min():.4g}, max {tot.max():.4g})")]
     nz = {k: float(np.mean(v)) for k, v in p["terms"].items() if float(np.mean(v)) > 0}
     lines.append("  by term (mean over columns): " + ", ".join(f"{k} {v:.4g}" for k, v in nz.items()))
     if "monte_carlo" in out:
@@ -563,7 +563,7 @@ def compute_lowrank(args) -> dict:
         out["optimizer"] = {"candidates": choice.candidates}
     if chips > 0:
         A, B = factorize(st, k, split)
-        kw = dict(trials=chips, X=X, R=R if X is None else None, batch=args.batch)
+        kw = {"trials": chips, "X": X, "R": R if X is None else None, "batch": args.batch}
         out["baseline"]["monte_carlo"] = mc_baseline(W, s_base, seed=args.seed, **kw).to_dict()
         out["lowrank"]["monte_carlo"] = mc_lowrank(W, A, B, r1, r2, s1, s2, seed=args.seed + 1, **kw).to_dict()
     out["config"] = {**wsrc, "inputs": None if args.inputs is None else str(args.inputs),
@@ -598,8 +598,8 @@ def _plot_lowrank(out, path):
 
 def _text_lowrank(out) -> str:
     b, lr = out["baseline"], out["lowrank"]
-    lines = [f"W {out['shape'][0]}x{out['shape'][1]}  k={out['k']} r1={out['r1']} r2={out['r2']} "
-             f"split={out['split']}  devices {out['devices']['lowrank']} (baseline {out['devices']['baseline']})"]
+    lines = [(f"W {out['shape'][0]}x{out['shape'][1]}  k={out['k']} r1={out['r1']} r2={out['r2']} "
+             f"split={out['split']}  devices {out['devices']['lowrank']} (baseline {out['devices']['baseline']})")]
     for name, d in (("baseline", b), ("low-rank", lr)):
         mc = d["monte_carlo"]
         mcs = f"  Monte Carlo {mc['mean']:.6g} ± {mc['stderr']:.2g}" if mc else ""
