@@ -56,7 +56,7 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def check_store_path(path: str | os.PathLike, name: str = "--store") -> Path:
+def check_store_path(path: str | os.PathLike, name: str = "store") -> Path:
     """Validate a store path: an SQLite file name ending in .sqlite, .sqlite3 or .db."""
     p = Path(path)
     if p.suffix not in STORE_SUFFIXES:
@@ -77,21 +77,24 @@ class SweepStore:
 
     def __init__(self, path: str | os.PathLike):
         self.path = check_store_path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            with open(self.path, "rb") as f:
-                head = f.read(16)
-            if head and head != b"SQLite format 3\x00":
-                raise ValueError(f"--store: {self.path} exists and is not an SQLite database")
-        self.con = sqlite3.connect(self.path, timeout=30)
-        mode = self.con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        # WAL + NORMAL: a commit survives the process being killed (not a power cut), without an
-        # fsync per point; where WAL is unavailable (some network file systems) fall back to FULL.
-        self.con.execute("PRAGMA synchronous=NORMAL" if mode == "wal" else "PRAGMA synchronous=FULL")
-        cols = ", ".join(f"{_q(c)}" + (" TEXT PRIMARY KEY" if c == "point_id" else "") for c in FIXED_COLUMNS)
-        self.con.execute(f"CREATE TABLE IF NOT EXISTS points ({cols})")
-        self.con.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        self.con.commit()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists():
+                with open(self.path, "rb") as f:
+                    head = f.read(16)
+                if head and head != b"SQLite format 3\x00":
+                    raise ValueError(f"store: {self.path} exists and is not an SQLite database")
+            self.con = sqlite3.connect(self.path, timeout=30)
+            mode = self.con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            # WAL + NORMAL: a commit survives the process being killed (not a power cut), without an
+            # fsync per point; where WAL is unavailable (some network file systems) fall back to FULL.
+            self.con.execute("PRAGMA synchronous=NORMAL" if mode == "wal" else "PRAGMA synchronous=FULL")
+            cols = ", ".join(f"{_q(c)}" + (" TEXT PRIMARY KEY" if c == "point_id" else "") for c in FIXED_COLUMNS)
+            self.con.execute(f"CREATE TABLE IF NOT EXISTS points ({cols})")
+            self.con.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            self.con.commit()
+        except (OSError, sqlite3.Error) as e:
+            raise ValueError(f"store: cannot write {self.path} ({getattr(e, 'strerror', None) or e})") from None
         self._columns = self._table_columns()
 
     # ---- schema ------------------------------------------------------------------------------
