@@ -79,30 +79,31 @@ def test_optimize_range_out_dir_and_hand_check(files, tmp_path, capsys):
         assert L["snr_db"] == pytest.approx(10 * np.log10(L["signal_power"] / L["predicted_mse"]["total"]))
 
 
-def test_experiment_registry(tmp_path, capsys, monkeypatch):
-    from memcim.commands import experiment as cmd
+def test_experiment_alias_runs_the_registered_entry(tmp_path, capsys, monkeypatch):
+    # `memcim experiment NAME` is now `memcim paper run 003/NAME`: a fake entry shows the flags reach it
+    from memcim import registry
 
     calls = {}
 
-    def fake(**kw):
-        calls.update(kw)
+    def fake(*, chips=10, seed=0, sweep_bits=(2, 3)):
+        calls.update(chips=chips, seed=seed, sweep_bits=sweep_bits)
         return {"value": 1.5}
 
-    monkeypatch.setitem(cmd.EXPERIMENTS, "fake", cmd.Experiment(fake, "test", lambda d: f"value={d['value']}"))
-    assert main(["experiment", "fake", "--quick", "--bits", "3,4", "--out", str(tmp_path)]) == 0
-    assert "value=1.5" in capsys.readouterr().out
-    assert calls["quick"] is True and calls["sweep_bits"] == (3, 4)
-    doc = json.loads((tmp_path / "fake.json").read_text())
-    assert doc["value"] == 1.5 and "provenance" in doc
-    assert main(["experiment", "fake", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["value"] == 1.5
-    with pytest.raises(ValueError, match="already registered"):
-        cmd.register_experiment("fake", cmd.EXPERIMENTS["fake"])
+    registry.keys()  # load the built-in entries first
+    monkeypatch.setitem(registry.REGISTRY, "003/fake", registry.Entry("003/fake", fake, "test", paper="003",
+                                                                      quick={"chips": 2}))
+    assert main(["experiment", "fake", "--quick", "--param", "sweep_bits=3,4", "--out", str(tmp_path)]) == 0
+    assert "paper run" in capsys.readouterr().err
+    assert calls == {"chips": 2, "seed": 0, "sweep_bits": [3, 4]}
+    doc = json.loads((tmp_path / "003_fake.json").read_text())
+    assert doc["value"] == 1.5 and doc["provenance"]["seed"] == 0 and doc["run"]["quick"] is True
+    assert main(["paper", "run", "003/fake", "--chips", "5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["value"] == 1.5 and calls["chips"] == 5
 
 
-@pytest.mark.parametrize("argv,msg", [(["experiment", "nope"], "experiment: 'nope' is not known"),
+@pytest.mark.parametrize("argv,msg", [(["experiment", "nope"], "key: '003/nope' is not registered"),
                                       (["experiment", "convex-cim", "--chips", "0"], "--chips"),
-                                      (["experiment", "convex-cim", "--bits", "x"], "--bits")])
+                                      (["experiment", "convex-cim", "--param", "sweep_bits=x"], "sweep_bits")])
 def test_experiment_bad_inputs(capsys, argv, msg):
     assert main(argv) == 2
     assert msg in capsys.readouterr().err

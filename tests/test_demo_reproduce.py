@@ -17,21 +17,31 @@ def test_demo_quick_writes_table_plot_and_json(tmp_path, capsys):
     assert res["provenance"]["seed"] == 0
 
 
-def test_reproduce_writes_report_and_records_failures(tmp_path, monkeypatch, capsys):
+def test_reproduce_writes_report_and_records_failures(tmp_path, monkeypatch):
+    # reproduce runs registered entries directly: a failing one is recorded and the run goes on
+    from memcim import registry
     from memcim.experiments import reproduce as rp
 
-    sec = rp.Section("000", "t", "p", [rp.Step("vmm", ["--matrix", str(tmp_path / "missing.npy")], []),
-                                        rp.Step("config", ["list"], [])])
-    monkeypatch.setitem(rp.SECTIONS, "000", sec)
-    report = rp.reproduce("000", tmp_path / "rep", quick=True, progress=False)
+    def bad(*, seed=0):
+        raise ValueError("data: file not found: missing.npy")
+
+    def good(*, seed=0):
+        return {"summary": {"value": seed + 1.0}}
+
+    registry.keys()
+    monkeypatch.setattr(registry, "REGISTRY", {
+        "000/a": registry.Entry("000/a", bad, "fails", paper="000"),
+        "000/b": registry.Entry("000/b", good, "works", paper="000", reference={"value": "1"})})
+    report = rp.reproduce("000", tmp_path / "rep", quick=True, seed=2)
     text = report.read_text()
-    assert "**failed** (exit 2" in text and "file not found" in text
+    assert "**failed**" in text and "file not found" in text and "| value | 1 | 3 |" in text
     log = json.loads((tmp_path / "rep" / "reproduce.json").read_text())
-    assert [s["rc"] for s in log["steps"]] == [2, 2]  # config list does not take --out: recorded too
-    # the report can be rewritten from those records without running anything again
+    assert [s["status"] for s in log["steps"]] == ["failed", "ok"]
+    assert "ValueError" in (tmp_path / "rep" / "000" / "000_a.error.txt").read_text()
+    # the report can be rewritten from what the folder holds without running anything again
     (tmp_path / "rep" / "REPORT.md").unlink()
-    again = rp.reproduce("000", tmp_path / "rep", progress=False, report_only=True).read_text()
-    assert again.count("**failed**") == 2 and "file not found" in again
+    again = rp.reproduce("000", tmp_path / "rep", report_only=True).read_text()
+    assert again.count("**failed**") == 1 and "file not found" in again and "| value | 1 | 3 |" in again
 
 
 def test_reproduce_bad_paper(capsys):

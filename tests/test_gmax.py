@@ -124,7 +124,8 @@ def test_cli_errors(tmp_path, capsys):
         ([*mse, "--model", mp, "--data", xp, "--chips", "1"], "--chips"),
         (["optimize", "gmax", "--model", mp, "--trust-model-file", "--data", xp, "--power-budget", "1",
           "--granularity", "chip"], "--granularity"),
-        (["memse-fig", "fig9", "--out", str(tmp_path)], "figure"),
+        (["paper", "run", "001/fig9", "--out", str(tmp_path)], "key"),
+        (["paper", "run", "001/fig4", "--hw", "irdrop"], "--hw"),
     ]
     for argv, word in cases:
         try:
@@ -147,9 +148,11 @@ def _mnist_mlp_file(tmp_path):
 def test_fig4_front_is_feasible_and_structured_beats_ga(tmp_path):
     from memcim.experiments.memse_figs import fig4
 
-    res = fig4(tmp_path, model=_mnist_mlp_file(tmp_path), quick=True, progress=False)
-    saved = json.loads((tmp_path / "memse_fig4.json").read_text())
-    assert saved["complete"] and (tmp_path / "memse_fig4.png").is_file()
+    from memcim import registry
+
+    res = registry.run("001/fig4", quick=True, out=tmp_path, model=_mnist_mlp_file(tmp_path))
+    saved = json.loads((tmp_path / "001_fig4.json").read_text())
+    assert saved["complete"] and saved["run"]["complete"] and (tmp_path / "001_fig4.png").is_file()
     rows = res["rows"]
     st = {(r["granularity"], r["budget_W"]): r for r in rows if r["method"] == "structured"}
     assert len(st) == 2 * 3 and all(r["feasible"] and r["power_W"] <= r["budget_W"] * (1 + 1e-6) for r in st.values())
@@ -177,7 +180,9 @@ def test_fig4_interrupted_keeps_finished_rows(tmp_path, monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(gm, "optimize_gmax", flaky)
+    saved = []  # the library writes nothing: the checkpoint callback gets each partial result
     with pytest.raises(KeyboardInterrupt):
-        fig4(tmp_path, model=_mnist_mlp_file(tmp_path), quick=True, progress=False)
-    saved = json.loads((tmp_path / "memse_fig4.json").read_text())
-    assert saved["complete"] is False and len(saved["rows"]) == 2
+        fig4(model=_mnist_mlp_file(tmp_path), n_budgets=3, pop_size=8, n_gen=6, mc_trials=10, n_inputs=8,
+             granularities=("network", "layer"), checkpoint=saved.append)
+    assert not list(tmp_path.glob("*.json"))
+    assert [len(s["rows"]) for s in saved] == [1, 2] and saved[-1]["complete"] is False

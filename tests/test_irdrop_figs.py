@@ -73,8 +73,10 @@ def test_fig9a_tiny_wires_every_mapping_equals_software(digits_mlp, tmp_path):
     net, _ = digits_mlp
     n = 120
     hw = _small_hw(**TINY_WIRES).without("quantization")
-    res = F.fig9a(tmp_path, model=net, dataset="digits", n_images=n, n_calib=50, io_bits=(None,), hw=hw,
+    res = F.fig9a(model=net, dataset="digits", n_images=n, n_calib=50, io_bits=(None,), hw=hw,
                   rep_settings=F.QUICK_REPRESENTABLE)
+    assert not list(tmp_path.iterdir())  # the library writes nothing
+    F.plot_bits(res, tmp_path / "fig9a.png")
     soft = _software_accuracy(net, n)
     assert soft > 0.8  # the test model is meaningful
     s = res["summary"]
@@ -115,7 +117,7 @@ def test_fig9a_accuracy_by_hand_from_realized(digits_mlp, tmp_path):
     net, _ = digits_mlp
     n = 100
     hw = _small_hw()
-    res = F.fig9a(tmp_path, model=net, dataset="digits", n_images=n, n_calib=50, io_bits=(None,), hw=hw,
+    res = F.fig9a(model=net, dataset="digits", n_images=n, n_calib=50, io_bits=(None,), hw=hw,
                   rep_settings=F.QUICK_REPRESENTABLE)
     te = load_dataset("digits", "test", limit=n)
     x = te.x.reshape(n, -1).double().numpy()
@@ -178,8 +180,9 @@ def test_fig9b_cnn_tiny_wires_equals_software(digits_cnn, tmp_path):
     # the CNN counterpart: Conv2d layers at circuit level; with tiny wires every mapping equals software
     n = 80
     hw = _small_hw(**TINY_WIRES).without("quantization")
-    res = F.fig9b(tmp_path, model=digits_cnn, dataset="digits", n_images=n, n_calib=30, io_bits=(8, None), hw=hw,
+    res = F.fig9b(model=digits_cnn, dataset="digits", n_images=n, n_calib=30, io_bits=(8, None), hw=hw,
                   rep_settings=F.QUICK_REPRESENTABLE)
+    F.plot_bits(res, tmp_path / "fig9b.png")
     soft = _software_accuracy(digits_cnn, n)
     assert soft > 0.6
     s = res["summary"]
@@ -191,12 +194,14 @@ def test_fig9b_cnn_tiny_wires_equals_software(digits_cnn, tmp_path):
 
 def test_fig9a_cli_real_wires(digits_mlp, tmp_path, capsys):
     _, path = digits_mlp
-    rc = main(["irdrop-fig", "fig9a", "--quick", "--model", str(path), "--dataset", "digits", "--images", "60",
-               "--tile", "16", "--seed", "3", "--out", str(tmp_path), "--json"])
+    rc = main(["paper", "run", "002/fig9a", "--quick", "--model", str(path), "--data", "digits:test:60",
+               "--set", "array.rows=16", "--set", "array.cols=16", "--seed", "3", "--out", str(tmp_path), "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    d = json.loads((tmp_path / "fig9a.json").read_text())
+    d = json.loads((tmp_path / "002_fig9a.json").read_text())
     assert out["summary"] == pytest.approx(d["summary"])
+    assert (tmp_path / "002_fig9a.png").stat().st_size > 0
+    assert d["run"]["quick"] is True and d["run"]["params"]["n_images"] == 60 and d["config"]["n_images"] == 60
     s = d["summary"]
     for k in ("accuracy_software", "accuracy_representable", "accuracy_dpe", "accuracy_linear"):
         assert 0.0 <= s[k] <= 1.0
@@ -205,11 +210,12 @@ def test_fig9a_cli_real_wires(digits_mlp, tmp_path, capsys):
 
 
 def test_fig4_cli(tmp_path, capsys):
-    rc = main(["irdrop-fig", "fig4", "--quick", "--size", "8", "--out", str(tmp_path), "--json"])
+    rc = main(["paper", "run", "002/fig4", "--quick", "--param", "size=8", "--out", str(tmp_path), "--json"])
     assert rc == 0
     s = json.loads(capsys.readouterr().out)["summary"]
     assert s["error_ratio_dpe_over_representable"] >= 1.0
-    d = json.loads((tmp_path / "fig4.json").read_text())
+    d = json.loads((tmp_path / "002_fig4.json").read_text())
+    assert d["config"]["n_alpha"] == 6 and d["config"]["size"] == 8  # quick n_alpha, --param size
     rows = d["rows"]
     # precision error ~ (quantization step / alpha)^2 falls as alpha grows: smallest alpha worst
     assert rows[0]["precision_error"] > rows[-1]["precision_error"]
@@ -218,11 +224,11 @@ def test_fig4_cli(tmp_path, capsys):
     # the swept minimum is at least as good as the linear mapping's (which ignores the wires)
     assert s["total_error_best_swept"] < s["total_error_linear"]
     assert d["config"]["hardware"]["device"]["g_max"] == pytest.approx(1 / 2e3)
-    assert (tmp_path / "fig4.png").is_file()
+    assert (tmp_path / "002_fig4.png").is_file()
 
 
 def test_fig7_tiny(tmp_path):
-    res = F.fig7(tmp_path, sizes=(8, 16), r_wires=(0.5, 2.0), r_wire_size=8, device_size=4, n_matrices=1,
+    res = F.fig7(sizes=(8, 16), r_wires=(0.5, 2.0), r_wire_size=8, device_size=4, n_matrices=1,
                  n_inputs=20, n_inputs_device=2, seed=1, per_weight=(1, 2), per_weight_size=8)
     s = res["summary"]
     assert "error_ratio_dpe_over_representable" in s and s["largest_size"] == 16
@@ -232,20 +238,27 @@ def test_fig7_tiny(tmp_path):
     # linear mapping ignores the wires: its error grows with the wire resistance
     assert res["table"]["r_wire"]["2.0"]["linear"] > res["table"]["r_wire"]["0.5"]["linear"]
     assert set(res["table"]["device"]) == {"ideal", "taox", "1t1r"}
-    assert json.loads((tmp_path / "fig7.json").read_text())["provenance"]["seed"] == 1
+    assert res["provenance"]["seed"] == 1
+    F.plot_fig7(json.loads(json.dumps(res)), tmp_path / "fig7.png")  # draws from the JSON form too
+    assert (tmp_path / "fig7.png").stat().st_size > 0
 
 
 def test_fig10a_cli(digits_mlp, tmp_path, capsys):
     _, path = digits_mlp
-    rc = main(["irdrop-fig", "fig10a", "--quick", "--model", str(path), "--dataset", "digits", "--images", "60",
-               "--tile", "32", "--out", str(tmp_path), "--json"])
+    rc = main(["paper", "run", "002/fig10a", "--quick", "--model", str(path), "--data", "digits:60",
+               "--set", "array.rows=32", "--set", "array.cols=32", "--out", str(tmp_path), "--json"])
     assert rc == 0
     s = json.loads(capsys.readouterr().out)["summary"]
     for k in ("accuracy_dpe_no_rtn", "accuracy_representable_no_rtn", "accuracy_representable_max_rtn"):
         assert 0.0 <= s[k] <= 1.0
     assert s["max_amplitude"] == pytest.approx(0.2)
-    d = json.loads((tmp_path / "fig10a.json").read_text())
+    d = json.loads((tmp_path / "002_fig10a.json").read_text())
     assert d["config"]["hardware"]["adc"]["bits"] == 8
+    # error bars: one draw of 60 images -> the binomial standard error sqrt(p (1 - p) / 60)
+    for m in ("dpe", "representable"):
+        for p in d["curves"][m]:
+            assert p["stderr"] == pytest.approx(np.sqrt(p["mean"] * (1 - p["mean"]) / 60))
+    assert (tmp_path / "002_fig10a.png").is_file()
 
 
 def test_evaluate_cli_irdrop_method_and_overrides(digits_mlp, tmp_path, capsys):
@@ -261,11 +274,13 @@ def test_evaluate_cli_irdrop_method_and_overrides(digits_mlp, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, word", [
-    (["irdrop-fig", "fig5"], "figure"),
-    (["irdrop-fig", "fig9a", "--images", "0"], "--images"),
-    (["irdrop-fig", "fig4", "--r-wire", "-1"], "--r-wire"),
-    (["irdrop-fig", "fig9a", "--tile", "1"], "--tile"),
-    (["irdrop-fig", "fig9b", "--seed", "-1"], "--seed"),
+    (["paper", "run", "002/fig5"], "key"),
+    (["paper", "run", "002/fig9a", "--data", "mnist:0"], "--data"),
+    (["paper", "run", "002/fig4", "--set", "wires.r_wire=-1"], "--set"),
+    (["paper", "run", "002/fig4", "--param", "size=1"], "size"),
+    (["paper", "run", "002/fig9b", "--seed", "-1"], "--seed"),
+    (["paper", "run", "002/fig4", "--chips", "3"], "--chips"),
+    (["paper", "run", "002/fig4", "--param", "nope=3"], "nope"),
 ])
 def test_bad_input(argv, word, tmp_path, capsys):
     assert main(argv + ["--out", str(tmp_path)]) == 2

@@ -58,8 +58,8 @@ def test_noisy_study_runs_and_respects_budgets(digits_mlp):
         assert 0.0 <= row["lowrank"]["mean"] <= 1.0
 
 
-@pytest.mark.parametrize("kw,match", [({"eta": -1.0}, "--eta"), ({"budgets": (0.0,)}, "--budgets"),
-                                      ({"trials": 0}, "--trials"), ({"budgets": (0.01,)}, "fits no low-rank")])
+@pytest.mark.parametrize("kw,match", [({"eta": -1.0}, "^eta: "), ({"budgets": (0.0,)}, "^budgets: "),
+                                      ({"trials": 0}, "^trials: "), ({"budgets": (0.01,)}, "fits no low-rank")])
 def test_bad_inputs(digits_mlp, kw, match):
     args = dict(model=digits_mlp, dataset="digits", n_calib=50, n_test=50, trials=1)
     args.update(kw)

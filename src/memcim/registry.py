@@ -52,6 +52,8 @@ class Entry:
     paper : the paper key (``"002"``) or None.
     summary : ``summary(result) -> dict`` of headline numbers, or None (then ``result["summary"]``).
     reference : the paper's own values of those headline numbers, keyed like ``summary``.
+    hardware : the preset an entry that takes a ``hw`` parameter uses by default (``"irdrop"``), so
+        ``--set`` alone can override it; None for an entry that takes no hardware.
     """
 
     key: str
@@ -62,6 +64,7 @@ class Entry:
     paper: str | None = None
     summary: Callable[[Any], dict] | None = None
     reference: Mapping[str, str] = field(default_factory=dict)
+    hardware: str | None = None
 
     @property
     def name(self) -> str:
@@ -86,11 +89,16 @@ _loaded = False
 
 
 def register(key: str, *, title: str, plot=None, quick: Mapping[str, Any] | None = None,
-             summary=None, reference: Mapping[str, str] | None = None):
-    """Decorator: register ``fn`` under ``key`` (a key with ``/`` belongs to the paper before it)."""
+             summary=None, reference: Mapping[str, str] | None = None, hardware: str | None = None):
+    """Decorator: register ``fn`` under ``key`` (a key with ``/`` belongs to the paper before it).
+
+    ``quick`` must name parameters of ``fn``: a typo there would silently run the full settings.
+    """
     def deco(fn):
         paper = key.split("/", 1)[0] if "/" in key else None
-        REGISTRY[key] = Entry(key, fn, title, plot, dict(quick or {}), paper, summary, dict(reference or {}))
+        entry = Entry(key, fn, title, plot, dict(quick or {}), paper, summary, dict(reference or {}), hardware)
+        check_params(entry, entry.quick)
+        REGISTRY[key] = entry
         return fn
     return deco
 
@@ -109,8 +117,11 @@ def _load() -> None:
 
 def keys(paper: str | None = None) -> list[str]:
     """Registered keys (of one paper when ``paper`` is given), sorted."""
+    import re
+
     _load()
-    return sorted(k for k, e in REGISTRY.items() if paper is None or e.paper == paper)
+    natural = lambda k: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", k)]  # noqa: E731
+    return sorted((k for k, e in REGISTRY.items() if paper is None or e.paper == paper), key=natural)
 
 
 def papers() -> list[str]:
@@ -135,28 +146,95 @@ def check_params(entry: Entry, params: Mapping[str, Any]) -> None:
                          f"{', '.join(allowed) or 'none'}")
 
 
-def run(key: str, *, quick: bool = False, out: str | Path | None = None, **params) -> Any:
-    """Run ``key`` with its ``--quick`` parameters (when ``quick``) updated by ``params``; save
-    ``<out>/<name>.json`` and ``<out>/<name>.png`` when ``out`` is given; return the result."""
-    from memcim.io import write_json
-
-    entry = get(key)
+def params_for(entry: Entry, *, quick: bool = False, **params) -> dict[str, Any]:
+    """The keyword parameters a run of ``entry`` gets: its ``quick`` ones (when ``quick``), then ``params``."""
     kw = {**(entry.quick if quick else {}), **params}
     check_params(entry, kw)
-    result = entry.run(**kw)
+    return kw
+
+
+def record(entry: Entry, result: Any, *, quick: bool, params: Mapping[str, Any], complete: bool = True) -> Any:
+    """Stamp a result dict with how it was made: ``result["run"]`` (key, quick, the parameters it was
+    given, complete) and ``result["provenance"]`` (version, commit, time, seed) when it has none."""
+    from memcim.io import provenance
+
+    if isinstance(result, dict):
+        shown = {k: _shown(v) for k, v in params.items() if not callable(v)}
+        result["run"] = {"key": entry.key, "quick": bool(quick), "params": shown, "complete": complete}
+        result.setdefault("provenance", provenance(seed=params.get("seed")))
+    return result
+
+
+def _shown(value: Any) -> Any:
+    """A parameter as JSON can hold it: itself, or its type's name (a model object)."""
+    import json
+
+    from memcim.io import to_jsonable
+
+    try:
+        v = to_jsonable(value)
+        json.dumps(v)
+        return v
+    except (TypeError, ValueError):
+        return f"<{type(value).__name__}>"
+
+
+def run(key: str, *, quick: bool = False, out: str | Path | None = None, **params) -> Any:
+    """Run ``key`` with its ``--quick`` parameters (when ``quick``) updated by ``params``; save
+    ``<out>/<name>.json`` and ``<out>/<name>.png`` when ``out`` is given; return the result.
+
+    The result records its key, parameters and provenance (:func:`record`)."""
+    entry = get(key)
+    kw = params_for(entry, quick=quick, **params)
+    result = record(entry, entry.run(**kw), quick=quick, params=kw)
     if out is not None:
         save(entry, result, out)
     return result
 
 
-def save(entry: Entry, result: Any, out: str | Path) -> list[Path]:
-    """Write the result's JSON and PNG into ``out``; return the paths."""
-    from memcim.io import write_json
+def is_complete(entry: Entry, out: str | Path, *, quick: bool | None = None, seed: int | None = None) -> bool:
+    """True when ``out`` holds a finished result of ``entry`` (its JSON, marked complete, with the same
+    ``quick`` and ``seed`` when given, and its PNG when the entry plots)."""
+    import json
 
     out = Path(out)
-    paths = [write_json(out / f"{entry.name}.json", result)]
+    try:
+        doc = json.loads((out / f"{entry.name}.json").read_text())
+    except (OSError, ValueError):
+        return False
+    rec = doc.get("run") if isinstance(doc, dict) else None
+    if not isinstance(rec, dict) or rec.get("key") != entry.key or not rec.get("complete", False):
+        return False
+    if quick is not None and bool(rec.get("quick")) != bool(quick):
+        return False
+    if seed is not None and "seed" in (rec.get("params") or {}) and rec["params"]["seed"] != seed:
+        return False
+    return entry.plot is None or (out / f"{entry.name}.png").is_file()
+
+
+def save(entry: Entry, result: Any, out: str | Path) -> list[Path]:
+    """Write the result's PNG and JSON into ``out``; return the paths (JSON first).
+
+    The PNG is drawn first and the JSON written last (through a temporary file), so a complete
+    JSON in ``out`` means the step finished: ``--resume`` relies on it."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
     if entry.plot is not None:
         png = out / f"{entry.name}.png"
         entry.plot(result, png)
         paths.append(png)
-    return paths
+    return [write_atomic(out / f"{entry.name}.json", result), *paths]
+
+
+def write_atomic(path: str | Path, obj: Any) -> Path:
+    """``write_json`` through a temporary file and a rename: never a half-written JSON."""
+    import os
+
+    from memcim.io import write_json
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write_json(tmp, obj)
+    os.replace(tmp, path)
+    return path

@@ -21,8 +21,8 @@ model run digitally, the closed form's predicted layer MSE, and the energy per i
 from __future__ import annotations
 
 import copy
-import sys
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from memcim.analysis.column_error import InputStats, LayerErrorModel
 from memcim.config import HardwareConfig
 from memcim.hardware.energy import EnergyConfig, digital_energy, layer_energy, network_energy
 from memcim.optimize.convex_range import DesignLimits, optimize_layer
+from memcim.registry import register
 
 __all__ = ["run", "linear_inputs", "design_network", "PAPER"]
 
@@ -40,9 +41,9 @@ PAPER = {"naive_loss_points": 6.74, "optimized_accuracy": 97.32, "gap_to_digital
          "mse_reduction": 0.86, "energy_gain_vs_naive": 0.11, "adc3_accuracy": 93.8}
 
 
-def _log(msg: str, quiet: bool) -> None:
-    if not quiet:
-        print(msg, file=sys.stderr, flush=True)
+def _log(msg: str, log: Callable[[str], None] | None) -> None:
+    if log is not None:
+        log(msg)
 
 
 @torch.no_grad()
@@ -101,7 +102,7 @@ def _energy(designs: dict, ecfg: EnergyConfig) -> dict:
     return network_energy(layers)
 
 
-def _evaluate(model, test, hw, designs, chips, seed, calib, quiet):
+def _evaluate(model, test, hw, designs, chips, seed, calib, log=None):
     """Accuracy and output MSE over chips; per-column FS designs are written into each chip."""
     from memcim.nn.evaluate import chip_outputs, summarize
     from memcim.nn.train import predict
@@ -142,40 +143,57 @@ def _finetune(model, hw, designs, train, epochs, seed, calib):
     return ft.eval(), hist
 
 
-def run(*, quick: bool = False, chips: int | None = None, seed: int = 0, epochs: int | None = None,
-        sweep_bits=(2, 3, 4, 5, 6, 7, 8), config: str | HardwareConfig | None = None, method: str = "cvxpy",
-        quiet: bool = False, sweep_chips: int | None = None, n_test: int | None = None) -> dict:
+def _summary(doc: dict) -> dict:
+    keys = ("digital_accuracy", "naive_loss_points", "both_gap_points", "convex_gap_points",
+            "mse_reduction_both_vs_naive", "energy_gain_both_vs_naive", "adc3_both_accuracy")
+    return {k: doc["summary"][k] for k in keys if k in doc["summary"]}
+
+
+#: the paper's values of the summary numbers (abstract of paper 003).
+REFERENCE = {"naive_loss_points": "6.74", "both_gap_points": "0.89", "mse_reduction_both_vs_naive": "0.86",
+             "energy_gain_both_vs_naive": "0.11", "adc3_both_accuracy": "0.938"}
+
+
+@register("003/convex-cim", title="convex window/FS design and noise-aware fine-tuning on the MNIST MLP, "
+          "with an ADC-bits sweep", plot=lambda d, png: plot(d, png), summary=_summary, reference=REFERENCE,
+          quick={"chips": 3, "epochs": 1, "n_test": 2000}, hardware="convex_cim")
+def run(*, chips: int = 10, seed: int = 0, epochs: int = 3, sweep_bits=(2, 3, 4, 5, 6, 7, 8),
+        hw: str | HardwareConfig | None = None, method: str = "cvxpy", sweep_chips: int | None = None,
+        n_test: int | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Run the experiment and return the result document (JSON-ready apart from numpy scalars).
 
     Parameters
     ----------
-    quick : 2,000 test images, 3 chips, 1 fine-tuning epoch (a smoke run of a few minutes).
-    chips : chips per row (default 10; quick 3).
+    chips : chips per row (quick: 3).
     seed : seed of the chips and of the fine-tuning.
-    epochs : fine-tuning epochs (default 3; quick 1).
+    epochs : fine-tuning epochs (quick: 1).
     sweep_bits : ADC resolutions of the sweep (empty: no sweep).
     sweep_chips : chips per point of the sweep (default: ``chips``).
     n_test : test images used (default all 10,000; quick 2,000).
-    config : hardware (preset name, file or config; default the ``convex_cim`` preset).
+    hw : hardware (preset name, file or config; default the ``convex_cim`` preset).
     method : convex solver, "cvxpy" or "fast".
+    log : called with one line at each stage (the CLI prints it on stderr); None: silent.
     """
     from memcim.config import resolve_config
     from memcim.data.datasets import load_dataset
     from memcim.nn.models import get_reference_model, reference_info
     from memcim.nn.train import evaluate_accuracy
 
-    chips = chips if chips is not None else (3 if quick else 10)
-    epochs = epochs if epochs is not None else (1 if quick else 3)
-    if isinstance(chips, bool) or not isinstance(chips, int) or chips < 1:
-        raise ValueError(f"--chips: {chips!r} is not allowed; must be an integer >= 1")
-    for b in sweep_bits:
-        if not (isinstance(b, int) and 2 <= b <= 24):
-            raise ValueError(f"--bits: {b!r} is not allowed; ADC bits must be integers in 2..24")
-    hw = resolve_config(config, default="convex_cim")
+    from memcim import validate
+
+    chips = validate.integer("chips", chips, lo=1, hi=100_000)
+    epochs = validate.integer("epochs", epochs, lo=1, hi=1000)
+    if sweep_chips is not None:
+        sweep_chips = validate.integer("sweep_chips", sweep_chips, lo=1, hi=100_000)
+    if n_test is not None:
+        n_test = validate.integer("n_test", n_test, lo=1)
+    method = validate.choice("method", method, ("cvxpy", "fast"))
+    sweep_bits = tuple(validate.integer("sweep_bits", b, lo=2, hi=24) for b in (sweep_bits or ()))
+    hw = resolve_config(hw, default="convex_cim")
     t0 = time.perf_counter()
     model = get_reference_model("mnist-mlp-256-128").eval()
     train = load_dataset("mnist", "train")
-    test = load_dataset("mnist", "test", limit=n_test if n_test is not None else (2000 if quick else None))
+    test = load_dataset("mnist", "test", limit=n_test)
     sweep_chips = sweep_chips or chips
     calib = train.x[:2000]
     ecfg = EnergyConfig()
@@ -187,8 +205,8 @@ def run(*, quick: bool = False, chips: int | None = None, seed: int = 0, epochs:
                         "energy_j": dig_e["total"]}}
 
     def row(name, mdl, hwr, designs, optimised, extra=None):
-        _log(f"[convex-cim] {name}: evaluating on {chips} chips", quiet)
-        r = _evaluate(mdl, test, hwr, designs if optimised else None, chips, seed, calib, quiet)
+        _log(f"[convex-cim] {name}: evaluating on {chips} chips", log)
+        r = _evaluate(mdl, test, hwr, designs if optimised else None, chips, seed, calib, log)
         e = _energy(designs, ecfg)
         rows[name] = {"accuracy": {k: r["accuracy"][k] for k in ("mean", "std", "ci95_mean", "values")},
                       "mse": {k: r["mse"][k] for k in ("mean", "std")}, "model_digital_accuracy": r["digital"]["accuracy"],
@@ -197,15 +215,15 @@ def run(*, quick: bool = False, chips: int | None = None, seed: int = 0, epochs:
 
     naive_d = design_network(model, hw, calib, naive=True)
     row("naive", model, hw, naive_d, False)
-    _log("[convex-cim] convex design", quiet)
+    _log("[convex-cim] convex design", log)
     conv_d = design_network(model, hw, calib, limits=limits, method=method)
     row("convex only", model, hw, conv_d, True,
         {"solve_seconds": {n: d["result"].solve_seconds for n, d in conv_d.items()}})
-    _log(f"[convex-cim] noise-aware fine-tuning ({epochs} epochs) under the naive design", quiet)
+    _log(f"[convex-cim] noise-aware fine-tuning ({epochs} epochs) under the naive design", log)
     na_model, h1 = _finetune(model, hw, naive_d, train, epochs, seed, calib)
     na_d = design_network(na_model, hw, calib, naive=True)
     row("noise-aware only", na_model, hw, na_d, False, {"finetune": h1})
-    _log("[convex-cim] noise-aware fine-tuning under the convex design", quiet)
+    _log("[convex-cim] noise-aware fine-tuning under the convex design", log)
     both_model, h2 = _finetune(model, hw, conv_d, train, epochs, seed, calib)
     both_d = design_network(both_model, hw, calib, limits=limits, method=method)
     row("both", both_model, hw, both_d, True, {"finetune": h2})
@@ -213,14 +231,14 @@ def run(*, quick: bool = False, chips: int | None = None, seed: int = 0, epochs:
     sweep = []
     for b in sweep_bits:
         hb = hw.replace(adc={"bits": int(b)})
-        _log(f"[convex-cim] ADC sweep: {b} bits", quiet)
+        _log(f"[convex-cim] ADC sweep: {b} bits", log)
         from memcim.nn.evaluate import evaluate_analog
 
         rn = evaluate_analog(model, test, hb, chips=sweep_chips, seed=seed, calib_data=calib, progress=False)
         cd = design_network(model, hb, calib, limits=limits, method="fast")
         fm, _ = _finetune(model, hb, cd, train, epochs, seed, calib)
         bd = design_network(fm, hb, calib, limits=limits, method="fast")
-        rb = _evaluate(fm, test, hb, bd, sweep_chips, seed, calib, quiet)
+        rb = _evaluate(fm, test, hb, bd, sweep_chips, seed, calib, log)
         sweep.append({"bits": int(b), "naive": {"mean": rn["accuracy"]["mean"], "std": rn["accuracy"]["std"],
                                                  "mse": rn["mse"]["mean"]},
                       "both": {"mean": rb["accuracy"]["mean"], "std": rb["accuracy"]["std"], "mse": rb["mse"]["mean"]}})
@@ -242,7 +260,7 @@ def run(*, quick: bool = False, chips: int | None = None, seed: int = 0, epochs:
     return {"experiment": "convex-cim", "paper": PAPER, "summary": summary, "rows": rows, "adc_sweep": sweep,
             "config": hw.to_dict(), "energy_config": ecfg.to_dict(), "limits": limits.__dict__,
             "model": {"name": "mnist-mlp-256-128", "test_accuracy_reference": info.get("test_accuracy")},
-            "n_test": len(test), "chips": chips, "sweep_chips": sweep_chips, "epochs": epochs, "quick": quick, "method": method,
+            "n_test": len(test), "chips": chips, "sweep_chips": sweep_chips, "epochs": epochs, "method": method,
             "seconds": time.perf_counter() - t0}
 
 

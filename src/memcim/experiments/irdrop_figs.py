@@ -25,8 +25,11 @@ conductance targets, so the programmed chips are read again under a plan whose h
 only in its converters (or its RTN), with the same ADC full scales (calibrated once, with the
 preset's 8-bit converters, on calibration images from the training split).
 
-Every function writes ``<name>.json`` (config, provenance with the seed, rows, and a top-level
-``summary`` of scalar headline numbers) and ``<name>.png`` into ``out``.
+Every function returns a JSON-ready result (config, provenance with the seed, rows, and a top-level
+``summary`` of scalar headline numbers); it prints nothing and writes no file. ``plot_<figure>(result,
+png)`` draws it. The figures are registered as ``002/fig4`` ... ``002/fig10a`` (:mod:`memcim.registry`),
+with their ``--quick`` settings and the paper's values; ``memcim paper run 002/fig9a --out DIR``
+saves ``002_fig9a.json`` and ``.png``.
 """
 from __future__ import annotations
 
@@ -35,16 +38,16 @@ import dataclasses
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from memcim.config import HardwareConfig, preset
 from memcim.hardware.device import quantize_array
-from memcim.io import provenance, savefig, write_json
+from memcim.io import provenance, savefig
 from memcim.mapping.crossbar import map_matrix
 from memcim.mapping.irdrop import METHODS, error_report, map_block
+from memcim.registry import register
 
 #: representable settings of the full Fig. 9a/10a runs and of arrays of 256x256 and more in Fig. 7:
 #: fewer alpha evaluations and tuning iterations than the preset (4 alpha evaluations, 4 final iterations).
@@ -107,20 +110,48 @@ def _with_targets(template, gp, gn, alpha: float):
                                scale=torch.full_like(template.scale, float(alpha)))
 
 
-def fig4(out, *, size: int = 64, n_alpha: int = 12, seed: int = 0, quick: bool = False, r_wire: float = 1.0,
-         bits: int = 8, final_iters: int = 4) -> dict:
+def _plain_log_ticks(ax, axis: str = "both") -> None:
+    """Label only the decades of a log axis (minor tick labels overlap on short axes)."""
+    from matplotlib.ticker import NullFormatter
+
+    for a in ((ax.xaxis, ax.yaxis) if axis == "both" else (getattr(ax, f"{axis}axis"),)):
+        a.set_minor_formatter(NullFormatter())
+
+
+def _irdrop_hw(hw) -> HardwareConfig:
+    from memcim.config import resolve_config
+
+    return resolve_config(hw, default="irdrop")
+
+
+def _summary_002(result: dict) -> dict:
+    return dict(result.get("summary") or {})
+
+
+#: the paper's values of the headline numbers (paper 002's text and Figs. 7, 9a, 10a).
+REFERENCE_RATIO = {"error_ratio_dpe_over_representable": "4-9x"}
+
+
+@register("002/fig4", title="representable mapping: total / value-range / precision error vs the scale alpha",
+          plot=lambda r, png: plot_fig4(r, png), quick={"size": 32, "n_alpha": 6}, summary=_summary_002,
+          reference=REFERENCE_RATIO, hardware="irdrop")
+def fig4(*, size: int = 64, n_alpha: int = 12, seed: int = 0, hw: HardwareConfig | str | None = None,
+         final_iters: int = 4) -> dict:
     """Errors of ``representable`` against alpha (fixed alpha, then tuning) for one matrix.
 
     Errors are squared Frobenius norms (paper's terms): value-range error = ``||W - W^r||^2`` of the
     tuned plan with continuous conductances, total = the same plan rounded to the device's levels,
-    precision = their difference. The hardware is ``preset("irdrop")`` with one ``size x size``
-    array pair, ``wires.r_wire = r_wire`` and ``device.bits = bits``; the automatic alpha and the
-    ``dpe`` / ``linear`` errors come from ``map_matrix`` on the same matrix.
+    precision = their difference. The hardware is ``hw`` (default ``preset("irdrop")``: 1 Ohm wires,
+    8-bit devices) with one ``size x size`` array pair and the converters off; the automatic alpha and
+    the ``dpe`` / ``linear`` errors come from ``map_matrix`` on the same matrix.
     """
-    if quick:
-        size, n_alpha = min(size, 32), min(n_alpha, 6)
-    hw = _no_converters(preset("irdrop")).set({"array.rows": size, "array.cols": size, "wires.r_wire": r_wire,
-                                               "device.bits": bits})
+    from memcim import validate
+
+    size = validate.integer("size", size, lo=2, hi=512)
+    n_alpha = validate.integer("n_alpha", n_alpha, lo=2, hi=1000)
+    hw = _no_converters(_irdrop_hw(hw)).set({"array.rows": size, "array.cols": size})
+    if hw.device.levels is None and hw.device.bits is None:
+        raise ValueError("hw: fig4 needs a quantized device (device.bits or device.levels)")
     dev = hw.device
     W = np.random.default_rng(seed).uniform(-1, 1, (size, size))
     c0 = (dev.g_max - dev.g_min) / np.max(np.abs(W))
@@ -143,7 +174,7 @@ def fig4(out, *, size: int = 64, n_alpha: int = 12, seed: int = 0, quick: bool =
                      "max_output_error": e["max_output_error"]})
     best = min(rows, key=lambda r: r["total_error"])
     summary = {
-        "size": size, "r_wire": r_wire,
+        "size": size, "r_wire": hw.wires.r_wire,
         "alpha_best_swept": best["alpha"], "total_error_best_swept": best["total_error"],
         "alpha_auto": auto["representable"]["alpha"], "total_error_auto": auto["representable"]["total_error"],
         "total_error_dpe": auto["dpe"]["total_error"], "total_error_linear": auto["linear"]["total_error"],
@@ -152,24 +183,34 @@ def fig4(out, *, size: int = 64, n_alpha: int = 12, seed: int = 0, quick: bool =
             auto["dpe"]["max_output_error"] / auto["representable"]["max_output_error"],
         "wall_s": time.perf_counter() - t0,
     }
-    res = {"figure": "fig4", "summary": summary, "rows": rows, "methods": auto,
-           "config": {"size": size, "n_alpha": n_alpha, "final_iters": final_iters, "quick": quick,
-                      "matrix": "uniform[-1,1]", "hardware": hw.to_dict()},
-           "provenance": provenance(seed=seed)}
-    out = Path(out)
-    write_json(out / "fig4.json", res)
+    return {"figure": "fig4", "summary": summary, "rows": rows, "methods": auto,
+            "config": {"size": size, "n_alpha": n_alpha, "final_iters": final_iters,
+                       "matrix": "uniform[-1,1]", "hardware": hw.to_dict()},
+            "provenance": provenance(seed=seed)}
+
+
+def plot_fig4(res: dict, png) -> None:
+    """Fig. 4's PNG: the three errors against alpha, the automatic alpha and the dpe error."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    rows, summary = res["rows"], res["summary"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
     x = [r["alpha"] for r in rows]
+    floor = 1e-12
     for k, st in (("total_error", "k-o"), ("value_range_error", "b-s"), ("precision_error", "r-^")):
-        ax.plot(x, [max(r[k], 1e-12) for r in rows], st, label=k.replace("_", " "), ms=4)
+        zero = any(r[k] <= floor for r in rows)
+        ax.plot(x, [max(r[k], floor) for r in rows], st, ms=4,
+                label=k.replace("_", " ") + (f"\n(0 drawn at {floor:g})" if zero else ""))
     ax.axvline(summary["alpha_auto"], color="g", ls="--", label="alpha chosen (auto)")
     ax.axhline(summary["total_error_dpe"], color="gray", ls=":", label="dpe total error")
     ax.set(xscale="log", yscale="log", xlabel="alpha [S per unit weight]", ylabel="||W - W^r||_F^2",
-           title=f"Fig. 4: representable, {size}x{size}, r_wire={r_wire} Ohm")
-    ax.legend(fontsize=7)
-    savefig(fig, out / "fig4.png")
-    return res
+           title=f"Fig. 4: representable, {summary['size']}x{summary['size']}, r_wire={summary['r_wire']:g} Ohm")
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    _plain_log_ticks(ax)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}".replace("e-0", "e-")))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    savefig(fig, png)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,29 +245,37 @@ def _outputs(plan, X, seed: int):
     return Y, bad
 
 
-def fig7(out, *, sizes=(32, 64, 128, 256), r_wires=(0.25, 0.5, 1.0, 2.0, 4.0), r_wire_size: int = 64,
+@register("002/fig7", title="max output error vs wire resistance, array size, pairs per weight and cell model",
+          plot=lambda r, png: plot_fig7(r, png), summary=_summary_002, reference=REFERENCE_RATIO,
+          quick={"sizes": (32, 64), "r_wires": (0.5, 2.0), "r_wire_size": 32, "device_size": 16, "n_matrices": 1,
+                 "n_inputs": 50, "n_inputs_device": 5, "per_weight": (1, 2), "per_weight_size": 16},
+          hardware="irdrop")
+def fig7(*, sizes=(32, 64, 128, 256), r_wires=(0.25, 0.5, 1.0, 2.0, 4.0), r_wire_size: int = 64,
          device_size: int = 32, n_matrices: int = 2, n_inputs: int = 100, n_inputs_device: int = 10,
-         seed: int = 0, quick: bool = False, bits: int = 8, rep_settings=None,
+         seed: int = 0, hw: HardwareConfig | str | None = None, rep_settings=None,
          device_g_min: float = 1e-4, per_weight=(1, 2, 4), per_weight_size: int = 32, large: int = 256 * 256,
          progress: bool = False) -> dict:
     """Max output error against wire resistance, array size, pairs per weight and cell model.
 
     Matrices: uniform [-1, 1]; inputs: uniform [0, 1], driven as ``x * v_read`` (``dac.x_range = 1``,
     converters off; paper: 0.2 V max). Each matrix is one array pair of its own size on
-    ``preset("irdrop")``. The cell-model panel maps with ``device.g_min = device_g_min`` (the TaOx
-    device cannot reach below ~6e-5 S at 0.2 V) and reads the programmed chip with ``cell.model``
+    ``hw`` (default ``preset("irdrop")``; ``wires.r_wire`` and ``cell.model`` are swept). The
+    cell-model panel maps with ``device.g_min = device_g_min`` (the TaOx device cannot reach below
+    ~6e-5 S at 0.2 V) and reads the programmed chip with ``cell.model``
     ``linear`` / ``taox`` / ``taox_1t1r`` and ``cell.solve = "newton"`` (states from the
     conductances at the calibration read, paper Sec. V-D). Memristors per weight (panel
     ``per_weight``): ``k`` pairs per weight are ``k`` adjacent columns, each mapped to ``W / k``
     (an n x k*n array), whose outputs are summed. Arrays with ``large`` cells or more use one matrix
     and :data:`FAST_REPRESENTABLE`. ``rep_settings``: dotted overrides of the representable settings.
     """
-    if quick:
-        sizes = tuple(s for s in sizes if s <= 64) or (32,)
-        r_wires, r_wire_size, device_size = (0.5, 2.0), 32, 16
-        n_matrices, n_inputs, n_inputs_device = 1, 50, 5
-        per_weight, per_weight_size = (1, 2), 16
-    base = _no_converters(preset("irdrop")).set({"dac.x_range": 1.0, "device.bits": bits, **(rep_settings or {})})
+    from memcim import validate
+
+    sizes = tuple(validate.integer("sizes", n, lo=2, hi=1024) for n in sizes)
+    per_weight = tuple(validate.integer("per_weight", k, lo=1, hi=64) for k in per_weight)
+    r_wires = tuple(validate.number("r_wires", r, lo=0.0) for r in r_wires)
+    if not (sizes and per_weight and r_wires):
+        raise ValueError("sizes: sizes, r_wires and per_weight each need at least one value")
+    base = _no_converters(_irdrop_hw(hw)).set({"dac.x_range": 1.0, **(rep_settings or {})})
     rng = np.random.default_rng(seed)
     rows = []
     t0 = time.perf_counter()
@@ -275,38 +324,44 @@ def fig7(out, *, sizes=(32, 64, 128, 256), r_wires=(0.25, 0.5, 1.0, 2.0, 4.0), r
                **{f"max_output_error_{m}_largest": table["size"][str(max(sizes))][m] for m in METHODS},
                **{f"max_output_error_{m}_1t1r": table["device"]["1t1r"][m] for m in METHODS},
                "wall_s": time.perf_counter() - t0}
-    res = {"figure": "fig7", "summary": summary, "table": table,
+    return {"figure": "fig7", "summary": summary, "table": table,
            "ratio_dpe_over_representable_by_size": {str(k): v for k, v in ratios.items()}, "rows": rows,
            "config": {"sizes": list(sizes), "r_wires": list(r_wires), "r_wire_size": r_wire_size,
                       "device_size": device_size, "n_matrices": n_matrices, "n_inputs": n_inputs,
                       "n_inputs_device": n_inputs_device, "device_g_min": device_g_min,
-                      "representable_large": FAST_REPRESENTABLE, "large_cells": large, "quick": quick,
+                      "representable_large": FAST_REPRESENTABLE, "large_cells": large,
                       "per_weight": list(per_weight), "per_weight_size": per_weight_size,
                       "cells": CELLS, "hardware": base.to_dict()},
            "provenance": provenance(seed=seed)}
-    out = Path(out)
-    write_json(out / "fig7.json", res)
+
+
+def plot_fig7(res: dict, png) -> None:
+    """Fig. 7's PNG: one panel per swept quantity, 2 x 2, one shared legend."""
     plt = _plt()
-    fig, axs = plt.subplots(1, 4, figsize=(17, 3.8))
-    for ax, (p, vals, xl) in zip(axs, (("r_wire", r_wires, "wire resistance [Ohm]"),
-                                       ("size", sizes, "array size n (n x n)"),
-                                       ("per_weight", per_weight, "memristor pairs per weight"),
-                                       ("device", tuple(CELLS), "cell model"))):
+    c, table = res["config"], res["table"]
+    fig, axs = plt.subplots(2, 2, figsize=(10, 7.5), layout="constrained")
+    panels = (("r_wire", c["r_wires"], "wire resistance [Ohm]", f"{c['r_wire_size']}x{c['r_wire_size']} arrays"),
+              ("size", c["sizes"], "array size n (n x n)", "r_wire = 1 Ohm"),
+              ("per_weight", c["per_weight"], "memristor pairs per weight",
+               f"{c['per_weight_size']} inputs x {c['per_weight_size']} weights"),
+              ("device", list(c["cells"]), "cell model", f"{c['device_size']}x{c['device_size']}, r_wire = 1 Ohm"))
+    for ax, (p, vals, xl, title) in zip(axs.flat, panels):
         xs = list(range(len(vals))) if p == "device" else list(vals)
         for m in METHODS:
             ax.plot(xs, [table[p][str(v)][m] for v in vals], _STYLE[m], label=m, ms=4)
-        ax.set(yscale="log", xlabel=xl, ylabel="max output error (rel.)")
+        ax.set(yscale="log", xlabel=xl, title=title)
         if p == "device":
             ax.set_xticks(xs, list(vals))
-            ax.set_title(f"{device_size}x{device_size}, r_wire=1")
         else:
             ax.set_xscale("log", base=2)
-            ax.set_title({"r_wire": f"{r_wire_size}x{r_wire_size}", "size": "r_wire = 1 Ohm",
-                          "per_weight": f"{per_weight_size} inputs x {per_weight_size} weights"}[p])
-    axs[0].legend(fontsize=8)
+            ax.set_xticks(xs, [f"{v:g}" for v in vals])
+        _plain_log_ticks(ax)
+    for ax in axs[:, 0]:
+        ax.set_ylabel("max output error (relative)")
+    handles, labels = axs[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8)
     fig.suptitle("Fig. 7: max output error over random inputs and matrices")
-    savefig(fig, out / "fig7.png")
-    return res
+    savefig(fig, png)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -405,8 +460,13 @@ def _method_hw(hw: HardwareConfig, method: str, rep_settings) -> HardwareConfig:
     return hw.set(rep_settings) if method == "representable" and rep_settings else hw
 
 
-def _accuracy_vs_bits(figure, out, *, model, default_model, dataset, n_images, n_calib, io_bits, hw, seed,
-                      rep_settings, progress, paper, title) -> dict:
+def _binomial_se(p: float, n: int) -> float:
+    """Standard error of an accuracy ``p`` measured on ``n`` images (binomial)."""
+    return float(np.sqrt(max(p * (1 - p), 0.0) / max(n, 1)))
+
+
+def _accuracy_vs_bits(figure, *, model, default_model, dataset, n_images, n_calib, io_bits, hw, seed,
+                      rep_settings, progress, paper) -> dict:
     """Accuracy of ``model`` on ``hw`` for every mapping method and DAC/ADC resolution."""
     io_bits = _check_bits(io_bits)
     net, model_name = _load_net(model, default_model)
@@ -439,33 +499,61 @@ def _accuracy_vs_bits(figure, out, *, model, default_model, dataset, n_images, n
                "mapping_time_s": float(sum(map_s.values())),
                **{f"mean_tile_relative_error_{m}": float(np.mean(tile_err[m])) for m in METHODS},
                "wall_s": time.perf_counter() - t0}
-    res = {"figure": figure, "summary": summary, "rows": rows, "paper": paper,
-           "tile_relative_errors": tile_err, "mapping_time_s": map_s,
-           "config": {"model": model_name, "dataset": dataset, "n_images": len(test), "n_calib": len(calib),
-                      "calibration": f"{len(calib)} images of the training split (ADC full scale per array)",
-                      "io_bits": list(io_bits), "representable": rep_settings or "preset",
-                      "hardware": hw.to_dict()},
-           "provenance": provenance(seed=seed)}
-    out = Path(out)
-    write_json(out / f"{figure}.json", res)
+    return {"figure": figure, "summary": summary, "rows": rows, "paper": paper,
+            "tile_relative_errors": tile_err, "mapping_time_s": map_s,
+            "config": {"model": model_name, "dataset": dataset, "n_images": len(test), "n_calib": len(calib),
+                       "calibration": f"{len(calib)} images of the training split (ADC full scale per array)",
+                       "io_bits": list(io_bits), "representable": rep_settings or "preset",
+                       "hardware": hw.to_dict()},
+            "provenance": provenance(seed=seed)}
+
+
+def plot_bits(res: dict, png) -> None:
+    """Fig. 9a/9b's PNG: accuracy against the DAC/ADC bits per mapping, with binomial error bars
+    (one standard error over the evaluated images)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    rows, c = res["rows"], res["config"]
+    n = int(c["n_images"])
+    title = {"fig9a": "Fig. 9a", "fig9b": "Fig. 9b (counterpart)"}.get(res.get("figure"), res.get("figure", ""))
+    fig, ax = plt.subplots(figsize=(6, 4.2), layout="constrained")
     lab = [str(r["io_bits"]) if r["io_bits"] is not None else "float" for r in rows]
-    xs = range(len(rows))
-    ax.plot(xs, [100 * r["software"] for r in rows], "k--", label="upper bound (ideal wires, same DAC/ADC)", ms=4)
-    for m in METHODS:
-        ax.plot(xs, [100 * r[m] for r in rows], _STYLE[m], label=m, ms=4)
-    ax.axhline(100 * acc_soft, color="gray", ls=":", label="software (float)")
+    xs = np.arange(len(rows))
+    for k, st, label, dx in (("software", "k--", "upper bound (ideal wires, same DAC/ADC)", 0.0),
+                             *((m, _STYLE[m], m, 0.04 * (i + 1)) for i, m in enumerate(METHODS))):
+        acc = np.array([r[k] for r in rows])
+        ax.errorbar(xs + dx, 100 * acc, yerr=[100 * _binomial_se(a, n) for a in acc], fmt=st, label=label,
+                    ms=4, capsize=2)
+    ax.axhline(100 * res["summary"]["accuracy_software"], color="gray", ls=":", label="software (float)")
     ax.set_xticks(list(xs), lab)
-    ax.set(xlabel="DAC/ADC bits", ylabel="test accuracy [%]", title=f"{title}: {model_name}, {len(test)} images")
+    ax.set(xlabel="DAC/ADC bits", ylabel="test accuracy [%]",
+           title=f"{title}: {c['model']}, {n} images (bars: ±1 binomial s.e.)")
     ax.legend(fontsize=7)
-    savefig(fig, out / f"{figure}.png")
-    return res
+    savefig(fig, png)
 
 
+#: the paper's Fig. 9a values (MNIST MLP, DAC/ADC at 8 bits).
+REFERENCE_9A = {"accuracy_software": "0.984", "accuracy_representable": "0.983", "accuracy_dpe": "0.963",
+                "accuracy_linear": "(not reported)"}
+#: the paper's Fig. 9b values: a 7-layer CNN on CIFAR-10 (not comparable with the MNIST counterpart).
+REFERENCE_9B = {"accuracy_software": "0.752 (CIFAR-10 CNN)", "accuracy_representable": "0.718 (CIFAR-10 CNN)",
+                "accuracy_dpe": "0.205 (CIFAR-10 CNN)"}
+_NET_SUMMARY = ("accuracy_software", "accuracy_representable", "accuracy_dpe", "accuracy_linear", "n_images")
 
-def fig9a(out, *, model=None, dataset="mnist", n_images: int = 1000, n_calib: int = 200,
-          io_bits=(4, 6, 8, None), hw: HardwareConfig | None = None, seed: int = 0, quick: bool = False,
+
+def _summary_net(result: dict) -> dict:
+    s = result.get("summary") or {}
+    return {k: s[k] for k in _NET_SUMMARY if k in s}
+
+
+#: the --quick settings of the network figures: 300 images, alpha from the DPE scale, one tuning iteration.
+_QUICK_NET = {"n_images": 300, "rep_settings": QUICK_REPRESENTABLE}
+
+
+@register("002/fig9a", title="MNIST MLP at circuit level: accuracy vs DAC/ADC bits per mapping",
+          plot=plot_bits, summary=_summary_net, reference=REFERENCE_9A, hardware="irdrop",
+          quick={**_QUICK_NET, "model": FIG9A_QUICK_MODEL})
+def fig9a(*, model=None, dataset="mnist", n_images: int = 1000, n_calib: int = 200,
+          io_bits=(4, 6, 8, None), hw: HardwareConfig | str | None = None, seed: int = 0,
           rep_settings=None, progress: bool = False) -> dict:
     """Accuracy of an MLP on the irdrop hardware, per mapping method and DAC/ADC resolution (paper Fig. 9a).
 
@@ -484,40 +572,46 @@ def fig9a(out, *, model=None, dataset="mnist", n_images: int = 1000, n_calib: in
     programmed once per method; the ``software`` row is the upper bound of the paper (ideal wires,
     continuous conductances, the same DAC/ADC).
     """
-    if quick:
-        n_images = min(n_images, 300)
     if rep_settings is None:
-        rep_settings = QUICK_REPRESENTABLE if quick else FAST_REPRESENTABLE
-    return _accuracy_vs_bits("fig9a", out, model=model, default_model=FIG9A_QUICK_MODEL if quick else FIG9A_MODEL,
-                             dataset=dataset, n_images=n_images, n_calib=n_calib, io_bits=io_bits,
-                             hw=hw or preset("irdrop"), seed=seed, rep_settings=rep_settings, progress=progress,
-                             paper=PAPER_9A, title="Fig. 9a")
+        rep_settings = FAST_REPRESENTABLE
+    return _accuracy_vs_bits("fig9a", model=model, default_model=FIG9A_MODEL, dataset=dataset, n_images=n_images,
+                             n_calib=n_calib, io_bits=io_bits, hw=_irdrop_hw(hw), seed=seed,
+                             rep_settings=rep_settings, progress=progress, paper=PAPER_9A)
 
 
-def fig9b(out, *, model=None, dataset="mnist", n_images: int = 1000, n_calib: int = 200,
-          io_bits=(4, 6, 8, None), hw: HardwareConfig | None = None, seed: int = 0, quick: bool = False,
+@register("002/fig9b", title="small CNN at circuit level (Fig. 9b counterpart on MNIST): accuracy vs DAC/ADC bits",
+          plot=plot_bits, summary=_summary_net, reference=REFERENCE_9B, hardware="irdrop", quick=_QUICK_NET)
+def fig9b(*, model=None, dataset="mnist", n_images: int = 1000, n_calib: int = 200,
+          io_bits=(4, 6, 8, None), hw: HardwareConfig | str | None = None, seed: int = 0,
           rep_settings=None, progress: bool = False) -> dict:
     """Fig. 9b's counterpart: the small reference CNN (:data:`FIG9B_MODEL`) at circuit level, accuracy
     against DAC/ADC bits for linear, dpe and representable mappings (arguments as :func:`fig9a`;
     every Conv2d runs as a crossbar MVM over its unfolded patches). The paper's Fig. 9b is a 7-layer
     CNN on CIFAR-10 (software / representable / dpe = 75.2 / 71.8 / 20.5 %), which memcim cannot load
     here; the numbers are not comparable, the ordering of the mappings is."""
-    if quick:
-        n_images = min(n_images, 300)
     if rep_settings is None:
-        rep_settings = QUICK_REPRESENTABLE if quick else {}
-    return _accuracy_vs_bits("fig9b", out, model=model, default_model=FIG9B_MODEL, dataset=dataset,
-                             n_images=n_images, n_calib=n_calib, io_bits=io_bits, hw=hw or preset("irdrop"),
+        rep_settings = {}
+    return _accuracy_vs_bits("fig9b", model=model, default_model=FIG9B_MODEL, dataset=dataset,
+                             n_images=n_images, n_calib=n_calib, io_bits=io_bits, hw=_irdrop_hw(hw),
                              seed=seed, rep_settings=rep_settings, progress=progress,
-                             paper={"cifar10_7layer_cnn": PAPER_9B}, title="Fig. 9b (counterpart)")
+                             paper={"cifar10_7layer_cnn": PAPER_9B})
 
 
 # ------------------------------------------------------------------------------------------------
 # Fig. 10a (random telegraph noise)
 # ------------------------------------------------------------------------------------------------
-def fig10a(out, *, model=None, dataset="mnist", n_images: int = 1000, n_calib: int = 200,
+def _summary_10a(result: dict) -> dict:
+    s = result.get("summary") or {}
+    return {k: v for k, v in s.items() if k.startswith("accuracy_") or k in ("max_amplitude", "n_images")}
+
+
+@register("002/fig10a", title="accuracy under random telegraph noise, per mapping (error bars: binomial and over reads)",
+          plot=lambda r, png: plot_fig10a(r, png), summary=_summary_10a, hardware="irdrop",
+          reference={"accuracy_software": "0.984", "accuracy_representable_max_rtn": "above dpe (Fig. 10a)"},
+          quick={**_QUICK_NET, "amplitudes": (0.0, 0.2), "n_draws": 1})
+def fig10a(*, model=None, dataset="mnist", n_images: int = 1000, n_calib: int = 200,
            amplitudes=(0.0, 0.05, 0.1, 0.2), probability: float = 0.5, n_draws: int = 2, io_bits: int | None = 8,
-           hw: HardwareConfig | None = None, seed: int = 0, quick: bool = False, rep_settings=None,
+           hw: HardwareConfig | str | None = None, seed: int = 0, rep_settings=None,
            methods=("dpe", "representable"), progress: bool = False) -> dict:
     """Accuracy with random telegraph noise (paper Fig. 10a): ``device.rtn_amplitude = A`` and
     ``device.rtn_probability = probability`` on the irdrop hardware.
@@ -526,19 +620,20 @@ def fig10a(out, *, model=None, dataset="mnist", n_images: int = 1000, n_calib: i
     telegraph snapshot (each device at ``g (1 - A)`` with probability ``probability``, else at its
     programmed value) and solves every tile's circuit with it. A draw is one pass over the images
     (one snapshot per layer and batch of 1000). Default model: :data:`FIG9A_QUICK_MODEL`.
+    Each amplitude's accuracy carries its standard error: binomial over the images, combined with
+    the spread over draws when there are several.
     """
-    if quick:
-        n_images, amplitudes, n_draws = min(n_images, 300), (0.0, 0.2), 1
     if rep_settings is None:
-        rep_settings = QUICK_REPRESENTABLE if quick else FAST_REPRESENTABLE
+        rep_settings = FAST_REPRESENTABLE
+    base = _irdrop_hw(hw)
     for a in amplitudes:
-        (hw or preset("irdrop")).set("device.rtn_amplitude", a)  # validates every amplitude first
+        base.set("device.rtn_amplitude", a)  # validates every amplitude first
     if isinstance(n_draws, bool) or not isinstance(n_draws, (int, np.integer)) or n_draws < 1:
         raise ValueError(f"n_draws: {n_draws!r} is not allowed; must be an integer >= 1")
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"methods: {m!r} is not allowed; choose from {', '.join(METHODS)}")
-    hw = _io_hw(hw or preset("irdrop"), io_bits)
+    hw = _io_hw(base, io_bits)
     net, model_name = _load_net(model, FIG9A_QUICK_MODEL)
     test, calib = _load_data(dataset, n_images, n_calib)
     acc_soft = _accuracy(net, test)
@@ -555,30 +650,52 @@ def fig10a(out, *, model=None, dataset="mnist", n_images: int = 1000, n_calib: i
                                                "device.rtn_probability": float(probability)}))
                 row[m] = _accuracy(models[m], test)
             rows.append(row)
+    n = len(test)
+    curves = {}
+    for m in methods:
+        curves[m] = []
+        for a in amplitudes:
+            accs = np.array([r[m] for r in rows if r["amplitude"] == float(a)])
+            mean = float(accs.mean())
+            # binomial s.e. of a mean over len(accs) passes of n images, plus the spread over draws
+            se2 = _binomial_se(mean, n) ** 2 / len(accs)
+            if len(accs) > 1:
+                se2 += float(accs.var(ddof=1)) / len(accs)
+            curves[m].append({"amplitude": float(a), "mean": mean, "stderr": float(np.sqrt(se2)),
+                              "draws": int(len(accs))})
     amax = max(amplitudes)
-    summary = {"accuracy_software": acc_soft, "max_amplitude": float(amax), "n_images": len(test),
+    summary = {"accuracy_software": acc_soft, "max_amplitude": float(amax), "n_images": n,
                "mapping_time_s": map_s, "wall_s": time.perf_counter() - t0,
                **{f"accuracy_{m}_no_rtn": float(np.mean([r[m] for r in rows if r["amplitude"] == 0]))
                   for m in methods if 0 in amplitudes},
                **{f"accuracy_{m}_max_rtn": float(np.mean([r[m] for r in rows if r["amplitude"] == amax]))
+                  for m in methods},
+               **{f"accuracy_{m}_max_rtn_stderr": curves[m][list(amplitudes).index(amax)]["stderr"]
                   for m in methods}}
-    res = {"figure": "fig10a", "summary": summary, "rows": rows,
-           "config": {"model": model_name, "dataset": dataset, "n_images": len(test), "n_calib": len(calib),
-                      "amplitudes": list(amplitudes), "rtn_probability": probability, "n_draws": n_draws,
-                      "io_bits": io_bits, "representable": rep_settings, "methods": list(methods),
-                      "quick": quick, "hardware": hw.to_dict(),
-                      "rtn": "device.rtn_amplitude through the chip: per device, one snapshot per read call"},
-           "provenance": provenance(seed=seed)}
-    out = Path(out)
-    write_json(out / "fig10a.json", res)
+    return {"figure": "fig10a", "summary": summary, "rows": rows, "curves": curves,
+            "config": {"model": model_name, "dataset": dataset, "n_images": n, "n_calib": len(calib),
+                       "amplitudes": list(amplitudes), "rtn_probability": probability, "n_draws": n_draws,
+                       "io_bits": io_bits, "representable": rep_settings, "methods": list(methods),
+                       "hardware": hw.to_dict(),
+                       "rtn": "device.rtn_amplitude through the chip: per device, one snapshot per read call",
+                       "error_bars": "one standard error: binomial over the images, plus the spread over draws"},
+            "provenance": provenance(seed=seed)}
+
+
+def plot_fig10a(res: dict, png) -> None:
+    """Fig. 10a's PNG: accuracy against the RTN amplitude per mapping, ±1 standard error."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for m in methods:
-        ax.plot([100 * a for a in amplitudes],
-                [100 * np.mean([r[m] for r in rows if r["amplitude"] == a]) for a in amplitudes], _STYLE[m], label=m)
-    ax.axhline(100 * acc_soft, color="gray", ls=":", label="software (float)")
+    c = res["config"]
+    fig, ax = plt.subplots(figsize=(6, 4.2), layout="constrained")
+    for i, m in enumerate(c["methods"]):
+        cv = res["curves"][m]
+        ax.errorbar([100 * p["amplitude"] + 0.15 * i for p in cv], [100 * p["mean"] for p in cv],
+                    yerr=[100 * p["stderr"] for p in cv], fmt=_STYLE[m], label=m, capsize=3, ms=4)
+    ax.axhline(100 * res["summary"]["accuracy_software"], color="gray", ls=":", label="software (float)")
     ax.set(xlabel="RTN amplitude [% of g]", ylabel="test accuracy [%]",
-           title=f"Fig. 10a: {model_name}, {io_bits}-bit DAC/ADC")
+           title=f"Fig. 10a: {c['model']}, {c['io_bits']}-bit DAC/ADC, {c['n_images']} images "
+                 f"x {c['n_draws']} draw(s)")
+    ax.text(0.01, 0.01, "bars: ±1 s.e. (binomial over images, and over draws)", transform=ax.transAxes,
+            fontsize=7, va="bottom")
     ax.legend(fontsize=7)
-    savefig(fig, out / "fig10a.png")
-    return res
+    savefig(fig, png)

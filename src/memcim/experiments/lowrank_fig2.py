@@ -15,11 +15,27 @@ import time
 
 import numpy as np
 
+from memcim.registry import register
+
 __all__ = ["run_fig2", "plot_fig2"]
 
 
+def _summary(res: dict) -> dict:
+    return {"optimal rank k (r1, r2)": f"{res['k_opt']} ({res['r1_opt']}, {res['r2_opt']})",
+            "error at the optimum / baseline": res["best_normalized"],
+            "improvement over the baseline": res["improvement"],
+            "closed form vs Monte Carlo, max abs rel. diff": res["max_abs_rel_diff"]}
+
+
+@register("000/fig2", title="low-rank two-step scheme: error vs rank k, closed form and Monte Carlo",
+          plot=lambda r, png: plot_fig2(r, png), summary=_summary,
+          quick={"size": 128, "trials": 300, "n_points": 8},
+          reference={"optimal rank k (r1, r2)": "U-shape, interior optimal rank",
+                     "error at the optimum / baseline": "< 1 (low rank wins)",
+                     "improvement over the baseline": "> 1",
+                     "closed form vs Monte Carlo, max abs rel. diff": "(not reported)"})
 def run_fig2(size: int = 256, matrix_rank: int | None = None, alpha: float | None = None, sigma: float = 1.0,
-             split: str = "balanced", trials: int = 1000, batch: int = 32, n_points: int = 16, seed: int = 0,
+             split: str = "balanced", trials: int = 1000, batch: int = 32, n_points: int = 14, seed: int = 0,
              progress: bool = False) -> dict:
     """Compute the Fig. 2 data.
 
@@ -42,14 +58,17 @@ def run_fig2(size: int = 256, matrix_rank: int | None = None, alpha: float | Non
     from memcim.io import provenance
     from memcim.optimize.lowrank import best_reps_per_k
 
-    if size < 2:
-        raise ValueError(f"--size: {size} is not allowed; must be >= 2")
-    if sigma <= 0 or not np.isfinite(sigma):
-        raise ValueError(f"--sigma: {sigma} is not allowed; must be finite and > 0")
-    if trials < 0:
-        raise ValueError(f"--trials: {trials} is not allowed; must be >= 0")
-    if n_points < 1:
-        raise ValueError(f"--points: {n_points} is not allowed; must be >= 1")
+    from memcim import validate
+
+    size = validate.integer("size", size, lo=2, hi=4096)
+    sigma = validate.number("sigma", sigma, lo=0.0, lo_open=True)
+    trials = validate.integer("trials", trials, lo=0)
+    n_points = validate.integer("n_points", n_points, lo=1)
+    if matrix_rank is not None:
+        matrix_rank = validate.integer("matrix_rank", matrix_rank, lo=1, hi=size)
+    if alpha is not None:
+        alpha = validate.number("alpha", alpha, lo=0.0, lo_open=True)
+    split = validate.choice("split", split, ("balanced", "left", "right"))
     t0 = time.perf_counter()
     W = harmonic_matrix(size, size, rank=matrix_rank, alpha=alpha, seed=seed)
     st = svd_stats(W)
@@ -57,7 +76,7 @@ def run_fig2(size: int = 256, matrix_rank: int | None = None, alpha: float | Non
     base = baseline_error(n, m, sigma, trR=st.trR)
     per_k = best_reps_per_k(st, sigma, sigma, split, n * m)
     if per_k["k"].size == 0:
-        raise ValueError(f"--size: {size} admits no rank under the budget n^2")
+        raise ValueError(f"size: {size} admits no rank under the budget n^2")
     norm = per_k["error"] / base
     i_opt = int(np.argmin(norm))
     k_all = per_k["k"]

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from memcim.registry import register
+
 __all__ = ["linear_layers", "layer_second_moments", "run_mlp", "plot_mlp"]
 
 
@@ -76,14 +78,29 @@ def _accuracy(model, x, y, weights, batch=2000):
     return correct / x.shape[0]
 
 
-def run_mlp(model: nn.Module | None = None, model_name: str = "mnist-mlp-500-300", dataset: str = "mnist",
-            eta: float = 0.1, budgets=(0.25, 0.5, 1.0, 2.0, 4.0), trials: int = 5, n_test: int | None = None,
+def _summary(res: dict) -> dict:
+    out = {"clean accuracy": res["clean_accuracy"]}
+    for r in res["rows"]:
+        f = r["budget_factor"]
+        out[f"budget {f:g}: low-rank accuracy"] = r["lowrank"]["mean"]
+        if r["baseline"]:
+            out[f"budget {f:g}: baseline accuracy"] = r["baseline"]["mean"]
+    return out
+
+
+@register("000/mlp", title="low-rank scheme per layer of the MNIST MLP: accuracy vs device budget",
+          plot=lambda r, png: plot_mlp(r, png), summary=_summary,
+          quick={"n_test": 1000, "trials": 2, "budgets": (1.0, 2.0)},
+          reference={"clean accuracy": "(beyond the paper)"})
+def run_mlp(model: nn.Module | str | None = None, model_name: str = "mnist-mlp-500-300", dataset: str = "mnist",
+            eta: float = 0.3, budgets=(0.25, 0.5, 1.0, 2.0, 4.0), trials: int = 5, n_test: int | None = None,
             n_calib: int = 2000, seed: int = 0, progress: bool = False) -> dict:
     """Accuracy of the baseline and the per-layer low-rank scheme against the device budget.
 
     Parameters
     ----------
-    model : any trained ``nn.Sequential`` MLP; default: the reference ``model_name``.
+    model : any trained ``nn.Sequential`` MLP, a reference-model name or a ``torch.save(model)`` file;
+        default: the reference ``model_name``.
     model_name : a :data:`memcim.nn.models.REFERENCE_MODELS` name (used when ``model`` is None).
     dataset : dataset name for calibration (train split) and accuracy (test split).
     eta : programming noise std as a fraction of each layer's ``max|W|``.
@@ -100,18 +117,23 @@ def run_mlp(model: nn.Module | None = None, model_name: str = "mnist-mlp-500-300
     from memcim.io import provenance
     from memcim.optimize.lowrank import optimize_lowrank
 
-    if not (math.isfinite(eta) and eta >= 0):
-        raise ValueError(f"--eta: {eta} is not allowed; must be finite and >= 0")
-    if trials < 1:
-        raise ValueError(f"--trials: {trials} is not allowed; must be >= 1")
+    from memcim import validate
+
+    eta = validate.number("eta", eta, lo=0.0)
+    trials = validate.integer("trials", trials, lo=1)
+    if n_test is not None:
+        n_test = validate.integer("n_test", n_test, lo=1)
+    n_calib = validate.integer("n_calib", n_calib, lo=1)
     budgets = [float(f) for f in budgets]
     if not budgets or min(budgets) <= 0:
-        raise ValueError(f"--budgets: {budgets} is not allowed; every budget factor must be > 0")
+        raise ValueError(f"budgets: {budgets} is not allowed; every budget factor must be > 0")
     t0 = time.perf_counter()
+    if isinstance(model, str):
+        model_name, model = model, None
     if model is None:
-        from memcim.nn.models import get_reference_model
+        from memcim.nn.loading import load_model
 
-        model = get_reference_model(model_name, progress=progress)
+        model = load_model(model_name)
     else:
         model_name = "user model"
     model = model.eval().double()
@@ -147,7 +169,7 @@ def run_mlp(model: nn.Module | None = None, model_name: str = "mnist-mlp-500-300
             n, m = W.shape
             budget = int(f * n * m)
             if budget < n + m:
-                raise ValueError(f"--budgets: {f} fits no low-rank scheme for layer {li} ({n}x{m}); "
+                raise ValueError(f"budgets: {f} fits no low-rank scheme for layer {li} ({n}x{m}); "
                                  f"need f >= {(n + m) / (n * m):.3g}")
             c = optimize_lowrank(st, s, s, budget=budget)
             A, B = factorize(st, c.k, c.split)

@@ -1,266 +1,253 @@
-"""One-command reproduction of every paper's headline figures and tables.
+"""One-command reproduction of every paper's headline figures and tables, from the registry.
 
-Each paper is a :class:`Section`: a list of memcim CLI invocations (each writes its JSON and PNG
-into its own folder of the report) and a ``summarize`` function that reads those JSON files and
-returns rows ``(quantity, paper, memcim, note)``. :func:`reproduce` runs the sections, keeps going
-when one step fails (the failure is written into the report), and writes ``REPORT.md`` with every
-PNG beside the table of measured figures against the paper's.
+Every step is a registered paper figure (:mod:`memcim.registry`, keys like ``"002/fig9a"``): it
+is called directly (no command line is parsed, no printed output read back), its result saved as
+``<out>/<paper>/<name>.json`` and ``.png`` by :func:`memcim.registry.save`, and its headline
+numbers (the entry's ``summary``) set beside the paper's (the entry's ``reference``) in
+``<out>/REPORT.md``.
+
+* A failing step is recorded in the report (its traceback in ``<name>.error.txt``); the run goes on.
+* ``resume=True`` skips the steps whose complete JSON is already in ``out`` (same quick mode and seed).
+* An interrupt (``KeyboardInterrupt``) writes ``REPORT.md`` with the steps not run marked as such,
+  then propagates.
+* ``report_only=True`` runs nothing: it rewrites ``REPORT.md`` from what ``out`` holds; every step
+  without a result is marked *not run*.
+* ``log(line)`` receives one line when a step starts and one when it ends (with its elapsed
+  time); ``progress=True`` adds a tqdm bar over the steps. The library itself prints nothing.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import time
-from dataclasses import dataclass, field
+import traceback
 from pathlib import Path
 from typing import Callable
 
+from memcim import registry
 from memcim.io import provenance, write_json
 
-Row = tuple[str, str, str, str]
+#: paper key -> (title, source file under shared/papers).
+PAPERS = {
+    "000": ("Low-rank approximate computation with memristors", "000_d5a632188df716b1.txt"),
+    "001": ("MemSE: fast MSE prediction for noisy memristor-based DNN accelerators", "001_64689ebc712406a7.txt"),
+    "002": ("Representable matrices: IR-drop-aware mapping", "002_f0b6f2aca12a328f.txt"),
+    "003": ("Mathematical optimization of analog compute-in-memory", "003_c92aaa23b8ee13b1.txt"),
+}
+
+#: statuses of a step in the report
+OK, RESUMED, FAILED, INTERRUPTED, NOT_RUN = "ok", "kept from an earlier run", "failed", "interrupted", "not run"
 
 
-@dataclass
-class Step:
-    """One CLI invocation; ``quick=None`` skips the step under ``--quick`` (too slow for minutes)."""
-
-    name: str
-    quick: list[str] | None
-    full: list[str]
-
-    @property
-    def folder(self) -> str:
-        """The step's folder in the report: the command, plus its first positional argument."""
-        first = (self.full or self.quick or [""])[0]
-        return self.name if not first or first.startswith("-") else f"{self.name}-{first}"
-
-
-@dataclass
-class Section:
-    key: str
-    title: str
-    paper: str
-    steps: list[Step]
-    summarize: Callable[[Path], list[Row]] = field(default=lambda d: [])
+def steps(which: str = "all") -> list[str]:
+    """The registry keys ``which`` (``"all"`` or a paper key) reproduces, in order."""
+    papers = list(PAPERS) if which == "all" else [which]
+    for p in papers:
+        if p not in PAPERS:
+            raise ValueError(f"paper: {p!r} is not allowed; choose all, {', '.join(PAPERS)}")
+    return [k for p in papers for k in registry.keys(p)]
 
 
 def _load(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text())
+        doc = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return doc if isinstance(doc, dict) else None
 
 
-def _get(d, *keys, default=None):
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return default
-        d = d[k]
-    return d
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    return format(v, ".4g") if isinstance(v, float) else str(v)
 
 
-def _pct(v) -> str:
-    return "n/a" if v is None else f"{100 * v:.2f} %"
+def step_params(entry: registry.Entry, *, quick: bool, seed: int, out: Path, progress: bool = False,
+                log: Callable[[str], None] | None = None) -> dict:
+    """The parameters reproduce gives ``entry``: its quick ones, the seed, and the hooks it takes
+    (``progress``; ``log``; ``checkpoint``, which saves the partial result into ``out``)."""
+    takes = entry.parameters()
+    extra: dict = {}
+    if "seed" in takes:
+        extra["seed"] = seed
+    if "progress" in takes:
+        extra["progress"] = progress
+    if "log" in takes and log is not None:
+        extra["log"] = lambda line: log(f"    {line}")
+    kw = registry.params_for(entry, quick=quick, **extra)
+    if "checkpoint" in takes:
+        shown = dict(kw)
+
+        def checkpoint(partial):
+            registry.write_atomic(out / f"{entry.name}.json",
+                                  registry.record(entry, partial, quick=quick, params=shown, complete=False))
+        kw["checkpoint"] = checkpoint
+    return kw
 
 
-def _fmt(v, spec=".3g") -> str:
-    return "n/a" if v is None else format(v, spec)
+def _command(key: str, quick: bool, seed: int, out: Path) -> str:
+    return f"memcim paper run {key}{' --quick' if quick else ''} --seed {seed} --out {out}"
 
 
-# ---------------------------------------------------------------- paper 000: low rank
-def _sum_000(d: Path) -> list[Row]:
-    rows: list[Row] = []
-    f2 = _load(d / "lowrank-fig2" / "lowrank_fig2.json")
-    if f2:
-        rows.append(("Fig. 2: error vs rank", "U-shape, interior optimal rank",
-                     f"optimal k = {f2.get('k_opt')} (r1 = {f2.get('r1_opt')}, r2 = {f2.get('r2_opt')})",
-                     "closed form and Monte Carlo"))
-        rows.append(("error at the optimum / baseline", "< 1 (low rank wins)", _fmt(f2.get("best_normalized"), ".3f"),
-                     f"improvement x{_fmt(f2.get('improvement'), '.2f')}"))
-        rows.append(("closed form vs Monte Carlo", "(not reported)", f"max rel. diff {_fmt(f2.get('max_abs_rel_diff'), '.2%')}",
-                     f"{_get(f2, 'config', 'trials', default='?')} trials per k"))
-    mlp = _load(d / "lowrank-mlp" / "lowrank_mlp.json")
-    if mlp:
-        rows.append(("MNIST MLP accuracy vs device budget", "(beyond the paper)", "see lowrank_mlp.png", ""))
-    return rows
+def reproduce(which: str = "all", out: str | Path = "results/report", *, quick: bool = False, seed: int = 0,
+              resume: bool = False, report_only: bool = False, progress: bool = False,
+              log: Callable[[str], None] | None = None) -> Path:
+    """Run the reproduction of ``which`` (``"all"`` or a paper key) and write ``out/REPORT.md``.
 
-
-# ---------------------------------------------------------------- papers 001-003
-def _summary_rows(d: Path, paper: dict[str, str]) -> list[Row]:
-    """Rows from the ``summary`` dict that each step's JSON carries, beside the paper's values
-    (keyed ``"<figure>:<key>"`` for one figure, or ``"<key>"`` for every figure)."""
-    rows: list[Row] = []
-    for sub in sorted(p for p in d.iterdir() if p.is_dir()) if d.exists() else []:
-        for f in sorted(sub.glob("*.json")):
-            s = (_load(f) or {}).get("summary")
-            if not isinstance(s, dict):
-                continue
-            for k, v in s.items():
-                if isinstance(v, (int, float, str)) and not isinstance(v, bool):
-                    ref = paper.get(f"{f.stem}:{k}", paper.get(k, ""))
-                    rows.append((f"{f.stem}: {k}", ref, v if isinstance(v, str) else _fmt(v), ""))
-    return rows
-
-
-_PAPER_001 = {"speedup": "85x (GPU)", "speedup_vs_mc": "85x (GPU)"}
-
-
-def _sum_001(d: Path) -> list[Row]:
-    """Fig. 2: prediction against Monte Carlo where the accuracy drop is small, per model."""
-    rows: list[Row] = []
-    f2 = _load(d / "memse-fig-fig2" / "memse_fig2.json")
-    for model in sorted({r.get("model") for r in (f2 or {}).get("rows", [])}):
-        rs = [r for r in f2["rows"] if r.get("model") == model and r.get("rel_err_t2") is not None
-              and r.get("clean_accuracy", 0) - r.get("mc_accuracy", 0) < 0.05]
-        if rs:
-            worst = max(abs(r["rel_err_t2"]) for r in rs)
-            rows.append((f"Fig. 2 {model}: predicted vs Monte Carlo mean MSE (accuracy drop < 5 points)",
-                         "close agreement", f"largest abs. rel. error {worst:.1%}",
-                         f"{len(rs)} sigma values, {f2['config'].get('trials')} chips each"))
-    f3 = _load(d / "memse-fig-fig3" / "memse_fig3.json")
-    for model in sorted({r.get("model") for r in (f3 or {}).get("rows", []) if r.get("model")}):
-        rs = [r for r in f3["rows"] if r.get("model") == model and r.get("rel_err_max") is not None
-              and r.get("clean_accuracy", 0) - r.get("mc_accuracy", 0) < 0.05]
-        if rs:
-            worst = max(abs(r["rel_err_max"]) for r in rs)
-            worst_mean = max(abs(r["rel_err_mean"]) for r in rs)
-            rows.append((f"Fig. 3 {model}: predicted vs Monte Carlo max MSE (accuracy drop < 5 points)",
-                         "close agreement", f"largest abs. rel. error {worst:.1%} (mean MSE: {worst_mean:.1%})",
-                         f"{len(rs)} (sigma, G_max) points, {f3['config'].get('trials')} chips each; the Monte "
-                         "Carlo max over outputs is biased upward when chips are few"))
-    f4 = _load(d / "memse-fig-fig4" / "memse_fig4.json")
-    for gran, v in sorted(((f4 or {}).get("summary") or {}).items()):
-        if v.get("ga_over_structured_mse_median") is not None:
-            rows.append((f"Fig. 4 {gran} G_max: GA max-MSE / structured max-MSE (median over budgets)",
-                         "GA only", _fmt(v["ga_over_structured_mse_median"]),
-                         f"structured {v['structured_wall_s_total']:.1f} s vs GA {v['ga_wall_s_total']:.1f} s in total; "
-                         f"GA ({(f4.get('config') or {}).get('pop_size')} x {(f4.get('config') or {}).get('n_gen')}) within "
-                         f"1 % in {v['ga_reached_structured_within_1pct']}/{v['budgets']} budgets"))
-    return rows + _summary_rows(d, _PAPER_001)
-_PAPER_002 = {"fig9a:accuracy_software": "0.984", "fig9a:accuracy_representable": "0.983",
-              "fig9a:accuracy_dpe": "0.963", "fig10a:accuracy_software": "0.984",
-              "error_ratio_dpe_over_representable": "4-9x"}
-_PAPER_003 = {"naive_loss_points": "6.74", "both_gap_points": "0.89", "mse_reduction_both_vs_naive": "0.86",
-              "energy_gain_both_vs_naive": "0.11", "adc3_both_accuracy": "0.938"}
-
-
-SECTIONS: dict[str, Section] = {
-    "000": Section("000", "Low-rank approximate computation with memristors",
-                   "000_d5a632188df716b1.txt", [
-                       Step("lowrank-fig2", ["--size", "128", "--trials", "300", "--points", "8"], []),
-                       Step("lowrank-hw", ["--size", "32", "--ranks", "2", "8", "--trials", "40"], []),
-                       Step("lowrank-mlp", ["--n-test", "1000", "--trials", "2", "--budgets", "1", "2"], []),
-                   ], _sum_000),
-    "001": Section("001", "MemSE: fast MSE prediction for noisy memristor-based DNN accelerators",
-                   "001_64689ebc712406a7.txt", [
-                       Step("memse-fig", ["fig2", "--quick"], ["fig2"]),
-                       Step("memse-fig", ["fig3", "--quick"], ["fig3"]),
-                       Step("memse-fig", ["fig4", "--quick"], ["fig4"]),
-                   ], _sum_001),
-    "002": Section("002", "Representable matrices: IR-drop-aware mapping",
-                   "002_f0b6f2aca12a328f.txt", [
-                       Step("irdrop-fig", ["fig4", "--quick"], ["fig4"]),
-                       Step("irdrop-fig", ["fig7", "--quick"], ["fig7"]),
-                       Step("irdrop-fig", ["fig9a", "--quick"], ["fig9a"]),
-                       Step("irdrop-fig", ["fig9b", "--quick"], ["fig9b"]),
-                       Step("irdrop-fig", ["fig10a", "--quick"], ["fig10a"]),
-                   ], lambda d: _summary_rows(d, _PAPER_002)),
-    "003": Section("003", "Mathematical optimization of analog compute-in-memory",
-                   "003_c92aaa23b8ee13b1.txt", [
-                       Step("experiment", ["convex-cim", "--quick"], ["convex-cim"]),
-                   ], lambda d: _summary_rows(d, _PAPER_003)),
-}
-
-
-def _run_step(step: Step, out: Path, quick: bool, seed: int) -> dict:
-    from memcim.cli import main
-
-    if quick and step.quick is None:
-        return {"step": step.folder, "command": f"memcim {step.name} {' '.join(step.full)}", "rc": None,
-                "wall_s": 0.0, "message": "skipped in --quick mode; the full `memcim reproduce` runs it"}
-
-    args = [step.name] + (step.quick if quick else step.full) + ["--out", str(out), "--seed", str(seed)]
-    buf_out, buf_err = io.StringIO(), io.StringIO()
-    t0 = time.perf_counter()
-    try:
-        with contextlib.redirect_stdout(buf_out), contextlib.redirect_stderr(buf_err):
-            rc = main(args)
-    except SystemExit as e:  # argparse
-        rc = int(e.code or 0)
-    except Exception as e:  # noqa: BLE001 - a failing step is recorded, the report goes on
-        rc = 1
-        buf_err.write(f"{type(e).__name__}: {e}")
-    wall = time.perf_counter() - t0
-    (out / "stdout.txt").write_text(buf_out.getvalue())
-    (out / "stderr.txt").write_text(buf_err.getvalue())
-    return {"step": step.folder, "command": "memcim " + " ".join(args), "rc": rc, "wall_s": wall,
-            "message": (buf_err.getvalue().strip().splitlines() or [""])[-1] if rc else ""}
-
-
-def reproduce(which: str = "all", out: str | Path = "results/report", quick: bool = False, seed: int = 0,
-              progress: bool = True, report_only: bool = False) -> Path:
-    """Run the reproduction of ``which`` ("all" or a paper key) and write ``out/REPORT.md``.
-
-    ``report_only`` rewrites the report from the step records of an earlier run in ``out``
-    (``reproduce.json``) without running anything.
+    Returns the report's path. See the module docstring for ``resume``, ``report_only``, ``log``
+    and ``progress``; a ``KeyboardInterrupt`` writes the report, then propagates.
     """
-    keys = list(SECTIONS) if which == "all" else [which]
-    for k in keys:
-        if k not in SECTIONS:
-            raise ValueError(f"paper: {k!r} is not allowed; choose all, {', '.join(SECTIONS)}")
+    from memcim import validate
+
+    seed = validate.seed(seed)
+    keys = steps(which)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    log: dict = {"which": which, "quick": quick, "seed": seed, "provenance": provenance(seed=seed), "steps": []}
-    earlier = {}
+    say = log or (lambda line: None)
+    old = _load(out / "reproduce.json") or {}
+    earlier = {r.get("key"): r for r in old.get("steps", []) if isinstance(r, dict)}
+    if report_only and old:
+        quick, seed = bool(old.get("quick", quick)), int(old.get("seed", seed))
+    doc = {"which": which, "quick": quick, "seed": seed, "provenance": provenance(seed=seed), "steps": []}
+    records: dict[str, dict] = {}
+
+    def finish(interrupted: bool = False) -> Path:
+        doc["steps"] = [records[k] for k in keys if k in records]
+        write_json(out / "reproduce.json", doc)
+        return write_report(out, which, keys, records, quick=quick, seed=seed, prov=doc["provenance"],
+                            interrupted=interrupted)
+
     if report_only:
-        old = _load(out / "reproduce.json")
-        if not old:
-            raise ValueError(f"--report-only: no reproduce.json from an earlier run in {out}")
-        earlier = {(r["paper"], r["step"]): r for r in old.get("steps", [])}
-        log.update({k: old[k] for k in ("quick", "seed", "provenance") if k in old})
-        quick, seed = log["quick"], log["seed"]
-    lines = [f"# memcim reproduction report ({'quick' if quick else 'full'})", "",
-             f"Made by `memcim reproduce {which}{' --quick' if quick else ''} --out {out}` "
-             f"(memcim {log['provenance']['memcim_version']}, commit {log['provenance']['git_commit']}, seed {seed}).",
-             "Each measured figure stands beside the paper's; *n/a* marks a value the step did not produce.", ""]
+        for key in keys:
+            entry = registry.get(key)
+            if registry.is_complete(entry, out / entry.paper):
+                rec = dict(earlier.get(key) or {"key": key, "status": OK, "wall_s": None, "message": ""})
+                if rec.get("status") != FAILED:
+                    rec["status"] = rec.get("status") if rec.get("status") in (OK, RESUMED) else OK
+                records[key] = rec
+            elif key in earlier and earlier[key].get("status") == FAILED:
+                records[key] = earlier[key]
+            else:
+                records[key] = {"key": key, "status": NOT_RUN, "wall_s": None, "message": ""}
+        return finish()
+
     from tqdm import tqdm
 
-    todo = [(k, s) for k in keys for s in SECTIONS[k].steps]
-    bar = tqdm(total=len(todo), desc="reproduce", disable=not progress, unit="step")
-    for k in keys:
-        sec = SECTIONS[k]
-        d = out / k
-        d.mkdir(exist_ok=True)
-        lines += [f"## Paper {k}: {sec.title}", "", f"Source: `shared/papers/{sec.paper}`.", ""]
-        for step in sec.steps:
-            bar.set_postfix_str(f"{k} {step.name}")
-            sd = d / step.folder
-            sd.mkdir(exist_ok=True)
-            if report_only:
-                rec = earlier.get((k, step.folder)) or earlier.get((k, step.name))
-                if rec is None:
-                    bar.update(1)
-                    continue
-                rec = {kk: v for kk, v in rec.items() if kk != "paper"}
-            else:
-                rec = _run_step(step, sd, quick, seed)
-            log["steps"].append({"paper": k, **rec})
-            write_json(out / "reproduce.json", log)  # an interrupted run keeps what it finished
-            bar.update(1)
-            if rec["rc"] is None:
-                lines += [f"### `{step.folder}`: skipped ({rec['message']})", "", f"    {rec['command']}", ""]
+    bar = tqdm(total=len(keys), desc="reproduce", unit="step", disable=not progress)
+    t_all = time.perf_counter()
+    try:
+        for i, key in enumerate(keys, 1):
+            entry = registry.get(key)
+            d = out / entry.paper
+            bar.set_postfix_str(key)
+            if resume and registry.is_complete(entry, d, quick=quick, seed=seed):
+                prev = earlier.get(key) or {}
+                records[key] = {"key": key, "status": RESUMED, "wall_s": prev.get("wall_s"), "message": ""}
+                say(f"[{i}/{len(keys)}] {key}: complete in {d}, skipped (--resume)")
+                bar.update(1)
                 continue
-            status = "ok" if rec["rc"] == 0 else f"**failed** (exit {rec['rc']}: {rec['message']})"
-            lines += [f"### `{step.folder}`: {status}, {rec['wall_s']:.1f} s", "", f"    {rec['command']}", ""]
-            for png in sorted(sd.glob("*.png")):
-                lines += [f"![{step.folder}: {png.stem}]({png.relative_to(out).as_posix()})", ""]
-        rows = sec.summarize(d)
-        if rows:
-            lines += ["| quantity | paper | memcim | note |", "| --- | --- | --- | --- |"]
-            lines += [f"| {q} | {p} | {m} | {n} |" for q, p, m, n in rows]
-            lines.append("")
+            say(f"[{i}/{len(keys)}] {key}: started ({entry.title})")
+            records[key] = {"key": key, "status": INTERRUPTED, "wall_s": None, "message": "interrupted"}
+            t0 = time.perf_counter()
+            try:
+                kw = step_params(entry, quick=quick, seed=seed, out=d, progress=progress, log=log)
+                result = registry.record(entry, entry.run(**kw), quick=quick, params=kw)
+                registry.save(entry, result, d)
+                rec = {"key": key, "status": OK, "wall_s": time.perf_counter() - t0, "message": ""}
+            except KeyboardInterrupt:
+                records[key]["wall_s"] = time.perf_counter() - t0
+                raise
+            except Exception as e:  # noqa: BLE001 - a failing step is recorded, the run goes on
+                d.mkdir(parents=True, exist_ok=True)
+                (d / f"{entry.name}.error.txt").write_text(traceback.format_exc())
+                msg = " ".join(f"{type(e).__name__}: {e}".split())
+                rec = {"key": key, "status": FAILED, "wall_s": time.perf_counter() - t0, "message": msg}
+            records[key] = rec
+            say(f"[{i}/{len(keys)}] {key}: {rec['status']} in {rec['wall_s']:.1f} s"
+                + (f" ({rec['message']})" if rec["message"] else "")
+                + f"; {time.perf_counter() - t_all:.0f} s so far")
+            bar.update(1)
+            doc["steps"] = [records[k] for k in keys if k in records]
+            write_json(out / "reproduce.json", doc)  # an interrupted run keeps what it finished
+    except KeyboardInterrupt:
+        bar.close()
+        for key in keys:
+            records.setdefault(key, {"key": key, "status": NOT_RUN, "wall_s": None, "message": "interrupted before"})
+        report = finish(interrupted=True)
+        say(f"interrupted: wrote {report} (steps not run are marked; --resume continues)")
+        raise
     bar.close()
+    return finish()
+
+
+def _rows(entry: registry.Entry, result: dict) -> list[tuple[str, str, str]]:
+    try:
+        head = entry.headline(result)
+    except Exception as e:  # noqa: BLE001 - a summary that cannot be read is a note, not a crash
+        return [("(summary)", "", f"unavailable: {type(e).__name__}: {e}")]
+    rows = []
+    for k, v in head.items():
+        if isinstance(v, (dict, list)):
+            continue
+        rows.append((k, str(entry.reference.get(k, "")), _fmt(v)))
+    for k, ref in entry.reference.items():
+        if k not in head:
+            rows.append((k, str(ref), "n/a"))
+    return rows
+
+
+def write_report(out: Path, which: str, keys: list[str], records: dict[str, dict], *, quick: bool, seed: int,
+                 prov: dict, interrupted: bool = False) -> Path:
+    """Write ``out/REPORT.md``: per paper, each step's status, command, PNG and headline numbers
+    beside the paper's; steps without a result say *not run*."""
+    not_run = [k for k in keys if records.get(k, {}).get("status") in (NOT_RUN, INTERRUPTED)]
+    failed = [k for k in keys if records.get(k, {}).get("status") == FAILED]
+    lines = [f"# memcim reproduction report ({'quick' if quick else 'full'})", "",
+             f"Made by `memcim paper reproduce {which}{' --quick' if quick else ''} --seed {seed} --out {out}` "
+             f"(memcim {prov.get('memcim_version')}, commit {prov.get('git_commit')}, seed {seed}).",
+             "Each measured figure stands beside the paper's; *n/a* marks a value the step did not produce.", ""]
+    if interrupted:
+        lines += [f"**Interrupted**: {len(not_run)} step(s) not run ({', '.join(not_run)}); "
+                  f"`memcim paper reproduce {which}{' --quick' if quick else ''} --resume --out {out}` continues.", ""]
+    elif not_run:
+        lines += [f"{len(not_run)} step(s) not run: {', '.join(not_run)}.", ""]
+    if failed:
+        lines += [f"{len(failed)} step(s) failed: {', '.join(failed)}.", ""]
+    lines += ["| step | status | time |", "| --- | --- | --- |"]
+    for k in keys:
+        r = records.get(k, {})
+        w = r.get("wall_s")
+        lines.append(f"| `{k}` | {r.get('status', NOT_RUN)} | {'' if w is None else f'{w:.1f} s'} |")
+    lines.append("")
+    for paper in dict.fromkeys(registry.get(k).paper for k in keys):
+        title, source = PAPERS.get(paper, (paper, ""))
+        lines += [f"## Paper {paper}: {title}", "", f"Source: `shared/papers/{source}`.", ""]
+        for key in [k for k in keys if registry.get(k).paper == paper]:
+            entry = registry.get(key)
+            rec = records.get(key) or {"status": NOT_RUN}
+            status, w = rec.get("status", NOT_RUN), rec.get("wall_s")
+            head = f"### `{key}`: {entry.title}"
+            if status in (NOT_RUN, INTERRUPTED):
+                lines += [head, "", f"*{status}*" + (f" ({rec['message']})" if rec.get("message") else "") + ".",
+                          "", f"    {_command(key, quick, seed, out / paper)}", ""]
+                continue
+            if status == FAILED:
+                lines += [head, "", f"**failed** after {w or 0:.1f} s: {rec.get('message', '')} "
+                          f"(traceback: `{paper}/{entry.name}.error.txt`).", "",
+                          f"    {_command(key, quick, seed, out / paper)}", ""]
+                continue
+            lines += [head, "", f"{status}" + (f", {w:.1f} s" if w is not None else "") + ".", "",
+                      f"    {_command(key, quick, seed, out / paper)}", ""]
+            png = out / paper / f"{entry.name}.png"
+            if png.is_file():
+                lines += [f"![{key}]({png.relative_to(out).as_posix()})", ""]
+            result = _load(out / paper / f"{entry.name}.json")
+            rows = _rows(entry, result) if result else []
+            if rows:
+                lines += ["| quantity | paper | memcim |", "| --- | --- | --- |"]
+                lines += [f"| {q} | {p} | {m} |" for q, p, m in rows]
+                lines.append("")
     report = out / "REPORT.md"
     report.write_text("\n".join(lines) + "\n")
     return report
