@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from memcim.config import (NONIDEALITIES, ADCConfig, DACConfig, DeviceConfig, HardwareConfig, preset,
-                           preset_names, resolve_config)
+from memcim.config import (NONIDEALITIES, ADCConfig, ArrayConfig, DACConfig, DeviceConfig, HardwareConfig,
+                           preset, preset_names, resolve_config)
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -43,6 +43,10 @@ def test_bits_and_levels():
     (dict(stuck_at_min=0.6, stuck_at_max=0.6), "add up"),
     (dict(levels=4, prog_sigma_table=(1e-6, 1e-6)), "prog_sigma_table"),
     (dict(temperature=0.0), "device.temperature"),
+    (dict(levels=1e12), "device.levels: 1000000000000 is not allowed; must be an integer in 2..16777216"),
+    (dict(levels=2 ** 24 + 1), "device.levels"),
+    (dict(levels=2.5), "device.levels: expected an integer"),
+    (dict(bits=25), "device.bits"),
 ])
 def test_device_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -75,9 +79,43 @@ def test_unknown_keys_are_named():
         preset("nope")
 
 
+def test_bounds_are_inclusive():
+    assert DeviceConfig(levels=2 ** 24).levels == 2 ** 24 == DeviceConfig(bits=24).levels
+    assert ArrayConfig(rows=65536, cols=65536).rows == 65536
+    assert ArrayConfig(rows=1, cols=2).cols == 2
+    assert isinstance(ArrayConfig(rows=64.0).rows, int)      # an integral float from TOML/JSON becomes an int
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(rows=1e8), "array.rows: 100000000 is not allowed; must be an integer in 1..65536"),
+    (dict(cols=65537), "array.cols"),
+    (dict(rows=0), "array.rows"),
+    (dict(cols=1), "array.cols"),
+    (dict(rows=12.5), "array.rows: expected an integer"),
+])
+def test_array_rejects_bad_sizes(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ArrayConfig(**kwargs)
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(ValueError, match="file not found"):
         HardwareConfig.load(tmp_path / "missing.toml")
+    with pytest.raises(ValueError, match="is a directory; a file is required"):
+        HardwareConfig.load(tmp_path)
+    (tmp_path / "d.toml").mkdir()
+    with pytest.raises(ValueError, match="is a directory"):
+        resolve_config(str(tmp_path / "d.toml"))
+    for text in ("", "  \n\n"):
+        (tmp_path / "empty.toml").write_text(text)
+        with pytest.raises(ValueError, match="config: .* is empty"):
+            HardwareConfig.load(tmp_path / "empty.toml")
+    (tmp_path / "hw.yaml").write_text("device: {}")
+    with pytest.raises(ValueError, match="suffix '.yaml'"):
+        HardwareConfig.load(tmp_path / "hw.yaml")
+    (tmp_path / "big.toml").write_text("[array]\nrows = 100000000\n")
+    with pytest.raises(ValueError, match="array.rows"):
+        HardwareConfig.load(tmp_path / "big.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[device\n")
     with pytest.raises(ValueError, match="invalid TOML"):

@@ -44,10 +44,13 @@ def _recompute(path, W):
 @pytest.mark.parametrize("method", ["linear", "dpe", "representable"])
 def test_cli_map_error_recomputed_from_plan(tmp_path, capsys, W16, method):
     np.save(tmp_path / "W.npy", W16)
-    plan = tmp_path / "PLAN.npz"
-    rc = main(["map", "--matrix", str(tmp_path / "W.npy"), "--method", method, "--out", str(plan), "--json"])
+    out = tmp_path / "plan"
+    rc = main(["map", "--matrix", str(tmp_path / "W.npy"), "--method", method, "--out", str(out), "--json"])
     assert rc == 0
     rep = json.loads(capsys.readouterr().out)
+    plan = out / "map.npz"
+    assert rep["plan"] == str(plan) and json.loads((out / "map.json").read_text())["method"] == method
+    assert (out / "map.png").stat().st_size > 1000
     z, cfg, fro = _recompute(plan, W16)
     assert rep["frobenius_error"] == pytest.approx(fro, rel=1e-9)
     assert rep["relative_error"] == pytest.approx(fro / np.linalg.norm(W16), rel=1e-9)
@@ -142,22 +145,86 @@ def test_cli_map_tiles_a_large_matrix(tmp_path, capsys):
     assert rep["tiles"] == [3, 1] and rep["relative_error"] < 0.2
 
 
+def run_cli(argv, capsys):
+    """(exit code, stdout, stderr) of ``memcim argv``, argparse's own exits included."""
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_map_set_replaces_the_physics_flags(tmp_path, capsys, W16):
+    """--set device.bits=4 --set array.rows=8 ... : the levels and the tiling follow (by hand: 16 rows on
+    8-row arrays are 2 row tiles; 4 bits are 16 levels, so every conductance sits on a 15-step grid)."""
+    np.save(tmp_path / "W.npy", W16)
+    rc, out, _ = run_cli(["map", "--matrix", tmp_path / "W.npy", "--method", "linear", "--set", "device.bits=4",
+                          "--set", "array.rows=8", "--set", "array.cols=16", "--set", "wires.r_wire=2",
+                          "--out", tmp_path / "o", "--json"], capsys)
+    assert rc == 0
+    rep = json.loads(out)
+    assert rep["tiles"] == [2, 1] and rep["array"] == [8, 16] and rep["config"]["wires"]["r_wire"] == 2.0
+    z = np.load(tmp_path / "o" / "map.npz")
+    g_min, g_max = rep["config"]["device"]["g_min"], rep["config"]["device"]["g_max"]
+    k = (z["g_pos"][z["g_pos"] > 0] - g_min) / ((g_max - g_min) / 15)
+    np.testing.assert_allclose(k, np.round(k), atol=1e-6)
+    assert len(np.unique(np.round(k))) <= 16
+
+
+def test_cli_map_tune_inputs_changes_the_plan(tmp_path, capsys, W16):
+    """--tune-inputs tunes against E[x^T x] of --inputs: it lowers the expected output MSE of those inputs
+    (computed here from the saved realized matrix, by hand: trace(E^T M E) / out)."""
+    X = np.random.default_rng(1).uniform(0, 1, (64, 16)) * np.linspace(0.05, 1, 16)   # unequal input powers
+    np.save(tmp_path / "W.npy", W16)
+    np.save(tmp_path / "X.npy", X)
+    M = X.T @ X / len(X)
+    mse = {}
+    for tune in (False, True):
+        d = tmp_path / f"t{tune}"
+        rc, out, _ = run_cli(["map", "--matrix", tmp_path / "W.npy", "--inputs", tmp_path / "X.npy",
+                              "--set", "device.bits=4", "--out", d, "--json"] + (["--tune-inputs"] if tune else []),
+                             capsys)
+        assert rc == 0 and json.loads(out)["tune_inputs"] is tune
+        E = np.load(d / "map.npz")["realized"] - W16
+        mse[tune] = np.trace(E.T @ M @ E) / W16.shape[1]
+    assert mse[True] < mse[False]
+
+
 @pytest.mark.parametrize("argv,match", [
-    (["--method", "magic"], "--method"),
-    (["--r-wire", "0"], "--r-wire"),
-    (["--r-in", "-5"], "--r-in"),
-    (["--g-min=-1e-6"], "--g-min"),
-    (["--g-min", "1e-3", "--g-max", "1e-5"], "g_max"),
-    (["--bits", "0"], "--bits"),
-    (["--array-rows", "0"], "--array-rows"),
-    (["--preset", "nope"], "preset"),
-    (["--tune-inputs"], "--tune-inputs"),
+    (["--method", "magic"], "--method: 'magic' is not allowed"),
+    (["--set", "wires.r_wire=0"], "wires.r_wire: 0 is not allowed"),
+    (["--set", "wires.r_in=-5"], "wires.r_in"),
+    (["--set", "device.g_min=-1e-6"], "device.g_min"),
+    (["--set", "device.g_min=1e-3", "--set", "device.g_max=1e-5"], "g_max"),
+    (["--set", "device.bits=0"], "device.bits"),
+    (["--set", "device.levels=1e12"], "device.levels"),
+    (["--set", "array.rows=0"], "array.rows"),
+    (["--set", "array.rows=1e8"], "array.rows: 100000000 is not allowed"),
+    (["--set", "device.nope=1"], "--set: unknown setting 'device.nope'"),
+    (["--hw", "nope"], "--hw: unknown preset 'nope'"),
+    (["--hw", "realistic", "--method", "dpe"], "needs wires"),
+    (["--tune-inputs"], "--tune-inputs: needs --inputs"),
+    (["--inputs", "X", "--tune-inputs", "--method", "linear"], "--tune-inputs: only the representable method"),
+    (["--inputs", "X", "--tune-inputs", "--method", "dpe"], "--tune-inputs: only the representable method"),
+    (["--bits", "6"], "--bits is gone; use --set device.bits=VALUE"),
+    (["--r-wire", "2"], "--r-wire is gone; use --set wires.r_wire=VALUE"),
+    (["--array-rows", "64"], "--array-rows is gone; use --set array.rows=VALUE"),
+    (["--preset", "irdrop"], "--preset is gone; use --hw"),
+    (["--out", "W"], "--out"),
 ])
 def test_cli_map_bad_input(tmp_path, capsys, W16, argv, match):
     np.save(tmp_path / "W.npy", W16)
-    rc = main(["map", "--matrix", str(tmp_path / "W.npy"), *argv])
-    err = capsys.readouterr().err
-    assert rc == 2 and match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    np.save(tmp_path / "X.npy", np.ones((3, 16)))
+    argv = [{"X": str(tmp_path / "X.npy"), "W": str(tmp_path / "W.npy")}.get(a, a) for a in argv]
+    rc, _, err = run_cli(["map", "--matrix", tmp_path / "W.npy", *argv], capsys)
+    assert rc == 2 and match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_map_zero_matrix(tmp_path, capsys):
+    np.save(tmp_path / "Z.npy", np.zeros((4, 4)))
+    rc, _, err = run_cli(["map", "--matrix", tmp_path / "Z.npy"], capsys)
+    assert rc == 2 and err.strip() == "memcim map: error: --matrix: all entries are zero; nothing to map"
 
 
 def test_cli_map_shape_mismatch(tmp_path, capsys, W16):
@@ -167,37 +234,101 @@ def test_cli_map_shape_mismatch(tmp_path, capsys, W16):
     assert rc == 2 and "--inputs" in capsys.readouterr().err
 
 
-def test_cli_circuit(tmp_path, capsys):
+def nodal_reference(g, r_wire, r_in, r_out, v):
+    """Output currents of the crossbar by a dense nodal solve written out here (independent of
+    memcim.hardware.circuit): row i driven at column 0 through r_in, cells g[i, j] between row node
+    (i, j) and column node (i, j), segments r_wire along rows and columns, column j's last node to
+    ground through r_out; the current into the ground is V(n-1, j) / r_out."""
+    n, m = g.shape
+    R = lambda i, j: i * m + j
+    C = lambda i, j: n * m + i * m + j
+    Y = np.zeros((2 * n * m, 2 * n * m))
+
+    def stamp(a, b, y):
+        Y[a, a] += y
+        if b is not None:
+            Y[b, b] += y
+            Y[a, b] -= y
+            Y[b, a] -= y
+
+    for i in range(n):
+        for j in range(m):
+            stamp(R(i, j), C(i, j), g[i, j])
+            if j + 1 < m:
+                stamp(R(i, j), R(i, j + 1), 1 / r_wire)
+            if i + 1 < n:
+                stamp(C(i, j), C(i + 1, j), 1 / r_wire)
+        stamp(R(i, 0), None, 1 / r_in)
+    for j in range(m):
+        stamp(C(n - 1, j), None, 1 / r_out)
+    out = []
+    for vk in np.atleast_2d(v):
+        b = np.zeros(2 * n * m)
+        for i in range(n):
+            b[R(i, 0)] = vk[i] / r_in
+        V = np.linalg.solve(Y, b)
+        out.append([V[C(n - 1, j)] / r_out for j in range(m)])
+    return np.array(out)
+
+
+def test_cli_simulate_conductances(tmp_path, capsys):
     g = np.random.default_rng(5).uniform(1e-6, 1e-4, (4, 3))
     v = np.random.default_rng(6).uniform(0, 0.2, (2, 4))
     np.save(tmp_path / "G.npy", g)
     np.save(tmp_path / "V.npy", v)
-    rc = main(["circuit", "--conductances", str(tmp_path / "G.npy"), "--r-wire", "2", "--r-in", "10",
-               "--r-out", "10", "--inputs", str(tmp_path / "V.npy"), "--json"])
+    rc, out, _ = run_cli(["simulate", "--conductances", tmp_path / "G.npy", "--set", "wires.r_wire=2",
+                          "--set", "wires.r_in=10", "--set", "wires.r_out=10", "--inputs", tmp_path / "V.npy",
+                          "--spice", tmp_path / "t.cir", "--out", tmp_path / "o", "--json"], capsys)
     assert rc == 0
-    out = json.loads(capsys.readouterr().out)
+    out = json.loads(out)
     G = np.array(out["realized"])
-    np.testing.assert_allclose(np.array(out["currents"]), v @ G, rtol=1e-10)
+    np.testing.assert_allclose(np.array(out["currents"]), nodal_reference(g, 2, 10, 10, v), rtol=1e-9)
+    np.testing.assert_allclose(G, nodal_reference(g, 2, 10, 10, np.eye(4)), rtol=1e-9)   # unit inputs: G_eff
+    assert out["wires"] == {"r_wire": 2.0, "r_wire_col": 2.0, "r_in": 10.0, "r_out": 10.0, "drive": "one"}
+    assert (tmp_path / "t.cir").read_text().count("\n") > 12
+    assert (tmp_path / "o" / "simulate.png").stat().st_size > 1000
     if ngspice_available():
         ref, _ = run_ngspice(to_spice(g, wires=as_wires(r_wire=2, r_in=10, r_out=10), unit_inputs=True), 3)
         np.testing.assert_allclose(G, ref, rtol=1e-6)
     assert out["time_s"] > 0
 
 
+def test_cli_simulate_conductances_one_cell_by_hand(tmp_path, capsys):
+    """One cell, the irdrop preset's wires (default with --conductances): r_in, 1/g and r_out in series."""
+    np.save(tmp_path / "G.npy", np.array([[1e-3]]))
+    rc, out, _ = run_cli(["simulate", "--conductances", tmp_path / "G.npy", "--json"], capsys)
+    assert rc == 0
+    assert json.loads(out)["realized"][0][0] == pytest.approx(1 / (100 + 1e3 + 100), rel=1e-12)
+
+
+def test_circuit_alias_prints_one_notice(tmp_path, capsys):
+    np.save(tmp_path / "G.npy", np.full((3, 3), 1e-5))
+    rc, out, err = run_cli(["circuit", "--conductances", tmp_path / "G.npy"], capsys)
+    assert rc == 0 and "crossbar 3x3" in out
+    assert err.strip().splitlines() == ["memcim circuit is now `memcim simulate --conductances`; running that"]
+
+
 @pytest.mark.parametrize("argv,match", [
-    (["--r-out", "0"], "r_out"),
-    (["--inputs", "BAD"], "--inputs"),
+    (["--set", "wires.r_out=0"], "wires.r_out: 0 is not allowed"),
+    (["--inputs", "BAD"], "--inputs: shape"),
+    (["--hw", "ideal"], "--hw: 'ideal' has ideal wires"),
+    (["--chips", "3"], "--chips: applies to --matrix only"),
+    (["--batch", "3"], "--batch: applies to --matrix only"),
+    (["--no-budget"], "--no-budget: applies to --matrix only"),
+    (["--spice", "DIR"], "--spice: "),
+    (["--r-wire", "2"], "--r-wire is gone; use --set wires.r_wire=VALUE"),
+    (["--r-out", "2"], "--r-out is gone; use --set wires.r_out=VALUE"),
 ])
-def test_cli_circuit_bad_input(tmp_path, capsys, argv, match):
+def test_cli_simulate_conductances_bad_input(tmp_path, capsys, argv, match):
     np.save(tmp_path / "G.npy", np.full((3, 3), 1e-5))
     np.save(tmp_path / "BAD.npy", np.ones((2, 5)))
-    argv = [a.replace("BAD", str(tmp_path / "BAD.npy")) for a in argv]
-    rc = main(["circuit", "--conductances", str(tmp_path / "G.npy"), *argv])
-    err = capsys.readouterr().err
-    assert rc == 2 and match in err and len(err.strip().splitlines()) == 1
+    argv = [{"BAD": str(tmp_path / "BAD.npy"), "DIR": str(tmp_path)}.get(a, a) for a in argv]
+    rc, _, err = run_cli(["simulate", "--conductances", tmp_path / "G.npy", *argv], capsys)
+    assert rc == 2 and match in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_cli_circuit_negative_conductance(tmp_path, capsys):
-    np.save(tmp_path / "G.npy", np.array([[1e-5, -1e-5]]))
-    assert main(["circuit", "--conductances", str(tmp_path / "G.npy")]) == 2
-    assert "--conductances" in capsys.readouterr().err
+@pytest.mark.parametrize("g", [[[1e-5, -1e-5]], [[1e-5, 0.0]]])
+def test_cli_simulate_conductances_must_be_positive(tmp_path, capsys, g):
+    np.save(tmp_path / "G.npy", np.array(g))
+    rc, _, err = run_cli(["simulate", "--conductances", tmp_path / "G.npy"], capsys)
+    assert rc == 2 and "--conductances: minimum" in err

@@ -52,8 +52,14 @@ _bool = _validate.boolean
 _choice = _validate.choice
 
 
-def _int(name: str, value: Any, *, lo: int) -> int:
-    return _validate.integer(name, value, lo=lo)
+def _int(name: str, value: Any, *, lo: int, hi: int | None = None) -> int:
+    return _validate.integer(name, value, lo=lo, hi=hi)
+
+
+#: Most programmable levels of a device (2**24, as ``bits <= 24``).
+MAX_LEVELS = 2 ** 24
+#: Most word lines or bit lines of one array (the nodal model of one tile grows as rows x cols).
+MAX_ARRAY_SIZE = 65536
 
 
 class _Section:
@@ -155,7 +161,7 @@ class DeviceConfig(_Section):
             levels = 2 ** bits
             object.__setattr__(self, "bits", bits)
         if levels is not None:
-            levels = _int(f"{s}.levels", levels, lo=2)
+            levels = _int(f"{s}.levels", levels, lo=2, hi=MAX_LEVELS)
         object.__setattr__(self, "levels", levels)
         for name in ("prog_sigma_abs", "prog_sigma_rel"):
             object.__setattr__(self, name, _num(f"{s}.{name}", getattr(self, name), lo=0.0))
@@ -319,8 +325,8 @@ class ArrayConfig(_Section):
 
     def __post_init__(self):
         s = self._section
-        _int(f"{s}.rows", self.rows, lo=1)
-        _int(f"{s}.cols", self.cols, lo=2)
+        object.__setattr__(self, "rows", _int(f"{s}.rows", self.rows, lo=1, hi=MAX_ARRAY_SIZE))
+        object.__setattr__(self, "cols", _int(f"{s}.cols", self.cols, lo=2, hi=MAX_ARRAY_SIZE))
         object.__setattr__(self, "r_tia", _num(f"{s}.r_tia", self.r_tia, lo=0.0, lo_open=True))
         object.__setattr__(self, "v_read", _num(f"{s}.v_read", self.v_read, lo=0.0, lo_open=True))
 
@@ -623,18 +629,16 @@ class HardwareConfig:
     @classmethod
     def load(cls, path: str | Path) -> "HardwareConfig":
         """Load a config from a ``.toml`` or ``.json`` file."""
-        p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"config: file not found: {p}")
+        p = _validate.existing_file("config", path)
+        if p.suffix not in (".toml", ".json"):
+            raise ValueError(f"config: {p} has suffix {p.suffix!r}; use .toml or .json")
         try:
             text = p.read_text()
         except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"config: cannot read {p} ({e})") from None
-        if p.suffix == ".json":
-            return cls.from_json(text)
-        if p.suffix == ".toml":
-            return cls.from_toml(text)
-        raise ValueError(f"config: {p} has suffix {p.suffix!r}; use .toml or .json")
+            raise ValueError(f"config: cannot read {p} ({getattr(e, 'strerror', None) or e})") from None
+        if not text.strip():
+            raise ValueError(f"config: {p} is empty; start from `memcim hw show realistic > {p.name}`")
+        return cls.from_json(text) if p.suffix == ".json" else cls.from_toml(text)
 
     def save(self, path: str | Path) -> Path:
         """Save to ``.toml`` or ``.json`` (chosen by suffix)."""

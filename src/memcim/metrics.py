@@ -29,19 +29,44 @@ def _as_inputs(x, n: int) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.asarray(x, dtype=np.float64))
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x: expected a numpy array or torch tensor, got {type(x).__name__}")
+        raise TypeError(f"inputs: expected a numpy array or torch tensor, got {type(x).__name__}")
     if x.ndim != 2 or x.shape[1] != n:
-        raise ValueError(f"x: shape {tuple(x.shape)} does not match W; expected (batch, {n})")
+        raise ValueError(f"inputs: shape {tuple(x.shape)} does not match the matrix; expected (batch, {n})")
+    if x.shape[0] == 0:
+        raise ValueError("inputs: no input vectors; at least one is required")
     if not bool(torch.isfinite(x).all()):
-        raise ValueError("x: contains NaN or inf; all inputs must be finite")
+        raise ValueError("inputs: contains NaN or inf; all inputs must be finite")
     return x.to(torch.float64)
+
+
+def check_reference(W, x) -> None:
+    """Refuse a problem whose exact result ``x @ W`` is zero: its relative error and SNR are undefined.
+
+    Examples
+    --------
+    >>> check_reference(np.zeros((3, 2)), np.ones((4, 3)))
+    Traceback (most recent call last):
+    ...
+    ValueError: matrix: all entries are zero; x @ W = 0, so its relative error is undefined
+    """
+    W = as_matrix(W, "matrix")
+    x = _as_inputs(x, W.shape[0])
+    if not bool((W != 0).any()):
+        raise ValueError("matrix: all entries are zero; x @ W = 0, so its relative error is undefined")
+    if not bool(((x.to(W.device) @ W) != 0).any()):
+        raise ValueError("inputs: x @ W = 0 for every input vector, so its relative error is undefined; "
+                         "give inputs that are not all zero (or orthogonal to the matrix)")
 
 
 def simulate_error(W, x, hw: HardwareConfig, trials: int = 1, seed: int = 0, *, calib_inputs=None,
                    dtype=torch.float32, device=None) -> dict[str, float]:
-    """Error metrics of ``trials`` chips of ``hw`` computing ``x @ W`` (one read each)."""
-    W = as_matrix(W)
+    """Error metrics of ``trials`` chips of ``hw`` computing ``x @ W`` (one read each).
+
+    ``ValueError`` when ``x @ W`` is zero (:func:`check_reference`): no relative error exists.
+    """
+    W = as_matrix(W, "matrix")
     x = _as_inputs(x, W.shape[0])
+    check_reference(W, x)
     mapped = map_matrix(W, hw, calib_inputs=x if calib_inputs is None else calib_inputs)
     chip = program(mapped, seed=seed, trials=trials, dtype=dtype, device=device)
     return error_metrics(chip.mvm(x), x.to(chip.device) @ W.to(chip.device))
@@ -59,7 +84,7 @@ def error_budget(W, x, hw: HardwareConfig, trials: int = 1, seed: int = 0, *, dt
     non-ideality on, plus ``share`` = its MSE / total MSE) and ``interaction`` (total MSE minus the
     sum of the separate MSEs: what the non-idealities add only together).
     """
-    W = as_matrix(W)
+    W = as_matrix(W, "matrix")
     x = _as_inputs(x, W.shape[0])
     total = simulate_error(W, x, hw, trials, seed, dtype=dtype, device=device)
     contributions = {}
