@@ -263,9 +263,9 @@ def test_fig10a_cli(digits_mlp, tmp_path, capsys):
 
 def test_evaluate_cli_irdrop_method_and_overrides(digits_mlp, tmp_path, capsys):
     _, path = digits_mlp
-    rc = main(["evaluate", "--model", str(path), "--dataset", "digits", "--preset", "irdrop", "--method", "dpe",
+    rc = main(["evaluate", "--model", str(path), "--data", "digits:test:40", "--hw", "irdrop", "--method", "dpe",
                "--set", "array.rows=16", "--set", "array.cols=16", "--set", "adc.bits=6", "--chips", "1",
-               "--limit", "40", "--calib-samples", "20", "--json"])
+               "--calib-samples", "20", "--json"])
     assert rc == 0
     d = json.loads(capsys.readouterr().out)
     cfg = d["results"][0]["config"]
@@ -291,11 +291,11 @@ def test_bad_input(argv, word, tmp_path, capsys):
     (["--set", "adc.bits"], "--set"),
     (["--set", "adc.nonsense=3"], "--set"),
     (["--method", "magic"], "--method"),
-    (["--preset", "realistic", "--method", "dpe"], "--method"),
+    (["--hw", "realistic", "--method", "dpe"], "--method"),
 ])
 def test_evaluate_bad_overrides(argv, word, digits_mlp, capsys):
     _, path = digits_mlp
-    rc = main(["evaluate", "--model", str(path), "--dataset", "digits", "--chips", "1", "--limit", "10"] + argv)
+    rc = main(["evaluate", "--model", str(path), "--data", "digits:10", "--chips", "1"] + argv)
     assert rc == 2
     err = capsys.readouterr().err
     assert word in err and "Traceback" not in err

@@ -39,7 +39,7 @@ def test_build_model_shapes_match_the_papers():
         [16, 32, 64, 128, 128]
     a, b = build_model("mlp-10", seed=3), build_model("mlp-10", seed=3)
     assert torch.equal(a[1].weight, b[1].weight)
-    with pytest.raises(ValueError, match="--arch: 'resnet' is not known"):
+    with pytest.raises(ValueError, match="^arch: 'resnet' is not known"):
         build_model("resnet")
 
 
@@ -57,12 +57,12 @@ def test_training_reaches_accuracy_and_resume_is_exact(tmp_path):
     for p, q in zip(full.parameters(), resumed.parameters()):
         assert torch.equal(p, q)                              # bit-identical to an uninterrupted run
     assert evaluate_accuracy(resumed, load_digits("test")) > 0.8
-    with pytest.raises(ValueError, match="--out: checkpoint .* other settings"):
+    with pytest.raises(ValueError, match="^checkpoint_dir: checkpoint .* other settings"):
         train(build_model("mlp-16", (1, 8, 8)), ds, checkpoint_dir=tmp_path, **dict(kw, lr=0.5))
     (tmp_path / CHECKPOINT_NAME).write_bytes(b"junk")
     with pytest.raises(ValueError, match="unreadable"):
         train(build_model("mlp-16", (1, 8, 8)), ds, checkpoint_dir=tmp_path, **kw)
-    with pytest.raises(ValueError, match="--epochs: 0 is not allowed"):
+    with pytest.raises(ValueError, match="^epochs: 0 is not allowed"):
         train(full, ds, epochs=0)
 
 
@@ -119,7 +119,7 @@ def test_reference_model_cache(monkeypatch, tmp_path):
     m2 = models.get_reference_model("digits-tiny")
     x = load_digits("test").x[:5]
     assert torch.equal(m1(x), m2(x))
-    with pytest.raises(ValueError, match="--model: 'nope' is not a reference model"):
+    with pytest.raises(ValueError, match="^model: 'nope' is not a reference model"):
         models.get_reference_model("nope")
 
 
@@ -142,49 +142,118 @@ def test_load_model_file_safety(tmp_path):
         load_model(str(tmp_path / "missing.pt"))
 
 
-def test_cli_evaluate_two_presets_json(tmp_path, capsys):
-    torch.save(digits_mlp(), tmp_path / "m.pt")
-    rc = main(["evaluate", "--model", str(tmp_path / "m.pt"), "--dataset", "digits", "--preset", "ideal",
-               "--preset", "noisy", "--chips", "3", "--limit", "100", "--json", "--out", str(tmp_path)])
+def test_cli_evaluate_two_hw_json(tmp_path, capsys):
+    model = digits_mlp()
+    torch.save(model, tmp_path / "m.pt")
+    rc = main(["evaluate", "--model", str(tmp_path / "m.pt"), "--data", "digits:test:100", "--hw", "ideal",
+               "--hw", "noisy", "--chips", "3", "--json", "--out", str(tmp_path)])
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
     assert [r["hardware"] for r in doc["results"]] == ["ideal", "noisy"]
+    te = load_digits("test").subset(100)
+    assert doc["digital_accuracy"] == pytest.approx(float((model(te.x).argmax(1) == te.y).float().mean()))
     ideal, noisy = doc["results"]
     assert ideal["accuracy"]["mean"] == pytest.approx(doc["digital_accuracy"])
     assert ideal["mse"]["mean"] < 1e-8 and noisy["mse"]["mean"] > 1e-4
     assert len(noisy["accuracy"]["values"]) == 3 and noisy["accuracy"]["ci95_mean"][0] <= noisy["accuracy"]["mean"]
-    assert doc["provenance"]["seed"] == 0 and (tmp_path / "evaluate.json").is_file()
+    assert doc["provenance"]["seed"] == 0 and doc["n_samples"] == 100
+    assert json.loads((tmp_path / "evaluate.json").read_text())["results"][1]["hardware"] == "noisy"
+
+
+def test_cli_evaluate_one_chip_text(tmp_path, capsys):
+    torch.save(digits_mlp(), tmp_path / "m.pt")
+    assert main(["evaluate", "--model", str(tmp_path / "m.pt"), "--data", "digits:50", "--hw", "noisy",
+                 "--chips", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "one chip: no interval" in out and "nan" not in out
 
 
 @pytest.mark.parametrize("argv, msg", [
     (["--chips", "0"], "--chips: 0 is not allowed"),
-    (["--dataset", "imagenet"], "--dataset: 'imagenet' is not known"),
-    (["--preset", "nope"], "preset: unknown preset 'nope'"),
-    (["--limit", "0"], "--limit: 0 is not allowed"),
+    (["--data", "imagenet"], "--data: 'imagenet' is not known"),
+    (["--hw", "nope"], "--hw: unknown preset 'nope'"),
+    (["--data", "digits:0"], "--data: 'digits:0' asks for 0 samples"),
+    (["--method", "magic"], "--method: 'magic' is not allowed"),
+    (["--normalize", "0,0"], "--normalize: (0.0, 0.0) is not allowed"),
+    (["--batch-size", "0"], "--batch-size: 0 is not allowed"),
 ])
 def test_cli_evaluate_errors(tmp_path, capsys, argv, msg):
     torch.save(digits_mlp(), tmp_path / "m.pt")
-    rc = main(["evaluate", "--model", str(tmp_path / "m.pt"), "--dataset", "digits", *argv])
+    rc = main(["evaluate", "--model", str(tmp_path / "m.pt"), "--data", "digits", *argv])
     err = capsys.readouterr().err
-    assert rc == 2 and msg in err and err.count("\n") == 1
+    assert rc == 2 and msg in err and err.splitlines()[-1].startswith("memcim evaluate: error: ")
 
 
 def test_cli_evaluate_model_input_mismatch(capsys, tmp_path):
     torch.save(build_model("cnn-small"), tmp_path / "cnn.pt")
-    rc = main(["evaluate", "--model", str(tmp_path / "cnn.pt"), "--dataset", "digits"])
-    assert rc == 2 and "does not accept --dataset digits inputs" in capsys.readouterr().err
+    rc = main(["evaluate", "--model", str(tmp_path / "cnn.pt"), "--data", "digits"])
+    assert rc == 2 and "--input-shape: the model does not accept samples of shape (1, 8, 8)" in capsys.readouterr().err
 
 
 def test_cli_train_resume_and_hardware_aware(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--arch", "mlp-16", "--dataset", "digits", "--epochs", "2", "--lr", "0.01",
-            "--hardware-aware", "noisy", "--out", str(out), "--json"]
+    args = ["train", "--arch", "mlp-16", "--data", "digits", "--epochs", "2", "--lr", "0.01",
+            "--hw", "noisy", "--out", str(out), "--json", "--threads", "1"]
     assert main(args) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["history"]["epochs_done"] == 2 and doc["hardware_aware"]["name"] == "noisy"
+    assert doc["history"]["epochs_done"] == 2 and doc["hardware"]["name"] == "noisy"
+    assert doc["split"] == "train" and doc["n_train"] == len(load_digits("train"))
+    assert doc["history"]["threads"] == 1                         # --threads is honoured while training
     m = load_model_file(out / "model.pt")                      # a plain digital model, weights-only loadable
     assert all(type(l) in (nn.Flatten, nn.Linear, nn.ReLU) for l in m)
+    assert doc["test_accuracy_digital"] == pytest.approx(evaluate_accuracy(m, load_digits("test")))
+    assert json.loads((out / "train.json").read_text())["test_accuracy_digital"] == doc["test_accuracy_digital"]
     assert main(args) == 0                                       # rerun: resumes, nothing left to do
     assert json.loads(capsys.readouterr().out)["history"]["resumed_from"] == 2
-    assert main(["train", "--dataset", "digits"]) == 2
-    assert "--arch/--init: give exactly one" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, msg", [
+    ([], "--arch: give exactly one of --arch"),
+    (["--arch", "mlp-16", "--init", "x.pt"], "--arch: give exactly one of --arch"),
+    (["--arch", "resnet"], "--arch: 'resnet' is not known"),
+    (["--arch", "mlp-16", "--data", "digits:test"], "--data: split 'test' is not allowed for training"),
+    (["--arch", "mlp-16", "--set", "adc.bits=4"], "--set: --set changes a hardware; give --hw"),
+    (["--arch", "mlp-16", "--epochs", "0"], "--epochs: 0 is not allowed"),
+    (["--arch", "mlp-16", "--lr", "0"], "--lr: 0.0 is not allowed; must be > 0"),
+    (["--arch", "mlp-16", "--hw", "nope"], "--hw: unknown preset 'nope'"),
+    (["--init", "missing.pt"], "--init: 'missing.pt' is neither a reference model name nor an existing file"),
+])
+def test_cli_train_errors(tmp_path, capsys, argv, msg):
+    rc = main(["train", "--data", "digits", "--out", str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and msg in err and err.splitlines()[-1].startswith("memcim train: error: ")
+
+
+def test_cli_train_warns_near_chance(tmp_path, capsys):
+    """A learning rate too small to move the weights ends at about 1/10: one warning line on stderr."""
+    args = ["train", "--arch", "mlp-16", "--data", "digits", "--epochs", "1", "--lr", "1e-7", "--json"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    cap = capsys.readouterr()
+    doc = json.loads(cap.out)
+    assert doc["test_accuracy_digital"] < 0.2 and doc["near_chance"]
+    warn = [l for l in cap.err.splitlines() if "near chance" in l]
+    assert len(warn) == 1 and warn[0].startswith("memcim train: warning: final test accuracy")
+    assert main(["train", "--arch", "mlp-16", "--data", "digits", "--epochs", "5", "--lr", "0.01", "--batch-size", "32", "--json",
+                 "--out", str(tmp_path / "b")]) == 0
+    cap = capsys.readouterr()
+    assert json.loads(cap.out)["test_accuracy_digital"] > 0.8 and "near chance" not in cap.err
+
+
+def test_cli_train_own_arrays_and_init(tmp_path, capsys):
+    """--data X.npy,Y.npy trains on the user's arrays (accuracy on them); --init fine-tunes a model file."""
+    import numpy as np
+
+    tr = load_digits("train")
+    np.save(tmp_path / "x.npy", tr.x.reshape(len(tr), 64).numpy())
+    np.save(tmp_path / "y.npy", tr.y.numpy())
+    assert main(["train", "--arch", "mlp-16", "--data", f"{tmp_path}/x.npy,{tmp_path}/y.npy", "--epochs", "5", "--batch-size", "32",
+                 "--lr", "0.01", "--out", str(tmp_path / "own"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    m = load_model_file(tmp_path / "own" / "model.pt")
+    x = tr.x.reshape(len(tr), 64)
+    assert doc["accuracy_on"] == "train" and doc["test_accuracy_digital"] is None
+    assert doc["train_accuracy_digital"] == pytest.approx(float((m(x).argmax(1) == tr.y).float().mean()))
+    assert doc["train_accuracy_digital"] > 0.8
+    assert main(["train", "--init", str(tmp_path / "own" / "model.pt"), "--data", f"{tmp_path}/x.npy,{tmp_path}/y.npy",
+                 "--epochs", "1", "--lr", "0.001", "--out", str(tmp_path / "ft"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["train_accuracy_digital"] > 0.8

@@ -5,7 +5,10 @@ dataset is run once (fresh read noise on every read) and two numbers are recorde
 accuracy and the output mean squared error against the digital model,
 ``mean over samples and outputs of (y_analog - y_digital)^2``. The summary gives the mean, the
 sample standard deviation over chips, a 95 % confidence interval of the mean (Student t) and the
-2.5-97.5 % range of the chips themselves.
+2.5-97.5 % range of the chips themselves (one chip has no interval: ``ci95_mean`` is None).
+
+Data without labels (a user's ``X.npy`` alone) gives the output MSE but no accuracy: the
+accuracy entries are then None.
 """
 from __future__ import annotations
 
@@ -65,18 +68,22 @@ def chip_outputs(model: nn.Module, x: torch.Tensor, hardware: HardwareConfig, *,
 
 
 def summarize(values) -> dict:
-    """Mean, std (ddof=1), 95 % CI of the mean (Student t) and 2.5-97.5 % range over chips."""
+    """Mean, std (ddof=1), 95 % CI of the mean (Student t; None for one value) and 2.5-97.5 % range.
+
+    >>> summarize([0.5])["ci95_mean"] is None
+    True
+    """
     v = np.asarray(values, dtype=np.float64)
     n = v.size
     mean = float(v.mean())
     std = float(v.std(ddof=1)) if n > 1 else 0.0
+    ci = None
     if n > 1:
         from scipy.stats import t
 
         half = float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
-    else:
-        half = float("nan")
-    return {"mean": mean, "std": std, "ci95_mean": [mean - half, mean + half],
+        ci = [mean - half, mean + half]
+    return {"mean": mean, "std": std, "ci95_mean": ci,
             "range95": [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))], "n": n,
             "values": v.tolist()}
 
@@ -102,23 +109,26 @@ def evaluate_analog(model: nn.Module, dataset, hardware: HardwareConfig, *, chip
     Returns
     -------
     dict with ``digital`` (accuracy), ``accuracy`` and ``mse`` summaries (see :func:`summarize`),
-    ``conversion`` (the report), ``chips``, ``seed``, ``n_samples``, ``seconds``.
+    ``conversion`` (the report), ``chips``, ``seed``, ``n_samples``, ``labelled``, ``seconds``.
+    Without labels (``dataset.meta["labelled"]`` False) both accuracies are None.
     """
     if isinstance(chips, bool) or not isinstance(chips, (int, np.integer)) or chips < 1:
-        raise ValueError(f"--chips: {chips!r} is not allowed; must be an integer >= 1")
+        raise ValueError(f"chips: {chips!r} is not allowed; must be an integer >= 1")
+    labelled = bool(getattr(dataset, "meta", {}).get("labelled", True))
     layer_seed(seed, 0)
     t0 = time.perf_counter()
     model = model.eval()
     y = dataset.y
     ref = predict(model, dataset.x, batch_size)
-    digital_acc = float((ref.argmax(1) == y).float().mean())
+    digital_acc = float((ref.argmax(1) == y).float().mean()) if labelled else None
     accs, mses = [], []
     analog = None
     for _, analog, out in chip_outputs(model, dataset.x, hardware, chips=chips, seed=seed, overrides=overrides,
                                        calib_data=calib_data, batch_size=batch_size, dtype=dtype, progress=progress):
         out = out.float()
-        accs.append(float((out.argmax(1) == y).float().mean()))
+        if labelled:
+            accs.append(float((out.argmax(1) == y).float().mean()))
         mses.append(float(((out - ref) ** 2).mean()))
-    return {"digital": {"accuracy": digital_acc}, "accuracy": summarize(accs), "mse": summarize(mses),
-            "conversion": conversion_report(analog).to_dict(), "chips": int(chips), "seed": int(seed),
-            "n_samples": len(dataset), "seconds": time.perf_counter() - t0}
+    return {"digital": {"accuracy": digital_acc}, "accuracy": summarize(accs) if labelled else None,
+            "mse": summarize(mses), "conversion": conversion_report(analog).to_dict(), "chips": int(chips),
+            "seed": int(seed), "n_samples": len(dataset), "labelled": labelled, "seconds": time.perf_counter() - t0}

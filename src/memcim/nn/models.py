@@ -9,11 +9,22 @@ Architectures (``build_model(arch, input_shape)``):
   filters, then one linear layer. Five halvings need a 32x32 input, so a smaller input (MNIST's
   28x28) is zero-padded to 32x32 by a leading ``ZeroPad2d`` layer (kept digital on conversion).
 
-Reference models (``get_reference_model(name)``) are trained by memcim on first use, on the CPU,
-with a fixed seed, and cached in ``$MEMCIM_CACHE/models`` (default ``~/.cache/memcim/models``).
+Reference models (``get_reference_model(name)``) ship with memcim: their trained weights are
+package data (``memcim/nn/weights/<name>.pt``: the float32 state dict and its ``meta``, with the
+recipe, seed, measured test accuracy and the exact ``memcim train`` command that made them).
+Nothing trains at first use. ``retrain=True`` trains again with the recipe and caches the result
+in ``$MEMCIM_CACHE/models`` (default ``~/.cache/memcim/models``); that cache also holds user
+recipes added to :data:`REFERENCE_MODELS` that ship no weights.
+
+Remaking a shipped file (``memcim train`` with one thread is bit-reproducible on one machine)::
+
+    memcim train --arch mlp-256-128 --data mnist:train --epochs 20 --lr 0.001 --batch-size 128 \
+        --seed 0 --threads 1 --out /tmp/r
+    python -c "from memcim.nn.models import pack_reference as p; p('mnist-mlp-256-128', '/tmp/r')"
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -93,43 +104,109 @@ def build_model(arch: str, input_shape=(1, 28, 28), n_classes: int = 10, *, seed
         if m:
             hidden = [int(v) for v in m.group(1).strip("-").split("-")]
             if min(hidden) < 1:
-                raise ValueError(f"--arch: {arch!r} has a zero-width layer")
-            n_in = input_shape[0] * input_shape[1] * input_shape[2]
-            return _mlp([n_in, *hidden, n_classes])
+                raise ValueError(f"arch: {arch!r} has a zero-width layer; every width must be >= 1")
+            return _mlp([math.prod(input_shape), *hidden, n_classes])
+        if len(input_shape) != 3:
+            raise ValueError(f"input_shape: {input_shape} is not allowed for {arch!r}; a CNN needs C,H,W")
         if arch == "cnn-small":
             return _cnn((2, 4, 8, 16, 16), input_shape, n_classes)
         if arch == "cnn-large":
             return _cnn((16, 32, 64, 128, 128), input_shape, n_classes)
-    raise ValueError(f"--arch: {arch!r} is not known; choose one of {', '.join(ARCHS)}")
+    raise ValueError(f"arch: {arch!r} is not known; choose one of {', '.join(ARCHS)}")
 
 
-def reference_path(name: str) -> Path:
-    return cache_dir() / f"{name}.pt"
+#: Directory of the shipped reference weights (package data).
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
 def _check_name(name: str) -> dict:
     if name not in REFERENCE_MODELS:
-        raise ValueError(f"--model: {name!r} is not a reference model; choose one of "
+        raise ValueError(f"model: {name!r} is not a reference model; choose one of "
                          f"{', '.join(REFERENCE_MODELS)} or give a file saved with torch.save(model)")
     return REFERENCE_MODELS[name]
 
 
+def train_command(name: str, out: str = "DIR") -> str:
+    """The exact ``memcim train`` command that makes reference model ``name`` from its recipe."""
+    r = _check_name(name)
+    if r.get("weight_decay", 0.0):
+        raise ValueError(f"model: {name!r} has weight_decay {r['weight_decay']}, which memcim train does not take")
+    return (f"memcim train --arch {r['arch']} --data {r['dataset']}:train --epochs {r['epochs']} "
+            f"--lr {r['lr']:g} --batch-size {r['batch_size']} --seed {r['seed']} --threads 1 --out {out}")
+
+
+def shipped_path(name: str) -> Path:
+    """Where the package ships the trained weights of ``name`` (the file may be absent for user recipes)."""
+    return WEIGHTS_DIR / f"{name}.pt"
+
+
+def cache_path(name: str) -> Path:
+    """Where ``retrain=True`` (and a user recipe without shipped weights) caches a trained model."""
+    return cache_dir() / f"{name}.pt"
+
+
+def reference_path(name: str) -> Path:
+    """The file that :func:`get_reference_model` reads: the shipped weights, else the cache."""
+    p = shipped_path(name)
+    return p if p.is_file() else cache_path(name)
+
+
+def _read(path: Path, recipe: dict) -> tuple[nn.Module, dict]:
+    blob = torch.load(path, weights_only=True, map_location="cpu")
+    meta = blob["meta"]
+    model = build_model(recipe["arch"], meta["input_shape"], meta["n_classes"])
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), dict(meta)
+
+
 def reference_info(name: str) -> dict:
-    """Recipe and measured accuracies of a cached reference model (trains it if needed)."""
-    get_reference_model(name)
-    blob = torch.load(reference_path(name), weights_only=True, map_location="cpu")
-    return dict(blob["meta"])
+    """Recipe, seed, measured accuracies and making command of a reference model (its file's ``meta``)."""
+    recipe = _check_name(name)
+    if not reference_path(name).is_file():
+        get_reference_model(name)
+    return _read(reference_path(name), recipe)[1]
+
+
+def train_reference(name: str, *, progress: bool | None = None) -> tuple[nn.Module, dict]:
+    """Train reference model ``name`` from its recipe (what ``memcim train`` does with
+    :func:`train_command`'s flags) and measure it; returns ``(model, meta)``. Nothing is written."""
+    from memcim.data.datasets import load_dataset
+    from memcim.nn.train import evaluate_accuracy, train
+
+    recipe = _check_name(name)
+    train_ds = load_dataset(recipe["dataset"], "train")
+    val_ds = load_dataset(recipe["dataset"], "val")
+    test_ds = load_dataset(recipe["dataset"], "test")
+    model = build_model(recipe["arch"], train_ds.input_shape, train_ds.n_classes, seed=recipe["seed"])
+    hist = train(model, train_ds, val_ds=val_ds, epochs=recipe["epochs"], lr=recipe["lr"],
+                 batch_size=recipe["batch_size"], weight_decay=recipe["weight_decay"],
+                 seed=recipe["seed"], progress=progress)
+    model.eval()
+    meta = dict(recipe, name=name, input_shape=list(train_ds.input_shape), n_classes=train_ds.n_classes,
+                test_accuracy=evaluate_accuracy(model, test_ds), val_accuracy=hist["val_accuracy"][-1],
+                train_seconds=hist["seconds"], torch_version=str(torch.__version__))
+    return model, meta
+
+
+def _save(path: Path, model: nn.Module, meta: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    torch.save({"state_dict": sd, "meta": meta}, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def get_reference_model(name: str, *, retrain: bool = False, progress: bool | None = None) -> nn.Module:
-    """Return a trained reference model (eval mode, CPU), training and caching it on first use.
+    """Return a trained reference model (eval mode, CPU, float32).
 
     Parameters
     ----------
     name : one of :data:`REFERENCE_MODELS` (``mnist-mlp-500-300``, ``mnist-mlp-256-128``,
         ``mnist-cnn-small``).
-    retrain : ignore the cache and train again.
-    progress : show a progress bar (default: when stderr is a terminal).
+    retrain : train again from the recipe (minutes on the CPU) and cache the result in
+        :func:`cache_path`; the shipped weights are left as they are.
+    progress : show a progress bar while training (default: when stderr is a terminal).
 
     Returns
     -------
@@ -137,40 +214,50 @@ def get_reference_model(name: str, *, retrain: bool = False, progress: bool | No
 
     Notes
     -----
-    Training runs on the CPU in a few minutes; the file ``<cache>/<name>.pt`` holds the state dict
-    and the recipe, seed and measured test accuracy. It is never written inside the repository.
+    The shipped file ``memcim/nn/weights/<name>.pt`` is loaded bit-exactly; nothing trains. Only a
+    recipe added by the user (no shipped file) is trained on first use and cached.
     """
     recipe = _check_name(name)
-    path = reference_path(name)
-    from memcim.data.datasets import load_dataset
-
+    shipped = shipped_path(name)
+    if not retrain and shipped.is_file():
+        try:
+            return _read(shipped, recipe)[0]
+        except Exception as e:  # noqa: BLE001 - a damaged install
+            raise ValueError(f"model: shipped weights {shipped} are unreadable ({type(e).__name__}: {e}); "
+                             "reinstall memcim") from None
+    path = cache_path(name)
     if path.is_file() and not retrain:
         try:
-            blob = torch.load(path, weights_only=True, map_location="cpu")
-            meta = blob["meta"]
-            model = build_model(recipe["arch"], meta["input_shape"], meta["n_classes"])
-            model.load_state_dict(blob["state_dict"])
-            return model.eval()
-        except Exception as e:  # corrupt or stale cache: retrain
+            return _read(path, recipe)[0]
+        except Exception as e:  # noqa: BLE001 - corrupt or stale cache: retrain
             print(f"memcim: cached {path} unusable ({type(e).__name__}); retraining", file=sys.stderr)
-    from memcim.nn.train import evaluate_accuracy, train
-
-    train_ds = load_dataset(recipe["dataset"], "train")
-    val_ds = load_dataset(recipe["dataset"], "val")
-    test_ds = load_dataset(recipe["dataset"], "test")
-    model = build_model(recipe["arch"], train_ds.input_shape, train_ds.n_classes, seed=recipe["seed"])
-    print(f"memcim: training reference model {name} (first use; cached in {path})", file=sys.stderr)
-    hist = train(model, train_ds, val_ds=val_ds, epochs=recipe["epochs"], lr=recipe["lr"],
-                 batch_size=recipe["batch_size"], weight_decay=recipe["weight_decay"],
-                 seed=recipe["seed"], progress=progress)
-    model.eval()
-    meta = dict(recipe, name=name, input_shape=list(train_ds.input_shape), n_classes=train_ds.n_classes,
-                test_accuracy=evaluate_accuracy(model, test_ds),
-                val_accuracy=hist["val_accuracy"][-1], train_seconds=hist["seconds"],
-                torch_version=str(torch.__version__))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
-    os.replace(tmp, path)
+    print(f"memcim: training reference model {name} from its recipe (cached in {path})", file=sys.stderr)
+    model, meta = train_reference(name, progress=progress)
+    _save(path, model, meta)
     print(f"memcim: {name}: test accuracy {meta['test_accuracy']:.4f}", file=sys.stderr)
     return model
+
+
+def pack_reference(name: str, run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Write the shipped weights of ``name`` from a ``memcim train --out RUN_DIR`` run of its
+    :func:`train_command`: the state dict of ``RUN_DIR/model.pt`` and a ``meta`` with the recipe,
+    seed, the test accuracy measured here on the full test split, and the command."""
+    import json
+
+    from memcim.data.datasets import load_dataset
+    from memcim.nn.loading import load_model_file
+    from memcim.nn.train import evaluate_accuracy
+
+    recipe = _check_name(name)
+    run = Path(run_dir)
+    model = load_model_file(run / "model.pt", name="run_dir")
+    doc = json.loads((run / "train.json").read_text())
+    test_ds = load_dataset(recipe["dataset"], "test")
+    ref = build_model(recipe["arch"], test_ds.input_shape, test_ds.n_classes)
+    ref.load_state_dict(model.state_dict())
+    hist = doc.get("history", {})
+    meta = dict(recipe, name=name, input_shape=list(test_ds.input_shape), n_classes=test_ds.n_classes,
+                test_accuracy=evaluate_accuracy(ref.eval(), test_ds),
+                val_accuracy=(hist.get("val_accuracy") or [None])[-1], train_seconds=hist.get("seconds"),
+                command=train_command(name), torch_version=str(torch.__version__))
+    return _save(Path(out) if out is not None else shipped_path(name), ref, meta)
