@@ -195,7 +195,8 @@ def run_one(args) -> int:
     entry = registry.get(args.key)
     if entry.paper is None:
         raise ValueError(f"key: {args.key!r} is not a paper figure; see memcim paper list")
-    params = {**shared_params(entry, args), **parse_params(args.param)}
+    given = parse_params(args.param)
+    params = {**shared_params(entry, args), **given}
     kw = registry.params_for(entry, quick=args.quick, **params)
     out = Path(args.out) if args.out else None
     if out is not None and "checkpoint" in entry.parameters():
@@ -203,7 +204,13 @@ def run_one(args) -> int:
         kw["checkpoint"] = lambda partial: registry.write_atomic(
             out / f"{entry.name}.json", registry.record(entry, partial, quick=args.quick, params=shown, complete=False))
     print(f"paper run {entry.key}: {entry.title}" + (" (quick)" if args.quick else ""), file=sys.stderr)
-    result = registry.record(entry, entry.run(**kw), quick=args.quick, params=kw)
+    try:
+        result = registry.record(entry, entry.run(**kw), quick=args.quick, params=kw)
+    except ValueError as e:  # a parameter the user gave with --param: say so
+        head, sep, rest = str(e).partition(": ")
+        if sep and head in given:
+            raise ValueError(f"--param {head}: {rest}") from None
+        raise
     written = registry.save(entry, result, out) if out is not None else []
     if args.json:
         print(dumps(result))
