@@ -47,7 +47,7 @@ def register(sub):
     p.add_argument("--tune-inputs", action="store_true",
                    help="representable only: tune against the second moment of --inputs instead of the "
                         "Frobenius norm (beyond the paper); an error with the other methods or without --inputs")
-    add_out(p, what="map.json, map.npz (the plan) and map.png")
+    add_out(p)
     add_gone(p, GONE)
     p.set_defaults(func=run)
 

@@ -78,7 +78,7 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=None, metavar="N",
                    help=f"--matrix: number of inputs x ~ N(0, I) drawn when --inputs is absent "
                         f"(default {DEFAULT_BATCH})")
-    add_hw(p, default="realistic", extra=" (irdrop with --conductances: its wires)")
+    add_hw(p, default="realistic", extra="; with --conductances the wires of irdrop")
     add_chips(p, DEFAULT_CHIPS, what="--matrix: programmed chips (Monte Carlo over chips)")
     p.set_defaults(chips=None)  # None = not given: the default applies to --matrix, --conductances refuses it
     add_seed(p)
@@ -87,7 +87,7 @@ def register(sub) -> None:
                         "non-ideality)")
     p.add_argument("--spice", metavar="FILE.cir",
                    help="--conductances: also write the SPICE netlist (with the first input vector)")
-    add_out(p, what="simulate.json, simulate.png and hw.toml")
+    add_out(p)
     add_gone(p, GONE)
     p.set_defaults(func=run)
 
