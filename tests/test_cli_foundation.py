@@ -12,7 +12,6 @@ from memcim.io import load_array
 
 #: _shared._one_hw rewrites a hardware file's error "device.g_min: ..." as "hw: ..." and drops the key
 #: the user must fix ("--hw: 0.0001 must be smaller than device.g_max"); strict, so the fix shows up
-KEY_DROPPED = pytest.mark.xfail(strict=True, reason="commands/_shared._one_hw drops the key of a --hw file's error")
 
 
 def run_cli(argv, capsys):
@@ -126,11 +125,11 @@ def test_simulate_writes_png_and_text(files, capsys):
     (["--matrix", "{d}/W.npy", "--inputs", "{d}/X.npy", "--batch", "5"], "--batch: give --inputs or --batch"),
     (["--matrix", "{d}/W.npy", "--batch", "0"], "--batch: 0 is not allowed"),
     (["--matrix", "{d}/W.npy", "--hw", "{d}/badkey.toml"], "unknown key 'g_mx'"),
-    pytest.param(["--matrix", "{d}/W.npy", "--hw", "{d}/gminmax.toml"], "device.g_min", marks=KEY_DROPPED),
-    pytest.param(["--matrix", "{d}/W.npy", "--hw", "{d}/neg.toml"], "device.prog_sigma_abs", marks=KEY_DROPPED),
-    pytest.param(["--matrix", "{d}/W.npy", "--hw", "{d}/zerobits.toml"], "adc.bits", marks=KEY_DROPPED),
-    pytest.param(["--matrix", "{d}/W.npy", "--hw", "{d}/zerolevels.toml"], "device.levels", marks=KEY_DROPPED),
-    pytest.param(["--matrix", "{d}/W.npy", "--hw", "{d}/hugelevels.toml"], "device.levels: 1000000000000 is not allowed", marks=KEY_DROPPED),
+    pytest.param(["--matrix", "{d}/W.npy", "--hw", "{d}/gminmax.toml"], "device.g_min"),
+    pytest.param(["--matrix", "{d}/W.npy", "--hw", "{d}/neg.toml"], "device.prog_sigma_abs"),
+    pytest.param(["--matrix", "{d}/W.npy", "--hw", "{d}/zerobits.toml"], "adc.bits"),
+    pytest.param(["--matrix", "{d}/W.npy", "--hw", "{d}/zerolevels.toml"], "device.levels"),
+    pytest.param(["--matrix", "{d}/W.npy", "--hw", "{d}/hugelevels.toml"], "device.levels: 1000000000000 is not allowed"),
     (["--matrix", "{d}/W.npy", "--hw", "{d}/empty.toml"], "is empty"),
     (["--matrix", "{d}/W.npy", "--hw", "{d}/missing.toml"], "--hw: file not found"),
     (["--matrix", "{d}/W.npy", "--hw", "nope"], "--hw: unknown preset 'nope'"),

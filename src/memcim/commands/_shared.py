@@ -109,7 +109,10 @@ def _one_hw(spec, settings: dict, default: str | None):
     try:
         hw = resolve_config(spec, default=default or "realistic")
     except ValueError as e:
-        raise ValueError(f"hw: {str(e).split(': ', 1)[-1]}") from None
+        msg = str(e)
+        for prefix in ("preset: ", "config: "):  # the loader's own name for what --hw names
+            msg = msg.removeprefix(prefix)
+        raise ValueError(f"hw: {msg}") from None
     if settings:
         try:
             hw = hw.set(settings)
