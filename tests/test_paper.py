@@ -43,7 +43,8 @@ def fake(monkeypatch):
         Path(png).write_bytes(b"\x89PNG fake")
 
     def a(*, trials=100, n_images=1000, dataset="mnist", seed=0, scale=1.0):
-        calls.append(("000/a", dict(trials=trials, n_images=n_images, dataset=dataset, seed=seed, scale=scale)))
+        calls.append(("000/a", {"trials": trials, "n_images": n_images, "dataset": dataset, "seed": seed,
+                                "scale": scale}))
         return {"summary": {"value": scale * trials}, "config": {"trials": trials}}
 
     def b(*, seed=0, hw=None):

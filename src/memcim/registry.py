@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 #: Modules whose import registers the built-in entries.
 BUILTIN_MODULES = (
@@ -120,7 +121,7 @@ def keys(paper: str | None = None) -> list[str]:
     import re
 
     _load()
-    natural = lambda k: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", k)]  # noqa: E731
+    natural = lambda k: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", k)]
     return sorted((k for k, e in REGISTRY.items() if paper is None or e.paper == paper), key=natural)
 
 

@@ -83,7 +83,7 @@ def run_list(args) -> int:
     from memcim import registry
 
     items = []
-    for key in registry.keys():
+    for key in registry.keys():  # noqa: SIM118 - a function, not a dict
         e = registry.get(key)
         if e.paper is None:
             continue

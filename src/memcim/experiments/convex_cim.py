@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -30,11 +30,16 @@ from torch import nn
 
 from memcim.analysis.column_error import InputStats, LayerErrorModel
 from memcim.config import HardwareConfig
-from memcim.hardware.energy import EnergyConfig, digital_energy, layer_energy, network_energy
+from memcim.hardware.energy import (
+    EnergyConfig,
+    digital_energy,
+    layer_energy,
+    network_energy,
+)
 from memcim.optimize.convex_range import DesignLimits, optimize_layer
 from memcim.registry import register
 
-__all__ = ["run", "linear_inputs", "design_network", "PAPER"]
+__all__ = ["PAPER", "design_network", "linear_inputs", "run"]
 
 #: The paper's reported figures (abstract of paper 003).
 PAPER = {"naive_loss_points": 6.74, "optimized_accuracy": 97.32, "gap_to_digital_points": 0.89,
@@ -95,7 +100,7 @@ def design_network(model: nn.Module, hw: HardwareConfig, calib_x: torch.Tensor, 
 
 def _energy(designs: dict, ecfg: EnergyConfig) -> dict:
     layers = []
-    for name, d in designs.items():
+    for d in designs.values():
         lm = d["model"]
         layers.append(layer_energy(lm.W, lm.hw, g_min=d["design"].g_min, g_max=d["design"].g_max,
                                    u2=lm.stats.m2_plain, cfg=ecfg))
@@ -174,12 +179,11 @@ def run(*, chips: int = 10, seed: int = 0, epochs: int = 3, sweep_bits=(2, 3, 4,
     method : convex solver, "cvxpy" or "fast".
     log : called with one line at each stage (the CLI prints it on stderr); None: silent.
     """
+    from memcim import validate
     from memcim.config import resolve_config
     from memcim.data.datasets import load_dataset
     from memcim.nn.models import get_reference_model, reference_info
     from memcim.nn.train import evaluate_accuracy
-
-    from memcim import validate
 
     chips = validate.integer("chips", chips, lo=1, hi=100_000)
     epochs = validate.integer("epochs", epochs, lo=1, hi=1000)

@@ -42,7 +42,7 @@ import warnings
 import numpy as np
 import torch
 
-from memcim.config import HardwareConfig, preset
+from memcim.config import HardwareConfig
 from memcim.hardware.device import quantize_array
 from memcim.io import provenance, savefig
 from memcim.mapping.crossbar import map_matrix
@@ -105,7 +105,7 @@ def _check_bits(io_bits) -> tuple:
 # ------------------------------------------------------------------------------------------------
 def _with_targets(template, gp, gn, alpha: float):
     """A plan with ``template``'s (one-array) layout and hardware but other targets and scale."""
-    t = lambda g: torch.as_tensor(g, dtype=torch.float64).reshape(template.g_pos.shape)  # noqa: E731
+    t = lambda g: torch.as_tensor(g, dtype=torch.float64).reshape(template.g_pos.shape)
     return dataclasses.replace(template, g_pos=t(gp), g_neg=t(gn), level_pos=None, level_neg=None,
                                scale=torch.full_like(template.scale, float(alpha)))
 
@@ -662,7 +662,7 @@ def fig10a(*, model=None, dataset="mnist", n_images: int = 1000, n_calib: int = 
             if len(accs) > 1:
                 se2 += float(accs.var(ddof=1)) / len(accs)
             curves[m].append({"amplitude": float(a), "mean": mean, "stderr": float(np.sqrt(se2)),
-                              "draws": int(len(accs))})
+                              "draws": len(accs)})
     amax = max(amplitudes)
     summary = {"accuracy_software": acc_soft, "max_amplitude": float(amax), "n_images": n,
                "mapping_time_s": map_s, "wall_s": time.perf_counter() - t0,

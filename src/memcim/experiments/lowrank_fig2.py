@@ -17,7 +17,7 @@ import numpy as np
 
 from memcim.registry import register
 
-__all__ = ["run_fig2", "plot_fig2"]
+__all__ = ["plot_fig2", "run_fig2"]
 
 
 def _summary(res: dict) -> dict:
@@ -53,12 +53,16 @@ def run_fig2(size: int = 256, matrix_rank: int | None = None, alpha: float | Non
     dict with ``k`` (every feasible rank), ``r1``, ``r2``, ``normalized`` (closed form / baseline),
     the terms, ``mc`` (grid of k with normalised mean and stderr), ``k_opt``, ``best_normalized``.
     """
-    from memcim.analysis.lowrank import baseline_error, factorize, harmonic_matrix, svd_stats
+    from memcim import validate
+    from memcim.analysis.lowrank import (
+        baseline_error,
+        factorize,
+        harmonic_matrix,
+        svd_stats,
+    )
     from memcim.analysis.lowrank_montecarlo import mc_baseline, mc_lowrank
     from memcim.io import provenance
     from memcim.optimize.lowrank import best_reps_per_k
-
-    from memcim import validate
 
     size = validate.integer("size", size, lo=2, hi=4096)
     sigma = validate.number("sigma", sigma, lo=0.0, lo_open=True)

@@ -54,12 +54,11 @@ def _summary(res: dict) -> dict:
 def run_hw(size: int = 64, ranks=(2, 4, 8, 16), sigma_abs: float = 3e-6, trials: int = 200, batch: int = 64,
            split: str = "balanced", seed: int = 0, configs=None) -> dict:
     """Run the ladder. Returns a JSON-ready dict with one row per (config, scheme)."""
+    from memcim import validate
     from memcim.analysis.lowrank import harmonic_matrix, svd_stats
     from memcim.io import provenance
     from memcim.mapping.lowrank import hardware_baseline_error, hardware_lowrank
     from memcim.optimize.lowrank import best_reps_per_k
-
-    from memcim import validate
 
     size = validate.integer("size", size, lo=4, hi=4096)
     trials = validate.integer("trials", trials, lo=2)
@@ -109,6 +108,7 @@ def plot_hw(res: dict, path) -> None:
     """PNG: Monte Carlo / prediction (realized factors) per config and scheme, and the Monte Carlo
     error, two panels one above the other with the config names once, under the lower one."""
     import matplotlib.pyplot as plt
+
     from memcim.io import savefig
 
     rows = res["rows"]

@@ -27,7 +27,7 @@ from torch import nn
 
 from memcim.registry import register
 
-__all__ = ["linear_layers", "layer_second_moments", "run_mlp", "plot_mlp"]
+__all__ = ["layer_second_moments", "linear_layers", "plot_mlp", "run_mlp"]
 
 
 def linear_layers(model: nn.Module) -> list[nn.Linear]:
@@ -112,12 +112,11 @@ def run_mlp(model: nn.Module | str | None = None, model_name: str = "mnist-mlp-5
     -------
     JSON-ready dict: per budget, per-layer choices and predicted errors, accuracy mean/std.
     """
+    from memcim import validate
     from memcim.analysis.lowrank import factorize, svd_stats
     from memcim.data.datasets import load_dataset
     from memcim.io import provenance
     from memcim.optimize.lowrank import optimize_lowrank
-
-    from memcim import validate
 
     eta = validate.number("eta", eta, lo=0.0)
     trials = validate.integer("trials", trials, lo=1)

@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from memcim import registry
 from memcim.io import provenance, write_json
@@ -204,12 +204,12 @@ def write_report(out: Path, which: str, keys: list[str], records: dict[str, dict
     not_run = [k for k in keys if records.get(k, {}).get("status") in (NOT_RUN, INTERRUPTED)]
     failed = [k for k in keys if records.get(k, {}).get("status") == FAILED]
     lines = [f"# memcim reproduction report ({'quick' if quick else 'full'})", "",
-             f"Made by `memcim paper reproduce {which}{' --quick' if quick else ''} --seed {seed} --out {out}` "
-             f"(memcim {prov.get('memcim_version')}, commit {prov.get('git_commit')}, seed {seed}).",
+             (f"Made by `memcim paper reproduce {which}{' --quick' if quick else ''} --seed {seed} --out {out}` "
+              f"(memcim {prov.get('memcim_version')}, commit {prov.get('git_commit')}, seed {seed})."),
              "Each measured figure stands beside the paper's; *n/a* marks a value the step did not produce.", ""]
     if interrupted:
-        lines += [f"**Interrupted**: {len(not_run)} step(s) not run ({', '.join(not_run)}); "
-                  f"`memcim paper reproduce {which}{' --quick' if quick else ''} --resume --out {out}` continues.", ""]
+        lines += [(f"**Interrupted**: {len(not_run)} step(s) not run ({', '.join(not_run)}); "
+                   f"`memcim paper reproduce {which}{' --quick' if quick else ''} --resume --out {out}` continues."), ""]
     elif not_run:
         lines += [f"{len(not_run)} step(s) not run: {', '.join(not_run)}.", ""]
     if failed:
@@ -233,8 +233,8 @@ def write_report(out: Path, which: str, keys: list[str], records: dict[str, dict
                           "", f"    {_command(key, quick, seed, out / paper)}", ""]
                 continue
             if status == FAILED:
-                lines += [head, "", f"**failed** after {w or 0:.1f} s: {rec.get('message', '')} "
-                          f"(traceback: `{paper}/{entry.name}.error.txt`).", "",
+                lines += [head, "", (f"**failed** after {w or 0:.1f} s: {rec.get('message', '')} "
+                                     f"(traceback: `{paper}/{entry.name}.error.txt`)."), "",
                           f"    {_command(key, quick, seed, out / paper)}", ""]
                 continue
             lines += [head, "", f"{status}" + (f", {w:.1f} s" if w is not None else "") + ".", "",
