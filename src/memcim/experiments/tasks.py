@@ -17,10 +17,10 @@ Each task takes keyword parameters named as in the library (``hw``, ``chips``, `
 Examples
 --------
 >>> from memcim import registry
->>> r = registry.run("simulate", hw="realistic", size=32, batch=16, chips=2, seed=0)
->>> sorted(r)[:3]
-['mse', 'relative_error', 'signal_power']
->>> registry.run("sleep", duration=0, value=2.0)
+>>> r = registry.get("simulate").run(hw="realistic", size=32, batch=16, chips=2, seed=0)
+>>> sorted(r)
+['chips', 'cols', 'mse', 'relative_error', 'rows', 'signal_power', 'snr_db']
+>>> registry.get("sleep").run(duration=0, value=2.0)
 {'value': 2.0, 'double': 4.0, 'seed_out': 0}
 """
 from __future__ import annotations
