@@ -23,7 +23,7 @@ def files(tmp_path_factory):
 
 def test_optimize_range_json(files, capsys):
     rc = main(["optimize", "range", "--model", str(files / "m.pt"), "--trust-model-file", "--inputs",
-               str(files / "x.npy"), "--hw", "convex_cim", "--method", "fast", "--json"])
+               str(files / "x.npy"), "--hw", "convex_cim", "--solver", "fast", "--json"])
     out = capsys.readouterr().out
     assert rc == 0
     doc = json.loads(out)
@@ -38,7 +38,7 @@ def test_optimize_range_json(files, capsys):
 
 def test_optimize_range_per_column_text(files, capsys):
     rc = main(["optimize", "range", "--model", str(files / "m.pt"), "--trust-model-file", "--inputs",
-               str(files / "x.npy"), "--per-column", "--method", "cvxpy"])
+               str(files / "x.npy"), "--per-column", "--solver", "cvxpy"])
     out = capsys.readouterr().out
     assert rc == 0 and "per column" in out and "by term:" in out
 
@@ -51,7 +51,7 @@ def test_optimize_range_per_column_text(files, capsys):
 ])
 def test_optimize_range_infeasible_one_line(files, capsys, extra, msg):
     rc = main(["optimize", "range", "--model", str(files / "m.pt"), "--trust-model-file", "--inputs",
-               str(files / "x.npy"), "--method", "fast", *extra])
+               str(files / "x.npy"), "--solver", "fast", *extra])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and msg in err
     if msg not in ("--onoff-max: 0.5 is not allowed", "slack"):
@@ -71,7 +71,7 @@ def test_optimize_range_bad_inputs(files, capsys):
 def test_optimize_range_out_dir_and_hand_check(files, tmp_path, capsys):
     """--out writes range.json and range.png; the reported naive MSE is the column model's own."""
     rc = main(["optimize", "range", "--model", str(files / "m.pt"), "--trust-model-file", "--inputs",
-               str(files / "x.npy"), "--method", "fast", "--out", str(tmp_path)])
+               str(files / "x.npy"), "--solver", "fast", "--out", str(tmp_path)])
     assert rc == 0
     doc = json.loads((tmp_path / "range.json").read_text())
     assert (tmp_path / "range.png").stat().st_size > 1000 and doc["provenance"]["memcim_version"]

@@ -38,7 +38,7 @@ def _register_range(ps) -> None:
     sh.add_inputs(p, "model inputs X (N, ...) .npy/.npz/.csv for the layers' input statistics (instead of --data)")
     sh.add_hw(p, default="convex_cim")
     p.add_argument("--per-column", action="store_true", help="one FS per array column instead of one per layer")
-    p.add_argument("--method", default="cvxpy", choices=("cvxpy", "fast"),
+    p.add_argument("--solver", default="cvxpy", choices=("cvxpy", "fast"),
                    help="solver: cvxpy (default) or fast (closed-form line search)")
     p.add_argument("--slack", type=float, default=0.05,
                    help="accept this fraction more MSE than the least for less read power (default 0.05)")
@@ -86,7 +86,7 @@ def compute_range(args) -> dict:
         lm = LayerErrorModel(W, hw, InputStats.from_samples(acts[name], hw, name=f"{flag} (layer {name})"),
                              saturation=args.saturation)
         try:
-            r = optimize_layer(lm, limits, per_column=args.per_column, method=args.method)
+            r = optimize_layer(lm, limits, per_column=args.per_column, method=args.solver)
         except ValueError as e:
             raise ValueError(f"layer {name}: {e}") from None
         d = r.to_dict()
@@ -97,7 +97,7 @@ def compute_range(args) -> dict:
         layers.append(d)
     skipped = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     return {"command": "optimize range", "model": str(args.model), "inputs": src, "hw": hw.to_dict(),
-            "limits": limits.__dict__, "per_column": args.per_column, "method": args.method, "layers": layers,
+            "limits": limits.__dict__, "per_column": args.per_column, "method": args.solver, "layers": layers,
             "skipped_conv_layers": skipped, "units": "MSE in the units of each layer's output (x W); power in W",
             "config": {"model": str(args.model), "inputs": src, "normalize": args.normalize, "hw": hw.name},
             "provenance": provenance()}
@@ -171,7 +171,7 @@ def _register_gmax(ps) -> None:
                    help="one G_max per network, per crossbar layer (default) or per column")
     p.add_argument("--objective", default="max", choices=("max", "mean"),
                    help="max (default: mean over inputs of the max over outputs) or mean")
-    p.add_argument("--method", default="structured", choices=("structured", "ga", "both"),
+    p.add_argument("--solver", default="structured", choices=("structured", "ga", "both"),
                    help="structured (default), ga (pymoo genetic algorithm) or both")
     p.add_argument("--gmax-bounds", default=None, metavar="LO,HI",
                    help="G_max search range in the config's units (default 10 sigma, 1e4 sigma)")
@@ -244,7 +244,7 @@ def compute_gmax(args) -> dict:
     prob = GmaxProblem(model, x, sigma=ms["sigma"], levels=ms["levels"], granularity=args.granularity,
                        objective=args.objective, cov=args.cov, r=ms["r"], bounds=bounds, v_read=ms["v_read"],
                        g_offset=ms["g_offset"])
-    methods = ["structured", "ga"] if args.method == "both" else [args.method]
+    methods = ["structured", "ga"] if args.solver == "both" else [args.solver]
     results = {}
     for m in methods:
         results[m] = optimize_gmax(None, None, sigma=ms["sigma"], power_budget=args.power_budget, method=m,
