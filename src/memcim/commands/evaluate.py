@@ -35,7 +35,8 @@ def register(sub) -> None:
                    help="training samples that calibrate the ADC full scales (default 256; with your own "
                         "X.npy the first N inputs)")
     p.add_argument("--batch-size", type=int, default=1000, metavar="N", help="inference batch size (default 1000)")
-    _shared.add_out(p, what="evaluate.json")
+    _shared.add_out(p)
+    p._option_string_actions["--out"].help = "directory to write evaluate.json into (one entry per --hw)"
     p.set_defaults(func=run)
 
 

@@ -52,7 +52,12 @@ def register(sub) -> None:
                    help="initial Adam learning rate, cosine-decayed to 0 over the epochs (default 0.001)")
     p.add_argument("--batch-size", type=int, default=128, metavar="N", help="mini-batch size (default 128)")
     _shared.add_seed(p)
-    _shared.add_out(p, what="checkpoint.pt, model.pt and train.json (default train-<arch>-<dataset>[-hwa])")
+    _shared.add_out(p)
+    p._option_string_actions["--out"].help = ("directory of checkpoint.pt, model.pt and train.json; an existing "
+                                              "checkpoint there resumes (default train-<arch>-<dataset>[-hwa])")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads while training (default: the cores other processes leave free, at most "
+                        "torch's count; more threads than free cores slow training many times)")
     p.set_defaults(func=run)
 
 
