@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
+# About a minute on 2 cores: results/demo/index.html. The papers' full reproduction is
+# `$(BIN)/memcim paper reproduce` (see the README for how long it takes).
 demo: $(STAMP)
 	$(BIN)/memcim demo
-	$(BIN)/memcim reproduce --quick all --out results/report
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -4,19 +4,6 @@ import json
 from memcim.cli import main
 
 
-def test_demo_quick_writes_table_plot_and_json(tmp_path, capsys):
-    rc = main(["demo", "--quick", "--no-network", "--trials", "1", "--out", str(tmp_path)])
-    assert rc == 0
-    out = capsys.readouterr().out
-    assert "all together" in out and "programming" in out
-    assert (tmp_path / "error_vs_programming_noise.png").stat().st_size > 1000
-    res = json.loads((tmp_path / "demo.json").read_text())
-    # more programming noise never helps: the error grows along the sweep
-    errs = res["sweep"]["gaussian"]["relative_error"]
-    assert errs[-1] > errs[0]
-    assert res["provenance"]["seed"] == 0
-
-
 def test_reproduce_writes_report_and_records_failures(tmp_path, monkeypatch):
     # reproduce runs registered entries directly: a failing one is recorded and the run goes on
     from memcim import registry
