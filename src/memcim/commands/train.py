@@ -56,8 +56,9 @@ def register(sub) -> None:
     p._option_string_actions["--out"].help = ("directory of checkpoint.pt, model.pt and train.json; an existing "
                                               "checkpoint there resumes (default train-<arch>-<dataset>[-hwa])")
     p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch threads while training (default: the cores other processes leave free, at most "
-                        "torch's count; more threads than free cores slow training many times)")
+                   help="torch threads while training (default 1: the same bits on every rerun, and never more "
+                        "threads than free cores, which slows training many times; more threads help a large "
+                        "model on an idle machine but change the last bits)")
     p.set_defaults(func=run)
 
 
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     validate.out_dir("out", out)
     net = convert_to_analog(model, hw, seed=args.seed) if hw is not None else model
     hist = train(net, train_ds, val_ds=val_ds, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                 seed=args.seed, checkpoint_dir=out)
+                 seed=args.seed, checkpoint_dir=out, threads=args.threads or 1)
     digital = convert_to_digital(net) if hw is not None else net
     digital.eval()
     final_ds, final_what = (test_ds, "test") if test_ds is not None else (train_ds, "train")

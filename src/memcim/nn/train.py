@@ -13,10 +13,12 @@ read, straight through the roundings (see :mod:`memcim.nn.analog` and :mod:`memc
 
 Threads: a small model trained with more torch threads than free cores runs many times slower
 (OpenMP threads wait on each other: an MLP epoch took 7x longer with 2 threads than with 1 on a
-busy 2-core machine). :func:`train` therefore uses the threads set by ``--threads`` (environment
-``MEMCIM_THREADS``) or ``threads=``, and otherwise no more than the cores left free by other
-processes (:func:`default_threads`); torch's setting is restored afterwards. The thread count does
-not change the result here (one and two threads gave bit-identical reference models).
+busy 2-core machine). :func:`train` therefore uses ``threads=`` or the threads set by
+``--threads`` (environment ``MEMCIM_THREADS``), and otherwise no more than the cores left free by
+other processes (:func:`default_threads`); torch's setting is restored afterwards. The thread
+count changes the last bits of the trained weights (the reductions are split differently), so a
+bit-reproducible run fixes it: ``memcim train`` uses one thread unless ``--threads`` says otherwise,
+and the shipped reference models were made with one thread.
 """
 from __future__ import annotations
 
