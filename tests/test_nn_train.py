@@ -257,3 +257,17 @@ def test_cli_train_own_arrays_and_init(tmp_path, capsys):
     assert main(["train", "--init", str(tmp_path / "own" / "model.pt"), "--data", f"{tmp_path}/x.npy,{tmp_path}/y.npy",
                  "--epochs", "1", "--lr", "0.001", "--out", str(tmp_path / "ft"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["train_accuracy_digital"] > 0.8
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["evaluate", "--model", "m.pt", "--preset", "ideal"], "--preset is gone; use --hw"),
+    (["evaluate", "--model", "m.pt", "--dataset", "digits"], "--dataset is gone; use --data"),
+    (["evaluate", "--model", "m.pt", "--limit", "10"], "--limit is gone; use --data DATASET:SPLIT:N"),
+    (["train", "--arch", "mlp-16", "--hardware-aware", "noisy"], "--hardware-aware is gone; use --hw"),
+    (["train", "--arch", "mlp-16", "--limit", "100"], "--limit is gone; use --data DATASET:train:N"),
+])
+def test_old_flags_name_their_replacement(argv, msg, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and msg in err and err.count("\n") == 1

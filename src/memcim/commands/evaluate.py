@@ -6,6 +6,10 @@ import sys
 
 from memcim.commands import _shared
 
+#: flags of the old ``evaluate`` -> their replacement
+GONE = {"--preset": "--hw", "--config": "--hw", "--dataset": "--data DATASET[:SPLIT][:N]",
+        "--split": "--data DATASET:SPLIT", "--limit": "--data DATASET:SPLIT:N"}
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -37,6 +41,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=1000, metavar="N", help="inference batch size (default 1000)")
     _shared.add_out(p)
     p._option_string_actions["--out"].help = "directory to write evaluate.json into (one entry per --hw)"
+    from memcim.commands.simulate import add_gone
+
+    add_gone(p, GONE)
     p.set_defaults(func=run)
 
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from memcim.commands import _shared
 
+#: flags of the old ``train`` -> their replacement
+GONE = {"--hardware-aware": "--hw", "--dataset": "--data DATASET[:train][:N]", "--limit": "--data DATASET:train:N"}
+
 #: A final accuracy below chance + this margin (or 3 binomial standard deviations, if larger) warns.
 CHANCE_MARGIN = 0.05
 
@@ -59,6 +62,9 @@ def register(sub) -> None:
                    help="torch threads while training (default 1: the same bits on every rerun, and never more "
                         "threads than free cores, which slows training many times; more threads help a large "
                         "model on an idle machine but change the last bits)")
+    from memcim.commands.simulate import add_gone
+
+    add_gone(p, GONE)
     p.set_defaults(func=run)
 
 
