@@ -271,3 +271,20 @@ def test_old_flags_name_their_replacement(argv, msg, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and msg in err and err.count("\n") == 1
+
+
+def test_cli_train_normalize_round_trip(tmp_path, capsys):
+    """A model trained with --normalize M,S and evaluated with the same flag scores what training reported."""
+    assert main(["train", "--arch", "mlp-16", "--data", "digits", "--normalize", "0.5,0.25", "--epochs", "3",
+                 "--lr", "0.01", "--batch-size", "32", "--out", str(tmp_path), "--json"]) == 0
+    cap = capsys.readouterr()
+    doc = json.loads(cap.out)
+    assert doc["normalize"] == [0.5, 0.25] and doc["input_range"] == [-2.0, 2.0]   # digits pixels span [0, 1]
+    assert "input range [-2, 2]" in cap.err
+    m = load_model_file(tmp_path / "model.pt")
+    te = load_digits("test")
+    truth = float((m((te.x - 0.5) / 0.25).argmax(1) == te.y).float().mean())
+    assert doc["test_accuracy_digital"] == pytest.approx(truth) and truth > 0.8
+    assert main(["evaluate", "--model", str(tmp_path / "model.pt"), "--data", "digits:test", "--normalize",
+                 "0.5,0.25", "--hw", "ideal", "--chips", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["digital_accuracy"] == pytest.approx(truth)
