@@ -123,15 +123,24 @@ def _acc_summary(r: dict) -> dict:
             "mse": {k: r["mse"][k] for k in ("mean", "std")}, "seconds": r["seconds"]}
 
 
-def _presets(hw) -> list:
-    """ideal, the user's hardware and noisy, without repeats (by name)."""
+def label(hw) -> str:
+    """A config's name, or ``"<name> (custom)"`` when it differs from the preset of that name."""
     from memcim.config import preset
 
-    out, seen = [], set()
-    for h in (preset("ideal"), hw, preset("noisy")):
-        if h.name not in seen:
-            seen.add(h.name)
-            out.append(h)
+    try:
+        return hw.name if preset(hw.name) == hw else f"{hw.name} (custom)"
+    except ValueError:  # not a preset's name: a user's file
+        return hw.name
+
+
+def _presets(hw, with_ideal: bool = True) -> list[tuple[str, object]]:
+    """(label, config) of ideal, the user's hardware and noisy, without repeats."""
+    from memcim.config import preset
+
+    out: list[tuple[str, object]] = []
+    for h in ((preset("ideal"),) if with_ideal else ()) + (hw, preset("noisy")):
+        if not any(h == o for _, o in out):
+            out.append((label(h), h))
     return out
 
 
@@ -145,7 +154,7 @@ def budget_section(mlp: nn.Module, x_layer: np.ndarray, hw, *, chips: int, seed:
     contrib = b["contributions"]
     largest = max(contrib, key=lambda k: contrib[k]["mse"]) if contrib else None
     return {"layer": "3 (256 x 128, the MLP's second Linear)", "inputs": int(x_layer.shape[0]), "chips": chips,
-            "hardware": hw.name, "total": b["total"], "contributions": contrib,
+            "hardware": label(hw), "total": b["total"], "contributions": contrib,
             "interaction_mse": b["interaction_mse"], "nonidealities_off": b["nonidealities_off"], "largest": largest}
 
 
@@ -157,18 +166,17 @@ def accuracy_section(models: dict, test, calib: torch.Tensor, hw, *, chips: int,
     hws = _presets(hw)
     for name, m in models.items():
         per = {}
-        for h in hws:
+        for lab, h in hws:
             r = evaluate_analog(m, test, h, chips=chips, seed=seed, calib_data=calib, progress=False)
-            per[h.name] = _acc_summary(r)
+            per[lab] = _acc_summary(r)
         out[name] = {"digital": next(iter(per.values()))["digital"], "presets": per}
-    return {"images": len(test), "chips": chips, "presets": [h.name for h in hws], "models": out}
+    return {"images": len(test), "chips": chips, "presets": [lab for lab, _ in hws], "models": out}
 
 
 @torch.no_grad()
 def closed_form_section(mlp: nn.Module, x: torch.Tensor, calib: torch.Tensor, hw, *, chips: int, seed: int) -> dict:
     """Closed-form output MSE of the MLP against the Monte Carlo of ``chips`` chips, same inputs."""
     from memcim.analysis.predict import predict
-    from memcim.config import preset
     from memcim.nn.evaluate import chip_outputs
 
     model = _double(mlp)
@@ -176,8 +184,9 @@ def closed_form_section(mlp: nn.Module, x: torch.Tensor, calib: torch.Tensor, hw
     cal = calib.double()
     ref = model(x)
     out = {}
-    hws = [hw] if hw.name == "noisy" else [hw, preset("noisy")]
-    for h in hws:
+    # a config without non-idealities computes x W exactly: nothing to predict there
+    hws = [(lab, h) for lab, h in _presets(hw, with_ideal=False) if h.active_nonidealities()]
+    for lab, h in hws:
         t0 = time.perf_counter()
         pred = predict(model, x, h, calib_data=cal)
         tp = time.perf_counter() - t0
@@ -191,7 +200,7 @@ def closed_form_section(mlp: nn.Module, x: torch.Tensor, calib: torch.Tensor, hw
         mc = float(m.mean())
         se = float(m.std(ddof=1) / math.sqrt(len(m))) if len(m) > 1 else math.nan
         p = float(pred.mse_mean)
-        out[h.name] = {"predicted_mse": p, "mc_mse": mc, "mc_stderr": se, "mc_values": m.tolist(),
+        out[lab] = {"predicted_mse": p, "mc_mse": mc, "mc_stderr": se, "mc_values": m.tolist(),
                        "ratio": p / mc if mc > 0 else (1.0 if p == 0 else math.inf),
                        "z": (p - mc) / se if se and se > 0 else (0.0 if p == mc else math.inf),
                        "predict_seconds": tp, "mc_seconds": tm}
@@ -333,7 +342,7 @@ def run_demo(*, hw=None, chips: int | None = None, seed: int = 0, quick: bool = 
         seconds[name] = time.perf_counter() - t0
         say(f"{name}: {seconds[name]:.1f} s")
     seconds["total"] = time.perf_counter() - t_all
-    result.provenance = provenance(seed=seed, hardware=hw.name)
+    result.provenance = provenance(seed=seed, hardware=label(hw))
     return result
 
 
@@ -368,7 +377,7 @@ def format_table(result: DemoResult) -> str:
         lines.append(f"3. closed form vs Monte Carlo: output MSE of the MLP on {cf['images']} images, "
                      f"{cf['chips']} chips")
         for p, r in cf["presets"].items():
-            lines.append(f"   {p:10s} predicted {r['predicted_mse']:.4g} ({r['predict_seconds']:.1f} s)   "
+            lines.append(f"   {p:14s} predicted {r['predicted_mse']:.4g} ({r['predict_seconds']:.1f} s)   "
                          f"Monte Carlo {r['mc_mse']:.4g} ± {r['mc_stderr']:.2g}   ratio {r['ratio']:.3f}")
     if "tile" in s:
         t = s["tile"]
