@@ -41,7 +41,7 @@ FLAGS: dict[str, str] = {
     "n_test": "--data", "n_inputs": "--data",
     "normalize": "--normalize", "input_shape": "--input-shape",
     "inputs": "--inputs", "matrix": "--matrix", "model": "--model", "import_modules": "--import",
-    "trust_model_file": "--trust-model-file", "out": "--out", "threads": "--threads",
+    "trust_model_file": "--trust-model-file", "out": "--out", "checkpoint_dir": "--out", "threads": "--threads",
 }
 
 DEFAULT_DATA = "mnist:test:1000"
