@@ -88,18 +88,19 @@ def test_lowrank_bad_input(capsys, tmp_path, cmd, extra, match):
 
 
 def test_fig2_small(capsys, tmp_path):
-    rc, out, err = _run(capsys, ["lowrank-fig2", "--out", str(tmp_path), "--size", "48", "--trials", "200",
-                                 "--points", "5"])
+    rc, out, err = _run(capsys, ["paper", "run", "000/fig2", "--out", str(tmp_path), "--param", "size=48",
+                                 "--chips", "200", "--param", "n_points=5"])
     assert rc == 0, err
-    d = json.loads((tmp_path / "lowrank_fig2.json").read_text())
+    d = json.loads((tmp_path / "000_fig2.json").read_text())
     norm = np.array(d["normalized"])
     i = int(np.argmin(norm))
     assert d["k"][i] == d["k_opt"] and 0 < i < len(norm) - 1   # U-shape: interior optimum
     for p in d["mc"]:
         assert abs(p["mean"] - p["predicted"]) < 4.5 * p["stderr"]
-    assert (tmp_path / "lowrank_fig2.png").stat().st_size > 1000
+    assert (tmp_path / "000_fig2.png").stat().st_size > 1000
 
 
 def test_fig2_bad_input(capsys, tmp_path):
-    rc, out, err = _run(capsys, ["lowrank-fig2", "--out", str(tmp_path), "--size", "1"])
-    assert rc == 2 and "--size" in err
+    rc, out, err = _run(capsys, ["paper", "run", "000/fig2", "--out", str(tmp_path), "--param", "size=1"])
+    errors = [line for line in err.splitlines() if ": error:" in line]
+    assert rc == 2 and len(errors) == 1 and "--param size" in errors[0] and "Traceback" not in err
