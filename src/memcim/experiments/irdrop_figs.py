@@ -687,9 +687,10 @@ def plot_fig10a(res: dict, png) -> None:
     plt = _plt()
     c = res["config"]
     fig, ax = plt.subplots(figsize=(6, 4.2), layout="constrained")
+    dx = 0.015 * 100 * (max(c["amplitudes"]) or 1.0)  # methods side by side, so the bars do not hide each other
     for i, m in enumerate(c["methods"]):
         cv = res["curves"][m]
-        ax.errorbar([100 * p["amplitude"] + 0.15 * i for p in cv], [100 * p["mean"] for p in cv],
+        ax.errorbar([100 * p["amplitude"] + dx * i for p in cv], [100 * p["mean"] for p in cv],
                     yerr=[100 * p["stderr"] for p in cv], fmt=_STYLE[m], label=m, capsize=3, ms=4)
     ax.axhline(100 * res["summary"]["accuracy_software"], color="gray", ls=":", label="software (float)")
     ax.set(xlabel="RTN amplitude [% of g]", ylabel="test accuracy [%]",
