@@ -34,6 +34,5 @@ def test_reproduce_writes_report_and_records_failures(tmp_path, monkeypatch):
 def test_reproduce_bad_paper(capsys):
     import pytest
 
-    with pytest.raises(SystemExit):
-        main(["reproduce", "004"])
+    assert main(["reproduce", "004"]) == 2
     assert "invalid choice" in capsys.readouterr().err

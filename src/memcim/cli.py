@@ -142,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     argv, notice = rewrite_alias(argv, names)
     if notice:
         print(notice, file=sys.stderr)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error already printed as one line
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     if not getattr(args, "func", None):
         leaf = getattr(args, "_parser", parser)
         leaf.print_help()
