@@ -151,7 +151,7 @@ def test_finetune_runs_and_rejects_bad_settings():
     assert any(not torch.equal(a, b) for a, b in zip(before, m.parameters()))
     with pytest.raises(ValueError, match="--epochs"):
         finetune_noise_aware(m, hw, ds, epochs=0)
-    with pytest.raises(ValueError, match="--lr"):
+    with pytest.raises(ValueError, match="^lr: "):
         finetune_noise_aware(m, hw, ds, lr=-1.0)
     with pytest.raises(TypeError, match="model: expected an nn.Sequential"):
         finetune_noise_aware(nn.Linear(64, 10), hw, ds)

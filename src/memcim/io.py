@@ -173,29 +173,3 @@ def savefig(fig, path: str | os.PathLike) -> Path:
     fig.savefig(p, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return p
-
-
-def emit_result(result: Any, *, out: str | os.PathLike | None, name: str, as_json: bool,
-                plot=None) -> bool:
-    """The end of every result-producing command.
-
-    Writes ``<out>/<name>.json`` (and ``<out>/<name>.png`` through ``plot(result, path)``) when
-    ``out`` is given, and prints the result as one JSON object when ``as_json``.
-
-    Returns
-    -------
-    True when JSON was printed (the caller then prints nothing else to stdout).
-    """
-    if out:
-        write_json(Path(out) / f"{name}.json", result)
-        if plot is not None:
-            plot(result, Path(out) / f"{name}.png")
-    if as_json:
-        print(dumps(result))
-    return as_json
-
-
-def require_output(args) -> None:
-    """A command that only writes files or JSON needs ``--out`` or ``--json``."""
-    if getattr(args, "out", None) is None and not getattr(args, "json", False):
-        raise ValueError("--out: required (or --json to print the result)")

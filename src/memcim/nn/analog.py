@@ -53,7 +53,7 @@ _MAX_CALIB_ROWS = 4096
 def layer_seed(seed: int, index: int) -> int:
     """Independent 63-bit seed for layer ``index`` derived from a model-level ``seed``."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"--seed: {seed!r} is not allowed; use a non-negative integer")
+        raise ValueError(f"seed: {seed!r} is not allowed; use a non-negative integer")
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(2, np.uint32).astype(np.uint64)
                .dot([1 << 31, 1])) & ((1 << 63) - 1)
 

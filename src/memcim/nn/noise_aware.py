@@ -283,7 +283,7 @@ def finetune_noise_aware(model: nn.Sequential, hardware, train_ds, *, overrides:
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name}: {v!r} is not allowed; must be a positive integer")
     if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0):
-        raise ValueError(f"--lr: {lr!r} is not allowed; must be > 0")
+        raise ValueError(f"lr: {lr!r} is not allowed; must be > 0")
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"model: expected an nn.Sequential, got {type(model).__name__}")
     analog = convert_to_analog(model, hardware, overrides=overrides, calib_data=calib_data, seed=seed)
