@@ -246,7 +246,8 @@ def write_report(out: Path, which: str, keys: list[str], records: dict[str, dict
             rows = _rows(entry, result) if result else []
             if rows:
                 lines += ["| quantity | paper | memcim |", "| --- | --- | --- |"]
-                lines += [f"| {q} | {p} | {m} |" for q, p, m in rows]
+                cell = lambda t: str(t).replace("|", "\\|")  # a | inside a cell would end it
+                lines += [f"| {cell(q)} | {cell(p)} | {cell(m)} |" for q, p, m in rows]
                 lines.append("")
     report = out / "REPORT.md"
     report.write_text("\n".join(lines) + "\n")
