@@ -199,15 +199,16 @@ def calibration(args):
 
 
 # ------------------------------------------------------------------ model
-def add_model(p, *, required: bool = True, default: str | None = None) -> None:
-    p.add_argument("--model", required=required, default=default, metavar="NAME|FILE",
-                   help="reference model (mnist-mlp-500-300, mnist-mlp-256-128, mnist-cnn-small) or a "
-                        "torch.save(model) file")
+def add_model(p, *, required: bool = True, default: str | None = None, flag: str = "--model",
+              help_text: str = "reference model (mnist-mlp-500-300, mnist-mlp-256-128, mnist-cnn-small) or a "
+                               "torch.save(model) file") -> None:
+    """``--model`` (or ``flag``), ``--import``, ``--trust-model-file`` and ``--input-shape``."""
+    p.add_argument(flag, required=required, default=default, metavar="NAME|FILE", help=help_text)
     p.add_argument("--import", action="append", default=[], dest="import_modules", metavar="MODULE",
-                   help="import MODULE (a .py file or a dotted module name) first, so the model file's own "
+                   help=f"import MODULE (a .py file or a dotted module name) first, so the {flag} file's own "
                         "classes load; needs --trust-model-file (repeatable)")
     p.add_argument("--trust-model-file", action="store_true",
-                   help="allow full unpickling of --model (runs code from the file)")
+                   help=f"allow full unpickling of {flag} (runs code from the file)")
     p.add_argument("--input-shape", default=None, metavar="C,H,W",
                    help="reshape each sample to this shape before the model (default: the data's shape; "
                         "an MLP whose first layer is Linear gets flattened inputs)")

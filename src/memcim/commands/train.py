@@ -29,16 +29,8 @@ def register(sub) -> None:
     p.add_argument("--arch", default=None, metavar="ARCH",
                    help="a fresh model: mlp-500-300, mlp-256-128, mlp-H1-H2-... (ReLU MLP), cnn-small or "
                         "cnn-large (the paper-001 CNNs); give --arch or --init")
-    p.add_argument("--init", default=None, metavar="NAME|FILE",
-                   help="fine-tune this model instead: a reference model name or a torch.save(model) file")
-    p.add_argument("--import", action="append", default=[], dest="import_modules", metavar="MODULE",
-                   help="import MODULE (a .py file or a dotted module name) first, so the --init file's own "
-                        "classes load; needs --trust-model-file (repeatable)")
-    p.add_argument("--trust-model-file", action="store_true",
-                   help="allow full unpickling of --init (runs code from the file)")
-    p.add_argument("--input-shape", default=None, metavar="C,H,W",
-                   help="reshape each sample to this shape before the model (default: the data's shape; an "
-                        "MLP whose first layer is Linear gets flattened inputs)")
+    _shared.add_model(p, required=False, flag="--init",
+                 help_text="fine-tune this model instead: a reference model name or a torch.save(model) file")
     p.add_argument("--data", default="mnist:train", metavar="SPEC",
                    help="training data: DATASET[:SPLIT][:N] with split train (the default when omitted) or "
                         "trainval, e.g. mnist:train:5000; or X.npy,Y.npy with your own inputs and integer "
