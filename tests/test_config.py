@@ -138,7 +138,7 @@ def test_frozen_and_replace():
 
 def test_without_and_only_switch_each_nonideality():
     hw = preset("realistic").set({"device.rtn_amplitude": 0.1, "wires.r_wire": 1.0, "wires.r_in": 100.0,
-                                  "wires.r_out": 100.0})
+                                  "wires.r_out": 100.0, "device.drift_nu": 0.05, "device.read_1f_q": 0.01})
     assert set(hw.active_nonidealities()) == set(NONIDEALITIES)
     for name in NONIDEALITIES:
         assert name not in hw.without(name).active_nonidealities()
@@ -146,7 +146,7 @@ def test_without_and_only_switch_each_nonideality():
         assert hw.only(name).active_nonidealities() == (name,)
     assert preset("ideal").active_nonidealities() == ()
     with pytest.raises(ValueError, match="non-ideality"):
-        hw.without("drift")
+        hw.without("aging")
 
 
 @pytest.mark.parametrize("settings,match", [
@@ -189,7 +189,8 @@ def test_set_is_replace_with_dotted_names_and_round_trips():
     assert hw.device.prog_sigma_rel == 0.05 and hw.wires.rc == 2.0 and hw.name == "mine"
     assert hw == hw.replace(device={"prog_sigma_rel": 0.05})
     assert HardwareConfig.from_toml(hw.to_toml()) == hw
-    assert set(HardwareConfig.fields()) == {"device", "dac", "adc", "array", "wires", "cell", "mapping"}
+    assert set(HardwareConfig.fields()) == {"device", "dac", "adc", "array", "wires", "cell", "mapping",
+                                                 "compensation"}
 
 
 @pytest.mark.parametrize("name", ["irdrop", "lowrank", "convex_cim"])

@@ -36,12 +36,15 @@ import tomli_w
 from memcim import validate as _validate
 
 #: Non-idealities that :meth:`HardwareConfig.without` / :meth:`HardwareConfig.only` can switch.
-NONIDEALITIES = ("quantization", "programming", "stuck", "rtn", "thermal", "shot", "dac", "adc", "wires")
+NONIDEALITIES = ("quantization", "programming", "stuck", "rtn", "drift", "flicker", "thermal", "shot", "dac", "adc",
+                 "wires")
 
 #: Cell I-V models (see :mod:`memcim.hardware.cells`).
 CELL_MODELS = ("linear", "taox", "taox_1t1r")
 #: Mapping methods (see :mod:`memcim.mapping.irdrop`).
 MAPPING_METHODS = ("linear", "dpe", "representable")
+#: Drift compensation modes (see :class:`CompensationConfig`).
+DRIFT_COMPENSATION = ("none", "global", "column")
 
 BOLTZMANN = 1.380649e-23  # J/K
 ELEMENTARY_CHARGE = 1.602176634e-19  # C
@@ -124,6 +127,22 @@ class DeviceConfig(_Section):
     shot_noise : draw shot noise, variance 2 q |I| bandwidth, per device per read.
     temperature : device temperature [K].
     bandwidth : read (integration) bandwidth [Hz].
+    prog_sigma_poly : programming-noise standard deviation as a polynomial in the normalised target
+        ``x = G / g_max``: ``sigma = max(0, c0 + c1 x + c2 x**2 + ...)`` [S] (coefficients in S), as
+        fitted to PCM data; independent of (adds in variance to) the three sources above.
+    drift_t0 : time after programming [s] at which a device holds its programmed conductance; reads
+        at ``t >= drift_t0``.
+    drift_nu, drift_nu_slope : drift exponent of a device at target ``G``:
+        ``G(t) = G(t0) (t / t0)**(-nu)`` with ``nu ~ N(mu(G), s(G)**2)`` drawn once per device when the
+        chip is programmed; ``mu(G) = drift_nu + drift_nu_slope ln(G / g_max)`` clipped to
+        ``[drift_nu_min, drift_nu_max]``. ``drift_nu = drift_nu_slope = drift_nu_std = 0``: no drift.
+    drift_nu_std, drift_nu_std_slope : ``s(G) = max(0, drift_nu_std + drift_nu_std_slope ln(G / g_max))``.
+    drift_nu_min, drift_nu_max : bounds of the mean exponent ``mu(G)``.
+    read_1f_q, read_1f_exp, read_1f_q_max : 1/f (low-frequency) read noise: a read at time ``t``
+        sees ``G + N(0, sigma_1f**2)`` with ``sigma_1f = G Q(G) sqrt(ln((t + t_read) / (2 t_read)))``
+        and ``Q(G) = min(read_1f_q (G / g_max)**(-read_1f_exp), read_1f_q_max)``, one draw per device
+        per read call (the noise is slow compared with one read). ``read_1f_q = 0``: off.
+    read_t_read : duration of one read [s] (the high-frequency end of the 1/f integral).
     """
 
     _section = "device"
@@ -142,6 +161,18 @@ class DeviceConfig(_Section):
     shot_noise: bool = False
     temperature: float = 300.0
     bandwidth: float = 1e8
+    prog_sigma_poly: tuple[float, ...] | None = None
+    drift_t0: float = 20.0
+    drift_nu: float = 0.0
+    drift_nu_slope: float = 0.0
+    drift_nu_std: float = 0.0
+    drift_nu_std_slope: float = 0.0
+    drift_nu_min: float = 0.0
+    drift_nu_max: float = 1.0
+    read_1f_q: float = 0.0
+    read_1f_exp: float = 0.0
+    read_1f_q_max: float = 1.0
+    read_t_read: float = 250e-9
 
     def __post_init__(self):
         s = self._section
@@ -183,6 +214,36 @@ class DeviceConfig(_Section):
         _bool(f"{s}.shot_noise", self.shot_noise)
         object.__setattr__(self, "temperature", _num(f"{s}.temperature", self.temperature, lo=0.0, lo_open=True))
         object.__setattr__(self, "bandwidth", _num(f"{s}.bandwidth", self.bandwidth, lo=0.0, lo_open=True))
+        if self.prog_sigma_poly is not None:
+            poly = self.prog_sigma_poly
+            if isinstance(poly, (int, float)) or not hasattr(poly, "__len__") or not 1 <= len(poly) <= 8:
+                raise ValueError(f"{s}.prog_sigma_poly: {poly!r} is not allowed; give 1 to 8 coefficients [S] "
+                                 "of powers of G / g_max")
+            object.__setattr__(self, "prog_sigma_poly",
+                               tuple(_num(f"{s}.prog_sigma_poly[{i}]", v) for i, v in enumerate(poly)))
+        object.__setattr__(self, "drift_t0", _num(f"{s}.drift_t0", self.drift_t0, lo=0.0, lo_open=True))
+        for name in ("drift_nu", "drift_nu_slope", "drift_nu_std_slope", "read_1f_exp"):
+            object.__setattr__(self, name, _num(f"{s}.{name}", getattr(self, name)))
+        for name in ("drift_nu_std", "read_1f_q", "read_1f_q_max"):
+            object.__setattr__(self, name, _num(f"{s}.{name}", getattr(self, name), lo=0.0))
+        object.__setattr__(self, "drift_nu_min", _num(f"{s}.drift_nu_min", self.drift_nu_min))
+        object.__setattr__(self, "drift_nu_max", _num(f"{s}.drift_nu_max", self.drift_nu_max))
+        if self.drift_nu_min > self.drift_nu_max:
+            raise ValueError(f"{s}.drift_nu_min: {self.drift_nu_min!r} must not exceed {s}.drift_nu_max = "
+                             f"{self.drift_nu_max!r}")
+        object.__setattr__(self, "read_t_read", _num(f"{s}.read_t_read", self.read_t_read, lo=0.0, lo_open=True))
+        if self.read_t_read >= self.drift_t0:
+            raise ValueError(f"{s}.read_t_read: {self.read_t_read!r} s is not allowed; a read must be shorter than "
+                             f"{s}.drift_t0 = {self.drift_t0!r} s")
+
+    @property
+    def has_drift(self) -> bool:
+        return self.drift_nu != 0 or self.drift_nu_slope != 0 or self.drift_nu_std > 0 or (
+            self.drift_nu_std_slope != 0)
+
+    @property
+    def has_read_1f(self) -> bool:
+        return self.read_1f_q > 0
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
@@ -198,7 +259,8 @@ class DeviceConfig(_Section):
     @property
     def has_programming_noise(self) -> bool:
         return self.prog_sigma_abs > 0 or self.prog_sigma_rel > 0 or (
-            self.prog_sigma_table is not None and any(v > 0 for v in self.prog_sigma_table))
+            self.prog_sigma_table is not None and any(v > 0 for v in self.prog_sigma_table)) or (
+            self.prog_sigma_poly is not None and any(v != 0 for v in self.prog_sigma_poly))
 
     @property
     def has_rtn(self) -> bool:
@@ -480,8 +542,30 @@ class CellConfig(_Section):
         return self.model == "linear"
 
 
+@dataclass(frozen=True)
+class CompensationConfig(_Section):
+    """Drift compensation in the digital periphery, as a chip does it.
+
+    Right after programming (at ``device.drift_t0``) the chip reads a reference batch (the
+    calibration inputs, by default the 512 standard normal vectors that calibrate the ADC) and
+    keeps the sum of ``|y|``; a read at time ``t`` first reads the same batch again and scales its
+    outputs by the ratio of the two sums: one factor for the whole matrix (``global``), or one per
+    output column (``column``). Both reference reads are ordinary noisy reads.
+
+    Parameters
+    ----------
+    drift : "none" (default), "global" or "column".
+    """
+
+    _section = "compensation"
+    drift: str = "none"
+
+    def __post_init__(self):
+        _choice("compensation.drift", self.drift, DRIFT_COMPENSATION)
+
+
 _SECTIONS = {"device": DeviceConfig, "dac": DACConfig, "adc": ADCConfig, "array": ArrayConfig,
-             "wires": WiresConfig, "cell": CellConfig, "mapping": MappingConfig}
+             "wires": WiresConfig, "cell": CellConfig, "mapping": MappingConfig, "compensation": CompensationConfig}
 
 
 @dataclass(frozen=True)
@@ -508,6 +592,7 @@ class HardwareConfig:
     wires: WiresConfig = field(default_factory=WiresConfig)
     cell: CellConfig = field(default_factory=CellConfig)
     mapping: MappingConfig = field(default_factory=MappingConfig)
+    compensation: CompensationConfig = field(default_factory=CompensationConfig)
     name: str = "custom"
 
     def __post_init__(self):
@@ -672,11 +757,17 @@ class HardwareConfig:
                 dev = dataclasses.replace(hw.device, levels=None, bits=None, prog_sigma_table=None)
                 hw = dataclasses.replace(hw, device=dev)
             elif n == "programming":
-                hw = hw.replace(device={"prog_sigma_abs": 0.0, "prog_sigma_rel": 0.0, "prog_sigma_table": None})
+                hw = hw.replace(device={"prog_sigma_abs": 0.0, "prog_sigma_rel": 0.0, "prog_sigma_table": None,
+                                        "prog_sigma_poly": None})
             elif n == "stuck":
                 hw = hw.replace(device={"stuck_at_min": 0.0, "stuck_at_max": 0.0})
             elif n == "rtn":
                 hw = hw.replace(device={"rtn_amplitude": 0.0})
+            elif n == "drift":
+                hw = hw.replace(device={"drift_nu": 0.0, "drift_nu_slope": 0.0, "drift_nu_std": 0.0,
+                                        "drift_nu_std_slope": 0.0})
+            elif n == "flicker":
+                hw = hw.replace(device={"read_1f_q": 0.0})
             elif n == "wires":
                 hw = dataclasses.replace(hw, wires=WiresConfig(), cell=CellConfig(),
                                          mapping=hw.mapping.replace(method="linear"))
@@ -700,7 +791,8 @@ class HardwareConfig:
         """The non-idealities this config switches on."""
         d = self.device
         on = {"quantization": d.levels is not None, "programming": d.has_programming_noise,
-              "stuck": d.stuck_at_min > 0 or d.stuck_at_max > 0, "rtn": d.has_rtn, "thermal": d.thermal_noise,
+              "stuck": d.stuck_at_min > 0 or d.stuck_at_max > 0, "rtn": d.has_rtn, "drift": d.has_drift,
+              "flicker": d.has_read_1f, "thermal": d.thermal_noise,
               "shot": d.shot_noise, "dac": self.dac.enabled, "adc": self.adc.enabled,
               "wires": self.wires.enabled}
         return tuple(n for n in NONIDEALITIES if on[n])
