@@ -5,7 +5,13 @@ devices). ``chip.mvm(x)`` runs one read of every chip:
 
     x -> DAC -> word lines (u * v_read) -> crossbar currents (+ thermal and shot noise drawn fresh on
     every read) -> TIA (V = r_tia * I) -> ADC (per array or per column full scale) -> digital rescale
-    -> partial sums of the row tiles added digitally.
+    -> partial sums of the row tiles added digitally (-> drift compensation).
+
+**Time.** ``program`` fixes the programming time ``t0 = device.drift_t0`` and draws one drift
+exponent per device; ``chip.mvm(x, t=3600)`` reads at ``t`` seconds after programming: every
+conductance is ``G (t/t0)**(-nu)``, each read call draws one 1/f snapshot (``device.read_1f_*``)
+and one RTN snapshot, and with ``compensation.drift`` the outputs are rescaled by the ratio of a
+reference read at ``t0`` to one at ``t`` (global, or per column), as a chip's digital periphery does.
 
 Trials are the leading dimension of every output. Everything runs on the tensors' device (CPU or
 CUDA) and is reproducible from the seeds.
@@ -41,7 +47,8 @@ import torch
 
 from memcim.config import HardwareConfig
 from memcim.hardware.converters import adc_convert, dac_convert
-from memcim.hardware.device import program_devices, read_noise_variance, rtn_factor
+from memcim.hardware.device import (check_time, drift_exponents, drift_factor, flicker_sigma, program_devices,
+                                    read_noise_variance, rtn_factor)
 from memcim.hardware.readers import NewtonTiles
 from memcim.mapping.crossbar import MappedMatrix, map_matrix
 
@@ -78,11 +85,39 @@ class ProgrammedChip:
     g_pos: torch.Tensor
     g_neg: torch.Tensor
     generator: torch.Generator
+    nu_pos: torch.Tensor | None = None
+    nu_neg: torch.Tensor | None = None
+    reference_inputs: torch.Tensor | None = None
 
     def __post_init__(self):
         self._cache = None
         self._newton = None
         self._gd = None      # the reader's effective difference: depends on conductances, wires, cells only
+        self._t = self.mapped.hw.device.drift_t0   # the read time the caches hold
+        self._g_t = None     # (g_pos, g_neg) drifted to self._t, or None at t0
+        self._comp = {}      # read time -> drift-compensation factor
+
+    # ------------------------------------------------------------------ time
+    def _goto(self, t: float) -> None:
+        """Move the caches to read time ``t`` (drifted conductances, their reader state)."""
+        if t == self._t:
+            return
+        self._t = t
+        if self.nu_pos is None:   # no drift: the conductances do not change with time
+            return
+        dev = self.mapped.hw.device
+        self._g_t = None if t == dev.drift_t0 else (self.g_pos * drift_factor(self.nu_pos, t, dev),
+                                                     self.g_neg * drift_factor(self.nu_neg, t, dev))
+        self._cache = None
+        self._newton = None
+        self._gd = None
+
+    def conductances(self, t: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(g_pos, g_neg)`` [S] at read time ``t`` (default: the time of the last read, at first
+        ``device.drift_t0``), before the per-read 1/f and RTN snapshots."""
+        if t is not None:
+            self._goto(check_time(t, self.mapped.hw.device))
+        return self._g_t if self._g_t is not None else (self.g_pos, self.g_neg)
 
     @property
     def trials(self) -> int:
@@ -101,16 +136,19 @@ class ProgrammedChip:
         """"ideal" or "circuit" (see :attr:`memcim.config.HardwareConfig.reader`)."""
         return self.mapped.hw.reader
 
-    def effective_difference(self) -> torch.Tensor:
+    def effective_difference(self, t: float | None = None) -> torch.Tensor:
         """What each array computes per unit drive, ``j = u @ G_d`` [S]: ``G+ - G-`` with ideal wires,
-        the realized-matrix difference of every tile's nodal solve with wires (cached)."""
+        the realized-matrix difference of every tile's nodal solve with wires (cached), at read time
+        ``t`` (default: that of the last read)."""
+        self.conductances(t)
         return self._prepared()[0]
 
-    def realized(self) -> torch.Tensor:
+    def realized(self, t: float | None = None) -> torch.Tensor:
         """Each chip's effective matrix with converters and read noise off, (trials, in, out)
-        (IR drop included when the array has wires; non-linear cells linearised at the calibration read)."""
+        (IR drop included when the array has wires; non-linear cells linearised at the calibration
+        read; drifted to ``t`` when given)."""
         m = self.mapped
-        w = self.effective_difference() / m.scale.to(self.dtype).unsqueeze(1)
+        w = self.effective_difference(t) / m.scale.to(self.dtype).unsqueeze(1)
         w = w.reshape(self.trials, m.n_row_tiles * m.tile_rows, m.out_pad)
         return w[:, : m.in_features, : m.out_features]
 
@@ -128,8 +166,9 @@ class ProgrammedChip:
         if self._cache is None:
             m = self.mapped
             hw = m.hw
+            gp_t, gn_t = self.conductances()
             if self._gd is None:
-                self._gd = self._difference(self.g_pos, self.g_neg).contiguous()
+                self._gd = self._difference(gp_t, gn_t).contiguous()
             gd = self._gd
             scale = m.scale.to(device=self.device, dtype=self.dtype)
             # the ADC full scale in units of u @ G [S]
@@ -137,24 +176,32 @@ class ProgrammedChip:
             gs = gsum_th = None
             if hw.device.thermal_noise or hw.device.shot_noise:
                 if m.scheme == "differential":
-                    gs = (self.g_pos + self.g_neg).contiguous()
+                    gs = (gp_t + gn_t).contiguous()
                 else:
-                    gs = self.g_pos.contiguous()
+                    gs = gp_t.contiguous()
                 gsum_th = gs.sum(dim=2, keepdim=True)
             self._cache = (gd, scale, fs, gs, gsum_th)
         return self._cache
 
-    def _rtn_snapshot(self, trials: slice, gen: torch.Generator):
-        """Conductances of one RTN snapshot (fresh per read call) and their effective difference."""
+    def _snapshot(self, trials: slice, gen: torch.Generator):
+        """Conductances of one read call's snapshot (RTN states, then 1/f noise at the read time) and
+        their effective difference."""
         m = self.mapped
         dev = m.hw.device
-        gp, gn = self.g_pos[trials], self.g_neg[trials]
-        gp = gp * rtn_factor(gp.shape, dev, gen, dtype=gp.dtype, device=gp.device)
-        gn = gn * rtn_factor(gn.shape, dev, gen, dtype=gn.dtype, device=gn.device)
+        gp, gn = (g[trials] for g in self.conductances())
+        if dev.has_rtn:
+            gp = gp * rtn_factor(gp.shape, dev, gen, dtype=gp.dtype, device=gp.device)
+            gn = gn * rtn_factor(gn.shape, dev, gen, dtype=gn.dtype, device=gn.device)
+        if dev.has_read_1f:
+            for i, g in enumerate((gp, gn)):
+                sd = flicker_sigma(g.detach(), self._t, dev)
+                noisy = g + sd * torch.randn(g.shape, generator=gen, dtype=g.dtype, device=g.device)
+                noisy = torch.where(g.detach() > 0, noisy.clamp_min(0.0), g)   # absent devices stay at 0 S
+                gp, gn = (noisy, gn) if i == 0 else (gp, noisy)
         return gp, gn, self._difference(gp, gn)
 
     def mvm(self, x, seed: int | None = None, generator: torch.Generator | None = None, *,
-            differentiable: bool = False) -> torch.Tensor:
+            differentiable: bool = False, t: float | None = None) -> torch.Tensor:
         """One read of every chip: ``y ~ x @ W``.
 
         Parameters
@@ -164,15 +211,53 @@ class ProgrammedChip:
         differentiable : the training read: the same values, out of place and straight through
             the converters, so gradients reach ``x`` and (with ``program(..., weights=W)``) ``W``
             (see the module docstring). Default False: the in-place, memory-lean read.
+        t : read time [s] after programming (default ``device.drift_t0``; see the module docstring).
 
         Returns
         -------
         Tensor (trials, batch, out) in the chip's dtype and device.
         """
-        m = self.mapped
         x = self._check_inputs(x)
         gen = generator if generator is not None else (
             _generator(seed, self.device) if seed is not None else self.generator)
+        t = check_time(t, self.mapped.hw.device)
+        y = self._mvm_at(x, t, gen, differentiable)
+        if self.mapped.hw.compensation.drift != "none":
+            y = y * self._compensation(t, gen).to(y.dtype)
+        return y
+
+    def _compensation(self, t: float, gen: torch.Generator) -> torch.Tensor:
+        """The drift-compensation factor at ``t``: reference read at ``t0`` over reference read at
+        ``t`` (sums of ``|y|``; one per chip, or per chip and column), computed once per chip and time."""
+        if t not in self._comp:
+            dev, mode = self.mapped.hw.device, self.mapped.hw.compensation.drift
+            ref = self._reference()
+            keep = self._t
+            if ("sum", dev.drift_t0) not in self._comp:
+                s0 = self._mvm_at(ref, dev.drift_t0, gen, False).abs().sum(dim=-2, keepdim=True)
+                self._comp[("sum", dev.drift_t0)] = s0
+            s0 = self._comp[("sum", dev.drift_t0)]
+            st = s0 if t == dev.drift_t0 else self._mvm_at(ref, t, gen, False).abs().sum(dim=-2, keepdim=True)
+            self._goto(keep)
+            if mode == "global":
+                s0, st = s0.sum(dim=-1, keepdim=True), st.sum(dim=-1, keepdim=True)
+            self._comp[t] = torch.where(st > 0, s0 / st.clamp_min(torch.finfo(st.dtype).tiny),
+                                        torch.ones_like(st)).detach()
+        return self._comp[t]
+
+    def _reference(self) -> torch.Tensor:
+        """Reference inputs of drift compensation: ``reference_inputs``, else 512 standard normal
+        vectors (seed 0, the ADC calibration's default)."""
+        if self.reference_inputs is not None:
+            return self._check_inputs(self.reference_inputs)
+        g = torch.Generator(device="cpu").manual_seed(0)
+        x = torch.randn(512, self.mapped.in_features, generator=g, dtype=torch.float64)
+        return x.to(device=self.device, dtype=self.dtype)
+
+    def _mvm_at(self, x: torch.Tensor, t: float, gen: torch.Generator, differentiable: bool) -> torch.Tensor:
+        """The read of checked inputs ``x`` at time ``t`` (no compensation)."""
+        m = self.mapped
+        self._goto(t)
         prepared = self._prepared()
         u, xscale = dac_convert(x, m.hw.dac, ste=differentiable)
         pad = m.n_row_tiles * m.tile_rows - m.in_features
@@ -201,7 +286,7 @@ class ProgrammedChip:
                                  "supported (every read would rebuild the non-linear tiles); use cell.solve = "
                                  "'linearized' or switch RTN off")
             if self._newton is None:
-                self._newton = NewtonTiles(self.mapped, self.g_pos, self.g_neg)
+                self._newton = NewtonTiles(self.mapped, *self.conductances())
             j = self._newton.currents(ut, range(self.trials)[trials])
             if differentiable:  # Newton's result, the gradient of the ideal reader
                 lin = torch.matmul(ut, gd)
@@ -217,9 +302,9 @@ class ProgrammedChip:
         dev = hw.device
         gd, scale, fs, gs, gsum_th = prepared
         gd = gd[trials]
-        g_pos, g_neg = self.g_pos[trials], self.g_neg[trials]
-        if dev.has_rtn:  # one telegraph snapshot per read call
-            g_pos, g_neg, gd = self._rtn_snapshot(trials, gen)
+        g_pos, g_neg = (g[trials] for g in self.conductances())
+        if dev.has_rtn or dev.has_read_1f:  # one telegraph / 1/f snapshot per read call
+            g_pos, g_neg, gd = self._snapshot(trials, gen)
             if gs is not None:
                 gs = (g_pos + g_neg) if m.scheme == "differential" else g_pos
                 gsum_th = gs.sum(dim=2, keepdim=True)
@@ -288,9 +373,12 @@ class ProgrammedChip:
                              f"{tuple(self.mapped.g_pos.shape)}")
         gen = torch.Generator(device=self.device)
         gen.set_state(self.generator.get_state())
-        chip = ProgrammedChip(mapped=mapped.to(self.device), g_pos=self.g_pos, g_neg=self.g_neg, generator=gen)
+        chip = ProgrammedChip(mapped=mapped.to(self.device), g_pos=self.g_pos, g_neg=self.g_neg, generator=gen,
+                              nu_pos=self.nu_pos, nu_neg=self.nu_neg, reference_inputs=self.reference_inputs)
         o, n = self.mapped.hw, mapped.hw
-        if (o.wires, o.cell, o.mapping.scheme, o.mapping.pair) == (n.wires, n.cell, n.mapping.scheme, n.mapping.pair):
+        same_time = self.nu_pos is None or self._t == o.device.drift_t0
+        if same_time and (o.wires, o.cell, o.mapping.scheme, o.mapping.pair, o.device.drift_t0) == (
+                n.wires, n.cell, n.mapping.scheme, n.mapping.pair, n.device.drift_t0):
             chip._gd = self.effective_difference()   # the same devices on the same wires: solved tiles carry over
         return chip
 
@@ -300,15 +388,18 @@ class ProgrammedChip:
 
     def state_dict(self) -> dict:
         """Tensors that define this chip (the plan is rebuilt from the config and W)."""
-        return {"g_pos": self.g_pos, "g_neg": self.g_neg, "rng_state": self.generator.get_state()}
+        d = {"g_pos": self.g_pos, "g_neg": self.g_neg, "rng_state": self.generator.get_state()}
+        if self.nu_pos is not None:
+            d.update(nu_pos=self.nu_pos, nu_neg=self.nu_neg)
+        return d
 
     def load_state_dict(self, state: dict) -> None:
         self.g_pos = state["g_pos"].to(self.g_pos)
         self.g_neg = state["g_neg"].to(self.g_neg)
         self.generator.set_state(state["rng_state"])
-        self._cache = None
-        self._newton = None
-        self._gd = None
+        if "nu_pos" in state:
+            self.nu_pos, self.nu_neg = state["nu_pos"].to(self.g_pos), state["nu_neg"].to(self.g_neg)
+        self.__post_init__()
 
 
 def _trainable_targets(m: MappedMatrix, weights, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -331,7 +422,7 @@ def _trainable_targets(m: MappedMatrix, weights, dtype) -> tuple[torch.Tensor, t
 
 
 def program(mapped: MappedMatrix, seed: int | None = None, trials: int = 1, *, dtype: torch.dtype = torch.float32,
-            device=None, weights: torch.Tensor | None = None) -> ProgrammedChip:
+            device=None, weights: torch.Tensor | None = None, reference_inputs=None) -> ProgrammedChip:
     """Program ``trials`` independent chips with the plan ``mapped``.
 
     Parameters
@@ -344,8 +435,11 @@ def program(mapped: MappedMatrix, seed: int | None = None, trials: int = 1, *, d
     weights : for training, the matrix W (in, out) the plan was made from, as a tensor that needs
         its gradient: the chips are the same, and their conductances carry ``d G / d W`` (see the
         module docstring; read them with ``mvm(x, differentiable=True)``).
+    reference_inputs : (batch, in) inputs of the drift compensation's reference reads (default: 512
+        standard normal vectors); used only with ``compensation.drift``.
 
-    To leave a non-ideality out, program a plan made with ``hw.without(...)``.
+    With drift on (``device.drift_*``), one drift exponent per device is drawn after the programming
+    noise, from the same seed. To leave a non-ideality out, program a plan made with ``hw.without(...)``.
     """
     if not isinstance(mapped, MappedMatrix):
         raise TypeError(f"mapped: expected a MappedMatrix from map_matrix, got {type(mapped).__name__}")
@@ -363,7 +457,16 @@ def program(mapped: MappedMatrix, seed: int | None = None, trials: int = 1, *, d
         t_pos, t_neg = _trainable_targets(m, weights.to(device), dtype)
     g_pos = program_devices(t_pos, m.level_pos, m.mask_pos, dev, int(trials), gen)
     g_neg = program_devices(t_neg, m.level_neg, m.mask_neg, dev, int(trials), gen)
-    return ProgrammedChip(mapped=m, g_pos=g_pos, g_neg=g_neg, generator=gen)
+    nu_pos = nu_neg = None
+    if dev.has_drift:
+        nu_pos = drift_exponents(t_pos, dev, int(trials), gen)
+        nu_neg = drift_exponents(t_neg, dev, int(trials), gen)
+    ref = None
+    if reference_inputs is not None:
+        ref = torch.as_tensor(np.asarray(reference_inputs) if not isinstance(reference_inputs, torch.Tensor)
+                              else reference_inputs.detach())
+    return ProgrammedChip(mapped=m, g_pos=g_pos, g_neg=g_neg, generator=gen, nu_pos=nu_pos, nu_neg=nu_neg,
+                          reference_inputs=ref)
 
 
 def simulate_mvm(W, x, hw: HardwareConfig, trials: int = 1, seed: int | None = 0, *, calib_inputs=None,

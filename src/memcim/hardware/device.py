@@ -1,5 +1,5 @@
 """Device physics, in one place: conductance levels, programming noise, stuck-at faults, random
-telegraph noise and read noise.
+telegraph noise, drift and 1/f read noise over time, and thermal/shot read noise.
 
 Every fidelity level calls these functions: the simulator (:mod:`memcim.simulate`), the mapping
 (:mod:`memcim.mapping`), the closed forms (:mod:`memcim.analysis`) and training (:mod:`memcim.nn`).
@@ -56,7 +56,75 @@ def programming_sigma(g_target: torch.Tensor, level: torch.Tensor | None, dev: D
     if dev.prog_sigma_table is not None and level is not None:
         table = torch.tensor(dev.prog_sigma_table, dtype=g_target.dtype, device=g_target.device)
         var = var + table[level] ** 2
+    if dev.prog_sigma_poly is not None:
+        var = var + poly_sigma(g_target, dev) ** 2
     return var.sqrt()
+
+
+def poly_sigma(g: torch.Tensor, dev: DeviceConfig) -> torch.Tensor:
+    """``max(0, sum_k c_k (G / g_max)**k)`` [S]: the programming sigma of ``dev.prog_sigma_poly``."""
+    x = g / dev.g_max
+    out = torch.zeros_like(g)
+    for c in reversed(dev.prog_sigma_poly or ()):
+        out = out * x + c
+    return out.clamp_min(0.0)
+
+
+# ------------------------------------------------------------------ time: drift and 1/f read noise
+def check_time(t, dev: DeviceConfig, name: str = "t") -> float:
+    """A read time [s]: finite and not before ``device.drift_t0`` (None means ``drift_t0``)."""
+    if t is None:
+        return dev.drift_t0
+    if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) or not math.isfinite(float(t)):
+        raise ValueError(f"{name}: {t!r} is not allowed; a read time is a finite number of seconds")
+    t = float(t)
+    if t < dev.drift_t0:
+        raise ValueError(f"{name}: {t:g} s is before device.drift_t0 = {dev.drift_t0:g} s; a chip is read at "
+                         "t >= drift_t0 after programming")
+    return t
+
+
+def drift_parameters(g: torch.Tensor, dev: DeviceConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``mu(G)`` and standard deviation ``s(G)`` of the drift exponent of devices with target ``G``
+    (see :class:`memcim.config.DeviceConfig`); devices at 0 S get the values at ``g_min`` (or 1e-9 g_max)."""
+    floor = max(dev.g_min, 1e-9 * dev.g_max)
+    lg = torch.log(g.clamp_min(floor) / dev.g_max)
+    mu = (dev.drift_nu + dev.drift_nu_slope * lg).clamp(dev.drift_nu_min, dev.drift_nu_max)
+    sd = (dev.drift_nu_std + dev.drift_nu_std_slope * lg).clamp_min(0.0)
+    return mu, sd
+
+
+def drift_exponents(g_target: torch.Tensor, dev: DeviceConfig, trials: int,
+                    generator: torch.Generator) -> torch.Tensor:
+    """One drift exponent per device and chip, ``nu ~ N(mu(G), s(G)^2)``, (trials, *g_target.shape)."""
+    mu, sd = drift_parameters(g_target.detach(), dev)
+    z = torch.randn((trials, *g_target.shape), generator=generator, dtype=g_target.dtype, device=g_target.device)
+    return mu + sd * z
+
+
+def drift_factor(nu: torch.Tensor, t: float, dev: DeviceConfig) -> torch.Tensor:
+    """``(t / t0)**(-nu)``: what a conductance programmed at ``t0`` is multiplied by at time ``t``."""
+    return torch.exp(-nu * math.log(t / dev.drift_t0))
+
+
+def drift_moments(g: torch.Tensor, t: float, dev: DeviceConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and second moment of the drift factor ``(t/t0)**(-nu)`` over devices with target ``G``:
+    ``nu`` Gaussian makes it log-normal, ``E = exp(-mu L + s^2 L^2 / 2)``,
+    ``E[f^2] = exp(-2 mu L + 2 s^2 L^2)`` with ``L = ln(t / t0)``."""
+    mu, sd = drift_parameters(g, dev)
+    L = math.log(t / dev.drift_t0)
+    return torch.exp(-mu * L + 0.5 * (sd * L) ** 2), torch.exp(-2.0 * mu * L + 2.0 * (sd * L) ** 2)
+
+
+def flicker_sigma(g: torch.Tensor, t: float, dev: DeviceConfig) -> torch.Tensor:
+    """Standard deviation [S] of the 1/f read noise of devices at conductance ``G`` read at time ``t``:
+    ``G Q(G) sqrt(ln((t + t_read) / (2 t_read)))``, ``Q(G) = min(q (G/g_max)**(-exp), q_max)``."""
+    if not dev.has_read_1f:
+        return torch.zeros_like(g)
+    x = (g / dev.g_max).clamp_min(1e-12)
+    q = (dev.read_1f_q * x.pow(-dev.read_1f_exp)).clamp_max(dev.read_1f_q_max)
+    span = math.log((t + dev.read_t_read) / (2.0 * dev.read_t_read))
+    return g.clamp_min(0.0) * q * math.sqrt(max(span, 0.0))
 
 
 def program_devices(g_target: torch.Tensor, level: torch.Tensor | None, mask: torch.Tensor | None,
@@ -111,9 +179,11 @@ def rtn_factor(shape, dev: DeviceConfig, generator: torch.Generator, *, dtype=to
     return 1.0 - dev.rtn_amplitude * low.to(dtype)
 
 
-def conductance_moments(g: torch.Tensor, level: torch.Tensor | None, mask: torch.Tensor, dev) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and variance [S, S^2] of programmed conductances over chips and RTN snapshots: the closed
-    form of :func:`program_devices` followed by :func:`rtn_factor`.
+def conductance_moments(g: torch.Tensor, level: torch.Tensor | None, mask: torch.Tensor, dev,
+                        t: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance [S, S^2] of programmed conductances over chips and reads: the closed form of
+    :func:`program_devices`, then (at a read time ``t``) the drift factor and the 1/f read noise, then
+    :func:`rtn_factor`.
 
     Parameters
     ----------
@@ -125,7 +195,11 @@ def conductance_moments(g: torch.Tensor, level: torch.Tensor | None, mask: torch
     -------
     (mean, var), both shaped like ``g``: Gaussian programming noise clipped at 0 S (a rectified
     Gaussian), then stuck at g_min / g_max with probabilities ``stuck_at_min`` / ``stuck_at_max``,
-    then the RTN factor (mean ``1 - pA``, second moment ``1 - 2pA + pA^2``).
+    then, at time ``t`` (default ``device.drift_t0``: no drift, 1/f noise of a read at ``t0``), the
+    drift factor (independent of the programming noise; :func:`drift_moments`) and the 1/f noise
+    (its variance ``G^2 Q(G)^2 ln(...)`` averaged over the drifted ``G``: exact for ``read_1f_exp = 0``
+    and evaluated at the mean otherwise), then the RTN factor (mean ``1 - pA``, second moment
+    ``1 - 2pA + pA^2``).
     """
     if dev.has_programming_noise:
         # Gaussian programming noise, clipped at 0 S as the simulator clips it (rectified Gaussian)
@@ -145,6 +219,18 @@ def conductance_moments(g: torch.Tensor, level: torch.Tensor | None, mask: torch
         second = keep * (mean * mean + var) + p0 * dev.g_min ** 2 + p1 * dev.g_max ** 2
         mean = keep * mean + p0 * dev.g_min + p1 * dev.g_max
         var = (second - mean * mean).clamp_min(0.0)
+    t = check_time(t, dev)
+    if dev.has_drift and t != dev.drift_t0:
+        f1, f2 = drift_moments(g, t, dev)
+        second = f2 * (var + mean * mean)
+        mean = f1 * mean
+        var = (second - mean * mean).clamp_min(0.0)
+    if dev.has_read_1f:
+        if dev.read_1f_exp == 0 and dev.read_1f_q * 1.0 <= dev.read_1f_q_max:
+            span = math.log((t + dev.read_t_read) / (2.0 * dev.read_t_read))
+            var = var + dev.read_1f_q ** 2 * span * (var + mean * mean)
+        else:
+            var = var + flicker_sigma(mean, t, dev) ** 2
     if dev.has_rtn:
         a, p = dev.rtn_amplitude, dev.rtn_probability
         f1, f2 = 1.0 - p * a, 1.0 - 2.0 * p * a + p * a * a
