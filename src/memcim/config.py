@@ -136,12 +136,16 @@ class DeviceConfig(_Section):
         ``G(t) = G(t0) (t / t0)**(-nu)`` with ``nu ~ N(mu(G), s(G)**2)`` drawn once per device when the
         chip is programmed; ``mu(G) = drift_nu + drift_nu_slope ln(G / g_max)`` clipped to
         ``[drift_nu_min, drift_nu_max]``. ``drift_nu = drift_nu_slope = drift_nu_std = 0``: no drift.
-    drift_nu_std, drift_nu_std_slope : ``s(G) = max(0, drift_nu_std + drift_nu_std_slope ln(G / g_max))``.
+    drift_nu_std, drift_nu_std_slope : ``s(G) = drift_nu_std + drift_nu_std_slope ln(G / g_max)`` clipped to
+        ``[drift_nu_std_min, drift_nu_std_max]`` (the intercept may be negative when the slope makes
+        ``s`` positive over the window).
     drift_nu_min, drift_nu_max : bounds of the mean exponent ``mu(G)``.
+    drift_nu_std_min, drift_nu_std_max : bounds of the spread ``s(G)``, ``0 <= min <= max``.
     read_1f_q, read_1f_exp, read_1f_q_max : 1/f (low-frequency) read noise: a read at time ``t``
-        sees ``G + N(0, sigma_1f**2)`` with ``sigma_1f = G Q(G) sqrt(ln((t + t_read) / (2 t_read)))``
-        and ``Q(G) = min(read_1f_q (G / g_max)**(-read_1f_exp), read_1f_q_max)``, one draw per device
-        per read call (the noise is slow compared with one read). ``read_1f_q = 0``: off.
+        sees ``G(t) + N(0, sigma_1f**2)`` with ``sigma_1f = G(t) Q(G_T) sqrt(ln((t + t_read) / (2 t_read)))``
+        and ``Q(G_T) = min(read_1f_q (G_T / g_max)**(-read_1f_exp), read_1f_q_max)`` at the device's
+        target ``G_T``, one draw per device per read call (the noise is slow compared with one read).
+        ``read_1f_q = 0``: off.
     read_t_read : duration of one read [s] (the high-frequency end of the 1/f integral).
     """
 
@@ -169,6 +173,8 @@ class DeviceConfig(_Section):
     drift_nu_std_slope: float = 0.0
     drift_nu_min: float = 0.0
     drift_nu_max: float = 1.0
+    drift_nu_std_min: float = 0.0
+    drift_nu_std_max: float = 1.0
     read_1f_q: float = 0.0
     read_1f_exp: float = 0.0
     read_1f_q_max: float = 1.0
@@ -222,10 +228,16 @@ class DeviceConfig(_Section):
             object.__setattr__(self, "prog_sigma_poly",
                                tuple(_num(f"{s}.prog_sigma_poly[{i}]", v) for i, v in enumerate(poly)))
         object.__setattr__(self, "drift_t0", _num(f"{s}.drift_t0", self.drift_t0, lo=0.0, lo_open=True))
-        for name in ("drift_nu", "drift_nu_slope", "drift_nu_std_slope", "read_1f_exp"):
+        for name in ("drift_nu", "drift_nu_slope", "drift_nu_std", "drift_nu_std_slope", "read_1f_exp"):
             object.__setattr__(self, name, _num(f"{s}.{name}", getattr(self, name)))
-        for name in ("drift_nu_std", "read_1f_q", "read_1f_q_max"):
+        for name in ("read_1f_q", "read_1f_q_max", "drift_nu_std_min", "drift_nu_std_max"):
             object.__setattr__(self, name, _num(f"{s}.{name}", getattr(self, name), lo=0.0))
+        if self.drift_nu_std < 0 and self.drift_nu_std_slope == 0:
+            raise ValueError(f"{s}.drift_nu_std: {self.drift_nu_std!r} is not allowed; a spread of the drift "
+                             "exponent must be >= 0 (a negative intercept needs drift_nu_std_slope)")
+        if self.drift_nu_std_min > self.drift_nu_std_max:
+            raise ValueError(f"{s}.drift_nu_std_min: {self.drift_nu_std_min!r} must not exceed "
+                             f"{s}.drift_nu_std_max = {self.drift_nu_std_max!r}")
         object.__setattr__(self, "drift_nu_min", _num(f"{s}.drift_nu_min", self.drift_nu_min))
         object.__setattr__(self, "drift_nu_max", _num(f"{s}.drift_nu_max", self.drift_nu_max))
         if self.drift_nu_min > self.drift_nu_max:
@@ -238,8 +250,8 @@ class DeviceConfig(_Section):
 
     @property
     def has_drift(self) -> bool:
-        return self.drift_nu != 0 or self.drift_nu_slope != 0 or self.drift_nu_std > 0 or (
-            self.drift_nu_std_slope != 0)
+        return self.drift_nu != 0 or self.drift_nu_slope != 0 or self.drift_nu_std != 0 or (
+            self.drift_nu_std_slope != 0) or self.drift_nu_min > 0 or self.drift_nu_std_min > 0
 
     @property
     def has_read_1f(self) -> bool:

@@ -193,8 +193,8 @@ class ProgrammedChip:
             gp = gp * rtn_factor(gp.shape, dev, gen, dtype=gp.dtype, device=gp.device)
             gn = gn * rtn_factor(gn.shape, dev, gen, dtype=gn.dtype, device=gn.device)
         if dev.has_read_1f:
-            for i, g in enumerate((gp, gn)):
-                sd = flicker_sigma(g.detach(), self._t, dev)
+            for i, (g, tgt) in enumerate(((gp, m.g_pos), (gn, m.g_neg))):
+                sd = flicker_sigma(g.detach(), self._t, dev, tgt.to(g.dtype))
                 noisy = g + sd * torch.randn(g.shape, generator=gen, dtype=g.dtype, device=g.device)
                 noisy = torch.where(g.detach() > 0, noisy.clamp_min(0.0), g)   # absent devices stay at 0 S
                 gp, gn = (noisy, gn) if i == 0 else (gp, noisy)

@@ -90,7 +90,7 @@ def drift_parameters(g: torch.Tensor, dev: DeviceConfig) -> tuple[torch.Tensor, 
     floor = max(dev.g_min, 1e-9 * dev.g_max)
     lg = torch.log(g.clamp_min(floor) / dev.g_max)
     mu = (dev.drift_nu + dev.drift_nu_slope * lg).clamp(dev.drift_nu_min, dev.drift_nu_max)
-    sd = (dev.drift_nu_std + dev.drift_nu_std_slope * lg).clamp_min(0.0)
+    sd = (dev.drift_nu_std + dev.drift_nu_std_slope * lg).clamp(dev.drift_nu_std_min, dev.drift_nu_std_max)
     return mu, sd
 
 
@@ -116,15 +116,24 @@ def drift_moments(g: torch.Tensor, t: float, dev: DeviceConfig) -> tuple[torch.T
     return torch.exp(-mu * L + 0.5 * (sd * L) ** 2), torch.exp(-2.0 * mu * L + 2.0 * (sd * L) ** 2)
 
 
-def flicker_sigma(g: torch.Tensor, t: float, dev: DeviceConfig) -> torch.Tensor:
+def flicker_q(g_target: torch.Tensor, dev: DeviceConfig) -> torch.Tensor:
+    """``Q(G_T) = min(q (G_T/g_max)**(-exp), q_max)``: the relative 1/f noise of devices with target ``G_T``."""
+    x = (g_target / dev.g_max).clamp_min(1e-12)
+    return (dev.read_1f_q * x.pow(-dev.read_1f_exp)).clamp_max(dev.read_1f_q_max)
+
+
+def flicker_span(t: float, dev: DeviceConfig) -> float:
+    """``ln((t + t_read) / (2 t_read))``: the 1/f variance factor of a read at time ``t``."""
+    return max(math.log((t + dev.read_t_read) / (2.0 * dev.read_t_read)), 0.0)
+
+
+def flicker_sigma(g: torch.Tensor, t: float, dev: DeviceConfig, g_target: torch.Tensor | None = None) -> torch.Tensor:
     """Standard deviation [S] of the 1/f read noise of devices at conductance ``G`` read at time ``t``:
-    ``G Q(G) sqrt(ln((t + t_read) / (2 t_read)))``, ``Q(G) = min(q (G/g_max)**(-exp), q_max)``."""
+    ``G Q(G_T) sqrt(ln((t + t_read) / (2 t_read)))`` with ``Q`` at the target ``G_T`` (default ``G``)."""
     if not dev.has_read_1f:
         return torch.zeros_like(g)
-    x = (g / dev.g_max).clamp_min(1e-12)
-    q = (dev.read_1f_q * x.pow(-dev.read_1f_exp)).clamp_max(dev.read_1f_q_max)
-    span = math.log((t + dev.read_t_read) / (2.0 * dev.read_t_read))
-    return g.clamp_min(0.0) * q * math.sqrt(max(span, 0.0))
+    q = flicker_q(g if g_target is None else g_target, dev)
+    return g.clamp_min(0.0) * q * math.sqrt(flicker_span(t, dev))
 
 
 def program_devices(g_target: torch.Tensor, level: torch.Tensor | None, mask: torch.Tensor | None,
@@ -197,8 +206,7 @@ def conductance_moments(g: torch.Tensor, level: torch.Tensor | None, mask: torch
     Gaussian), then stuck at g_min / g_max with probabilities ``stuck_at_min`` / ``stuck_at_max``,
     then, at time ``t`` (default ``device.drift_t0``: no drift, 1/f noise of a read at ``t0``), the
     drift factor (independent of the programming noise; :func:`drift_moments`) and the 1/f noise
-    (its variance ``G^2 Q(G)^2 ln(...)`` averaged over the drifted ``G``: exact for ``read_1f_exp = 0``
-    and evaluated at the mean otherwise), then the RTN factor (mean ``1 - pA``, second moment
+    (variance ``Q(G_T)^2 ln(...) E[G(t)^2]``, exact), then the RTN factor (mean ``1 - pA``, second moment
     ``1 - 2pA + pA^2``).
     """
     if dev.has_programming_noise:
@@ -225,12 +233,8 @@ def conductance_moments(g: torch.Tensor, level: torch.Tensor | None, mask: torch
         second = f2 * (var + mean * mean)
         mean = f1 * mean
         var = (second - mean * mean).clamp_min(0.0)
-    if dev.has_read_1f:
-        if dev.read_1f_exp == 0 and dev.read_1f_q * 1.0 <= dev.read_1f_q_max:
-            span = math.log((t + dev.read_t_read) / (2.0 * dev.read_t_read))
-            var = var + dev.read_1f_q ** 2 * span * (var + mean * mean)
-        else:
-            var = var + flicker_sigma(mean, t, dev) ** 2
+    if dev.has_read_1f:  # sigma = G(t) Q(G_T) sqrt(span): variance Q^2 span E[G(t)^2], exact
+        var = var + flicker_q(g, dev) ** 2 * flicker_span(t, dev) * (var + mean * mean)
     if dev.has_rtn:
         a, p = dev.rtn_amplitude, dev.rtn_probability
         f1, f2 = 1.0 - p * a, 1.0 - 2.0 * p * a + p * a * a
