@@ -44,6 +44,8 @@ def files(tmp_path_factory):
     np.save(d / "G.npy", rng.uniform(1e-6, 1e-4, (8, 8)))
     (d / "spec.toml").write_text('[sweep]\ntask = "sleep"\n[grid]\nduration = [0.0]\n')
     (d / "hw.toml").write_text('name = "mine"\n[device]\ng_max = 1e-4\n')
+    rows = ["target,measured"] + [f"{lvl},{(lvl + 1) * 1e-5 + k * 1e-7}" for lvl in range(3) for k in range(4)]
+    (d / "dev.csv").write_text("\n".join(rows) + "\n")
     return d
 
 
@@ -67,6 +69,7 @@ def valid(files) -> dict[str, list[str]]:
         "paper list": [], "paper run": ["002/fig4", "--quick"], "paper reproduce": ["000", "--quick"],
         "sweep run": [str(files / "spec.toml"), "--dry-run"], "sweep plot": [str(files / "store.sqlite"), "--x", "a", "--y", "b"],
         "demo": ["--quick"],
+        "device fit": [str(files / "dev.csv")],
     }
 
 
@@ -121,6 +124,7 @@ def _cases():
 POSITIONAL = [
     ("hw show", ["no-such-preset"], "no-such-preset"),
     ("hw check", ["/nonexistent/hw.toml"], "not found"),
+    ("device fit", ["/nonexistent/dev.csv"], "not found"),
     ("hw diff", ["ideal", "no-such-preset"], "no-such-preset"),
     ("paper run", ["009/fig1"], "009/fig1"),
     ("paper reproduce", ["009"], "009"),
