@@ -87,7 +87,7 @@ import torch.nn.functional as F
 from memcim.analysis import moments as mo
 from memcim.config import HardwareConfig, resolve_config
 from memcim.hardware.converters import adc_convert, dac_convert
-from memcim.hardware.device import conductance_moments, read_noise_variance
+from memcim.hardware.device import check_time, conductance_moments, drift_moments, read_noise_variance
 from memcim.mapping.crossbar import as_matrix, map_matrix
 
 __all__ = ["predict", "Prediction", "LayerHardware", "layer_hardware", "quantizer_moments"]
@@ -113,6 +113,7 @@ class LayerHardware:
     tile_rows, n_row_tiles : the row tiling (separate arrays, separate ADCs).
     bitline_mean, bitline_var : (n_row_tiles, tile_rows, bit lines) mean and variance [S, S^2] of every
         device over chips, G+ (or weight) columns then G- (or reference) columns (the read power).
+    t : the read time [s] these moments describe (``device.drift_t0``: right after programming).
     """
 
     hw: HardwareConfig
@@ -126,6 +127,7 @@ class LayerHardware:
     n_row_tiles: int
     bitline_mean: torch.Tensor | None = None
     bitline_var: torch.Tensor | None = None
+    t: float | None = None
 
     @property
     def uniform_s2(self) -> float | None:
@@ -140,7 +142,8 @@ class LayerHardware:
         return d
 
 
-def layer_hardware(W, hw: HardwareConfig, *, calib_inputs=None, calib_seed: int = 0) -> LayerHardware:
+def layer_hardware(W, hw: HardwareConfig, *, calib_inputs=None, calib_seed: int = 0, t: float | None = None,
+                   plan=None) -> LayerHardware:
     """Map ``W`` (in, out) with ``hw`` and derive the per-weight and per-array quantities.
 
     Parameters
@@ -148,20 +151,25 @@ def layer_hardware(W, hw: HardwareConfig, *, calib_inputs=None, calib_seed: int 
     W : real matrix (in, out). hw : the hardware.
     calib_inputs : sample inputs (batch, in) that calibrate the ADC full scale (as the simulator).
     calib_seed : seed of the default calibration inputs.
+    t : read time [s] after programming (default ``device.drift_t0``): the device moments include the
+        drift and the 1/f noise of a read at ``t`` (:func:`memcim.hardware.device.conductance_moments`).
+    plan : an existing plan of ``W`` on ``hw`` (skips the mapping; ``W`` is then unused).
 
     Returns
     -------
     :class:`LayerHardware`.
     """
-    plan = map_matrix(W, hw, calib_inputs=calib_inputs, calib_seed=calib_seed)
+    if plan is None:
+        plan = map_matrix(W, hw, calib_inputs=calib_inputs, calib_seed=calib_seed)
     dev = hw.device
+    t = check_time(t, dev)
     nrt, R, m_pad = plan.g_pos.shape
     n, m = plan.in_features, plan.out_features
     scale = plan.scale.to(torch.float64)
     scale = scale.unsqueeze(0).expand(nrt, m_pad) if scale.dim() == 1 else scale      # (nrt, out_pad)
     c3 = scale.unsqueeze(1)                                                           # (nrt, 1, out_pad)
-    mp, vp = conductance_moments(plan.g_pos, plan.level_pos, plan.mask_pos, dev)
-    mn, vn = conductance_moments(plan.g_neg, plan.level_neg, plan.mask_neg, dev)
+    mp, vp = conductance_moments(plan.g_pos, plan.level_pos, plan.mask_pos, dev, t=t)
+    mn, vn = conductance_moments(plan.g_neg, plan.level_neg, plan.mask_neg, dev, t=t)
     bl_mean, bl_var = torch.cat([mp, mn], -1), torch.cat([vp, vn], -1)
     mn, vn = plan.expand_neg(mn), plan.expand_neg(vn)
     gd_target = plan.g_pos - plan.expand_neg(plan.g_neg)
@@ -175,7 +183,33 @@ def layer_hardware(W, hw: HardwareConfig, *, calib_inputs=None, calib_seed: int 
     gs = (mp + mn) / (c3 * c3)
     fs = plan.full_scale.to(torch.float64) / (hw.array.r_tia * hw.array.v_read) / scale
     return LayerHardware(hw=hw, plan=plan, weight=weight, s2=s2, gs_c2=crop(gs), gsum_c2=gs.sum(1)[:, :m],
-                         fs=fs[:, :m], tile_rows=R, n_row_tiles=nrt, bitline_mean=bl_mean, bitline_var=bl_var)
+                         fs=fs[:, :m], tile_rows=R, n_row_tiles=nrt, bitline_mean=bl_mean, bitline_var=bl_var, t=t)
+
+
+def _persistent_covariances(plan, dev, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-weight covariances (in, out) [weight^2] of two reads of one chip: ``Cov(w(t0), w(t))`` and
+    ``Cov(w(t), w(t))`` over chips of the parts every read shares (programming noise, stuck devices,
+    the drift exponent), scaled by the RTN factor's mean squared; the 1/f and RTN snapshots of
+    different reads are independent."""
+    import dataclasses
+
+    quiet = dataclasses.replace(dev, read_1f_q=0.0, rtn_amplitude=0.0)
+    r2 = (1.0 - dev.rtn_probability * dev.rtn_amplitude) ** 2 if dev.has_rtn else 1.0
+    nrt, R, m_pad = plan.g_pos.shape
+    scale = plan.scale.to(torch.float64)
+    scale = scale.unsqueeze(0).expand(nrt, m_pad) if scale.dim() == 1 else scale
+    c2 = scale.unsqueeze(1) ** 2
+    sides = []
+    for g, lv, mk in ((plan.g_pos, plan.level_pos, plan.mask_pos), (plan.g_neg, plan.level_neg, plan.mask_neg)):
+        _, v0 = conductance_moments(g, lv, mk, quiet)
+        _, vt = conductance_moments(g, lv, mk, quiet, t=t)
+        f1, _ = drift_moments(g, t, dev)
+        sides.append((f1 * v0, vt))
+    out = []
+    for j in range(2):
+        tot = (sides[0][j] + plan.expand_neg(sides[1][j])) * r2 / c2
+        out.append(tot.reshape(nrt * R, m_pad)[: plan.in_features, : plan.out_features])
+    return out[0], out[1]
 
 
 # ------------------------------------------------------------------------------------- ADC
@@ -295,8 +329,10 @@ class _HardwareStep:
     """The crossbar step of :func:`predict` for one layer (see the module docstring)."""
 
     def __init__(self, lh: LayerHardware, layer: mo.CrossbarLayer, rank: int, max_factors: int,
-                 on_crossbar: Callable | None, index: int, power: bool = False):
+                 on_crossbar: Callable | None, index: int, power: bool = False, reference_inputs=None):
         self.lh, self.layer, self.rank, self.max_factors = lh, layer, rank, max_factors
+        self.reference_inputs = reference_inputs
+        self._k = None
         self.on_crossbar, self.index = on_crossbar, index
         self.power = [0.0, 0.0, 0] if power else None
         dt = layer.weight.dtype
@@ -352,7 +388,105 @@ class _HardwareStep:
         s = s[: self.lh.weight.shape[1]].to(self.layer.weight.dtype)
         return s[0] if bool((s == s[0]).all()) else s
 
+    # ------------------------------------------------------------------ drift compensation
+    def compensation(self) -> dict | None:
+        """The drift compensation of this layer at its read time, None when off or at ``t0``.
+
+        The chip multiplies its outputs by ``k = A / B``, ``A = S(t0)``, ``B = S(t)``,
+        ``S = sum_b |y_b|`` over a reference read of the inputs ``x_b`` (summed over the columns too
+        when global). ``E[A]``, ``E[B]`` come from the reference read's own closed form at ``t0`` and
+        ``t`` (this step on the reference inputs: drifted device moments, read noise, DAC, ADC) with
+        ``E|y| = s 2 phi(m/s) + m (2 Phi(m/s) - 1)`` for ``y ~ N(m, s^2)`` over chips. The factor's
+        randomness over chips and its correlation with the chip's own outputs enter at second order
+        (delta method, see :meth:`_compensate`) through the linearisation ``delta S = a . delta w``,
+        ``a = sum_b (2 Phi(m_b/s_b) - 1) x_b`` (Stein's lemma), with per-device covariances: the
+        full variance of a read (``Var A``, ``Var B``), the persistent part shared by two reads of
+        one chip (programming, stuck and drift; not the 1/f and RTN snapshots) for ``Cov(A, B)``,
+        ``Cov(A, Y)``, ``Cov(B, Y)``.
+
+        Returns dict(k, A, B, varA, varB, covAB, aP0, aPt): ``k = E[A]/E[B]``; ``aP0``, ``aPt`` (in, out)
+        the weights whose product with the input mean is ``Cov(A, Y)``, ``Cov(B, Y)``.
+        """
+        hw = self.lh.hw
+        mode = hw.compensation.drift
+        dev = hw.device
+        if mode == "none" or not dev.has_drift or self.lh.t == dev.drift_t0:
+            return None
+        if self._k is None:
+            plan = self.lh.plan
+            lh0 = layer_hardware(None, hw, plan=plan, t=None)
+            A, a0 = self._reference_read(lh0)
+            B, at = self._reference_read(self.lh)
+            P0t, Ptt = _persistent_covariances(plan, dev, self.lh.t)
+            d = {"varA": (a0 * a0 * lh0.s2).sum(0), "varB": (at * at * self.lh.s2).sum(0),
+                 "covAB": (a0 * at * P0t).sum(0), "aP0": a0 * P0t, "aPt": at * Ptt, "A": A, "B": B}
+            if mode == "global":
+                for key in ("A", "B", "varA", "varB", "covAB"):
+                    d[key] = d[key].sum()
+            d["k"] = torch.where(d["B"] > 0, d["A"] / torch.where(d["B"] > 0, d["B"], torch.ones_like(d["B"])),
+                                 torch.ones_like(d["B"]))
+            self._k = d
+        return self._k
+
+    def _reference_read(self, lh: LayerHardware) -> tuple[torch.Tensor, torch.Tensor]:
+        """``E[sum_b |y_b|]`` per output of the reference read of ``lh`` (out,) and its linearisation
+        ``a = sum_b E[sign y_b] x_b`` (in, out)."""
+        dt = torch.float64
+        n, m = lh.weight.shape
+        x = self.reference_inputs
+        if x is None:   # the simulator's default (memcim.simulate.ProgrammedChip._reference)
+            g = torch.Generator(device="cpu").manual_seed(0)
+            x = torch.randn(512, n, generator=g, dtype=torch.float64)
+        x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x.detach()).to(dt)
+        if x.dim() != 2 or x.shape[1] != n:
+            raise ValueError(f"reference_inputs: shape {tuple(x.shape)} does not match the layer; expected (batch, {n})")
+        ref = mo.CrossbarLayer("linear", lh.weight.t().to(dt).contiguous(), torch.zeros(m, dtype=dt), name="reference")
+        step = _HardwareStep(lh, ref, 0, 0, None, self.index)
+        st = step._read_moments(mo.Moments(x, torch.zeros_like(x), "diagonal", None, None))
+        sd = st.var.clamp_min(0).sqrt()
+        sds = torch.where(sd > 0, sd, torch.ones_like(sd))
+        z = st.mean / sds
+        sign = torch.where(sd > 0, 2 * _cdf(z) - 1, torch.sign(st.mean))
+        eabs = torch.where(sd > 0, sd * 2 * _phi(z) + st.mean * sign, st.mean.abs())
+        return eabs.sum(0), x.t() @ sign
+
     def __call__(self, st: mo.Moments) -> mo.Moments:
+        out = self._read_moments(st)
+        comp = self.compensation()
+        return out if comp is None else self._compensate(st, out, comp)
+
+    def _compensate(self, st: mo.Moments, out: mo.Moments, c: dict) -> mo.Moments:
+        """The outputs times the compensation factor ``k = A/B`` (before the digital bias), to second
+        order in the factor's fluctuation (``alpha = dA/E[A]``, ``beta = dB/E[B]``, ``dY``):
+
+            E[kY]   = k (E[Y] + Cov(A,Y)/E[A] - Cov(B,Y)/E[B] + E[Y] (Var B/E[B]^2 - Cov(A,B)/(E[A]E[B])))
+            Var[kY] = k^2 (Var Y + 2 E[Y] (Cov(A,Y)/E[A] - Cov(B,Y)/E[B]) + E[Y]^2 Var(alpha - beta))
+
+        Covariances between outputs (a network's later layers) are scaled by ``k^2``."""
+        layer, op = self.layer, _op(self.layer)
+        dt = out.mean.dtype
+        bias = _col(layer.bias, layer)
+        k, A, B = (c[key].to(dt) for key in ("k", "A", "B"))
+        y = out.mean - bias
+        gA = op(st.mean, _torch_layout(c["aP0"], layer).to(dt)) / _col(A, layer) if A.dim() else \
+            op(st.mean, _torch_layout(c["aP0"], layer).to(dt)) / A
+        gB = op(st.mean, _torch_layout(c["aPt"], layer).to(dt)) / (_col(B, layer) if B.dim() else B)
+        va, vb, cab = (c[key].to(dt) for key in ("varA", "varB", "covAB"))
+        q = vb / (B * B) - cab / (A * B)
+        r = va / (A * A) + vb / (B * B) - 2 * cab / (A * B)
+        if k.dim():
+            k, q, r = _col(k, layer), _col(q, layer), _col(r, layer)
+        mean = k * (y + gA - gB + y * q) + bias
+        var = (k * k * (out.var + 2 * y * (gA - gB) + y * y * r)).clamp_min(0.0)
+        fac = None if out.factors is None else out.factors * k
+        cov = out.cov
+        if cov is not None:
+            kf = (k * torch.ones_like(out.mean[0])).reshape(-1)
+            cov = cov * kf.unsqueeze(-1) * kf.unsqueeze(-2)
+            cov = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2)) + torch.diag_embed(var.reshape(var.shape[0], -1))
+        return mo.Moments(mean, var, out.mode, cov, fac, out.nonzero)
+
+    def _read_moments(self, st: mo.Moments) -> mo.Moments:
         lh, layer = self.lh, self.layer
         hw = lh.hw
         dev, dac, adc = hw.device, hw.dac, hw.adc
@@ -551,7 +685,8 @@ def predict(model, x, hw=None, *, calib_data=None, calib_inputs=None, cov: str =
             rank: int = mo.DEFAULT_RANK, max_factors: int = 64, full_below: int = mo.DEFAULT_FULL_BELOW,
             full_linear: int = 4096, act_method: str = "taylor", taylor_order: int = 2,
             fold_bn: bool = False, dtype: torch.dtype = torch.float64, batch_chunk: int | None = None,
-            on_crossbar: Callable | None = None, power: bool = False) -> Prediction:
+            on_crossbar: Callable | None = None, power: bool = False, t: float | None = None,
+            reference_inputs=None) -> Prediction:
     """Predict the output mean, variance and MSE of a matrix or a network on crossbars, in closed form.
 
     Parameters
@@ -576,6 +711,12 @@ def predict(model, x, hw=None, *, calib_data=None, calib_inputs=None, cov: str =
         resistors on the plan (its arrays, levels with g_min, scheme, device moments over chips,
         ``v_read``, ``r_tia``, the DAC's input scale): the expectation of
         :func:`memcim.hardware.energy.bitline_power` (see :mod:`memcim.analysis.power`).
+    t : read time [s] after programming, as ``chip.mvm(x, t=...)`` (default ``device.drift_t0``): the
+        drift's mean decay and the spread of its exponent, the 1/f noise of a read at ``t``, and the
+        drift compensation of ``hw.compensation`` (see "Time" in the module docstring).
+    reference_inputs : for a matrix, the (batch, in) inputs of the compensation's reference reads, as
+        given to :func:`memcim.simulate.program` (default: its 512 standard normal vectors, seed 0). A
+        network's layers use their calibration rows, as :mod:`memcim.nn.analog` programs them.
 
     Returns
     -------
@@ -621,12 +762,18 @@ def predict(model, x, hw=None, *, calib_data=None, calib_inputs=None, cov: str =
                              "(BatchNorm folding? use fold_bn=False)")
     else:
         calib = [None] * len(xl)
+    if reference_inputs is not None and not matrix:
+        raise ValueError("reference_inputs: only for a matrix; a network's analog layers read the default reference")
+    times = [check_time(t, h.device) for h in hws]
     lhs = []
-    for layer, h, cal in zip(xl, hws, calib):
+    for layer, h, cal, tt in zip(xl, hws, calib, times):
         Wc = layer.weight.reshape(layer.weight.shape[0], -1).t().to(torch.float64)
-        lhs.append(layer_hardware(Wc, h, calib_inputs=cal))
-    steps = [_HardwareStep(lh, layer, rank, max_factors, on_crossbar, i, power)
-             for i, (lh, layer) in enumerate(zip(lhs, xl))]
+        lhs.append(layer_hardware(Wc, h, calib_inputs=cal, t=tt))
+    # the compensation's reference inputs: a matrix's (default 512 standard normal vectors); a network's
+    # analog layers read their calibration rows (memcim.nn.analog), else the default
+    refs = [reference_inputs] if matrix else list(calib)
+    steps = [_HardwareStep(lh, layer, rank, max_factors, on_crossbar, i, power, reference_inputs=ref)
+             for i, (lh, layer, ref) in enumerate(zip(lhs, xl, refs))]
     bc = batch_chunk or (xt.shape[0] if cov != "exact" else max(1, min(xt.shape[0], 8)))
     means, vars_ = [], []
     for s in range(0, xt.shape[0], bc):
@@ -641,7 +788,8 @@ def predict(model, x, hw=None, *, calib_data=None, calib_inputs=None, cov: str =
     mean, var, ref = mean.reshape(b, -1), var.reshape(b, -1), ref.reshape(b, -1)
     per = var + (mean - ref) ** 2
     cfg = {"hardware": [h.name for h in hws], "cov": cov, "rank": rank, "act_method": act_method,
-           "taylor_order": taylor_order, "batch": int(b), "fold_bn": fold_bn}
+           "taylor_order": taylor_order, "batch": int(b), "fold_bn": fold_bn, "t": times[0] if times else None,
+           "compensation": [h.compensation.drift for h in hws]}
     pw = None
     if power:
         per_layer = [{"layer": l.name, "device_W": st_.power[0] / st_.power[2], "tia_W": st_.power[1] / st_.power[2],
