@@ -50,6 +50,20 @@ plus ``step^2/12`` inside the range. The partial sums are added digitally: means
 and the tiles' cross-covariance (from correlated inputs) is scaled by the mean ADC slope, which also
 scales the output's covariance factors (Stein's lemma, as for activations). A bias is exact.
 
+Time (``predict(..., t=)``, as ``chip.mvm(x, t=)``)
+-------------------------------------------------
+Every device moment is taken at the read time (:func:`memcim.hardware.device.conductance_moments`
+with ``t``): the drift factor ``(t/t0)**(-nu)``, log-normal over chips (its mean decay and the
+variance from the spread of ``nu``), the 1/f snapshot at ``t`` and RTN. The ADC full scale stays
+that of the plan (calibrated at ``t0``). Drift compensation multiplies the array outputs (before a
+bias) by ``k = A/B``, the ratio of the reference reads' ``sum |y|`` at ``t0`` and ``t``: ``E[A]``,
+``E[B]`` from the closed form of the reference read itself, and the factor's spread over chips and
+its correlation with the chip's outputs to second order (:meth:`_HardwareStep.compensation`).
+Neglected: the curvature of ``|y|`` near 0 and the skewness of the log-normal factor in ``k``
+(about 1 % of the MSE per column at one year on a 784-row layer; global: far less); the simulator's
+clip of the 1/f snapshot at 0 S and 1/f at the mean conductance (``conductance_moments``); with
+wires, the IR drop of the drifted conductances (the drift enters as a first-order correction).
+
 Limits (documented approximations; ``tests/agreement`` measures them against the simulator)
 --------------------------------------------------------------------------------------------
 * Dynamic DAC range: ``xs`` of a random input is taken at ``max_i sqrt(E[x_i^2])`` of the read; a
