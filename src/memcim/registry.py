@@ -36,6 +36,7 @@ BUILTIN_MODULES = (
     "memcim.experiments.irdrop_figs",
     "memcim.experiments.convex_cim",
     "memcim.experiments.tasks",
+    "memcim.experiments.drift",
 )
 
 

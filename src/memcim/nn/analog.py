@@ -22,6 +22,13 @@ on the inputs captured by :func:`calibrate`), a fresh chip is programmed from th
 ``chip.mvm(x, differentiable=True)`` (DAC, read noise, RTN, ADC), straight through the roundings and
 the saturation (see :mod:`memcim.simulate`). Training an analog model is hardware-aware training.
 
+**Time.** A programmed model is read at ``device.drift_t0`` (the first read) unless told otherwise:
+``set_read_time(model, 3600)`` (or ``with read_time(model, 3600): ...``) makes every analog layer
+read its chip at ``t`` seconds after programming (``chip.mvm(x, t=...)``: drifted conductances, 1/f
+read noise of that time, and the hardware's ``compensation.drift``). :func:`program` gives each
+chip its layer's calibration inputs (recorded by :func:`calibrate`) as the drift compensation's
+reference inputs, as a real chip calibrates on its own layer's inputs.
+
 State: ``analog.state_dict()`` holds the weights plus, per analog layer, an ``_extra_state`` entry
 with the hardware config, the programmed conductances, the ADC full scales and the read-noise
 generator state, so ``load_state_dict`` into a converted model reproduces outputs bit for bit.
@@ -40,8 +47,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from memcim.config import HardwareConfig
+from memcim.hardware.device import check_time
 from memcim.mapping.crossbar import map_matrix
-from memcim.simulate import ProgrammedChip, program as program_chip
+from memcim.simulate import ProgrammedChip
+from memcim.simulate import program as program_chip
 
 #: Non-idealities a layer with ``train_noise=False`` leaves out of its training read (it keeps the
 #: levels, the DAC and the ADC, and the wires).
@@ -88,11 +97,19 @@ class _AnalogMixin:
         self._digital = False
         self._weight_version: int | None = None
         self._plan_memo = None
+        self._read_time: float | None = None
 
     # -- the matrix in crossbar orientation -----------------------------------------------------
     def crossbar_weight(self) -> torch.Tensor:
         """The layer's weight as the crossbar matrix W (in, out)."""
         return self.weight.detach().reshape(self.weight.shape[0], -1).t()
+
+    @property
+    def read_time(self) -> float:
+        """The read time [s] after programming of this layer's chip reads in eval mode
+        (``device.drift_t0``, the first read, unless set by :func:`set_read_time`)."""
+        t = getattr(self, "_read_time", None)
+        return self.hardware.device.drift_t0 if t is None else t
 
     @property
     def calibration_inputs(self) -> torch.Tensor | None:
@@ -120,12 +137,13 @@ class _AnalogMixin:
         ----------
         seed : seeds programming and, after it, this chip's read-noise generator.
         dtype : simulation precision.
-        calib_inputs : crossbar inputs (rows, in) used to calibrate the ADC full scale; default
-            the ones captured by :func:`calibrate` (or standard normal vectors if none).
+        calib_inputs : crossbar inputs (rows, in) used to calibrate the ADC full scale and, with
+            ``compensation.drift``, as the reference inputs of the drift compensation; default the
+            ones captured by :func:`calibrate` (or standard normal vectors if none).
         """
         calib = calib_inputs if calib_inputs is not None else self._calib
         mapped = self.plan(calib)
-        self.chip = program_chip(mapped, seed=seed, dtype=dtype, device=self.weight.device)
+        self.chip = program_chip(mapped, seed=seed, dtype=dtype, device=self.weight.device, reference_inputs=calib)
         self.programmed_seed = seed
         self._weight_version = self.weight._version
         return self.chip
@@ -161,7 +179,7 @@ class _AnalogMixin:
         if self._weight_version != self.weight._version:
             raise RuntimeError(f"{type(self).__name__}: the weights changed after programming; call "
                                "memcim.nn.analog.program(model, seed) again")
-        return self.chip.mvm(x2d.detach())[0].to(x2d.dtype)
+        return self.chip.mvm(x2d.detach(), t=getattr(self, "_read_time", None))[0].to(x2d.dtype)
 
     def _matmul(self, x2d: torch.Tensor) -> torch.Tensor:
         """x2d (rows, in) -> (rows, out) through the digital, training-read or chip path."""
@@ -180,6 +198,10 @@ class _AnalogMixin:
             st.update({"seed": self.programmed_seed, "dtype": str(c.dtype).replace("torch.", ""),
                        "g_pos": c.g_pos, "g_neg": c.g_neg, "rng_state": c.generator.get_state(),
                        "scale": c.mapped.scale, "full_scale": c.mapped.full_scale})
+            if c.nu_pos is not None:
+                st.update({"nu_pos": c.nu_pos, "nu_neg": c.nu_neg})
+            if c.reference_inputs is not None:
+                st["reference_inputs"] = c.reference_inputs
         return st
 
     def set_extra_state(self, state):
@@ -200,8 +222,10 @@ class _AnalogMixin:
             gen = torch.Generator(device=device)
             gen.set_state(state["rng_state"])
             dtype = getattr(torch, state["dtype"])
+            nu = [state[k].to(device, dtype) if state.get(k) is not None else None for k in ("nu_pos", "nu_neg")]
             self.chip = ProgrammedChip(mapped=mapped, g_pos=state["g_pos"].to(device, dtype),
-                                       g_neg=state["g_neg"].to(device, dtype), generator=gen)
+                                       g_neg=state["g_neg"].to(device, dtype), generator=gen,
+                                       nu_pos=nu[0], nu_neg=nu[1], reference_inputs=state.get("reference_inputs"))
             self.programmed_seed = state.get("seed")
             self._weight_version = self.weight._version
 
@@ -221,11 +245,14 @@ class _AnalogMixin:
         self.programmed_seed = None
         self._weight_version = None
         self._plan_memo = None
+        self._read_time = d.get("_read_time")
         self._train_gen = torch.Generator()
         self.set_extra_state(st)
 
     def _analog_repr(self) -> str:
-        return f"hardware={self.hardware.name!r}, programmed={self.chip is not None}"
+        t = getattr(self, "_read_time", None)
+        return f"hardware={self.hardware.name!r}, programmed={self.chip is not None}" + (
+            "" if t is None else f", read_time={t:g}")
 
 
 class AnalogLinear(_AnalogMixin, nn.Linear):
@@ -581,3 +608,44 @@ def program(model: nn.Module, seed: int | None = 0, *, calib_data: torch.Tensor 
     for i, (_, m) in enumerate(layers):
         m.program(None if seed is None else layer_seed(seed, i), dtype=dtype)
     return model
+
+
+def set_read_time(model: nn.Module, t: float | None) -> nn.Module:
+    """Read every analog layer of ``model`` at ``t`` seconds after programming (None: the first read,
+    ``device.drift_t0``); returns ``model``.
+
+    Each layer's chip is then read with ``chip.mvm(x, t=t)``: conductances drifted to ``t``, the 1/f
+    read noise of ``t`` and the layer hardware's ``compensation.drift``. The programmed chips do not
+    change, so reading one model at several times reads the same chips (a chip programmed once and
+    read an hour, a day, a year later). ``t`` must be finite and not before any layer's
+    ``device.drift_t0``.
+
+    >>> import torch
+    >>> from memcim.config import preset
+    >>> m = convert_to_analog(torch.nn.Sequential(torch.nn.Linear(4, 2)), preset("ideal"))
+    >>> [layer.read_time for _, layer in analog_layers(set_read_time(m, 3600.0))]
+    [3600.0]
+    """
+    layers = [m for _, m in analog_layers(model)]
+    if not layers:
+        raise ValueError("model: has no analog layers; convert it with convert_to_analog first")
+    if t is not None:
+        for m in layers:
+            t = check_time(t, m.hardware.device, "t")
+    for m in layers:
+        m._read_time = t
+    return model
+
+
+@contextmanager
+def read_time(model: nn.Module, t: float | None):
+    """Within this context every analog layer reads at ``t`` seconds after programming
+    (:func:`set_read_time`); the previous read times come back on exit."""
+    layers = [m for _, m in analog_layers(model)]
+    old = [getattr(m, "_read_time", None) for m in layers]
+    set_read_time(model, t)
+    try:
+        yield model
+    finally:
+        for m, o in zip(layers, old):
+            m._read_time = o
