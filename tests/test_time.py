@@ -151,3 +151,17 @@ def test_bad_read_times(t, match):
 def test_bad_time_settings_name_their_key(settings, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         preset("ideal").set(settings)
+
+
+def test_compensation_reference_reads_leave_the_chip_reads_unchanged():
+    """The reference reads have their own noise: a compensated chip's read is the uncompensated read
+    of the same chip (same read noise) times its factor."""
+    rng = np.random.default_rng(3)
+    W, x = rng.normal(size=(40, 10)), rng.normal(size=(6, 40))
+    hw = preset("realistic").set({"device.drift_nu": 0.05, "device.drift_nu_std": 0.01})
+    raw = program(map_matrix(W, hw), seed=7, trials=3, dtype=F64)
+    comp = program(map_matrix(W, hw.set({"compensation.drift": "global"})), seed=7, trials=3, dtype=F64)
+    for t in (T0, 86400.0):
+        y_raw, y_comp = raw.mvm(x, t=t), comp.mvm(x, t=t)
+        k = comp._comp[t]
+        assert torch.allclose(y_comp, y_raw * k, rtol=1e-12, atol=1e-12)

@@ -228,9 +228,16 @@ class ProgrammedChip:
 
     def _compensation(self, t: float, gen: torch.Generator) -> torch.Tensor:
         """The drift-compensation factor at ``t``: reference read at ``t0`` over reference read at
-        ``t`` (sums of ``|y|``; one per chip, or per chip and column), computed once per chip and time."""
+        ``t`` (sums of ``|y|``; one per chip, or per chip and column), computed once per chip and time.
+        The reference reads draw their read noise from a generator of their own (seeded from the
+        chip's), so compensation leaves the chip's own read sequence unchanged."""
         if t not in self._comp:
             dev, mode = self.mapped.hw.device, self.mapped.hw.compensation.drift
+            if "gen" not in self._comp:  # reference reads draw their own noise: the chip's reads are unchanged
+                g = torch.Generator(device=self.device)
+                g.manual_seed((self.generator.initial_seed() * 1000003 + 0x5EED) % (2 ** 63))
+                self._comp["gen"] = g
+            gen = self._comp["gen"]
             ref = self._reference()
             keep = self._t
             if ("sum", dev.drift_t0) not in self._comp:
