@@ -1,6 +1,6 @@
 """Benchmark: simulated-MVM throughput against a plain torch matmul, measured in the same run.
 
-Shapes W 784x500 and 1024x1024, a batch of 10,000 inputs, the ``realistic`` preset (every
+Shapes W 784x500 and 1024x1024, a batch of 10,000 inputs, the ``generic`` preset (every
 array-level non-ideality on: 64 levels, programming noise, stuck devices, thermal and shot read
 noise, 8-bit DAC and calibrated 8-bit ADC, 128x128 tiles), with 1 and with 100 Monte Carlo trials.
 Each case runs in its own subprocess so its peak memory (max RSS) is its own.
@@ -25,17 +25,17 @@ BATCH = 10_000
 REPEATS = 3
 
 
-VARIANTS = {"realistic": (1, 100), "no_read_noise": (1,)}
+VARIANTS = {"generic": (1, 100), "no_read_noise": (1,)}
 
 
 def _hw(variant: str):
     from memcim.config import preset
 
-    hw = preset("realistic")
-    return hw if variant == "realistic" else hw.without("thermal", "shot")
+    hw = preset("generic")
+    return hw if variant == "generic" else hw.without("thermal", "shot")
 
 
-def _case(kind: str, n: int, m: int, trials: int, variant: str = "realistic") -> dict:
+def _case(kind: str, n: int, m: int, trials: int, variant: str = "generic") -> dict:
     import torch
 
     from memcim.mapping.crossbar import map_matrix
@@ -85,7 +85,7 @@ def main(only: str | None = None) -> None:
     path = Path(__file__).parent / "results" / "mvm.json"
     rows = []
     if only and path.exists():
-        rows = [r for r in json.loads(path.read_text())["rows"] if r.get("variant", "realistic") != only]
+        rows = [r for r in json.loads(path.read_text())["rows"] if r.get("variant", "generic") != only]
     for variant, trial_counts in VARIANTS.items():
         if only and variant != only:
             continue
@@ -102,7 +102,7 @@ def main(only: str | None = None) -> None:
             print(f"{variant:14s} W {n}x{m} batch {BATCH} trials {trials:3d}: matmul {r['matmul']['seconds']:.3f} s "
                   f"({r['matmul']['peak_rss_mb']:.0f} MB)  memcim {r['memcim']['seconds']:.3f} s "
                   f"({r['memcim']['peak_rss_mb']:.0f} MB)  ratio {r['ratio']:.2f}x", flush=True)
-    out = {"benchmark": "simulated MVM vs torch matmul", "preset": "realistic", "dtype": "float32",
+    out = {"benchmark": "simulated MVM vs torch matmul", "preset": "generic", "dtype": "float32",
            "threads": torch.get_num_threads(), "goal": "1 trial within 3x of the matmul", "rows": rows}
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")

@@ -3,7 +3,7 @@
 Times one inference pass over the MNIST test set (batches of 1,000) with
   * plain digital torch (the peer everything is divided by),
   * memcim analog layers: 128x128 arrays, 8-bit DAC and ADC, 64 levels, programming noise,
-    stuck devices, thermal and shot read noise (preset "realistic"); the same with thermal read
+    stuck devices, thermal and shot read noise (preset "generic"); the same with thermal read
     noise only, and without read noise,
   * aihwkit's TorchInferenceRPUConfig with comparable settings (128x128 tiles, 8-bit input and
     output resolution, PCM-like programming noise, output read noise, dynamic input scaling,
@@ -78,7 +78,7 @@ def main() -> int:
     test = load_dataset("mnist", "test")
     calib = load_dataset("mnist", "train", limit=256).x
     x, y = test.x, test.y
-    hw = preset("realistic").replace(array={"rows": 128, "cols": 128}, dac={"bits": 8}, adc={"bits": 8},
+    hw = preset("generic").replace(array={"rows": 128, "cols": 128}, dac={"bits": 8}, adc={"bits": 8},
                                      name="bench-128x128-8bit")
     rows = []
 

@@ -1,7 +1,7 @@
 """Benchmark: the sweep engine against calling the computation directly, its speed-up in workers, and
 one torch thread per worker against torch's default thread count.
 
-The same sweep (task "simulate" on the "realistic" preset: a 128x128 Gaussian matrix, 64 inputs,
+The same sweep (task "simulate" on the "generic" preset: a 128x128 Gaussian matrix, 64 inputs,
 16 chips per point; 5 programming-noise levels x 4 ADC resolutions x seeds; 100 points by default)
 is run
 
@@ -52,7 +52,7 @@ def make_spec(points: int, size: int, trials: int) -> dict:
     sigmas = [0.0, 0.01, 0.02, 0.05, 0.1]
     bits = [4, 5, 6, 8]
     seeds = max(1, points // (len(sigmas) * len(bits)))
-    return {"sweep": {"name": "bench", "task": "simulate", "hw": "realistic", "seeds": seeds},
+    return {"sweep": {"name": "bench", "task": "simulate", "hw": "generic", "seeds": seeds},
             "fixed": {"size": size, "batch": 64, "chips": trials},
             "grid": {"device.prog_sigma_rel": sigmas, "adc.bits": bits}}
 

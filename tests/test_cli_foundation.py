@@ -69,12 +69,12 @@ def test_simulate_json_with_inputs(files, capsys):
     out = json.loads(out)
     assert out["inputs"]["source"].endswith("X.npy") and out["inputs"]["shape"] == [30, 40]
     assert out["chips"] == 2 and out["seed"] == 0 and out["provenance"]["seed"] == 0
-    assert set(out["contributions"]) == set(preset("realistic").active_nonidealities())
+    assert set(out["contributions"]) == set(preset("generic").active_nonidealities())
     for c in out["contributions"].values():   # share = that non-ideality's MSE over the total MSE
         assert c["share"] == pytest.approx(c["mse"] / out["error"]["mse"], rel=1e-12)
     e = out["error"]
     assert e["mse"] > 0 and e["snr_db"] == pytest.approx(-20 * np.log10(e["relative_error"]), rel=1e-9)
-    assert HardwareConfig.from_dict(out["config"]) == preset("realistic")
+    assert HardwareConfig.from_dict(out["config"]) == preset("generic")
 
 
 def test_simulate_ideal_hw_file_is_exact_and_draws_inputs(files, capsys):
@@ -168,8 +168,8 @@ def test_hw_show_applies_set_and_prints_json(capsys):
     d = json.loads(out)
     assert d["device"]["levels"] == 64 and d["adc"]["bits"] == 4 and d["wires"]["r_wire_col"] is None
     assert HardwareConfig.from_dict(d) == preset("irdrop").set({"device.bits": 6, "adc.bits": 4})
-    rc, out, _ = run_cli(["hw", "show"], capsys)               # default: realistic
-    assert rc == 0 and HardwareConfig.from_toml(out) == preset("realistic")
+    rc, out, _ = run_cli(["hw", "show"], capsys)               # default: generic
+    assert rc == 0 and HardwareConfig.from_toml(out) == preset("generic")
 
 
 def test_hw_list_check_diff(files, capsys):
@@ -179,10 +179,10 @@ def test_hw_list_check_diff(files, capsys):
     assert rc == 0 and [r["name"] for r in json.loads(out)] == preset_names()
     expected = f"{files / 'ideal.toml'}: valid (ideal; ideal reader)\n"
     assert run_cli(["hw", "check", files / "ideal.toml"], capsys)[:2] == (0, expected)
-    rc, out, _ = run_cli(["hw", "diff", "realistic", files / "ideal.toml", "--json"], capsys)
+    rc, out, _ = run_cli(["hw", "diff", "generic", files / "ideal.toml", "--json"], capsys)
     assert rc == 0
     diffs = json.loads(out)["differences"]
-    a, b = preset("realistic"), preset("ideal")
+    a, b = preset("generic"), preset("ideal")
     expected = {f"{s}.{n}" for s, names in HardwareConfig.fields().items() for n in names
                 if getattr(getattr(a, s), n) != getattr(getattr(b, s), n)} | {"name"}
     assert set(diffs) == expected                               # brute force over every key
@@ -211,8 +211,8 @@ def test_hw_bad_input_is_one_line_exit_2(files, capsys, argv, match):
 
 # ------------------------------------------------------------------ old names
 def test_config_alias_prints_one_notice_and_runs_hw(capsys):
-    rc, out, err = run_cli(["config", "show", "realistic"], capsys)
-    assert rc == 0 and HardwareConfig.from_toml(out) == preset("realistic")
+    rc, out, err = run_cli(["config", "show", "generic"], capsys)
+    assert rc == 0 and HardwareConfig.from_toml(out) == preset("generic")
     assert err.strip() == "memcim config is now `memcim hw show`; running that"
 
 

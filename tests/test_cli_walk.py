@@ -54,8 +54,8 @@ def valid(files) -> dict[str, list[str]]:
     W, X, G = str(files / "W.npy"), str(files / "X.npy"), str(files / "G.npy")
     model = ["--model", "mnist-mlp-256-128", "--data", "mnist:test:8"]
     return {
-        "hw show": ["realistic"], "hw list": [], "hw check": [str(files / "hw.toml")],
-        "hw diff": ["ideal", "realistic"],
+        "hw show": ["generic"], "hw list": [], "hw check": [str(files / "hw.toml")],
+        "hw diff": ["ideal", "generic"],
         "map": ["--matrix", W],
         "simulate": ["--matrix", W, "--chips", "1"],
         "evaluate": [*model, "--chips", "1"],

@@ -23,7 +23,7 @@ def data():
     return W, X
 
 
-BASE = preset("realistic").replace(
+BASE = preset("generic").replace(
     device={"stuck_at_min": 0.0, "stuck_at_max": 0.0, "levels": None, "bits": None, "g_min": 5e-6, "g_max": 5e-5,
             "prog_sigma_abs": 1e-6, "prog_sigma_rel": 0.05}, adc={"bits": 8})
 

@@ -69,7 +69,7 @@ def test_converters_reject_bad_values(cls, kwargs, match):
 
 
 def test_unknown_keys_are_named():
-    d = preset("realistic").to_dict()
+    d = preset("generic").to_dict()
     d["device"]["g_maxx"] = 1e-4
     with pytest.raises(ValueError, match="unknown key 'g_maxx'"):
         HardwareConfig.from_dict(d)
@@ -127,7 +127,7 @@ def test_bad_files(tmp_path):
 
 
 def test_frozen_and_replace():
-    hw = preset("realistic")
+    hw = preset("generic")
     with pytest.raises(Exception):
         hw.device.g_max = 1.0  # type: ignore[misc]
     hw2 = hw.replace(device={"g_max": 5e-5}, adc={"bits": 4})
@@ -137,7 +137,7 @@ def test_frozen_and_replace():
 
 
 def test_without_and_only_switch_each_nonideality():
-    hw = preset("realistic").set({"device.rtn_amplitude": 0.1, "wires.r_wire": 1.0, "wires.r_in": 100.0,
+    hw = preset("generic").set({"device.rtn_amplitude": 0.1, "wires.r_wire": 1.0, "wires.r_in": 100.0,
                                   "wires.r_out": 100.0, "device.drift_nu": 0.05, "device.read_1f_q": 0.01})
     assert set(hw.active_nonidealities()) == set(NONIDEALITIES)
     for name in NONIDEALITIES:
@@ -170,7 +170,7 @@ def test_without_and_only_switch_each_nonideality():
 ])
 def test_set_rejects_bad_settings_in_one_line(settings, match):
     with pytest.raises(ValueError, match=match) as e:
-        preset("realistic").set(settings)
+        preset("generic").set(settings)
     assert "\n" not in str(e.value)
 
 
@@ -184,7 +184,7 @@ def test_irdrop_methods_need_a_differential_pair_of_arrays():
 
 
 def test_set_is_replace_with_dotted_names_and_round_trips():
-    hw = preset("realistic").set({"device.prog_sigma_rel": 0.05, "wires.r_wire": 2.0, "wires.r_in": 50.0,
+    hw = preset("generic").set({"device.prog_sigma_rel": 0.05, "wires.r_wire": 2.0, "wires.r_in": 50.0,
                                   "wires.r_out": 50.0, "cell.model": "taox_1t1r", "name": "mine"})
     assert hw.device.prog_sigma_rel == 0.05 and hw.wires.rc == 2.0 and hw.name == "mine"
     assert hw == hw.replace(device={"prog_sigma_rel": 0.05})

@@ -68,7 +68,7 @@ def test_closed_form_agrees_with_monte_carlo(demo):
 
     cf = demo[1]["sections"]["closed_form"]
     n = cf["chips"]
-    assert set(cf["presets"]) == {"realistic", "noisy"}
+    assert set(cf["presets"]) == {"generic", "noisy"}
     for name, r in cf["presets"].items():
         assert len(r["mc_values"]) == n
         assert r["mc_stderr"] == pytest.approx(np.std(r["mc_values"], ddof=1) / math.sqrt(n))
@@ -91,7 +91,7 @@ def test_budget_quantization_matches_the_mapped_matrix(demo):
     mlp = get_reference_model("mnist-mlp-256-128")
     x = linear_inputs(mlp, load_data(doc["config"]["data"]).x[: b["inputs"]])["3"]
     W = mlp[3].weight.detach().double().T.numpy()
-    Wr = map_matrix(W, preset("realistic").only("quantization"), calib_inputs=x).realized().numpy()
+    Wr = map_matrix(W, preset("generic").only("quantization"), calib_inputs=x).realized().numpy()
     rel = math.sqrt(np.mean((x @ (Wr - W)) ** 2) / np.mean((x @ W) ** 2))
     assert b["contributions"]["quantization"]["relative_error"] == pytest.approx(rel, rel=1e-6)
     assert b["total"]["relative_error"] >= max(c["relative_error"] for c in b["contributions"].values()) * 0.9

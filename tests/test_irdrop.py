@@ -203,7 +203,7 @@ def test_cli_map_tune_inputs_changes_the_plan(tmp_path, capsys, W16):
     (["--set", "array.rows=1e8"], "array.rows: 100000000 is not allowed"),
     (["--set", "device.nope=1"], "--set: unknown setting 'device.nope'"),
     (["--hw", "nope"], "--hw: unknown preset 'nope'"),
-    (["--hw", "realistic", "--method", "dpe"], "needs wires"),
+    (["--hw", "generic", "--method", "dpe"], "needs wires"),
     (["--tune-inputs"], "--tune-inputs: needs --inputs"),
     (["--inputs", "X", "--tune-inputs", "--method", "linear"], "--tune-inputs: only the representable method"),
     (["--inputs", "X", "--tune-inputs", "--method", "dpe"], "--tune-inputs: only the representable method"),

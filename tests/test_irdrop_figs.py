@@ -291,7 +291,7 @@ def test_bad_input(argv, word, tmp_path, capsys):
     (["--set", "adc.bits"], "--set"),
     (["--set", "adc.nonsense=3"], "--set"),
     (["--method", "magic"], "--method"),
-    (["--hw", "realistic", "--method", "dpe"], "--method"),
+    (["--hw", "generic", "--method", "dpe"], "--method"),
 ])
 def test_evaluate_bad_overrides(argv, word, digits_mlp, capsys):
     _, path = digits_mlp

@@ -23,7 +23,7 @@ def _cnn():
         return TinyCNN().eval()
 
 
-@pytest.mark.parametrize("hw", [preset("ideal"), preset("realistic").without(*NONIDEALITIES),
+@pytest.mark.parametrize("hw", [preset("ideal"), preset("generic").without(*NONIDEALITIES),
                                 preset("noisy").without(*NONIDEALITIES).replace(array={"rows": 5, "cols": 6})],
                          ids=["ideal", "realistic-all-off", "noisy-all-off-small-tiles"])
 def test_all_nonidealities_off_reproduces_digital(hw):
@@ -86,7 +86,7 @@ def test_conversion_keeps_parameters_and_unsupported_layers():
                           nn.Conv2d(4, 2, 3, padding=1, padding_mode="reflect"), nn.Flatten(),
                           nn.Linear(2 * 4 * 4, 5), nn.Linear(5, 3)).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    hw = preset("realistic")
+    hw = preset("generic")
     a, rep = convert_to_analog(model, hw, return_report=True)
     assert [n for n, *_ in rep.analog] == ["0", "6", "7"]
     digital = {n: r for n, _, r in rep.digital}
@@ -102,19 +102,19 @@ def test_conversion_keeps_parameters_and_unsupported_layers():
     assert all(type(m) in (nn.Conv2d, nn.Linear) for m in (d[0], d[6], d[7]))
     x = torch.randn(2, 1, 8, 8)
     assert torch.equal(d(x), model(x))
-    assert conversion_report(a).to_dict()["analog"][0]["hardware"] == "realistic"
+    assert conversion_report(a).to_dict()["analog"][0]["hardware"] == "generic"
 
 
 def test_overrides_by_name_glob_and_type():
     model = build_model("mlp-8-6", (1, 4, 4), 3)
     small = preset("ideal").replace(array={"rows": 4, "cols": 4}, name="small")
-    a, rep = convert_to_analog(model, preset("realistic"), return_report=True,
+    a, rep = convert_to_analog(model, preset("generic"), return_report=True,
                                overrides={"3": small, nn.Linear: preset("noisy"), "5": None})
     hw = {n: h for n, _, h in rep.analog}
     assert hw == {"1": "noisy", "3": "small"}
     assert ("5", "Linear", "excluded by overrides") in rep.digital
-    _, rep2 = convert_to_analog(model, preset("realistic"), return_report=True, overrides={"[13]": small})
-    assert {n: h for n, _, h in rep2.analog} == {"1": "small", "3": "small", "5": "realistic"}
+    _, rep2 = convert_to_analog(model, preset("generic"), return_report=True, overrides={"[13]": small})
+    assert {n: h for n, _, h in rep2.analog} == {"1": "small", "3": "small", "5": "generic"}
     with pytest.raises(TypeError, match="overrides"):
         convert_to_analog(model, preset("ideal"), overrides={3: small})
 
@@ -122,7 +122,7 @@ def test_overrides_by_name_glob_and_type():
 def test_program_seeds_and_fresh_read_noise():
     model = digits_mlp()
     x = load_digits("test").x[:20]
-    a = convert_to_analog(model, preset("realistic"), calib_data=load_digits("train").x[:64])
+    a = convert_to_analog(model, preset("generic"), calib_data=load_digits("train").x[:64])
     with pytest.raises(RuntimeError, match="not programmed"):
         a(x)
     program(a, 0)
@@ -131,7 +131,7 @@ def test_program_seeds_and_fresh_read_noise():
     program(a, 0)
     assert torch.equal(a(x), y1)                            # same seed: same chip, same read sequence
     program(a, 1)
-    assert not torch.allclose(a[1].chip.g_pos, program(convert_to_analog(model, preset("realistic")), 0)[1].chip.g_pos)
+    assert not torch.allclose(a[1].chip.g_pos, program(convert_to_analog(model, preset("generic")), 0)[1].chip.g_pos)
     with torch.no_grad():
         a[1].weight.mul_(1.01)
     with pytest.raises(RuntimeError, match="weights changed after programming"):
@@ -157,10 +157,10 @@ def test_state_dict_round_trip_is_bit_exact(tmp_path):
 
 def test_state_dict_of_unprogrammed_model_and_whole_model_save(tmp_path):
     model = digits_mlp()
-    a = convert_to_analog(model, preset("realistic"))
+    a = convert_to_analog(model, preset("generic"))
     b = convert_to_analog(model, preset("ideal"))
     b.load_state_dict(a.state_dict())
-    assert b[1].chip is None and b[1].hardware.name == "realistic"
+    assert b[1].chip is None and b[1].hardware.name == "generic"
     program(a, 2)
     torch.save(a, tmp_path / "m.pt")
     from memcim.nn.loading import load_model_file
@@ -201,7 +201,7 @@ def test_training_read_is_the_simulator_read():
         torch.testing.assert_close(chip.mvm(x, differentiable=True), ref.mvm(x), rtol=0, atol=1e-9)
     # with levels, DAC and ADC only, the chip is the rounded plan: d y / d x is the chip's matrix
     # (the rounded W), d y / d W = x (straight through the level rounding)
-    hw = preset("realistic").without("programming", "stuck", "thermal", "shot")
+    hw = preset("generic").without("programming", "stuck", "thermal", "shot")
     xg = x.clone().requires_grad_()
     Wg = W.clone().requires_grad_()
     chip = program_chip(map_matrix(W, hw), seed=0, dtype=torch.float64, weights=Wg)
@@ -273,7 +273,7 @@ def test_layer_maps_once_for_many_chips_and_again_when_weights_change():
     from memcim.config import preset
     from memcim.nn.analog import AnalogLinear
 
-    layer = AnalogLinear.from_digital(torch.nn.Linear(12, 5), preset("realistic"))
+    layer = AnalogLinear.from_digital(torch.nn.Linear(12, 5), preset("generic"))
     p0 = layer.program(0).mapped
     c1 = layer.program(1)
     assert c1.mapped.g_pos.data_ptr() == p0.g_pos.data_ptr() or torch.equal(c1.mapped.g_pos, p0.g_pos)

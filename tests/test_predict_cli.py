@@ -86,7 +86,7 @@ def test_predict_mse_monte_carlo_and_physical_watts(files, capsys):
     assert abs(pred["power"]["total_W"] - mc["power"]["total_W"]) <= 4 * mc["power"]["total_W_stderr"] + 1e-9
     assert d["config"]["gmax_per_layer"] == [0.5, 1.0, 2.0] and d["provenance"]["seed"] == 0
     # a physical config prints watts
-    rc, out, err = _run(capsys, _base(files) + ["--hw", "realistic", "--set", "adc.fs_mode=max", "--json"])
+    rc, out, err = _run(capsys, _base(files) + ["--hw", "generic", "--set", "adc.fs_mode=max", "--json"])
     assert rc == 0, err
     d = json.loads(out)
     assert d["power_units"]["units"] == "W" and 0 < d["predicted"]["power"]["total_W"] < 1e-2
@@ -172,7 +172,7 @@ def test_predict_column_and_optimize_gmax_bad_input(files, capsys):
         (["predict", "column", "--matrix", str(files / "nope.npy")], "--matrix"),
         (["predict", "column", "--matrix", str(files / "W.npy"), "--inputs", str(files / "x.npy")], "--inputs"),
         (["optimize", "gmax", "--model", str(files / "soft.pt"), "--trust-model-file", "--data",
-          str(files / "x.npy"), "--hw", "realistic", "--power-budget", "1"], "--hw: device.prog_sigma_rel"),
+          str(files / "x.npy"), "--hw", "generic", "--power-budget", "1"], "--hw: device.prog_sigma_rel"),
         (["optimize", "gmax", "--model", str(files / "soft.pt"), "--trust-model-file", "--data",
           str(files / "x.npy"), "--power-budget", "-1"], "--power-budget"),
     ]

@@ -13,7 +13,7 @@ from memcim.hardware.cells import TaOxMemristor
 
 #: Presets fitted to (or set up from) a published paper, and the presets that cite none.
 FITTED = ("pcm", "taox", "wan2022")
-UNSOURCED = {"ideal", "noisy", "realistic"}  # ideal by definition; noisy and realistic cite no data (issue 14)
+UNSOURCED = {"ideal", "noisy", "generic"}  # ideal by definition; noisy and generic cite no data (issue 14)
 CITATION = re.compile(r"Source|doi|et al\.|Paper 00\d", re.IGNORECASE)
 US = 1e-6
 
@@ -160,3 +160,15 @@ def test_wan2022_core_and_weight_precision():
     # 8 levels per device of a differential pair -> 2 * 8 - 1 = 15 signed weight values: 4-bit signed weights
     assert 2 * hw.device.levels - 1 == 2 ** 4 - 1
     assert hw.active_nonidealities() == ("quantization",)
+
+
+def test_realistic_is_renamed_generic_and_still_loads(capsys):
+    """Issue 14: 'realistic' cited no data, so it is 'generic' now; the old name loads it with one warning."""
+    from memcim.cli import main
+
+    with pytest.warns(FutureWarning, match="now called 'generic'"):
+        hw = preset("realistic")
+    assert hw == preset("generic") and "realistic" not in __import__("memcim.config").config.preset_names()
+    assert main(["hw", "show", "realistic", "--json"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["memcim: warning: preset 'realistic' is now called 'generic'; loading 'generic'"]

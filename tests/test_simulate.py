@@ -113,7 +113,7 @@ def test_read_noise_variance_matches_physics(which):
 
 
 def test_reads_draw_fresh_noise_and_replay_from_seed():
-    hw = preset("realistic")
+    hw = preset("generic")
     m = map_matrix(W, hw)
     a = program(m, seed=5)
     y1, y2 = a.mvm(X), a.mvm(X)
@@ -124,7 +124,7 @@ def test_reads_draw_fresh_noise_and_replay_from_seed():
 
 
 def test_trials_leading_dimension_and_per_trial_inputs():
-    m = map_matrix(W, preset("realistic"))
+    m = map_matrix(W, preset("generic"))
     chip = program(m, seed=0, trials=3)
     assert chip.mvm(X).shape == (3, 40, 130)
     xt = np.stack([X, 2 * X, -X])
@@ -201,7 +201,7 @@ def test_with_hardware_keeps_targets_and_refuses_what_changes_them():
     """Other converters give a new plan with the same targets (and a recalibrated ADC full scale);
     a change of window, wires or mapping would change the targets and is refused."""
     Wm = W[:60, :30]
-    hw = preset("realistic")
+    hw = preset("generic")
     plan = map_matrix(Wm, hw, calib_inputs=X[:, :60])
     new = plan.with_hardware(hw.set("adc.bits", 5), calib_inputs=X[:, :60])
     assert torch.equal(new.g_pos, plan.g_pos) and torch.equal(new.scale, plan.scale)

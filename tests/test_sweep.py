@@ -68,7 +68,7 @@ def results(df: pd.DataFrame) -> pd.DataFrame:
 VMM_SPEC = """
 [sweep]
 task = "simulate"
-hw = "realistic"
+hw = "generic"
 seeds = [0, 1]
 [fixed]
 size = 16
@@ -391,25 +391,25 @@ chips = 3
 seed = 1
 calib_samples = 64
 [grid]
-hw = ["ideal", "realistic"]
+hw = ["ideal", "generic"]
 """)
     assert main(["sweep", "run", str(p), "--workers", "0", "--json"]) == 0
     df = load_table(tmp_path / "spec.sqlite").set_index("hw")
     assert (df["status"] == "ok").all()
-    ideal, real = df.loc["ideal"], df.loc["realistic"]
+    ideal, real = df.loc["ideal"], df.loc["generic"]
     assert ideal["digital.accuracy"] == pytest.approx(acc, abs=1e-9)
     assert ideal["results.ideal.accuracy.mean"] == pytest.approx(acc, abs=1 / 120 + 1e-9)
     assert ideal["results.ideal.mse.mean"] < 1e-8
-    vals = [real[f"results.realistic.accuracy.values.{c}"] for c in range(3)]
-    assert real["results.realistic.accuracy.mean"] == pytest.approx(np.mean(vals), abs=1e-12)
-    assert real["results.realistic.accuracy.n"] == 3 and real["results.realistic.mse.mean"] > 0
-    lo, hi = real["results.realistic.accuracy.ci95_mean.0"], real["results.realistic.accuracy.ci95_mean.1"]
-    assert lo <= real["results.realistic.accuracy.mean"] <= hi
-    assert pd.isna(ideal["results.realistic.accuracy.mean"])  # each point's columns are its own hardware's
+    vals = [real[f"results.generic.accuracy.values.{c}"] for c in range(3)]
+    assert real["results.generic.accuracy.mean"] == pytest.approx(np.mean(vals), abs=1e-12)
+    assert real["results.generic.accuracy.n"] == 3 and real["results.generic.mse.mean"] > 0
+    lo, hi = real["results.generic.accuracy.ci95_mean.0"], real["results.generic.accuracy.ci95_mean.1"]
+    assert lo <= real["results.generic.accuracy.mean"] <= hi
+    assert pd.isna(ideal["results.generic.accuracy.mean"])  # each point's columns are its own hardware's
     # the Parquet copy holds the same table, readable by pyarrow (what polars/DuckDB read)
     import pyarrow.parquet as pq
     t = pq.read_table(tmp_path / "spec.parquet").to_pandas().set_index("hw")
-    assert t.loc["realistic", "results.realistic.accuracy.mean"] == real["results.realistic.accuracy.mean"]
+    assert t.loc["generic", "results.generic.accuracy.mean"] == real["results.generic.accuracy.mean"]
     with sqlite3.connect(tmp_path / "spec.sqlite") as con:  # a plain SQL reader
         assert pd.read_sql('SELECT "results.ideal.accuracy.mean" FROM points', con).shape == (2, 1)
 
@@ -419,14 +419,14 @@ def test_flatten_keeps_lists_and_names_columns_by_name_or_hardware():
 
     doc = {"digital": {"accuracy": np.float32(0.5)},
            "results": [{"hardware": "ideal", "accuracy": {"mean": 0.9, "ci95_mean": [0.8, 1.0]}},
-                       {"hardware": "realistic", "accuracy": {"mean": 0.7, "ci95_mean": [0.6, 0.8]}}],
+                       {"hardware": "generic", "accuracy": {"mean": 0.7, "ci95_mean": [0.6, 0.8]}}],
            "layers": [{"name": "fc1", "w": 1}, {"name": "fc2", "w": 2}],
            "same": [{"hardware": "x", "v": 1}, {"hardware": "x", "v": 2}],  # not unique: by position
            "arr": np.arange(3), "t": torch.tensor([1.5, float("inf")]), "flag": True, "none": None, "label": "ok"}
     assert flatten_result(doc) == {
         "digital.accuracy": 0.5, "results.ideal.accuracy.mean": 0.9, "results.ideal.accuracy.ci95_mean.0": 0.8,
-        "results.ideal.accuracy.ci95_mean.1": 1.0, "results.realistic.accuracy.mean": 0.7,
-        "results.realistic.accuracy.ci95_mean.0": 0.6, "results.realistic.accuracy.ci95_mean.1": 0.8,
+        "results.ideal.accuracy.ci95_mean.1": 1.0, "results.generic.accuracy.mean": 0.7,
+        "results.generic.accuracy.ci95_mean.0": 0.6, "results.generic.accuracy.ci95_mean.1": 0.8,
         "layers.fc1.w": 1, "layers.fc2.w": 2, "same.0.hardware": "x", "same.0.v": 1, "same.1.hardware": "x",
         "same.1.v": 2, "arr.0": 0, "arr.1": 1, "arr.2": 2, "t.0": 1.5, "t.1": None, "flag": True, "none": None,
         "label": "ok"}

@@ -110,7 +110,7 @@ def test_column_compensation_undoes_per_column_drift_global_does_not():
 def test_reads_without_drift_do_not_depend_on_time():
     rng = np.random.default_rng(2)
     W, x = rng.normal(size=(40, 10)), rng.normal(size=(4, 40))
-    hw = preset("realistic")
+    hw = preset("generic")
     a = program(map_matrix(W, hw), seed=5, trials=2).mvm(x)
     b = program(map_matrix(W, hw), seed=5, trials=2).mvm(x, t=1e6)
     assert torch.equal(a, b)
@@ -158,7 +158,7 @@ def test_compensation_reference_reads_leave_the_chip_reads_unchanged():
     of the same chip (same read noise) times its factor."""
     rng = np.random.default_rng(3)
     W, x = rng.normal(size=(40, 10)), rng.normal(size=(6, 40))
-    hw = preset("realistic").set({"device.drift_nu": 0.05, "device.drift_nu_std": 0.01})
+    hw = preset("generic").set({"device.drift_nu": 0.05, "device.drift_nu_std": 0.01})
     raw = program(map_matrix(W, hw), seed=7, trials=3, dtype=F64)
     comp = program(map_matrix(W, hw.set({"compensation.drift": "global"})), seed=7, trials=3, dtype=F64)
     for t in (T0, 86400.0):

@@ -132,8 +132,16 @@ def _set_threads(n) -> None:
     os.environ["MEMCIM_THREADS"] = str(n)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"memcim: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     from memcim.commands._shared import check_common, translate_error
+
+    warnings.showwarning = _one_line_warning   # a library warning is one line, like an error
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()

@@ -9,12 +9,12 @@ field, the value and what is allowed. Configs round-trip through TOML and JSON, 
 live as TOML files in ``memcim/presets``.
 
 Defaults describe an *ideal* 128x128 crossbar: continuous conductances, no noise, no faults and
-ideal converters. Use :func:`preset` (for example ``preset("realistic")``) for non-ideal hardware.
+ideal converters. Use :func:`preset` (for example ``preset("generic")``) for non-ideal hardware.
 
 Examples
 --------
 >>> from memcim.config import preset
->>> hw = preset("realistic")
+>>> hw = preset("generic")
 >>> hw.device.levels
 64
 >>> hw.without("programming").device.prog_sigma_abs
@@ -734,7 +734,7 @@ class HardwareConfig:
         except (OSError, UnicodeDecodeError) as e:
             raise ValueError(f"config: cannot read {p} ({getattr(e, 'strerror', None) or e})") from None
         if not text.strip():
-            raise ValueError(f"config: {p} is empty; start from `memcim hw show realistic > {p.name}`")
+            raise ValueError(f"config: {p} is empty; start from `memcim hw show generic > {p.name}`")
         return cls.from_json(text) if p.suffix == ".json" else cls.from_toml(text)
 
     def save(self, path: str | Path) -> Path:
@@ -815,8 +815,18 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("memcim.presets").iterdir() if p.name.endswith(".toml"))
 
 
+#: old preset name -> its new name (the old one still loads, with a warning).
+RENAMED_PRESETS = {"realistic": "generic"}
+
+
 def preset(name: str) -> HardwareConfig:
     """A named hardware preset (see :func:`preset_names`)."""
+    if name in RENAMED_PRESETS:
+        import warnings
+
+        new = RENAMED_PRESETS[name]
+        warnings.warn(f"preset {name!r} is now called {new!r}; loading {new!r}", FutureWarning, stacklevel=2)
+        name = new
     names = preset_names()
     if name not in names:
         raise ValueError(f"preset: unknown preset {name!r}; available: {', '.join(names)}")
@@ -824,7 +834,7 @@ def preset(name: str) -> HardwareConfig:
     return HardwareConfig.from_toml(text)
 
 
-def resolve_config(spec: str | Path | HardwareConfig | None, default: str = "realistic") -> HardwareConfig:
+def resolve_config(spec: str | Path | HardwareConfig | None, default: str = "generic") -> HardwareConfig:
     """A config from a preset name, a file path, an object, or None (the default preset)."""
     if isinstance(spec, HardwareConfig):
         return spec

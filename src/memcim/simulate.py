@@ -35,7 +35,7 @@ Examples
 >>> from memcim.simulate import simulate_mvm
 >>> W = np.random.default_rng(0).normal(size=(300, 100))
 >>> x = np.random.default_rng(1).normal(size=(16, 300))
->>> simulate_mvm(W, x, preset("realistic"), trials=4, seed=0).shape
+>>> simulate_mvm(W, x, preset("generic"), trials=4, seed=0).shape
 torch.Size([4, 16, 100])
 """
 from __future__ import annotations

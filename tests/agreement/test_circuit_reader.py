@@ -34,7 +34,7 @@ def test_circuit_reader_equals_ideal_reader_as_wires_vanish(scheme, pair):
     reader's outputs to 1e-9 (same seeds, so the same chips and the same read-noise draws)."""
     W = _trained_block(60, 20)
     x = np.abs(np.random.default_rng(1).normal(size=(16, 60)))
-    hw = preset("realistic").set({"mapping.scheme": scheme, "mapping.pair": pair, "array.rows": 24,
+    hw = preset("generic").set({"mapping.scheme": scheme, "mapping.pair": pair, "array.rows": 24,
                                   "array.cols": {"arrays": 16, "columns": 32}[pair] if scheme == "differential" else 17})
     ideal = program(map_matrix(W, hw, calib_inputs=x), seed=3, trials=2, dtype=torch.float64)
     circ = program(map_matrix(W, _wired(hw, 1e-9), calib_inputs=x), seed=3, trials=2, dtype=torch.float64)

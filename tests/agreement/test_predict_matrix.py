@@ -24,14 +24,14 @@ SEED = 7
 
 # (preset, settings applied first, non-ideality or None for all)
 _BASE = {
-    "realistic": {},
+    "generic": {},
     "noisy": {},
     "convex_cim": {},
     "lowrank": {},
     "memse": {},
-    "realistic-offset": {"mapping.scheme": "offset"},
-    "realistic-column": {"mapping.scale": "column", "adc.granularity": "column"},
-    "realistic-rtn": {"device.rtn_amplitude": 0.2, "device.rtn_probability": 0.3},
+    "generic-offset": {"mapping.scheme": "offset"},
+    "generic-column": {"mapping.scale": "column", "adc.granularity": "column"},
+    "generic-rtn": {"device.rtn_amplitude": 0.2, "device.rtn_probability": 0.3},
     "noisy-table": {"device.prog_sigma_table": tuple(np.linspace(1e-6, 4e-6, 16)), "device.prog_sigma_abs": 0.0,
                     "device.prog_sigma_rel": 0.0},
 }
@@ -56,7 +56,7 @@ def _cases():
                 ni = ("quantization", "programming")   # a per-level table needs the levels
             out.append((key, ni))
     # the ADC on a noisy read (the Gaussian level sum and the clipped-Gaussian branch)
-    out.append(("realistic", ("programming", "adc")))
+    out.append(("generic", ("programming", "adc")))
     out.append(("noisy", ("programming", "adc")))
     return out
 

@@ -30,7 +30,7 @@ TRIALS = 150
 SEED = 11
 MODEL_REL = 0.05
 EXACT = {"quantization", "dac", "adc"}      # deterministic when alone
-PRESETS = ("realistic", "noisy", "convex_cim", "lowrank", "memse")
+PRESETS = ("generic", "noisy", "convex_cim", "lowrank", "memse")
 
 
 def _cases():
@@ -41,7 +41,7 @@ def _cases():
             for ni in (None, *hw.active_nonidealities()):
                 if ni == "wires":
                     continue
-                if model == "cnn" and name == "realistic" and ni in (None, "stuck"):
+                if model == "cnn" and name == "generic" and ni in (None, "stuck"):
                     # 0.01 % of devices stuck at g_max: about 0.06 such devices per chip of this small
                     # net, too rare for a 150-chip mean to be normal (the noisy preset's 1 % is tested)
                     continue
@@ -89,7 +89,7 @@ def test_network_mse_matches_monte_carlo(setup, model, name, ni):
 # ------------------------------------------------------------------------------------------------
 # the "Done when": reference MLP and CNN, every preset
 
-DONE_PRESETS = ("ideal", "memse", "realistic", "noisy", "convex_cim", "lowrank", "irdrop")
+DONE_PRESETS = ("ideal", "memse", "generic", "noisy", "convex_cim", "lowrank", "irdrop")
 DONE_TRIALS = 60
 
 

@@ -7,7 +7,7 @@ Matrix: the reference MNIST MLP's first layer, a 784 x 64 slice (seven row tiles
 * ``drift``: drift alone (nu ~ N(mu(G), s(G)^2) with G slopes in both mean and spread);
 * ``global`` / ``column``: the same drift with drift compensation;
 * ``flicker``: 1/f read noise alone, Q(G) = min(q (G/g_max)^-0.65, q_max) (PCM-like);
-* ``everything``: the realistic preset (levels, programming noise, stuck devices, thermal and shot
+* ``everything``: the generic preset (levels, programming noise, stuck devices, thermal and shot
   noise, 8-bit DAC and ADC) with drift, 1/f noise, telegraph noise and global compensation.
 
 Two statistics per case and time, both means over chips of a per-chip number, so their Monte
@@ -65,7 +65,7 @@ FLICKER = {"device.read_1f_q": 0.0088, "device.read_1f_exp": 0.65, "device.read_
 
 
 def _hw(case):
-    base = preset("realistic")
+    base = preset("generic")
     if case == "drift":
         return base.set(DRIFT).only("drift")
     if case in ("global", "column"):

@@ -34,7 +34,7 @@ T = 200                                            # chips per side
 NAMES = [n for n in NONIDEALITIES if n not in ("wires", "drift")]   # training reads at t0: drift has no effect there
 CASES = [(n, "differential") for n in NAMES] + [("programming", "offset"), ("thermal", "offset"),
                                                 ("shot", "offset")]
-BASE = preset("realistic").set({"device.rtn_amplitude": 0.08, "device.rtn_probability": 0.2,
+BASE = preset("generic").set({"device.rtn_amplitude": 0.08, "device.rtn_probability": 0.2,
                                 "device.read_1f_q": 0.01})
 
 

@@ -251,7 +251,7 @@ class LayerErrorModel:
     --------
     >>> import numpy as np
     >>> from memcim.config import preset
-    >>> hw = preset("realistic")
+    >>> hw = preset("generic")
     >>> W = np.random.default_rng(0).normal(size=(64, 8))
     >>> X = np.random.default_rng(1).normal(size=(256, 64))
     >>> model = LayerErrorModel(W, hw, InputStats.from_samples(X, hw))

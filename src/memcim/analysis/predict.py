@@ -83,7 +83,7 @@ Examples
 >>> from memcim.analysis.predict import predict
 >>> W = np.random.default_rng(0).normal(size=(200, 20))
 >>> x = np.random.default_rng(1).normal(size=(8, 200))
->>> p = predict(W, x, preset("realistic"))
+>>> p = predict(W, x, preset("generic"))
 >>> p.mean.shape, p.mse_mean > 0
 (torch.Size([8, 20]), True)
 """

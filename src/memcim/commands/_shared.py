@@ -69,7 +69,7 @@ def translate_error(message: str, options: set[str]) -> str:
 
 
 # ------------------------------------------------------------------ hardware
-def add_hw(p: argparse.ArgumentParser, *, default: str | None = "realistic", repeat: bool = False,
+def add_hw(p: argparse.ArgumentParser, *, default: str | None = "generic", repeat: bool = False,
            extra: str = "") -> None:
     """``--hw PRESET|FILE`` (repeatable when ``repeat``) and ``--set KEY=VALUE``."""
     what = "repeatable: one result per config; " if repeat else ""
@@ -107,7 +107,7 @@ def _one_hw(spec, settings: dict, default: str | None):
     from memcim.config import resolve_config
 
     try:
-        hw = resolve_config(spec, default=default or "realistic")
+        hw = resolve_config(spec, default=default or "generic")
     except ValueError as e:
         msg = str(e)
         for prefix in ("preset: ", "config: "):  # the loader's own name for what --hw names
@@ -122,13 +122,13 @@ def _one_hw(spec, settings: dict, default: str | None):
     return hw
 
 
-def hardware(args, *, default: str | None = "realistic", extra_settings: dict | None = None):
+def hardware(args, *, default: str | None = "generic", extra_settings: dict | None = None):
     """The one :class:`~memcim.config.HardwareConfig` of ``--hw`` and ``--set``."""
     settings = {**parse_settings(getattr(args, "settings", [])), **(extra_settings or {})}
     return _one_hw(getattr(args, "hw", None), settings, default)
 
 
-def hardware_list(args, *, default: str = "realistic", extra_settings: dict | None = None) -> list:
+def hardware_list(args, *, default: str = "generic", extra_settings: dict | None = None) -> list:
     """Every config of a repeatable ``--hw``, each with the ``--set`` overrides."""
     settings = {**parse_settings(getattr(args, "settings", [])), **(extra_settings or {})}
     specs = list(getattr(args, "hw", None) or []) or [default]

@@ -25,7 +25,7 @@ def register(sub) -> None:
                     "tile with IR drop solved as a circuit (irdrop preset), and the convex design optimizer's "
                     "gain (convex_cim preset). Prints a short table and writes OUT/index.html, its PNGs and "
                     "OUT/demo.json. The full reproduction of the papers is `memcim paper reproduce`.")
-    add_hw(p, default="realistic", extra="; used by the budget, accuracy and closed-form sections")
+    add_hw(p, default="generic", extra="; used by the budget, accuracy and closed-form sections")
     p.add_argument("--chips", type=int, default=None, metavar="N",
                    help="programmed chips per accuracy point, error budget and optimizer row (default 5, --quick 3); "
                         "the closed-form check uses 4N, at least 12 (default 20)")
@@ -42,7 +42,7 @@ def run(args) -> int:
 
     from memcim.commands._shared import hardware
 
-    hw = hardware(args, default="realistic")
+    hw = hardware(args, default="generic")
     out = Path(args.out)
 
     threads = torch.get_num_threads()

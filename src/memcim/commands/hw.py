@@ -34,9 +34,9 @@ def register(sub) -> None:
     show = hsub.add_parser("show", help="print a config as TOML (every key), or JSON",
                            description="Print a preset or file, with --set overrides applied, as TOML listing every "
                                        "key (unset ones as comments). Start a config from it: "
-                                       "memcim hw show realistic > mine.toml")
+                                       "memcim hw show generic > mine.toml")
     show.add_argument("hw", nargs="?", default=None, metavar="PRESET|FILE",
-                      help="a preset name (memcim hw list) or a .toml/.json file (default realistic)")
+                      help="a preset name (memcim hw list) or a .toml/.json file (default generic)")
     show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                       help="dotted override, repeatable: --set adc.bits=6 (the keys are the ones printed)")
     show.add_argument("--json", action="store_true", help="print JSON (unset keys as null) instead of TOML")
@@ -119,7 +119,7 @@ def _show(args: argparse.Namespace) -> int:
     from memcim.commands._shared import hardware
     from memcim.io import dumps
 
-    hw = hardware(args, default="realistic")
+    hw = hardware(args, default="generic")
     if args.json:
         f = flat(hw)
         print(dumps({"name": hw.name, **{sec: {n: f[f"{sec}.{n}"] for n in names}

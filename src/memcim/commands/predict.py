@@ -108,7 +108,7 @@ def power_units(hw) -> dict:
     watts on a physical chip with the same relative window: scaling every conductance (and the
     programming noise) by ``k = g_ref / g_max`` and ``r_tia`` by ``1/k`` leaves the weights and
     the MSE unchanged, and scaling the read voltage to ``v_ref`` multiplies every power by
-    ``k (v_ref / v_read)^2``. The reference is the ``realistic`` preset's device (g_max, v_read).
+    ``k (v_ref / v_read)^2``. The reference is the ``generic`` preset's device (g_max, v_read).
     """
     from memcim.config import preset
 
@@ -116,13 +116,13 @@ def power_units(hw) -> dict:
         return {"units": "W", "normalised": False,
                 "note": f"watts for this config (G in S, v_read = {hw.array.v_read:g} V, "
                         f"r_tia = {hw.array.r_tia:g} Ohm), each read lasting one time unit"}
-    ref = preset("realistic")
+    ref = preset("generic")
     k = ref.device.g_max / hw.device.g_max
     factor = k * (ref.array.v_read / hw.array.v_read) ** 2
     return {"units": "normalised", "normalised": True, "to_watts": factor,
-            "reference": {"g_max_S": ref.device.g_max, "v_read_V": ref.array.v_read, "preset": "realistic"},
+            "reference": {"g_max_S": ref.device.g_max, "v_read_V": ref.array.v_read, "preset": "generic"},
             "note": f"normalised units (G_max = {hw.device.g_max:g} 'S', v_read = {hw.array.v_read:g}, "
-                    f"r_tia = {hw.array.r_tia:g}): not watts of a real chip. Scaled to the realistic "
+                    f"r_tia = {hw.array.r_tia:g}): not watts of a real chip. Scaled to the generic "
                     f"device (G_max = {ref.device.g_max:g} S at v_read = {ref.array.v_read:g} V, r_tia scaled "
                     f"alike, same MSE), multiply by {factor:.4g} to get W"}
 

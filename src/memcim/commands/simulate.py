@@ -11,7 +11,7 @@ One command, two inputs:
 
 Examples
 --------
-    memcim simulate --matrix W.npy --hw realistic --chips 10 --out run/ --json
+    memcim simulate --matrix W.npy --hw generic --chips 10 --out run/ --json
     memcim simulate --conductances G.npy --inputs V.npy --set wires.r_wire=2 --spice tile.cir
 """
 from __future__ import annotations
@@ -78,7 +78,7 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=None, metavar="N",
                    help=f"--matrix: number of inputs x ~ N(0, I) drawn when --inputs is absent "
                         f"(default {DEFAULT_BATCH})")
-    add_hw(p, default="realistic", extra="; with --conductances the wires of irdrop")
+    add_hw(p, default="generic", extra="; with --conductances the wires of irdrop")
     add_chips(p, DEFAULT_CHIPS, what="--matrix: programmed chips (Monte Carlo over chips)")
     p.set_defaults(chips=None)  # None = not given: the default applies to --matrix, --conductances refuses it
     add_seed(p)
@@ -117,7 +117,7 @@ def _matrix(args) -> int:
     W = load_array(args.matrix, "matrix", ndim=2)
     if not np.any(W != 0):
         raise ValueError("matrix: all entries are zero; x @ W = 0, so there is no error to measure")
-    hw = hardware(args, default="realistic")
+    hw = hardware(args, default="generic")
     if args.inputs:
         x = load_array(args.inputs, "inputs", ndim=(1, 2))
         x = x[None, :] if x.ndim == 1 else x

@@ -282,7 +282,7 @@ def run_demo(*, hw=None, chips: int | None = None, seed: int = 0, quick: bool = 
     Parameters
     ----------
     hw : the hardware of the budget, accuracy and closed-form sections: a preset name, a file or a
-        :class:`~memcim.config.HardwareConfig` (default ``realistic``). The tile always uses
+        :class:`~memcim.config.HardwareConfig` (default ``generic``). The tile always uses
         ``irdrop`` and the optimizer ``convex_cim``, the presets their papers define.
     chips : programmed chips per accuracy point, error budget and optimizer row (default 5; quick 3).
     seed : seed of every chip.
@@ -309,7 +309,7 @@ def run_demo(*, hw=None, chips: int | None = None, seed: int = 0, quick: bool = 
     sections = tuple(sections)
     for s in sections:
         validate.choice("sections", s, SECTIONS)
-    hw = resolve_config(hw, default="realistic")
+    hw = resolve_config(hw, default="generic")
     c, t_all = size["chips"], time.perf_counter()
     say = log or (lambda _msg: None)
 

@@ -3,7 +3,7 @@
 For a harmonic matrix, the scheme at several ranks (repetitions: the exact best for each rank under
 the baseline's device budget) and the baseline are run through the foundation simulator under a
 ladder of hardware configurations, from "programming noise only, continuous conductances" to the
-"realistic" preset. For each, the Monte Carlo error is compared with
+"generic" preset. For each, the Monte Carlo error is compared with
 
 * ``ideal``: the paper's additive model with the weight-unit sigma each mapped matrix implies
   (:func:`memcim.mapping.lowrank.equivalent_sigma`) and the ideal factors;
@@ -32,9 +32,9 @@ def hardware_ladder(sigma_abs: float = 3e-6):
     adc6 = conv.replace(adc={"bits": 6}, name="+6-bit ADC")
     adc4 = conv.replace(adc={"bits": 4}, name="+4-bit ADC")
     lv16 = conv.replace(device={"levels": 16}, name="16 levels, 8-bit")
-    real = preset("realistic").replace(device={"prog_sigma_abs": sigma_abs}, name="realistic")
+    real = preset("generic").replace(device={"prog_sigma_abs": sigma_abs}, name="generic")
     return [("prog-only", base), ("+64 levels", q), ("+8-bit DAC/ADC", conv), ("+6-bit ADC", adc6),
-            ("+4-bit ADC", adc4), ("16 levels, 8-bit", lv16), ("realistic", real)]
+            ("+4-bit ADC", adc4), ("16 levels, 8-bit", lv16), ("generic", real)]
 
 
 def _summary(res: dict) -> dict:

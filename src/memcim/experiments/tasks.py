@@ -17,7 +17,7 @@ Each task takes keyword parameters named as in the library (``hw``, ``chips``, `
 Examples
 --------
 >>> from memcim import registry
->>> r = registry.get("simulate").run(hw="realistic", size=32, batch=16, chips=2, seed=0)
+>>> r = registry.get("simulate").run(hw="generic", size=32, batch=16, chips=2, seed=0)
 >>> sorted(r)
 ['chips', 'cols', 'mse', 'relative_error', 'rows', 'signal_power', 'snr_db']
 >>> registry.get("sleep").run(duration=0, value=2.0)
@@ -83,7 +83,7 @@ def _weights(matrix, size: int, cols: int | None, rng: np.random.Generator) -> n
 
 
 @register("simulate", title="error of y = x W on chips of hw (Monte Carlo)")
-def simulate(*, hw="realistic", matrix="gaussian", size: int = 64, cols: int | None = None, batch: int = 64,
+def simulate(*, hw="generic", matrix="gaussian", size: int = 64, cols: int | None = None, batch: int = 64,
              chips: int = 8, seed: int = 0, dtype: str = "float64") -> dict:
     """Error of one vector-matrix multiplication ``y = x W`` on ``chips`` programmed chips of ``hw``.
 
@@ -170,7 +170,7 @@ def _data(data, normalize, limit, root):
 
 
 @register("evaluate", title="a model's accuracy and output MSE over chips, per hardware")
-def evaluate(*, model, hw="realistic", data: str = "mnist:test:1000", normalize=None, chips: int = 10,
+def evaluate(*, model, hw="generic", data: str = "mnist:test:1000", normalize=None, chips: int = 10,
              seed: int = 0, calib_samples: int = 256, batch_size: int = 1000, trust_model_file: bool = False,
              import_modules=(), input_shape=None, data_root=None) -> dict:
     """Accuracy and output MSE of ``model`` on each hardware of ``hw``, over ``chips`` chips.
@@ -232,7 +232,7 @@ def evaluate(*, model, hw="realistic", data: str = "mnist:test:1000", normalize=
 
 
 @register("predict", title="closed-form output MSE of a model or a matrix on hw")
-def predict(*, hw="realistic", model=None, matrix=None, data: str = "mnist:test:100", normalize=None,
+def predict(*, hw="generic", model=None, matrix=None, data: str = "mnist:test:100", normalize=None,
             size: int = 64, cols: int | None = None, batch: int = 64, seed: int = 0, calib_samples: int = 256,
             cov: str = "lowrank", act_method: str = "taylor", taylor_order: int = 2, per_output: bool = False,
             trust_model_file: bool = False, import_modules=(), input_shape=None, data_root=None) -> dict:

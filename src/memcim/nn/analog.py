@@ -2,7 +2,7 @@
 
 Flow (modelled on ``torch.ao.quantization``'s prepare/convert)::
 
-    analog = convert_to_analog(model, preset("realistic"), calib_data=x_train[:256])
+    analog = convert_to_analog(model, preset("generic"), calib_data=x_train[:256])
     program(analog, seed=0)        # sample one chip (programming noise, stuck devices)
     y = analog(x)                  # eval mode: every Linear/Conv2d runs on the chip, fresh read noise
     program(analog, seed=1)        # another chip: Monte Carlo over chips

@@ -16,7 +16,7 @@ Every point calls its task directly (a :mod:`memcim.registry` entry, or an allow
 ``"module:function"``); nothing parses a command line or reads printed output. Its result dict
 is flattened into columns by :func:`flatten_result`, which keeps every number: nested dicts
 become ``a.b``, a list of dicts that each carry a ``name`` or ``hardware`` becomes columns keyed
-by it (``results.realistic.accuracy.mean``), any other list is keyed by position (``x.0``). A
+by it (``results.generic.accuracy.mean``), any other list is keyed by position (``x.0``). A
 result that cannot be stored is an error of that point, never a silent drop.
 
 Each pool worker runs with ``threads_per_worker`` torch/BLAS threads (default 1), so that the
@@ -106,8 +106,8 @@ def flatten_result(obj: Any, prefix: str = "") -> dict[str, Any]:
 
     * nested dicts: ``{"a": {"b": 1}}`` -> ``a.b``;
     * a list of dicts that each carry a distinct ``name`` (else ``hardware``): keyed by it, that
-      key itself omitted (``{"results": [{"hardware": "realistic", "accuracy": {"mean": m}}]}``
-      -> ``results.realistic.accuracy.mean``);
+      key itself omitted (``{"results": [{"hardware": "generic", "accuracy": {"mean": m}}]}``
+      -> ``results.generic.accuracy.mean``);
     * any other list, numpy array or tensor: keyed by position (``x.0``, ``x.1``);
     * numpy / torch scalars become Python numbers; a non-finite float becomes None (SQL NULL).
 
@@ -121,8 +121,8 @@ def flatten_result(obj: Any, prefix: str = "") -> dict[str, Any]:
     Examples
     --------
     >>> flatten_result({"a": {"b": 1}, "xs": [1.5, float("nan")],
-    ...                 "results": [{"hardware": "ideal", "acc": 0.9}, {"hardware": "realistic", "acc": 0.8}]})
-    {'a.b': 1, 'xs.0': 1.5, 'xs.1': None, 'results.ideal.acc': 0.9, 'results.realistic.acc': 0.8}
+    ...                 "results": [{"hardware": "ideal", "acc": 0.9}, {"hardware": "generic", "acc": 0.8}]})
+    {'a.b': 1, 'xs.0': 1.5, 'xs.1': None, 'results.ideal.acc': 0.9, 'results.generic.acc': 0.8}
     """
     if not isinstance(obj, Mapping):
         raise ValueError(f"result: a task must return a dict, not {type(obj).__name__}")

@@ -6,7 +6,7 @@ A spec names *what* each point computes (a task of :mod:`memcim.registry`, calle
     [sweep]
     name = "noise-vs-adc"          # optional; default: the spec file's stem
     task = "simulate"              # a registry key: "simulate", "evaluate", "predict", "002/fig9a", ...
-    hw = "realistic"               # hardware: a preset name or a .toml/.json file
+    hw = "generic"               # hardware: a preset name or a .toml/.json file
     seeds = [0, 1, 2]              # or a count: seeds = 3 means [0, 1, 2]
     store = "noise.sqlite"         # optional default store (relative to the spec file)
     # quick = true                 # start from the task's --quick parameters
@@ -22,7 +22,7 @@ A spec names *what* each point computes (a task of :mod:`memcim.registry`, calle
 Dotted names (``section.field``) are hardware settings, checked against the fields of
 :class:`memcim.config.HardwareConfig` and applied to ``hw``; plain names are the task's own
 keyword parameters (checked against its signature), by their library names (``chips``,
-``seed``, ``data``, ``model``). ``hw`` itself may vary too: ``hw = ["ideal", "realistic"]`` in
+``seed``, ``data``, ``model``). ``hw`` itself may vary too: ``hw = ["ideal", "generic"]`` in
 ``[grid]``.
 
 ``[random]`` draws ``samples`` points with ``numpy.random.default_rng(sample_seed)``; each
@@ -265,7 +265,7 @@ def _target_arguments(fn: Callable) -> tuple[set[str] | None, bool, bool, set[st
 def _default_hw(fn: Callable) -> str:
     p = inspect.signature(fn).parameters.get("hw")
     d = None if p is None else p.default
-    return d if isinstance(d, str) and d else "realistic"
+    return d if isinstance(d, str) and d else "generic"
 
 
 # ---- TOML helpers ------------------------------------------------------------------------------
@@ -501,7 +501,7 @@ def parse_spec(source: str | Path | dict, *, root: str | Path | None = None, all
                 if not takes_hw:
                     raise ValueError(f"{where}: unknown parameter 'hw'; {target} takes no hardware")
                 if where == "fixed":
-                    raise ValueError("fixed: hw belongs in [sweep] (hw = \"realistic\") or, to vary it, in "
+                    raise ValueError("fixed: hw belongs in [sweep] (hw = \"generic\") or, to vary it, in "
                                      f"[{mode}]")
                 if "hw" in sw or "base" in sw:
                     raise ValueError(f"{mode}: hw is also given in [sweep]; give it in one place")
