@@ -5,6 +5,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from _cli import run_cli
 
 from memcim.cli import main
 from memcim.config import HardwareConfig, preset
@@ -12,16 +13,6 @@ from memcim.io import load_array
 
 #: _shared._one_hw rewrites a hardware file's error "device.g_min: ..." as "hw: ..." and drops the key
 #: the user must fix ("--hw: 0.0001 must be smaller than device.g_max"); strict, so the fix shows up
-
-
-def run_cli(argv, capsys):
-    """(exit code, stdout, stderr) of ``memcim argv``, argparse's own exits included."""
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def assert_one_line_error(rc, err, match):

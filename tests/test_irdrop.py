@@ -3,12 +3,20 @@ import json
 
 import numpy as np
 import pytest
+from _cli import run_cli
 
 from memcim.cli import main
 from memcim.config import HardwareConfig, preset
 from memcim.hardware.cells import Level1NMOS
-from memcim.hardware.circuit import (Crossbar, NonlinearCrossbar, as_wires, ngspice_available, run_ngspice,
-                                     states_from_conductances, to_spice)
+from memcim.hardware.circuit import (
+    Crossbar,
+    NonlinearCrossbar,
+    as_wires,
+    ngspice_available,
+    run_ngspice,
+    states_from_conductances,
+    to_spice,
+)
 from memcim.hardware.device import quantize_array
 from memcim.mapping.crossbar import map_matrix
 from memcim.mapping.irdrop import error_report, map_dpe
@@ -143,16 +151,6 @@ def test_cli_map_tiles_a_large_matrix(tmp_path, capsys):
     assert main(["map", "--matrix", str(tmp_path / "W.npy"), "--method", "dpe", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["tiles"] == [3, 1] and rep["relative_error"] < 0.2
-
-
-def run_cli(argv, capsys):
-    """(exit code, stdout, stderr) of ``memcim argv``, argparse's own exits included."""
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def test_cli_map_set_replaces_the_physics_flags(tmp_path, capsys, W16):

@@ -3,17 +3,11 @@ import json
 
 import numpy as np
 import pytest
-
-from memcim.cli import main
+from _cli import run_cli
 
 
 def _run(capsys, argv):
-    try:
-        rc = main(argv)
-    except SystemExit as e:          # argparse's own one-line errors exit
-        rc = e.code
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
+    return run_cli(argv, capsys)
 
 
 def test_lowrank_json_fields_and_monte_carlo_agreement(capsys, tmp_path):

@@ -6,18 +6,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from _cli import run_cli
 from torch import nn
-
-from memcim.cli import main
 
 
 def _run(capsys, argv):
-    try:
-        rc = main(argv)
-    except SystemExit as e:          # argparse's own errors (invalid choice) exit
-        rc = e.code
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
+    return run_cli(argv, capsys)
 
 
 @pytest.fixture(scope="module")
