@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fnmatch
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -310,6 +311,9 @@ class AnalogConv2d(_AnalogMixin, nn.Conv2d):
         reason = unsupported_reason(layer)
         if reason:
             raise ValueError(f"layer: {reason}")
+        if cls is AnalogConv2d and (layer.groups != 1 or layer.padding_mode != "zeros"):
+            # grouped, depthwise or non-zero padding: one crossbar matrix per group (AnalogGroupedConv2d)
+            return AnalogGroupedConv2d.from_digital(layer, hardware, seed=seed, train_noise=train_noise)
         new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                   layer.dilation, layer.bias is not None, hardware=hardware, seed=seed,
                   train_noise=train_noise, device=layer.weight.device, dtype=layer.weight.dtype)
@@ -355,18 +359,390 @@ class AnalogConv2d(_AnalogMixin, nn.Conv2d):
         return super().extra_repr() + ", " + self._analog_repr()
 
 
-ANALOG_LAYERS = (AnalogLinear, AnalogConv2d)
+# ------------------------------------------------------------------------------------------------
+# multi-matrix layers: every crossbar matrix is an AnalogMatrix child that reads its owner's weight
+# ------------------------------------------------------------------------------------------------
+
+class AnalogMatrix(_AnalogMixin, nn.Module):
+    """One crossbar matrix of a multi-matrix analog layer (a conv group, an LSTM gate block, an
+    attention projection): ``y = x W^T`` on its own programmed arrays (``map_matrix`` of W (in, out)).
+
+    It owns no parameter: ``weight`` is a view (rows ``rows[0]:rows[1]``, or all) of its owner's
+    parameter, so the owner keeps the digital layer's parameters and state-dict names, and a training
+    step on the owner's parameter is what the matrix maps next. It is an analog layer like
+    :class:`AnalogLinear` for :func:`program`, :func:`calibrate`, :func:`set_read_time`,
+    :func:`digital_mode` and state dicts (its ``_extra_state`` holds its chip).
+    """
+
+    def __init__(self, source: torch.Tensor, rows: tuple[int, int] | None = None, *,
+                 hardware: HardwareConfig | None = None, seed: int = 0, train_noise: bool = True):
+        nn.Module.__init__(self)
+        self._source = [source]            # a list, so nn.Module does not register it a second time
+        self._rows = None if rows is None else (int(rows[0]), int(rows[1]))
+        self._init_analog(hardware if hardware is not None else HardwareConfig(), seed, train_noise)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        w = self._source[0]
+        return w if self._rows is None else w[self._rows[0]:self._rows[1]]
+
+    @property
+    def in_features(self) -> int:
+        return int(math.prod(self.weight.shape[1:]))
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = self._matmul(x.reshape(-1, self.in_features))
+        return y.reshape(*lead, self.out_features)
+
+    def calib_rows(self, x: torch.Tensor) -> torch.Tensor:
+        return x.detach().reshape(-1, self.in_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, " + self._analog_repr()
+
+
+class AnalogModule:
+    """Marker base of the multi-matrix analog layers: their crossbar matrices are the
+    :class:`AnalogMatrix` children in ``self.crossbars``; everything else they compute is digital."""
+
+    #: the torch class this layer converts back to (:func:`convert_to_digital`)
+    digital_class: type = nn.Module
+    #: (operation, reason) pairs computed digitally, for the conversion report
+    digital_ops: tuple = ()
+
+    @classmethod
+    def from_digital(cls, layer: nn.Module, hardware: HardwareConfig, *, seed: int = 0, train_noise: bool = True):
+        """The analog twin of ``layer`` (a copy: same parameters, buffers, settings and train/eval mode)."""
+        if not isinstance(hardware, HardwareConfig):
+            raise TypeError(f"hardware: expected a HardwareConfig, got {type(hardware).__name__}")
+        reason = unsupported_reason(layer)
+        if reason:
+            raise ValueError(f"layer: {reason}")
+        new = cls.__new__(cls)
+        new.__dict__.update(copy.deepcopy(layer).__dict__)
+        new._setup_analog(hardware, seed, train_noise)
+        return new
+
+    def _make_crossbars(self, sources: dict, hardware: HardwareConfig, seed: int, train_noise: bool) -> None:
+        """``sources``: {name: (parameter, rows or None)} in a fixed order; unit ``i`` gets
+        ``layer_seed(seed, i)`` for its training generator."""
+        self.hardware = hardware
+        self.crossbars = nn.ModuleDict({
+            k: AnalogMatrix(p, r, hardware=hardware, seed=layer_seed(seed, i), train_noise=train_noise)
+            for i, (k, (p, r)) in enumerate(sources.items())})
+        self.crossbars.train(self.training)
+
+    def to_digital(self) -> nn.Module:
+        """The plain torch layer with the same parameters (shared) and settings."""
+        new = self.digital_class.__new__(self.digital_class)
+        d = dict(self.__dict__)
+        d["_modules"] = {k: v for k, v in self._modules.items() if k != "crossbars"}
+        d["_forward_pre_hooks"] = type(self._forward_pre_hooks)(
+            (k, h) for k, h in self._forward_pre_hooks.items() if h is not _no_fast_path)
+        d.pop("hardware", None)
+        new.__dict__.update(d)
+        return new
+
+
+def _no_fast_path(module, args):
+    """A no-op forward pre-hook: a module with hooks is never sent down torch's fused
+    TransformerEncoderLayer fast path, which would read the weights digitally."""
+    return None
+
+
+def _im2col(x: torch.Tensor, kernel: tuple, stride: tuple, dilation: tuple):
+    """Patches of an already padded (N, C, *spatial) input: rows (N * L, C * prod(kernel)) in the
+    (channel, kernel...) order of ``weight.reshape(out, -1)``, and the output's spatial shape."""
+    nd = len(kernel)
+    for i in range(nd):
+        span = dilation[i] * (kernel[i] - 1) + 1
+        if x.shape[2 + i] < span:
+            raise ValueError(f"input: spatial size {tuple(x.shape[2:])} (padded) is smaller than the "
+                             f"kernel's span {span} in dimension {i}")
+        x = x.unfold(2 + i, span, stride[i])
+    # x: (N, C, *out, *span); take every dilation-th element of each window
+    idx = (slice(None),) * (2 + nd) + tuple(slice(None, None, d) for d in dilation)
+    x = x[idx]
+    out = tuple(x.shape[2:2 + nd])
+    perm = (0,) + tuple(range(2, 2 + nd)) + (1,) + tuple(range(2 + nd, 2 + 2 * nd))
+    x = x.permute(perm)
+    return x.reshape(-1, int(math.prod(x.shape[1 + nd:]))), out
+
+
+class _AnalogConvNd(AnalogModule):
+    """Convolution of any dimension, stride, padding (mode), dilation and groups on crossbars: group
+    ``g`` is its own matrix (C_in/groups * prod(kernel), C_out/groups) on its own arrays, read by every
+    unfolded patch of every image; the bias is added digitally."""
+
+    digital_ops = (("padding", "the input is padded digitally (zeros/reflect/replicate/circular)"),)
+
+    def __init__(self, *args, hardware: HardwareConfig | None = None, seed: int = 0, train_noise: bool = True,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self._setup_analog(hardware if hardware is not None else HardwareConfig(), seed, train_noise)
+
+    def _setup_analog(self, hardware, seed, train_noise):
+        opg = self.out_channels // self.groups
+        self._make_crossbars({f"group{g}": (self.weight, (g * opg, (g + 1) * opg)) for g in range(self.groups)},
+                             hardware, seed, train_noise)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nd = len(self.kernel_size)
+        unbatched = x.ndim == nd + 1
+        if unbatched:
+            x = x.unsqueeze(0)
+        if x.ndim != nd + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(f"input: shape {tuple(x.shape)} does not fit {type(self).__name__} with "
+                             f"{self.in_channels} input channels; expected (N, {self.in_channels}, ...)")
+        pad = self._reversed_padding_repeated_twice
+        if any(pad):
+            x = F.pad(x, pad, mode="constant" if self.padding_mode == "zeros" else self.padding_mode)
+        n, cg = x.shape[0], self.in_channels // self.groups
+        ys = []
+        for g, unit in enumerate(self.crossbars.values()):
+            rows, out = _im2col(x[:, g * cg:(g + 1) * cg], self.kernel_size, self.stride, self.dilation)
+            ys.append(unit(rows))
+        y = torch.cat(ys, dim=1)
+        if self.bias is not None:
+            y = y + self.bias
+        y = y.reshape(n, *out, self.out_channels).movedim(-1, 1)
+        return y[0] if unbatched else y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", hardware={self.hardware.name!r}"
+
+
+class AnalogConv1d(_AnalogConvNd, nn.Conv1d):
+    """``nn.Conv1d`` on crossbars (any stride, padding mode, dilation, groups; one matrix per group)."""
+    digital_class = nn.Conv1d
+
+
+class AnalogGroupedConv2d(_AnalogConvNd, nn.Conv2d):
+    """``nn.Conv2d`` with groups > 1 (depthwise included) or a non-zero padding mode on crossbars, one
+    matrix per group. ``AnalogConv2d.from_digital`` returns one for such a layer."""
+    digital_class = nn.Conv2d
+
+
+class AnalogConv3d(_AnalogConvNd, nn.Conv3d):
+    """``nn.Conv3d`` on crossbars (any stride, padding mode, dilation, groups; one matrix per group)."""
+    digital_class = nn.Conv3d
+
+
+class _AnalogRNN(AnalogModule):
+    """LSTM/GRU with every gate matrix on crossbars: per layer and direction, ``weight_ih`` (the input
+    product, all time steps in one read) and ``weight_hh`` (the hidden product, one read per step), and
+    ``weight_hr`` (LSTM projection). Biases, gate non-linearities and element-wise products are digital."""
+
+    digital_ops = (("gate non-linearities and element-wise products",
+                    "element-wise math between activations (sigmoid, tanh, gate products, cell update) "
+                    "has no fixed matrix to program; the digital periphery computes it"),
+                   ("biases", "added digitally"))
+    _gates = 4
+
+    def __init__(self, *args, hardware: HardwareConfig | None = None, seed: int = 0, train_noise: bool = True,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self._setup_analog(hardware if hardware is not None else HardwareConfig(), seed, train_noise)
+
+    def _suffixes(self):
+        return [(l, d, f"_l{l}" + ("_reverse" if d else "")) for l in range(self.num_layers)
+                for d in range(2 if self.bidirectional else 1)]
+
+    def _setup_analog(self, hardware, seed, train_noise):
+        src = {}
+        for _, _, sfx in self._suffixes():
+            names = ["weight_ih", "weight_hh"] + (["weight_hr"] if getattr(self, "proj_size", 0) else [])
+            for nm in names:
+                src[nm + sfx] = (getattr(self, nm + sfx), None)
+        self._make_crossbars(src, hardware, seed, train_noise)
+
+    def forward(self, input, hx=None):
+        if isinstance(input, nn.utils.rnn.PackedSequence):
+            raise TypeError(f"input: {type(self).__name__} on crossbars takes padded tensors, not a "
+                            "PackedSequence; pad the batch (nn.utils.rnn.pad_packed_sequence) first")
+        is_lstm = self._gates == 4
+        batched = input.dim() == 3
+        if input.dim() not in (2, 3) or input.shape[-1] != self.input_size:
+            raise ValueError(f"input: shape {tuple(input.shape)} does not fit {type(self).__name__}"
+                             f"(input_size={self.input_size}, batch_first={self.batch_first}); expected "
+                             f"{'(N, T, ' if self.batch_first else '(T, N, '}{self.input_size})")
+        x = input.unsqueeze(1) if not batched else (input.transpose(0, 1) if self.batch_first else input)
+        T, B = x.shape[0], x.shape[1]
+        D = 2 if self.bidirectional else 1
+        H = self.hidden_size
+        Hout = getattr(self, "proj_size", 0) or H
+        if hx is None:
+            h0 = x.new_zeros(self.num_layers * D, B, Hout)
+            c0 = x.new_zeros(self.num_layers * D, B, H) if is_lstm else None
+        else:
+            h0, c0 = (hx if is_lstm else (hx, None))
+            if not batched:
+                h0 = h0.unsqueeze(1)
+                c0 = c0.unsqueeze(1) if c0 is not None else None
+        layer_in = x
+        hn, cn = [], []
+        for l in range(self.num_layers):
+            outs = []
+            for d in range(D):
+                sfx = f"_l{l}" + ("_reverse" if d else "")
+                b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
+                b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
+                gi = self.crossbars["weight_ih" + sfx](layer_in)            # (T, B, G*H): one read
+                if b_ih is not None:
+                    gi = gi + b_ih
+                u_hh = self.crossbars["weight_hh" + sfx]
+                h = h0[l * D + d]
+                c = c0[l * D + d] if is_lstm else None
+                ys = [None] * T
+                for t in (range(T) if d == 0 else range(T - 1, -1, -1)):
+                    gh = u_hh(h)
+                    if b_hh is not None:
+                        gh = gh + b_hh
+                    if is_lstm:
+                        i, f, g, o = (gi[t] + gh).chunk(4, -1)
+                        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                        h = torch.sigmoid(o) * torch.tanh(c)
+                        if getattr(self, "proj_size", 0):
+                            h = self.crossbars["weight_hr" + sfx](h)
+                    else:
+                        ri, zi, ni = gi[t].chunk(3, -1)
+                        rh, zh, nh = gh.chunk(3, -1)
+                        r, z = torch.sigmoid(ri + rh), torch.sigmoid(zi + zh)
+                        n = torch.tanh(ni + r * nh)
+                        h = (1 - z) * n + z * h
+                    ys[t] = h
+                outs.append(torch.stack(ys))
+                hn.append(h)
+                cn.append(c)
+            layer_in = torch.cat(outs, -1) if D > 1 else outs[0]
+            if self.dropout and self.training and l < self.num_layers - 1:
+                layer_in = F.dropout(layer_in, self.dropout, True)
+        out = layer_in
+        h_n = torch.stack(hn)
+        c_n = torch.stack(cn) if is_lstm else None
+        if not batched:
+            out, h_n = out.squeeze(1), h_n.squeeze(1)
+            c_n = c_n.squeeze(1) if c_n is not None else None
+        elif self.batch_first:
+            out = out.transpose(0, 1)
+        return (out, (h_n, c_n)) if is_lstm else (out, h_n)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", hardware={self.hardware.name!r}"
+
+
+class AnalogLSTM(_AnalogRNN, nn.LSTM):
+    """``nn.LSTM`` (multi-layer, bidirectional, batch_first, proj_size) with its gate matrices on crossbars."""
+    digital_class = nn.LSTM
+    _gates = 4
+
+
+class AnalogGRU(_AnalogRNN, nn.GRU):
+    """``nn.GRU`` (multi-layer, bidirectional, batch_first) with its gate matrices on crossbars."""
+    digital_class = nn.GRU
+    _gates = 3
+
+
+class AnalogMultiheadAttention(AnalogModule, nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` with the q, k, v and output projections on crossbars (four matrices).
+
+    The activation-by-activation products (``Q K^T``, softmax, attention x V) stay digital: both
+    operands change with every input, so there is no fixed matrix to program into a crossbar.
+    Masks, ``bias_k``/``bias_v``, ``add_zero_attn``, dropout and the returned weights are torch's own
+    (``F.multi_head_attention_forward`` run on the analog projections).
+    """
+
+    digital_class = nn.MultiheadAttention
+    _ACT = ("activation-by-activation product: both operands depend on the input, so there is no "
+            "fixed matrix to program into a crossbar")
+    digital_ops = (("Q K^T", _ACT), ("softmax", "non-linearity of the digital periphery"),
+                   ("attention x V", _ACT), ("projection biases", "added digitally"))
+
+    def __init__(self, *args, hardware: HardwareConfig | None = None, seed: int = 0, train_noise: bool = True,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self._setup_analog(hardware if hardware is not None else HardwareConfig(), seed, train_noise)
+
+    def _setup_analog(self, hardware, seed, train_noise):
+        E = self.embed_dim
+        if self._qkv_same_embed_dim:
+            src = {k: (self.in_proj_weight, (i * E, (i + 1) * E)) for i, k in enumerate(("q", "k", "v"))}
+        else:
+            src = {"q": (self.q_proj_weight, None), "k": (self.k_proj_weight, None), "v": (self.v_proj_weight, None)}
+        src["out"] = (self.out_proj.weight, None)
+        self._make_crossbars(src, hardware, seed, train_noise)
+        if not any(h is _no_fast_path for h in self._forward_pre_hooks.values()):
+            self.register_forward_pre_hook(_no_fast_path)
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if query.dim() not in (2, 3) or query.shape[-1] != self.embed_dim:
+            raise ValueError(f"query: shape {tuple(query.shape)} does not fit MultiheadAttention(embed_dim="
+                             f"{self.embed_dim}, batch_first={self.batch_first})")
+        is_batched = query.dim() == 3
+        key_padding_mask = F._canonical_mask(mask=key_padding_mask, mask_name="key_padding_mask",
+                                             other_type=F._none_or_dtype(attn_mask), other_name="attn_mask",
+                                             target_type=query.dtype)
+        attn_mask = F._canonical_mask(mask=attn_mask, mask_name="attn_mask", other_type=None, other_name="",
+                                      target_type=query.dtype, check_other=False)
+        E = self.embed_dim
+        cb = self.crossbars
+        q, k, v = cb["q"](query), cb["k"](key), cb["v"](value)
+        if self.in_proj_bias is not None:
+            q, k, v = q + self.in_proj_bias[:E], k + self.in_proj_bias[E:2 * E], v + self.in_proj_bias[2 * E:]
+        if self.batch_first and is_batched:
+            q, k, v = (t.transpose(1, 0) for t in (q, k, v))
+        eye = torch.eye(E, dtype=q.dtype, device=q.device)   # the projections are done: identity (exact)
+        attn, weights = F.multi_head_attention_forward(
+            q, k, v, E, self.num_heads, None, None, self.bias_k, self.bias_v, self.add_zero_attn,
+            self.dropout, eye, None, training=self.training, key_padding_mask=key_padding_mask,
+            need_weights=need_weights, attn_mask=attn_mask, use_separate_proj_weight=True,
+            q_proj_weight=eye, k_proj_weight=eye, v_proj_weight=eye,
+            average_attn_weights=average_attn_weights, is_causal=is_causal)
+        out = cb["out"](attn)
+        if self.out_proj.bias is not None:
+            out = out + self.out_proj.bias
+        if self.batch_first and is_batched:
+            out = out.transpose(1, 0)
+        return out, weights
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, hardware={self.hardware.name!r}"
+
+
+ANALOG_LAYERS = (AnalogLinear, AnalogConv2d, AnalogMatrix)
+#: multi-matrix analog layers (their crossbar matrices are AnalogMatrix children)
+ANALOG_MODULES = (AnalogConv1d, AnalogGroupedConv2d, AnalogConv3d, AnalogLSTM, AnalogGRU, AnalogMultiheadAttention)
+
+#: Which torch layer converts to which analog layer (exact type, as ``torch.ao.quantization``'s
+#: mappings). ``convert_to_analog(..., mapping={MyLayer: MyAnalogLayer})`` merges a user mapping over
+#: it (``None`` as a value keeps that type digital). A value is a class with
+#: ``from_digital(layer, hardware, *, seed, train_noise)`` (or such a callable) returning the module.
+DEFAULT_MAPPING = {
+    nn.Linear: AnalogLinear,
+    nn.modules.linear.NonDynamicallyQuantizableLinear: AnalogLinear,
+    nn.Conv1d: AnalogConv1d,
+    nn.Conv2d: AnalogConv2d,          # groups > 1 or non-zero padding -> AnalogGroupedConv2d
+    nn.Conv3d: AnalogConv3d,
+    nn.LSTM: AnalogLSTM,
+    nn.GRU: AnalogGRU,
+    nn.MultiheadAttention: AnalogMultiheadAttention,
+}
 
 
 def unsupported_reason(layer: nn.Module) -> str | None:
-    """Why ``layer`` (a Linear or Conv2d) cannot run on the crossbar, or None if it can."""
+    """Why ``layer`` (a type of :data:`DEFAULT_MAPPING`) cannot run on the crossbar, or None if it can."""
     if isinstance(layer, nn.Conv2d):
-        if layer.groups != 1:
-            return f"Conv2d with groups={layer.groups} is not supported (only groups=1)"
-        if layer.padding_mode != "zeros":
-            return f"Conv2d with padding_mode={layer.padding_mode!r} is not supported (only 'zeros')"
         if isinstance(layer.padding, str) and layer.padding == "same" and any(s != 1 for s in layer.stride):
             return "Conv2d with padding='same' and stride > 1 is not supported"
+    if isinstance(layer, nn.MultiheadAttention):
+        if not layer._qkv_same_embed_dim and (layer.kdim is None or layer.vdim is None):
+            return "MultiheadAttention without projection weights is not supported"
     return None
 
 
@@ -376,28 +752,60 @@ def unsupported_reason(layer: nn.Module) -> str | None:
 
 @dataclass
 class ConversionReport:
-    """What :func:`convert_to_analog` did to each leaf layer.
+    """What :func:`convert_to_analog` did to each layer.
 
     ``analog``: (name, type, hardware name) of layers now on crossbars. ``digital``: (name, type,
     reason) of layers with weights that stay digital (unsupported or excluded). ``periphery``:
     names of weight-free layers (activations, pooling, reshapes), computed digitally as usual.
+    ``arrays``: {analog layer name: [dict(matrix, shape (in, out), row_tiles, col_tiles, tiles)]}, one
+    entry per crossbar matrix (a conv group, an LSTM gate block, an attention projection).
+    ``digital_ops``: (name, operation, reason) of what analog layers compute digitally besides their
+    matrices (attention's activation-by-activation products, gate math, padding).
     """
 
     analog: list = field(default_factory=list)
     digital: list = field(default_factory=list)
     periphery: list = field(default_factory=list)
+    arrays: dict = field(default_factory=dict)
+    digital_ops: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"analog": [dict(name=n, type=t, hardware=h) for n, t, h in self.analog],
+        return {"analog": [dict(name=n, type=t, hardware=h, arrays=self.arrays.get(n, []))
+                           for n, t, h in self.analog],
                 "digital": [dict(name=n, type=t, reason=r) for n, t, r in self.digital],
+                "digital_ops": [dict(name=n, op=o, reason=r) for n, o, r in self.digital_ops],
                 "periphery": list(self.periphery)}
 
     def __str__(self) -> str:
         lines = [f"analog layers ({len(self.analog)}):"]
-        lines += [f"  {n}: {t} on {h!r}" for n, t, h in self.analog]
+        for n, t, h in self.analog:
+            arr = self.arrays.get(n, [])
+            lines.append(f"  {n}: {t} on {h!r}, {len(arr)} matrices, {sum(a['tiles'] for a in arr)} arrays")
+            if len(arr) > 1:
+                lines += [f"    {a['matrix']}: {a['shape'][0]}x{a['shape'][1]} on {a['tiles']} arrays" for a in arr]
         lines.append(f"kept digital ({len(self.digital)}):")
         lines += [f"  {n}: {t} ({r})" for n, t, r in self.digital]
+        if self.digital_ops:
+            lines.append(f"digital operations inside analog layers ({len(self.digital_ops)}):")
+            lines += [f"  {n}: {o} ({r})" for n, o, r in self.digital_ops]
         return "\n".join(lines)
+
+    def _add_analog(self, name: str, mod: nn.Module) -> None:
+        self.analog.append((name, type(mod).__name__, mod.hardware.name))
+        self.arrays[name] = _arrays_of(mod)
+        self.digital_ops += [(name, o, r) for o, r in getattr(mod, "digital_ops", ())]
+
+
+def _arrays_of(mod: nn.Module) -> list:
+    """One dict per crossbar matrix of an analog layer: its shape (in, out) and its tiles."""
+    from memcim.mapping.crossbar import tile_geometry
+    units = list(mod.crossbars.items()) if isinstance(mod, AnalogModule) else [("weight", mod)]
+    out = []
+    for k, u in units:
+        n, m = u.crossbar_weight().shape
+        _, _, nrt, nct = tile_geometry(int(n), int(m), u.hardware)
+        out.append(dict(matrix=k, shape=(int(n), int(m)), row_tiles=nrt, col_tiles=nct, tiles=nrt * nct))
+    return out
 
 
 def _resolve_hw(name: str, module: nn.Module, default: HardwareConfig, overrides: dict | None):
@@ -431,14 +839,31 @@ def _check_overrides(overrides) -> dict:
     return overrides
 
 
+def _check_mapping(mapping) -> dict:
+    if mapping is None:
+        return dict(DEFAULT_MAPPING)
+    if not isinstance(mapping, dict):
+        raise TypeError(f"mapping: expected a dict of nn.Module type -> analog class (or None), "
+                        f"got {type(mapping).__name__}")
+    for k, v in mapping.items():
+        if not (isinstance(k, type) and issubclass(k, nn.Module)):
+            raise TypeError(f"mapping: key {k!r} must be an nn.Module type")
+        if v is not None and not callable(getattr(v, "from_digital", v)):
+            raise TypeError(f"mapping[{k.__name__}]: expected a class with from_digital(layer, hardware, *, "
+                            f"seed, train_noise), such a callable, or None (keep digital); got {v!r}")
+    return {**DEFAULT_MAPPING, **mapping}
+
+
 def convert_to_analog(model: nn.Module, hardware: HardwareConfig, *, overrides: dict | None = None,
                       calib_data: torch.Tensor | None = None, seed: int = 0, train_noise: bool = True,
-                      inplace: bool = False, return_report: bool = False):
-    """Return a copy of ``model`` whose ``Linear`` and ``Conv2d`` layers run on simulated crossbars.
+                      inplace: bool = False, return_report: bool = False, mapping: dict | None = None):
+    """Return a copy of ``model`` whose mapped layers run on simulated crossbars.
 
     Parameters
     ----------
-    model : any ``nn.Module``; only its ``nn.Linear`` and ``nn.Conv2d`` leaves are converted.
+    model : any ``nn.Module`` (any graph: residual blocks, concatenations, ``torch.fx``-traceable
+        models); the modules whose exact type is in the mapping are replaced where they sit, and the
+        rest of the graph is untouched.
     hardware : the default :class:`~memcim.config.HardwareConfig`.
     overrides : per-layer hardware, ``{name or glob or layer type: HardwareConfig or None}``;
         ``None`` keeps that layer digital. Exact names win over globs, globs over types.
@@ -449,6 +874,8 @@ def convert_to_analog(model: nn.Module, hardware: HardwareConfig, *, overrides: 
         :data:`TRAIN_NOISE`, keeping levels, DAC and ADC).
     inplace : convert ``model`` itself instead of a deep copy.
     return_report : also return the :class:`ConversionReport`.
+    mapping : ``{torch layer type: analog class or None}`` merged over :data:`DEFAULT_MAPPING`
+        (Linear, Conv1d/2d/3d, LSTM, GRU, MultiheadAttention); ``None`` keeps a type digital.
 
     Returns
     -------
@@ -459,48 +886,94 @@ def convert_to_analog(model: nn.Module, hardware: HardwareConfig, *, overrides: 
     if not isinstance(hardware, HardwareConfig):
         raise TypeError(f"hardware: expected a HardwareConfig, got {type(hardware).__name__}")
     overrides = _check_overrides(overrides)
+    mapping = _check_mapping(mapping)
     out = model if inplace else copy.deepcopy(model)
     report = ConversionReport()
     index = 0
-    for name, mod in list(out.named_modules()):
-        if name == "" or isinstance(mod, ANALOG_LAYERS):
-            continue
-        if any(True for _ in mod.children()):
-            continue
-        tname = type(mod).__name__
-        has_params = any(True for _ in mod.parameters(recurse=False))
-        if type(mod) in (nn.Linear, nn.Conv2d):
-            hw, _ = _resolve_hw(name, mod, hardware, overrides)
-            reason = unsupported_reason(mod)
-            if hw is None:
-                report.digital.append((name, tname, "excluded by overrides"))
+    done: dict = {}          # id(original) -> converted module: a shared module stays shared
+
+    def visit(parent: nn.Module, prefix: str) -> None:
+        nonlocal index
+        for cname, mod in list(parent._modules.items()):
+            if mod is None:
                 continue
-            if reason:
-                report.digital.append((name, tname, reason))
+            name = prefix + cname
+            if id(mod) in done:
+                setattr(parent, cname, done[id(mod)])
                 continue
-            cls = AnalogLinear if isinstance(mod, nn.Linear) else AnalogConv2d
-            new = cls.from_digital(mod, hw, seed=layer_seed(seed, index), train_noise=train_noise)
-            index += 1
-            _set_submodule(out, name, new)
-            report.analog.append((name, tname, hw.name))
-        elif has_params:
-            report.digital.append((name, tname, f"{tname} has no analog implementation"))
-        else:
-            report.periphery.append(name)
+            tname = type(mod).__name__
+            if isinstance(mod, ANALOG_LAYERS + ANALOG_MODULES):
+                report._add_analog(name, mod)
+                continue
+            if type(mod) in mapping:
+                cls = mapping[type(mod)]
+                if cls is None:
+                    report.digital.append((name, tname, "excluded by mapping"))
+                    continue
+                hw, _ = _resolve_hw(name, mod, hardware, overrides)
+                if hw is None:
+                    report.digital.append((name, tname, "excluded by overrides"))
+                    continue
+                reason = unsupported_reason(mod)
+                if reason:
+                    report.digital.append((name, tname, reason))
+                    continue
+                build = getattr(cls, "from_digital", cls)
+                new = build(mod, hw, seed=layer_seed(seed, index), train_noise=train_noise)
+                index += 1
+                done[id(mod)] = new
+                setattr(parent, cname, new)
+                if isinstance(new, ANALOG_LAYERS + ANALOG_MODULES):
+                    report._add_analog(name, new)
+                else:   # a user class: report the analog layers inside it
+                    inner = [(name + "." + n if n else name, m) for n, m in new.named_modules()
+                             if isinstance(m, ANALOG_LAYERS + ANALOG_MODULES)]
+                    for n, m in _outermost(inner):
+                        report._add_analog(n, m)
+            elif mod._modules:
+                visit(mod, name + ".")
+            elif any(True for _ in mod.parameters(recurse=False)):
+                report.digital.append((name, tname, f"{tname} has no analog implementation"))
+            else:
+                report.periphery.append(name)
+
+    if type(out) in mapping and mapping[type(out)] is not None:
+        raise ValueError(f"model: is itself a {type(out).__name__}; wrap it in a container "
+                         "(nn.Sequential(model)) to convert it")
+    visit(out, "")
     if calib_data is not None:
         calibrate(out, calib_data)
     return (out, report) if return_report else out
 
 
+def _outermost(named: list) -> list:
+    """Drop the entries that sit inside an earlier (multi-matrix) analog module."""
+    keep, inside = [], []
+    for n, m in named:
+        if any(n.startswith(p + ".") for p in inside):
+            continue
+        keep.append((n, m))
+        if isinstance(m, AnalogModule):
+            inside.append(n)
+    return keep
+
+
 def conversion_report(model: nn.Module) -> ConversionReport:
-    """Report of an already converted model (which layers are analog, which are digital and why)."""
+    """Report of an already converted model (which layers are analog and on which arrays, which are
+    digital and why, and what the analog layers compute digitally)."""
     rep = ConversionReport()
+    inside: list = []
     for name, mod in model.named_modules():
-        if name == "" or (any(True for _ in mod.children()) and not isinstance(mod, ANALOG_LAYERS)):
+        if name == "" or any(name.startswith(p + ".") for p in inside):
+            continue
+        if isinstance(mod, AnalogModule):
+            inside.append(name)
+        is_analog = isinstance(mod, ANALOG_LAYERS + ANALOG_MODULES)
+        if any(True for _ in mod.children()) and not is_analog:
             continue
         t = type(mod).__name__
-        if isinstance(mod, ANALOG_LAYERS):
-            rep.analog.append((name, t, mod.hardware.name))
+        if is_analog:
+            rep._add_analog(name, mod)
         elif any(True for _ in mod.parameters(recurse=False)):
             rep.digital.append((name, t, unsupported_reason(mod) or f"{t} is digital"))
         else:
@@ -517,7 +990,11 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 def convert_to_digital(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Return a copy of ``model`` with every analog layer replaced by its plain torch layer."""
     out = model if inplace else copy.deepcopy(model)
-    for name, mod in list(out.named_modules()):
+    for name, mod in _outermost(list(out.named_modules())):
+        if isinstance(mod, AnalogModule):
+            new = mod.to_digital()
+            _set_submodule(out, name, new.train(mod.training))
+            continue
         if isinstance(mod, AnalogLinear):
             new = nn.Linear(mod.in_features, mod.out_features, mod.bias is not None,
                             device=mod.weight.device, dtype=mod.weight.dtype)
@@ -563,12 +1040,10 @@ def calibrate(model: nn.Module, calib_data: torch.Tensor, *, max_rows: int = _MA
     layers = [m for _, m in analog_layers(model)]
     gen = torch.Generator().manual_seed(seed)
     hooks = []
+    seen: dict = {}      # id(layer) -> (layer, [rows of every call]); a recurrent matrix is read per step
 
     def hook(mod, args):
-        rows = mod.calib_rows(args[0]).to(torch.float64).cpu()
-        if rows.shape[0] > max_rows:
-            rows = rows[torch.randperm(rows.shape[0], generator=gen)[:max_rows]]
-        mod._calib = rows
+        seen.setdefault(id(mod), (mod, []))[1].append(mod.calib_rows(args[0]).to(torch.float64).cpu())
 
     for m in layers:
         hooks.append(m.register_forward_pre_hook(hook))
@@ -581,6 +1056,11 @@ def calibrate(model: nn.Module, calib_data: torch.Tensor, *, max_rows: int = _MA
         for h in hooks:
             h.remove()
         model.train(was)
+    for mod, calls in seen.values():      # in the order of their first call
+        rows = calls[0] if len(calls) == 1 else torch.cat(calls)
+        if rows.shape[0] > max_rows:
+            rows = rows[torch.randperm(rows.shape[0], generator=gen)[:max_rows]]
+        mod._calib = rows
 
 
 def program(model: nn.Module, seed: int | None = 0, *, calib_data: torch.Tensor | None = None,
