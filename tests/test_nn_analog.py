@@ -82,24 +82,27 @@ def test_accuracy_degrades_with_programming_noise():
 
 
 def test_conversion_keeps_parameters_and_unsupported_layers():
+    """Grouped and reflect-padded convolutions convert too (issue 15); BatchNorm stays digital."""
+    from memcim.nn.analog import AnalogGroupedConv2d
+
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=2),
                           nn.Conv2d(4, 2, 3, padding=1, padding_mode="reflect"), nn.Flatten(),
                           nn.Linear(2 * 4 * 4, 5), nn.Linear(5, 3)).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     hw = preset("generic")
     a, rep = convert_to_analog(model, hw, return_report=True)
-    assert [n for n, *_ in rep.analog] == ["0", "6", "7"]
+    assert [n for n, *_ in rep.analog] == ["0", "3", "4", "6", "7"]
     digital = {n: r for n, _, r in rep.digital}
-    assert set(digital) == {"1", "3", "4"}
-    assert "groups=2" in digital["3"] and "reflect" in digital["4"] and "BatchNorm2d" in digital["1"]
+    assert set(digital) == {"1"}
+    assert "BatchNorm2d" in digital["1"]
     assert rep.periphery == ["2", "5"]
-    assert type(a[1]) is nn.BatchNorm2d and type(a[3]) is nn.Conv2d
+    assert type(a[1]) is nn.BatchNorm2d and type(a[3]) is AnalogGroupedConv2d
     for k, v in before.items():                       # every parameter and buffer survives unchanged
         assert torch.equal(a.state_dict()[k], v)
         assert torch.equal(model.state_dict()[k], v)  # and the original is untouched
     assert type(model[0]) is nn.Conv2d
     d = convert_to_digital(program(a, 0))
-    assert all(type(m) in (nn.Conv2d, nn.Linear) for m in (d[0], d[6], d[7]))
+    assert all(type(m) in (nn.Conv2d, nn.Linear) for m in (d[0], d[3], d[4], d[6], d[7]))
     x = torch.randn(2, 1, 8, 8)
     assert torch.equal(d(x), model(x))
     assert conversion_report(a).to_dict()["analog"][0]["hardware"] == "generic"
