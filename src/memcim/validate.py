@@ -119,3 +119,72 @@ def floats(name: str, text: str, *, n: int | None = None) -> list[float]:
     if n is not None and len(vals) != n:
         raise ValueError(f"{name}: {text!r} has {len(vals)} number(s); {n} are required")
     return vals
+
+
+# ------------------------------------------------------------------ memory
+#: Without ``MEMCIM_MAX_MEMORY``, work may use this fraction of the memory available when it starts.
+MEMORY_FRACTION = 0.5
+#: The limit when the available memory cannot be read (no /proc/meminfo, no sysconf).
+FALLBACK_MEMORY = 4 * 2**30
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
+          "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
+
+
+def parse_bytes(name: str, text: Any) -> int:
+    """``"8G"``, ``"512M"``, ``"1.5GiB"``, ``1000000`` -> bytes (a positive integer)."""
+    s = str(text).strip().lower().replace(" ", "")
+    num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = s[len(num):]
+    try:
+        v = float(num) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise ValueError(f"{name}: {text!r} is not a size; give bytes or a number with K, M, G or T "
+                         "(e.g. 8G)") from None
+    if not math.isfinite(v) or v < 1:
+        raise ValueError(f"{name}: {text!r} is not allowed; a size must be positive")
+    return int(v)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new work now (``MemAvailable``), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def memory_limit() -> tuple[int, str]:
+    """``(bytes, where the limit comes from)``: ``MEMCIM_MAX_MEMORY`` (e.g. ``8G``) when set,
+    else :data:`MEMORY_FRACTION` of the available memory."""
+    env = os.environ.get("MEMCIM_MAX_MEMORY")
+    if env:
+        return parse_bytes("MEMCIM_MAX_MEMORY", env), f"MEMCIM_MAX_MEMORY={env}"
+    avail = available_memory()
+    if avail is None:
+        return FALLBACK_MEMORY, "the default when the free memory is unknown; set MEMCIM_MAX_MEMORY to change it"
+    return int(avail * MEMORY_FRACTION), (f"{MEMORY_FRACTION:.0%} of the {format_bytes(avail)} available; "
+                                          "set MEMCIM_MAX_MEMORY (e.g. 8G) to change it")
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} EiB"  # pragma: no cover
+
+
+def memory(name: str, nbytes: float, what: str = "this run") -> None:
+    """Refuse, before anything is allocated, work whose estimated memory ``nbytes`` exceeds
+    :func:`memory_limit`: ``"<name>: <what> needs about 37 GiB, more than the limit 11 GiB (...)"``."""
+    limit, source = memory_limit()
+    if not math.isfinite(float(nbytes)) or nbytes > limit:
+        raise ValueError(f"{name}: {what} needs about {format_bytes(float(nbytes))} of memory, more than the "
+                         f"limit {format_bytes(limit)} ({source}); use a smaller value")

@@ -30,9 +30,9 @@ from typing import Any, Callable
 
 from memcim import validate
 
-#: library parameter -> CLI flag, for error messages (a parameter spelled like its flag,
-#: ``batch_size`` -> ``--batch-size``, needs no entry).
-FLAGS: dict[str, str] = {
+#: library parameter -> CLI flag (or flags, the first a command has), for error messages (a
+#: parameter spelled like its flag, ``batch_size`` -> ``--batch-size``, needs no entry).
+FLAGS: dict[str, str | tuple[str, ...]] = {
     "hw": "--hw", "preset": "--hw", "config": "--hw", "hardware": "--hw",
     "set": "--set", "settings": "--set",
     "chips": "--chips", "trials": "--chips", "n_chips": "--chips",
@@ -42,6 +42,7 @@ FLAGS: dict[str, str] = {
     "normalize": "--normalize", "input_shape": "--input-shape",
     "inputs": "--inputs", "matrix": "--matrix", "model": "--model", "import_modules": "--import",
     "trust_model_file": "--trust-model-file", "out": "--out", "checkpoint_dir": "--out", "threads": "--threads",
+    "x": ("--data", "--inputs"), "reps": "--reps", "cov": "--cov",
 }
 
 DEFAULT_DATA = "mnist:test:1000"
@@ -51,9 +52,10 @@ def flag_for(param: str, options: set[str]) -> str | None:
     """The flag of library parameter ``param`` among a command's ``options``, or None."""
     if param in options:
         return param
-    cand = FLAGS.get(param) or "--" + param.replace("_", "-")
-    if cand in options:
-        return cand
+    cands = FLAGS.get(param) or "--" + param.replace("_", "-")
+    for cand in (cands,) if isinstance(cands, str) else cands:   # a tuple: the first the command has
+        if cand in options:
+            return cand
     if "." in param and "--set" in options:  # a hardware key: device.g_max
         return f"--set {param}"
     return None
@@ -214,12 +216,30 @@ def add_model(p, *, required: bool = True, default: str | None = None, flag: str
                         "an MLP whose first layer is Linear gets flattened inputs)")
 
 
+def check_finite_model(m, spec, name: str = "model"):
+    """Refuse a model with a NaN or infinite parameter or buffer, naming the first such tensor.
+
+    ``name`` is the parameter the CLI maps to the flag (``model`` -> ``--model``, ``init`` -> ``--init``).
+    """
+    import torch
+
+    for kind, items in (("parameter", m.named_parameters()), ("buffer", m.named_buffers())):
+        for pname, t in items:
+            if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all()):
+                bad = int((~torch.isfinite(t.detach())).sum())
+                raise ValueError(f"{name}: {spec}: {kind} {pname} holds {bad} NaN or infinite value(s) of "
+                                 f"{t.numel()}; every weight must be finite")
+    return m
+
+
 def model(args, sample_shape=None):
-    """The model of ``--model``/``--import``/``--trust-model-file``, fitted to ``sample_shape``."""
+    """The model of ``--model``/``--import``/``--trust-model-file``, fitted to ``sample_shape``;
+    a model with a NaN or infinite weight is refused (naming ``--model``)."""
     from memcim.nn.loading import fit_input, load_model
 
     m = load_model(args.model, trust_model_file=args.trust_model_file,
                    import_modules=tuple(getattr(args, "import_modules", ()) or ()))
+    check_finite_model(m, args.model)
     if sample_shape is not None:
         m = fit_input(m, tuple(sample_shape), input_shape=getattr(args, "input_shape", None))
     return m
@@ -255,3 +275,58 @@ def emit(args, name: str, result: Any, *, plot: Callable[[Any, Path], Any] | Non
         if written:
             print("wrote " + ", ".join(str(w) for w in written))
     return 0
+
+
+# ------------------------------------------------------------------ memory
+def check_chips_memory(mapped, chips: int, batch: int, *, batch_name: str = "batch", copies: int = 1) -> None:
+    """Refuse, before programming, ``chips`` chips of the plan ``mapped`` read with ``batch`` vectors
+    when their estimated memory exceeds :func:`memcim.validate.memory_limit`.
+
+    Per chip: every array in full (rows x cols, float64, a temporary of the same size while
+    programming) and the tiles' outputs for the batch (three float64 copies). ``copies``: chips
+    alive at once (1: they are programmed one after the other). Names ``--chips`` or
+    ``batch_name``, whichever term is larger.
+    """
+    hw = mapped.hw
+    arrays = mapped.n_row_tiles * mapped.n_col_tiles
+    per_devices = 8 * 2 * arrays * hw.array.rows * hw.array.cols
+    per_reads = 8 * 3 * batch * mapped.n_row_tiles * mapped.n_col_tiles * mapped.tile_cols
+    total = copies * chips * (per_devices + per_reads)
+    validate.memory("chips" if per_devices >= per_reads else batch_name, total,
+                    f"{chips} chip(s) of {arrays} array(s) read with {batch} input vector(s)")
+
+
+def first_non_finite(obj, path: str = "") -> str | None:
+    """The dotted path of the first NaN or infinite number in a JSON-like result, or None."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, bool) or obj is None:
+        return None
+    if isinstance(obj, (int, float, np.integer, np.floating)):
+        return None if math.isfinite(float(obj)) else f"{path} = {float(obj)}"
+    if isinstance(obj, np.ndarray) and obj.dtype.kind in "fc":
+        return None if bool(np.isfinite(obj).all()) else f"{path} (an array)"
+    if hasattr(obj, "detach") and hasattr(obj, "is_floating_point"):
+        return first_non_finite(obj.detach().cpu().numpy(), path)
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            hit = first_non_finite(v, f"{path}.{k}" if path else str(k))
+            if hit:
+                return hit
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            hit = first_non_finite(v, f"{path}.{i}")
+            if hit:
+                return hit
+    return None
+
+
+def check_finite_result(name: str, result, what: str) -> None:
+    """Refuse to print or store a result holding NaN or inf: one line naming ``name`` (the input
+    that is to blame) and the first non-finite number."""
+    hit = first_non_finite(result)
+    if hit:
+        raise ValueError(f"{name}: {what} is not finite ({hit}); check the model and inputs for NaN, inf "
+                         "or values too large for the hardware")

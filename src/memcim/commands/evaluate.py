@@ -161,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
     times = _check_times(args.time, configs)
     model = load_model(args.model, trust_model_file=args.trust_model_file,
                        import_modules=tuple(args.import_modules))          # a bad model fails before data loads
+    _shared.check_finite_model(model, args.model)
     ds = _shared.data(args)
     calib = _shared.calibration(args)
     model = fit_input(model, ds.input_shape, input_shape=args.input_shape).float().eval()

@@ -197,6 +197,8 @@ def run_one(args) -> int:
         raise ValueError(f"key: {args.key!r} is not a paper figure; see memcim paper list")
     given = parse_params(args.param)
     params = {**shared_params(entry, args), **given}
+    if getattr(args, "model", None):
+        check_models(args.model, params.get("dataset", "mnist"))
     kw = registry.params_for(entry, quick=args.quick, **params)
     out = Path(args.out) if args.out else None
     if out is not None and "checkpoint" in entry.parameters():
@@ -211,6 +213,10 @@ def run_one(args) -> int:
         if sep and head in given:
             raise ValueError(f"--param {head}: {rest}") from None
         raise
+    except RuntimeError as e:  # torch's shape errors: a --model that does not fit the figure
+        if not getattr(args, "model", None):
+            raise
+        raise ValueError(f"model: {args.model} does not fit {entry.key} ({' '.join(str(e).split())[:200]})") from None
     written = registry.save(entry, result, out) if out is not None else []
     if args.json:
         print(dumps(result))
@@ -224,6 +230,28 @@ def run_one(args) -> int:
     if written:
         print("wrote " + ", ".join(str(w) for w in written))
     return 0
+
+
+#: sample shape of each dataset a figure may evaluate (one sample, no batch axis)
+SAMPLE_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "digits": (1, 8, 8), "cifar10": (3, 32, 32)}
+
+
+def check_models(spec: str, dataset: str) -> None:
+    """Load every ``--model`` (comma list) the way the figures do, before any work: a model with a
+    NaN or infinite weight, or one that does not accept the dataset's samples, is one line."""
+    from memcim.nn.loading import fit_input, load_model
+
+    shape = SAMPLE_SHAPES.get(str(dataset).lower())
+    for one in (m for m in str(spec).split(",") if m):
+        model = load_model(one)
+        _shared.check_finite_model(model, one)
+        if shape is not None:
+            try:
+                fit_input(model, shape)
+            except ValueError as e:
+                msg = str(e).partition(": ")[2] or str(e)
+                raise ValueError(f"model: {one} does not accept {dataset} samples of shape {shape}: "
+                                 f"{msg.split('; give')[0]}") from None
 
 
 # ------------------------------------------------------------------ reproduce

@@ -178,6 +178,16 @@ def _monte_carlo(model, x, hw, names, chips: int, seed: int, calib, labels) -> d
     return out
 
 
+def _check_moment_memory(cov: str, width: int, batch: int) -> None:
+    """Moment propagation holds, per sample, a covariance of the widest activation: ``width^2``
+    entries (exact; chunks of 8 samples), 64 factors of ``width`` (lowrank) or ``width`` (diagonal)."""
+    per = {"exact": width * width, "lowrank": 65 * width, "diagonal": 2 * width}[cov]
+    n = min(batch, 8) if cov == "exact" else batch
+    need = 8 * 4 * n * per
+    validate.memory("cov" if cov == "exact" else "data", need,
+                    f"the moments ({cov} covariance of {width} activations, {n} sample(s) at once)")
+
+
 def compute_mse(args) -> dict:
     """Everything ``memcim predict mse`` reports, as one JSON-ready dict."""
     import torch
@@ -195,12 +205,19 @@ def compute_mse(args) -> dict:
     labels = ds.y if ds.y is not None and bool((ds.y >= 0).all()) else None     # X.npy alone: no labels
     model = _model(args, tuple(x.shape[1:])).double().eval()
     layers = parse_model(model)                     # unsupported layers: one line naming the layer
+    widths = [int(x[0].numel())]
+    hooks = [mod.register_forward_hook(lambda _m, _i, o: widths.append(int(o.numel())) if torch.is_tensor(o) else None)
+             for mod in model.modules() if not list(mod.children())]
     with torch.no_grad():
         try:
             model(x[:1])
         except RuntimeError as e:
             raise ValueError(f"data: samples of shape {tuple(x.shape[1:])} do not fit the model "
                              f"({str(e).splitlines()[0][:160]})") from None
+        finally:
+            for h in hooks:
+                h.remove()
+    _check_moment_memory(args.cov, max(widths), int(x.shape[0]))
     method, order = _check_activations(layers, args)
     names = crossbar_names(model)
     hws, gvals = _layer_hardware(hw, names, args.gmax_per_layer)
@@ -217,6 +234,8 @@ def compute_mse(args) -> dict:
     pred = predict(model, x, hws, calib_data=calib, cov=args.cov, act_method=method, taylor_order=order, power=True)
     pd = pred.to_dict()
     pd["wall_s"] = time.perf_counter() - t0
+    sh.check_finite_result("data", {k: pd[k] for k in ("mse_mean", "mse_max", "power") if k in pd},
+                           "the predicted output MSE or power")
     pu = power_units(hw)              # one factor for every layer: the base config's window
     pd["power"]["units"] = pu["note"]
     out = {"command": "predict mse", "predicted": pd, "power_units": pu}
@@ -224,6 +243,7 @@ def compute_mse(args) -> dict:
         out["predicted"]["digital_accuracy"] = float((pred.reference.argmax(1) == labels).double().mean())
     if chips:
         out["monte_carlo"] = _monte_carlo(model, x, hws, names, chips, args.seed, calib, labels)
+        sh.check_finite_result("data", out["monte_carlo"], "the Monte Carlo")
     out["config"] = {"model": str(args.model), "data": args.data, "normalize": args.normalize,
                      "batch": int(x.shape[0]), "hw": hw.to_dict(), "gmax_per_layer": gvals,
                      "crossbar_layers": names, "cov": args.cov, "act_method": method, "taylor_order": order,
@@ -331,6 +351,8 @@ def compute_column(args) -> dict:
         raise ValueError(f"inputs: {X.shape[0]} row(s); need >= 2")
     lm = LayerErrorModel(W, hw, InputStats.from_samples(X, hw, name="inputs"), saturation=args.saturation)
     mp = map_matrix(W, hw, calib_inputs=X)
+    if chips:
+        sh.check_chips_memory(mp, chips, X.shape[0], batch_name="inputs")
     c = lm.scale(Design(hw.device.g_min, hw.device.g_max, 1.0))
     fs = mp.full_scale[:, :m].cpu().numpy() / (c * hw.array.r_tia * hw.array.v_read)
     design = Design(hw.device.g_min, hw.device.g_max, fs)
@@ -492,6 +514,24 @@ def _lowrank_matrix(args):
                "alpha": float(args.size) if alpha is None else alpha, "matrix_seed": args.matrix_seed}
 
 
+#: elements of noise one Monte Carlo chunk draws (as memcim.analysis.lowrank_montecarlo chunks chips)
+MC_CHUNK_ELEMS = 4_000_000
+
+
+def _check_lowrank_memory(n: int, m: int, k: int, r1: int, r2: int, chips: int, rows: int) -> None:
+    """The Monte Carlo draws its chips in chunks of about :data:`MC_CHUNK_ELEMS` noise entries (at
+    least one chip), each read with ``rows`` input vectors: refuse a chunk that would not fit."""
+    worst: tuple[float, str] = (0.0, "batch")
+    # (noise entries per chip, per input vector: values that grow with the reps, the others)
+    for per_chip, by_reps, plain in ((n * m, 0, n + 2 * m), (r1 * n * k + r2 * k * m, 2 * r1 * k + 2 * r2 * m, n + m)):
+        c = min(chips, max(1, MC_CHUNK_ELEMS // max(per_chip, 1)))
+        reps_part, batch_part = 8 * c * (2 * per_chip + rows * by_reps), 8 * c * rows * plain
+        if reps_part + batch_part > worst[0]:
+            worst = (reps_part + batch_part, "reps" if reps_part > batch_part and max(r1, r2) > 1 else "batch")
+    validate.memory(worst[1], worst[0], f"the Monte Carlo (chips of rank {k}, reps {r1} {r2}, "
+                                        f"{rows} input vector(s) each)")
+
+
 def compute_lowrank(args) -> dict:
     """Everything ``memcim predict lowrank`` / ``optimize lowrank`` report, as one JSON-ready dict."""
     from memcim.analysis.lowrank import (
@@ -562,6 +602,7 @@ def compute_lowrank(args) -> dict:
     if optimize:
         out["optimizer"] = {"candidates": choice.candidates}
     if chips > 0:
+        _check_lowrank_memory(n, m, k, r1, r2, chips, args.batch if X is None else min(args.batch, X.shape[0]))
         A, B = factorize(st, k, split)
         kw = {"trials": chips, "X": X, "R": R if X is None else None, "batch": args.batch}
         out["baseline"]["monte_carlo"] = mc_baseline(W, s_base, seed=args.seed, **kw).to_dict()

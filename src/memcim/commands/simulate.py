@@ -126,10 +126,14 @@ def _matrix(args) -> int:
                              f"{W.shape[0]} columns (x is (batch, in), W is (in, out))")
         inputs = {"source": str(args.inputs), "shape": list(x.shape)}
     else:
+        validate.memory("batch", 8 * 4 * batch * (W.shape[0] + W.shape[1]), f"{batch} drawn input vectors")
         x = np.random.default_rng(args.seed).standard_normal((batch, W.shape[0]))
         inputs = {"source": "drawn: x ~ N(0, I)", "shape": list(x.shape), "seed": args.seed}
     check_reference(W, x)
     mapped = map_matrix(W, hw, calib_inputs=x)
+    from memcim.commands._shared import check_chips_memory
+
+    check_chips_memory(mapped, chips, x.shape[0], batch_name="inputs" if args.inputs else "batch")
     realized = mapped.realized().numpy()
     result = {
         "command": "simulate", "matrix": {"path": str(args.matrix), "shape": list(W.shape)}, "inputs": inputs,

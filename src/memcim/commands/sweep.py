@@ -91,7 +91,8 @@ def run(args) -> int:
         raise ValueError(f"--connect-timeout: {args.connect_timeout} is not allowed; must be in (0, 600] seconds")
     max_points = MAX_POINTS if args.max_points is None else validate.integer("max_points", args.max_points, lo=1)
     spec = parse_spec(args.spec, allow_import=args.allow_import, max_points=max_points)
-    store = check_store_path(args.store or spec.store or Path(args.spec).with_suffix(".sqlite"), "store")
+    store = check_store_path(args.store or spec.store or Path(args.spec).with_suffix(".sqlite"), "store",
+                             writable=not args.dry_run)
     if args.dry_run:
         import itertools
 

@@ -85,6 +85,35 @@ def near_chance(accuracy: float | None, n_classes: int, n: int) -> bool:
     return accuracy <= p + max(CHANCE_MARGIN, 3.0 * math.sqrt(p * (1 - p) / n))
 
 
+def training_memory(widths: list[int] | None, n_params: int, batch: int, hardware_aware: bool) -> tuple[int, int]:
+    """Estimated bytes of training: ``(for the weights, for one batch's activations)``.
+
+    Weights, gradients and Adam's two moments (4 copies, float32; a hardware-aware run also holds
+    each programmed chip's conductances and their gradients, 4 more); activations and their
+    gradients of one mini-batch through every width (3 copies).
+    """
+    weights = 4 * n_params * (8 if hardware_aware else 4)
+    acts = 4 * 3 * batch * (sum(widths) if widths else 0)
+    return weights, acts
+
+
+def _mlp_widths(arch: str, sample_shape, n_classes: int) -> list[int] | None:
+    import re
+
+    m = re.fullmatch(r"mlp((?:-\d+)+)", str(arch))
+    if not m:
+        return None
+    return [math.prod(sample_shape), *(int(v) for v in m.group(1).strip("-").split("-")), n_classes]
+
+
+def _check_memory(name: str, widths, n_params: int, batch: int, hardware_aware: bool) -> None:
+    from memcim import validate
+
+    weights, acts = training_memory(widths, n_params, batch, hardware_aware)
+    validate.memory(name if weights >= acts else "batch_size", weights + acts,
+                    f"training ({n_params:,} weights, batches of {batch})")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -125,20 +154,32 @@ def run(args: argparse.Namespace) -> int:
     if args.init:
         model = load_model(args.init, trust_model_file=args.trust_model_file,
                            import_modules=tuple(args.import_modules), name="init")
+        _shared.check_finite_model(model, args.init, "init")
         label = Path(str(args.init)).stem
     else:
         from memcim.nn.loading import parse_input_shape
 
         shape = parse_input_shape(args.input_shape)
         shape = shape if shape is not None and len(shape) == 3 else train_ds.input_shape
+        widths = _mlp_widths(args.arch, shape, train_ds.n_classes)
+        if widths is not None:   # counted before anything is allocated: mlp-100000000 fails at once
+            _check_memory("arch", widths, sum(a * b + b for a, b in zip(widths, widths[1:])),
+                          min(args.batch_size, len(train_ds)), hw is not None)
         model = build_model(args.arch, shape, train_ds.n_classes, seed=args.seed)
         label = args.arch
+    if args.init:
+        widths = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        _check_memory("init", [math.prod(train_ds.input_shape), *widths],
+                      sum(p.numel() for p in model.parameters()), min(args.batch_size, len(train_ds)), hw is not None)
     model = fit_input(model, train_ds.input_shape, input_shape=args.input_shape)
     out = Path(args.out or f"train-{label}-{name}{'-hwa' if hw else ''}")
     validate.out_dir("out", out)
     net = convert_to_analog(model, hw, seed=args.seed) if hw is not None else model
-    hist = train(net, train_ds, val_ds=val_ds, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                 seed=args.seed, checkpoint_dir=out, threads=args.threads or 1)
+    try:
+        hist = train(net, train_ds, val_ds=val_ds, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                     seed=args.seed, checkpoint_dir=out, threads=args.threads or 1)
+    except FloatingPointError as e:   # a non-finite loss: one line naming --lr, not a traceback
+        raise ValueError(f"lr: {' '.join(str(e).split())}") from None
     digital = convert_to_digital(net) if hw is not None else net
     digital.eval()
     final_ds, final_what = (test_ds, "test") if test_ds is not None else (train_ds, "train")

@@ -75,9 +75,36 @@ def default_threads() -> int:
 
 
 def _atomic_save(obj, path: Path) -> None:
+    """Write ``path`` through ``path.tmp<pid>`` and a rename; the temporary file never outlives a
+    failure or an interrupt of the write."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_tmp(path: Path) -> list[Path]:
+    """Delete ``path.tmp<pid>`` files left by a killed run (their process is gone); returns them."""
+    gone = []
+    for tmp in path.parent.glob(path.name + ".tmp*"):
+        suffix = tmp.name[len(path.name) + 4:]
+        if suffix.isdigit() and (int(suffix) == os.getpid() or not _pid_alive(int(suffix))):
+            tmp.unlink(missing_ok=True)
+            gone.append(tmp)
+    return gone
 
 
 def train(model: nn.Module, train_ds, *, val_ds=None, epochs: int = 10, lr: float = 1e-3,
@@ -135,6 +162,7 @@ def _train(model, train_ds, *, val_ds, epochs, lr, batch_size, weight_decay, see
         ckpt_dir = Path(checkpoint_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         ckpt_path = ckpt_dir / CHECKPOINT_NAME
+        remove_stale_tmp(ckpt_path)
         if ckpt_path.is_file():
             try:
                 ck = torch.load(ckpt_path, weights_only=True, map_location="cpu")

@@ -194,8 +194,61 @@ def _set_threads(n: int) -> None:
         pass
 
 
-def init_worker(threads: int | None) -> None:
-    """Initializer of a pool worker: ``threads`` threads (None or 0: leave torch's default)."""
+def _exit_now() -> None:
+    os._exit(1)
+
+
+def _watch_pid(pid: int, interval: float = 0.5) -> None:
+    """Exit this process as soon as process ``pid`` ends (a pidfd where Linux has one, else polling)."""
+    try:
+        import select
+
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        try:
+            select.select([fd], [], [])      # readable once the process has exited (zombie or reaped)
+        finally:
+            _exit_now()
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            _exit_now()
+        except OSError:
+            pass
+        time.sleep(interval)
+
+
+def die_with(driver_pid: int | None) -> None:
+    """Make this pool worker end when the sweep that started it ends, however it ends (SIGKILL
+    included): a worker's parent is the fork server, which itself waits for its workers, so the
+    worker watches the driver's pid in a daemon thread; on Linux it also asks for SIGKILL when its
+    own parent (the fork server) dies (``prctl(PR_SET_PDEATHSIG)``)."""
+    import threading
+
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)     # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+            pass
+        if os.getppid() != parent:        # the parent died before the request took effect
+            _exit_now()
+    if driver_pid and driver_pid != os.getpid():
+        threading.Thread(target=_watch_pid, args=(int(driver_pid),), name="memcim-driver-watch",
+                         daemon=True).start()
+
+
+def init_worker(threads: int | None, driver_pid: int | None = None) -> None:
+    """Initializer of a pool worker: ``threads`` threads (None or 0: leave torch's default), and an
+    exit when the driver process ``driver_pid`` ends (:func:`die_with`)."""
+    die_with(driver_pid)
     if threads:
         _set_threads(threads)
 
@@ -475,7 +528,7 @@ def _run_pool(workers: int, threads: int, ref: dict, todo: Iterable[Point], reco
         # import torch, the simulator and the tasks once, in the fork server: workers fork with them loaded
         ctx.set_forkserver_preload(["memcim.sweep.engine", "memcim.experiments.tasks", "memcim.simulate"])
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
-                               initargs=(threads or None,))
+                               initargs=(threads or None, os.getpid()))
     pending: dict = {}
     it = iter(todo)
     cap = workers * _PENDING_PER_WORKER

@@ -56,14 +56,26 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def check_store_path(path: str | os.PathLike, name: str = "store") -> Path:
-    """Validate a store path: an SQLite file name ending in .sqlite, .sqlite3 or .db."""
+def check_store_path(path: str | os.PathLike, name: str = "store", *, writable: bool = False) -> Path:
+    """Validate a store path: an SQLite file name ending in .sqlite, .sqlite3 or .db; with
+    ``writable``, also that it can be written (its directory created if missing), before any work."""
     p = Path(path)
     if p.suffix not in STORE_SUFFIXES:
         raise ValueError(f"{name}: {str(p)!r} is not allowed; the store is an SQLite file ending in "
                          f"{', '.join(STORE_SUFFIXES)}")
     if p.exists() and not p.is_file():
         raise ValueError(f"{name}: {p} exists and is not a file")
+    if writable:
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"{name}: cannot create directory {p.parent} ({e.strerror or e})") from None
+        if not p.parent.is_dir():
+            raise ValueError(f"{name}: {p.parent} is not a directory")
+        if p.exists() and not os.access(p, os.R_OK | os.W_OK):
+            raise ValueError(f"{name}: {p} is not writable")
+        if not p.exists() and not os.access(p.parent, os.W_OK | os.X_OK):
+            raise ValueError(f"{name}: directory {p.parent} is not writable")
     return p
 
 
