@@ -61,6 +61,12 @@ def _safe_globals() -> list:
                     if isinstance(c, type) and issubclass(c, nn.Module) and c.__module__ == analog.__name__]
     except ImportError:  # pragma: no cover
         pass
+    from memcim.nn import models  # the architectures of build_model (resnet-small, lstm-row, vit-tiny)
+
+    allowed += [c for c in vars(models).values()
+                if isinstance(c, type) and issubclass(c, nn.Module) and c.__module__ == models.__name__]
+    # nn.MultiheadAttention's output projection (inside nn.TransformerEncoderLayer)
+    allowed.append(nn.modules.linear.NonDynamicallyQuantizableLinear)
     return allowed
 
 

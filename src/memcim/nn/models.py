@@ -7,7 +7,19 @@ Architectures (``build_model(arch, input_shape)``):
 - ``cnn-small`` / ``cnn-large``: the CNNs of paper 001: five pairs of 3x3 convolution (unit stride,
   padding 1) with Softplus and 2x2 average pooling, 2-4-8-16-16 (small) or 16-32-64-128-128 (large)
   filters, then one linear layer. Five halvings need a 32x32 input, so a smaller input (MNIST's
-  28x28) is zero-padded to 32x32 by a leading ``ZeroPad2d`` layer (kept digital on conversion).
+  28x28) is zero-padded to 32x32 by a leading ``ZeroPad2d`` layer (kept digital on conversion);
+- ``resnet-small``: a ResNet-style CNN (:class:`ResNetSmall`): a 3x3 stem, two residual blocks
+  (conv-BN-ReLU-conv-BN plus an identity or strided 1x1 shortcut), one depthwise-separable block
+  (3x3 depthwise ``Conv2d(groups=channels)`` then a 1x1 pointwise convolution), global average
+  pooling and a linear head;
+- ``lstm-row``: an LSTM on sequential MNIST (:class:`LSTMRow`): each image row is one time step
+  (28 steps of 28 pixels), ``nn.LSTM`` with 128 hidden units, a linear head on the last hidden state;
+- ``vit-tiny``: a small vision transformer (:class:`ViTTiny`): 7x7 patches (16 on MNIST) embedded by a
+  strided ``Conv2d``, a class token, learned positional embeddings, two pre-norm
+  ``nn.TransformerEncoderLayer`` (d_model 64, 4 heads, feed-forward 128, no dropout), a linear head
+  on the class token.
+
+All three are ``torch.fx``-traceable (``torch.fx.symbolic_trace``) and take (N, C, H, W) images.
 
 Reference models (``get_reference_model(name)``) ship with memcim: their trained weights are
 package data (``memcim/nn/weights/<name>.pt``: the float32 state dict and its ``meta``, with the
@@ -34,7 +46,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ARCHS = ("mlp-500-300", "mlp-256-128", "cnn-small", "cnn-large", "mlp-H1-H2-...")
+ARCHS = ("mlp-500-300", "mlp-256-128", "cnn-small", "cnn-large", "resnet-small", "lstm-row", "vit-tiny",
+         "mlp-H1-H2-...")
 
 #: name -> training recipe. ``test_accuracy`` is filled in the cache file after training.
 REFERENCE_MODELS = {
@@ -47,6 +60,16 @@ REFERENCE_MODELS = {
     "mnist-cnn-small": dict(arch="cnn-small", dataset="mnist", epochs=20, lr=3e-3,
                             batch_size=128, weight_decay=0.0, seed=0,
                             paper="001 (MemSE), trained on MNIST while CIFAR-10 is absent"),
+    # issue 15: residual, depthwise, recurrent and attention layers
+    "mnist-resnet-small": dict(arch="resnet-small", dataset="mnist", epochs=5, lr=2e-3,
+                               batch_size=128, weight_decay=0.0, seed=0,
+                               paper="issue 15 (residual blocks and a depthwise-separable block)"),
+    "mnist-lstm-row": dict(arch="lstm-row", dataset="mnist", epochs=10, lr=3e-3,
+                           batch_size=128, weight_decay=0.0, seed=0,
+                           paper="issue 15 (LSTM on sequential MNIST, one row per time step)"),
+    "mnist-vit-tiny": dict(arch="vit-tiny", dataset="mnist", epochs=15, lr=1e-3,
+                           batch_size=128, weight_decay=0.0, seed=0,
+                           paper="issue 15 (vision transformer on 7x7 MNIST patches)"),
 }
 
 
@@ -84,19 +107,127 @@ def _cnn(channels: tuple[int, ...], input_shape: tuple[int, int, int], n_classes
     return nn.Sequential(*layers)
 
 
-def build_model(arch: str, input_shape=(1, 28, 28), n_classes: int = 10, *, seed: int = 0) -> nn.Sequential:
+class ResidualBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus a shortcut (identity, or a 1x1 convolution + BN when the stride
+    or the width changes), then ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(c_out))
+        else:
+            self.shortcut = nn.Identity()
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(y + self.shortcut(x))
+
+
+class DepthwiseSeparable(nn.Module):
+    """3x3 depthwise convolution (``groups=c_in``)-BN-ReLU, then 1x1 pointwise convolution-BN-ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.depthwise = nn.Conv2d(c_in, c_in, 3, stride=stride, padding=1, groups=c_in, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.relu1 = nn.ReLU()
+        self.pointwise = nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu2(self.bn2(self.pointwise(self.relu1(self.bn1(self.depthwise(x))))))
+
+
+class ResNetSmall(nn.Module):
+    """ResNet-style CNN: stem conv3x3(16)-BN-ReLU, residual blocks 16 -> 16 and 16 -> 32 (stride 2),
+    a depthwise-separable block 32 -> 64 (stride 2), global average pooling, ``Linear(64, n_classes)``."""
+
+    def __init__(self, in_channels: int = 1, n_classes: int = 10, widths=(16, 32, 64)):
+        super().__init__()
+        w1, w2, w3 = widths
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, w1, 3, padding=1, bias=False), nn.BatchNorm2d(w1),
+                                  nn.ReLU())
+        self.block1 = ResidualBlock(w1, w1)
+        self.block2 = ResidualBlock(w1, w2, stride=2)
+        self.block3 = DepthwiseSeparable(w2, w3, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(w3, n_classes)
+
+    def forward(self, x):
+        x = self.block3(self.block2(self.block1(self.stem(x))))
+        return self.fc(self.flatten(self.pool(x)))
+
+
+class LSTMRow(nn.Module):
+    """Sequential image classifier: the rows of a (N, C, H, W) image are H time steps of C*W values
+    (MNIST: 28 steps of 28 pixels), read by a batch-first ``nn.LSTM``; a linear head classifies the
+    last hidden state."""
+
+    def __init__(self, input_shape=(1, 28, 28), n_classes: int = 10, hidden: int = 128, layers: int = 1):
+        super().__init__()
+        c, h, w = input_shape
+        self.steps, self.features = h, c * w
+        self.lstm = nn.LSTM(c * w, hidden, num_layers=layers, batch_first=True)
+        self.fc = nn.Linear(hidden, n_classes)
+
+    def forward(self, x):
+        seq = x.permute(0, 2, 1, 3).reshape(x.shape[0], self.steps, self.features)   # (N, H, C*W)
+        out, _ = self.lstm(seq)
+        return self.fc(out[:, -1])
+
+
+class ViTTiny(nn.Module):
+    """Small vision transformer: ``Conv2d(C, dim, patch, stride=patch)`` patch embedding, a learned
+    class token and positional embedding, ``depth`` pre-norm ``nn.TransformerEncoderLayer`` (batch
+    first, GELU, no dropout), a final LayerNorm and a linear head on the class token."""
+
+    def __init__(self, input_shape=(1, 28, 28), n_classes: int = 10, patch: int = 7, dim: int = 64,
+                 depth: int = 2, heads: int = 4, mlp: int = 128):
+        super().__init__()
+        c, h, w = input_shape
+        if h % patch or w % patch:
+            raise ValueError(f"input_shape: {tuple(input_shape)} is not allowed for vit-tiny; height and width "
+                             f"must be multiples of the patch size {patch}")
+        n_patches = (h // patch) * (w // patch)
+        self.embed = nn.Conv2d(c, dim, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, n_patches + 1, dim) * 0.02)
+        self.encoder = nn.Sequential(*[
+            nn.TransformerEncoderLayer(dim, heads, dim_feedforward=mlp, dropout=0.0, activation=nn.GELU(),
+                                       batch_first=True, norm_first=True) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, n_classes)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)                     # (N, patches, dim)
+        t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1) + self.pos_embed
+        t = self.norm(self.encoder(t))
+        return self.head(t[:, 0])
+
+
+def build_model(arch: str, input_shape=(1, 28, 28), n_classes: int = 10, *, seed: int = 0) -> nn.Module:
     """Build an untrained model with a seeded initialisation (the global RNG is left untouched).
 
     Parameters
     ----------
-    arch : ``mlp-500-300``, ``mlp-256-128``, any ``mlp-H1-H2-...``, ``cnn-small`` or ``cnn-large``.
+    arch : ``mlp-500-300``, ``mlp-256-128``, any ``mlp-H1-H2-...``, ``cnn-small``, ``cnn-large``,
+        ``resnet-small``, ``lstm-row`` or ``vit-tiny``.
     input_shape : (C, H, W) of one sample.
     n_classes : number of outputs.
     seed : seed of the weight initialisation.
 
     Returns
     -------
-    torch.nn.Sequential
+    torch.nn.Module (``nn.Sequential`` for the MLPs and the paper-001 CNNs)
     """
     input_shape = tuple(int(v) for v in input_shape)
     with torch.random.fork_rng(devices=[]):
@@ -113,6 +244,12 @@ def build_model(arch: str, input_shape=(1, 28, 28), n_classes: int = 10, *, seed
             return _cnn((2, 4, 8, 16, 16), input_shape, n_classes)
         if arch == "cnn-large":
             return _cnn((16, 32, 64, 128, 128), input_shape, n_classes)
+        if arch == "resnet-small":
+            return ResNetSmall(input_shape[0], n_classes)
+        if arch == "lstm-row":
+            return LSTMRow(input_shape, n_classes)
+        if arch == "vit-tiny":
+            return ViTTiny(input_shape, n_classes)
     raise ValueError(f"arch: {arch!r} is not known; choose one of {', '.join(ARCHS)}")
 
 
@@ -192,7 +329,8 @@ def train_reference(name: str, *, progress: bool | None = None) -> tuple[nn.Modu
 def _save(path: Path, model: nn.Module, meta: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+          for k, v in model.state_dict().items()}    # integer buffers (BatchNorm's num_batches_tracked) stay
     torch.save({"state_dict": sd, "meta": meta}, tmp)
     os.replace(tmp, path)
     return path
@@ -204,7 +342,7 @@ def get_reference_model(name: str, *, retrain: bool = False, progress: bool | No
     Parameters
     ----------
     name : one of :data:`REFERENCE_MODELS` (``mnist-mlp-500-300``, ``mnist-mlp-256-128``,
-        ``mnist-cnn-small``).
+        ``mnist-cnn-small``, ``mnist-resnet-small``, ``mnist-lstm-row``, ``mnist-vit-tiny``).
     retrain : train again from the recipe (minutes on the CPU) and cache the result in
         :func:`cache_path`; the shipped weights are left as they are.
     progress : show a progress bar while training (default: when stderr is a terminal).
