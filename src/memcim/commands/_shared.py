@@ -52,8 +52,9 @@ def flag_for(param: str, options: set[str]) -> str | None:
     """The flag of library parameter ``param`` among a command's ``options``, or None."""
     if param in options:
         return param
-    cands = FLAGS.get(param) or "--" + param.replace("_", "-")
-    for cand in (cands,) if isinstance(cands, str) else cands:   # a tuple: the first the command has
+    own = "--" + param.replace("_", "-")
+    cands = FLAGS.get(param) or own
+    for cand in (*((cands,) if isinstance(cands, str) else cands), own):   # the first the command has
         if cand in options:
             return cand
     if "." in param and "--set" in options:  # a hardware key: device.g_max
