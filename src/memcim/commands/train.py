@@ -28,7 +28,9 @@ def register(sub) -> None:
                     "training data. A final accuracy near chance prints a warning.")
     p.add_argument("--arch", default=None, metavar="ARCH",
                    help="a fresh model: mlp-500-300, mlp-256-128, mlp-H1-H2-... (ReLU MLP), cnn-small or "
-                        "cnn-large (the paper-001 CNNs); give --arch or --init")
+                        "cnn-large (the paper-001 CNNs), resnet-small (residual + depthwise-separable "
+                        "blocks), lstm-row (LSTM over image rows) or vit-tiny (vision transformer on 7x7 "
+                        "patches); give --arch or --init")
     _shared.add_model(p, required=False, flag="--init",
                  help_text="fine-tune this model instead: a reference model name or a torch.save(model) file")
     p.add_argument("--data", default="mnist:train", metavar="SPEC",
