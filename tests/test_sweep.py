@@ -432,7 +432,8 @@ def test_flatten_keeps_lists_and_names_columns_by_name_or_hardware():
         "label": "ok"}
     for bad, msg in (({"obj": object()}, "'obj' is a object"), ({"s": "x" * 5000}, "text of 5000 characters"),
                      ({"big": list(range(10_000))}, "more than 500 values"), ({"i": 2**70}, "64-bit"),
-                     ({"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": {"j": 1}}}}}}}}}}, "deeper than 8"),
+                     ({"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": {"j": {"k": {"l": {"m": {"n": 1}}}}}}}}}}}}}},
+                      "deeper than 12"),
                      ({"a.b": 1, "a": {"b": 2}}, "two values flatten to the column 'a.b'")):
         with pytest.raises(ValueError, match=re.escape(msg)):
             flatten_result(bad)

@@ -56,7 +56,7 @@ from memcim.sweep.store import FIXED_COLUMNS, TRAILING_COLUMNS, SweepStore, chec
 SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
 #: what one point's result may hold: columns, nesting depth, characters of one text value
 MAX_RESULT_COLUMNS = 500
-MAX_RESULT_DEPTH = 8
+MAX_RESULT_DEPTH = 12
 MAX_TEXT = 1000
 _LABEL_KEYS = ("name", "hardware")
 #: pending points per pool worker (the rest of the spec stays unenumerated)
