@@ -577,3 +577,72 @@ def test_progress_bar_shows_remaining_time(tmp_path, capsys):
     run_sweep(spec, tmp_path / "pb.sqlite", workers=0, progress=True)
     err = capsys.readouterr().err
     assert "3/3" in err and re.search(r"\d\d:\d\d<\d\d:\d\d", err)  # [elapsed<remaining]
+
+
+# ---- --allow-module: functions from modules named on the command line (issue 18) ---------------------
+@pytest.fixture
+def mypkg(tmp_path, monkeypatch):
+    """A package ``mypkg_18`` with ``mypkg_18.sub:square``, importable in this process."""
+    root = tmp_path / "pkgs"
+    (root / "mypkg_18").mkdir(parents=True)
+    (root / "mypkg_18" / "__init__.py").write_text("def top(x):\n    return {'y': x}\n")
+    (root / "mypkg_18" / "sub.py").write_text("def square(x):\n    return {'y': x * x}\n")
+    monkeypatch.syspath_prepend(str(root))
+    yield "mypkg_18"
+    for name in [m for m in sys.modules if m == "mypkg_18" or m.startswith("mypkg_18.")]:
+        del sys.modules[name]
+
+
+def test_allow_module_runs_named_modules_only(tmp_path, capsys, mypkg):
+    p = write_spec(tmp_path, '[sweep]\ntask = "mypkg_18.sub:square"\n[grid]\nx = [2.0, 3.0]\n')
+    store = tmp_path / "s.sqlite"
+    assert main(["sweep", "run", str(p), "--workers", "0", "--store", str(store), "--no-parquet",
+                 "--allow-module", "mypkg_18"]) == 0, capsys.readouterr().err
+    assert sorted(load_table(store)["y"]) == [4.0, 9.0]
+    capsys.readouterr()
+    # the module itself, a parent, or one of several; the spec's allow_import is not needed
+    for mods in (["mypkg_18.sub"], ["other", "mypkg_18"]):
+        spec = _parse_spec(p, allow_import=False, allow_modules=mods)
+        assert spec.allow_import and spec.kind == "import"
+    # anything else, without the full opt-in, is refused with one line naming --allow-module
+    for mods in ([], ["mypkg"], ["mypkg_18.other"], ["mypkg_18.sub.deeper"]):
+        argv = ["sweep", "run", str(p), "--workers", "0", "--store", str(tmp_path / "r.sqlite")]
+        for m in mods:
+            argv += ["--allow-module", m]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "Traceback" not in err and "--allow-module mypkg_18" in err, err
+    assert not (tmp_path / "r.sqlite").exists()
+    # a module outside the named ones stays refused, whatever it is
+    marker = tmp_path / "MARK"
+    q = write_spec(tmp_path, f'[sweep]\ntask = "os:system"\n[grid]\ncommand = ["touch {marker}"]\n', "os.toml")
+    assert main(["sweep", "run", str(q), "--workers", "0", "--allow-module", "mypkg_18"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--allow-module os" in err and not marker.exists()
+    # a bad module name is one line naming the flag
+    assert main(["sweep", "run", str(p), "--workers", "0", "--allow-module", "my-pkg"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--allow-module: 'my-pkg' is not a module name" in err, err
+
+
+def test_allow_module_rule_holds_for_dask_before_submission(tmp_path, capsys, mypkg):
+    """With --scheduler the trust check runs in the driver, before the scheduler is contacted."""
+    import dataclasses
+
+    p = write_spec(tmp_path, '[sweep]\ntask = "mypkg_18.sub:square"\n[grid]\nx = [2.0]\n')
+    t0 = time.perf_counter()
+    assert main(["sweep", "run", str(p), "--scheduler", "tcp://127.0.0.1:9", "--connect-timeout", "30",
+                 "--store", str(tmp_path / "d.sqlite")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--allow-module mypkg_18" in err and "scheduler" not in err, err
+    assert time.perf_counter() - t0 < 5
+    # with the module allowed, the sweep gets as far as the scheduler (unreachable here)
+    assert main(["sweep", "run", str(p), "--scheduler", "tcp://127.0.0.1:9", "--connect-timeout", "0.5",
+                 "--store", str(tmp_path / "d.sqlite"), "--allow-module", "mypkg_18"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--scheduler" in err and "allow" not in err, err
+    # a hand-made spec that was not allowed is refused by run_sweep before it connects or submits
+    spec = dataclasses.replace(_parse_spec(p, allow_modules=["mypkg_18"]), allow_import=False)
+    with pytest.raises(ValueError, match="sweep.task: 'mypkg_18.sub:square' was not allowed"):
+        run_sweep(spec, tmp_path / "h.sqlite", scheduler="tcp://127.0.0.1:9", connect_timeout=30)
+    assert not (tmp_path / "h.sqlite").exists()

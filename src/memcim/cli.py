@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
         if "--threads" not in leaf._option_string_actions:
             leaf.add_argument("--threads", type=int, default=None, metavar="N",
                               help="torch threads in this process (default: torch's; sweep workers use 1)")
+        if "--max-memory" not in leaf._option_string_actions:
+            leaf.add_argument("--max-memory", default=None, metavar="SIZE",
+                              help="memory this command may plan to use, e.g. 8G or 500M (default: "
+                                   "MEMCIM_MAX_MEMORY, else half the available memory); larger work is "
+                                   "refused before it starts")
         leaf.set_defaults(_parser=leaf)
     return parser
 
@@ -161,9 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     leaf = args._parser
     prog = leaf.prog
     options = set(leaf._option_string_actions)
+    from memcim import validate
+
+    saved_env = os.environ.get("MEMCIM_MAX_MEMORY")
     try:
         if getattr(args, "threads", None) is not None:
             _set_threads(args.threads)
+        if getattr(args, "max_memory", None) is not None:
+            validate.set_memory_limit(args.max_memory)
+            os.environ["MEMCIM_MAX_MEMORY"] = str(args.max_memory)   # worker processes inherit it
         check_common(args)
         rc = args.func(args)
     except KeyboardInterrupt:
@@ -175,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"{prog}: error: {translate_error(msg, options)}", file=sys.stderr)
         return 2
+    finally:   # main() may run again in this process (tests, notebooks): the limit was this call's
+        validate.set_memory_limit(None)
+        if saved_env is None:
+            os.environ.pop("MEMCIM_MAX_MEMORY", None)
+        else:
+            os.environ["MEMCIM_MAX_MEMORY"] = saved_env
     return 0 if rc is None else int(rc)
 
 

@@ -160,17 +160,36 @@ def available_memory() -> int | None:
         return None
 
 
+#: The limit given on the command line (``--max-memory``): ``(bytes, its text)``, or None.
+_cli_limit: tuple[int, str] | None = None
+
+
+def set_memory_limit(text: Any | None) -> int | None:
+    """Set (or, with None, clear) the limit of ``--max-memory SIZE``; it wins over
+    ``MEMCIM_MAX_MEMORY``. Returns the bytes (None when cleared)."""
+    global _cli_limit
+    if text is None:
+        _cli_limit = None
+        return None
+    n = parse_bytes("max_memory", text)
+    _cli_limit = (n, str(text))
+    return n
+
+
 def memory_limit() -> tuple[int, str]:
-    """``(bytes, where the limit comes from)``: ``MEMCIM_MAX_MEMORY`` (e.g. ``8G``) when set,
-    else :data:`MEMORY_FRACTION` of the available memory."""
+    """``(bytes, where the limit comes from)``: ``--max-memory`` (:func:`set_memory_limit`) when
+    given, else ``MEMCIM_MAX_MEMORY`` (e.g. ``8G``) when set, else :data:`MEMORY_FRACTION` of the
+    available memory."""
+    if _cli_limit is not None:
+        return _cli_limit[0], f"--max-memory {_cli_limit[1]}"
     env = os.environ.get("MEMCIM_MAX_MEMORY")
     if env:
         return parse_bytes("MEMCIM_MAX_MEMORY", env), f"MEMCIM_MAX_MEMORY={env}"
     avail = available_memory()
     if avail is None:
-        return FALLBACK_MEMORY, "the default when the free memory is unknown; set MEMCIM_MAX_MEMORY to change it"
+        return FALLBACK_MEMORY, "the default when the free memory is unknown; set --max-memory or MEMCIM_MAX_MEMORY to change it"
     return int(avail * MEMORY_FRACTION), (f"{MEMORY_FRACTION:.0%} of the {format_bytes(avail)} available; "
-                                          "set MEMCIM_MAX_MEMORY (e.g. 8G) to change it")
+                                          "set --max-memory (or MEMCIM_MAX_MEMORY), e.g. 8G, to change it")
 
 
 def format_bytes(n: float) -> str:

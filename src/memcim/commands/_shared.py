@@ -16,6 +16,7 @@ flag                   meaning
 ``--out DIR``          always a directory: the command writes ``<name>.json`` (and ``<name>.png``)
 ``--json``             print the same JSON document to stdout
 ``--threads N``        torch threads of this process (sweep workers default to 1)
+``--max-memory SIZE``  memory limit of the work (``8G``, ``500M``); default ``MEMCIM_MAX_MEMORY``
 =====================  ===========================================================================
 
 The library names parameters (``chips``, ``data``, ``device.g_max``); :data:`FLAGS` is the one
@@ -42,6 +43,7 @@ FLAGS: dict[str, str | tuple[str, ...]] = {
     "normalize": "--normalize", "input_shape": "--input-shape",
     "inputs": "--inputs", "matrix": "--matrix", "model": "--model", "import_modules": "--import",
     "trust_model_file": "--trust-model-file", "out": "--out", "checkpoint_dir": "--out", "threads": "--threads",
+    "max_memory": "--max-memory",
     "x": ("--data", "--inputs"), "reps": "--reps", "cov": "--cov",
 }
 

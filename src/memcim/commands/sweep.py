@@ -57,6 +57,9 @@ def register(sub) -> None:
     r.add_argument("--allow-import", action="store_true",
                    help="allow task = \"package.module:function\" (runs that code); the spec must also say "
                         "allow_import = true")
+    r.add_argument("--allow-module", action="append", default=[], metavar="MODULE",
+                   help="allow task = \"MODULE:function\" (or a submodule of MODULE) without --allow-import; "
+                        "repeatable")
     r.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
                    help="seconds to wait for the Dask scheduler (default 5)")
     r.add_argument("--no-parquet", action="store_true", help="do not write the Parquet copy of the store")
@@ -90,7 +93,8 @@ def run(args) -> int:
     if args.connect_timeout is not None and not 0 < args.connect_timeout <= 600:
         raise ValueError(f"--connect-timeout: {args.connect_timeout} is not allowed; must be in (0, 600] seconds")
     max_points = MAX_POINTS if args.max_points is None else validate.integer("max_points", args.max_points, lo=1)
-    spec = parse_spec(args.spec, allow_import=args.allow_import, max_points=max_points)
+    spec = parse_spec(args.spec, allow_import=args.allow_import, max_points=max_points,
+                      allow_modules=args.allow_module)
     store = check_store_path(args.store or spec.store or Path(args.spec).with_suffix(".sqlite"), "store",
                              writable=not args.dry_run)
     if args.dry_run:

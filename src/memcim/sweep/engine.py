@@ -438,6 +438,9 @@ def run_sweep(spec: SweepSpec, store: str | os.PathLike | None = None, *, worker
         raise ValueError("retry_failed: only applies with resume")
     if resume and overwrite:
         raise ValueError("resume: give at most one of resume and overwrite")
+    if spec.kind == "import" and not spec.allow_import:   # checked here, before any point is submitted
+        raise ValueError(f"sweep.task: {spec.target!r} was not allowed; parse the spec with allow_modules= "
+                         "(memcim sweep run --allow-module MODULE) or both allow_import opt-ins")
     path = check_store_path(store or spec.store or f"{spec.name}.sqlite", "store")
     if scheduler is not None:
         check_scheduler(scheduler)

@@ -35,7 +35,8 @@ is refused; the points themselves are produced one at a time (:meth:`SweepSpec.i
 
 A task given as ``"package.module:function"`` imports and runs code named by the spec; it is
 refused unless the spec says ``allow_import = true`` *and* the caller passes
-``allow_import=True`` (``memcim sweep run --allow-import``). A bad spec raises a one-line
+``allow_import=True`` (``memcim sweep run --allow-import``), or the caller names its module
+(``allow_modules=("mypkg",)``, ``memcim sweep run --allow-module mypkg``). A bad spec raises a one-line
 ``ValueError`` naming the spec key.
 
 Examples
@@ -59,7 +60,7 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from memcim.config import HardwareConfig, resolve_config
 
@@ -206,11 +207,32 @@ def resolve_hw(value: str, root: str | Path = ".", where: str = "sweep.hw") -> H
 
 # ---- targets -----------------------------------------------------------------------------------
 def _import_message(target: str, spec_ok: bool, caller_ok: bool) -> str:
+    top = target.partition(":")[0].split(".")[0] or "MODULE"
     need = (f"sweep.task: {target!r} runs a function by module path, which can run any code; it needs "
-            "allow_import = true in [sweep] and allow_import=True (memcim sweep run --allow-import)")
+            "allow_import = true in [sweep] and allow_import=True (memcim sweep run --allow-import), "
+            f"or its module named on the command line: memcim sweep run --allow-module {top}")
     if spec_ok == caller_ok:
         return need
     return need + f"; missing: {'allow_import=True (--allow-import)' if spec_ok else 'allow_import = true in [sweep]'}"
+
+
+def check_modules(modules: Any) -> tuple[str, ...]:
+    """The modules named by ``--allow-module`` (``allow_modules=``): dotted Python names."""
+    if isinstance(modules, str):
+        modules = (modules,)
+    out = []
+    for m in modules or ():
+        if not isinstance(m, str) or not m or not all(part.isidentifier() for part in m.split(".")):
+            raise ValueError(f"allow_module: {m!r} is not a module name; give a dotted name such as mypkg "
+                             "or mypkg.sub")
+        out.append(m)
+    return tuple(out)
+
+
+def module_allowed(target: str, modules: Iterable[str]) -> bool:
+    """Whether ``"module:function"`` lies in one of ``modules`` (the module itself or below it)."""
+    mod = str(target).partition(":")[0]
+    return any(mod == m or mod.startswith(m + ".") for m in modules)
 
 
 def resolve_task(target: str, *, allow_import: bool = False) -> Callable[..., Any]:
@@ -389,7 +411,7 @@ def _int_key(sw: dict, key: str, default: Any, lo: int) -> Any:
 
 # ---- the parser --------------------------------------------------------------------------------
 def parse_spec(source: str | Path | dict, *, root: str | Path | None = None, allow_import: bool = False,
-               max_points: int = MAX_POINTS) -> SweepSpec:
+               max_points: int = MAX_POINTS, allow_modules: Iterable[str] = ()) -> SweepSpec:
     """Read and validate a sweep spec.
 
     Parameters
@@ -399,6 +421,9 @@ def parse_spec(source: str | Path | dict, *, root: str | Path | None = None, all
         to; default: the spec file's directory (or the working directory for a dict).
     allow_import : the caller's half of the opt-in for ``task = "module:function"`` (the spec's
         half is ``allow_import = true`` in ``[sweep]``).
+    allow_modules : modules whose functions a ``"module:function"`` task may run without the two
+        opt-ins above (``memcim sweep run --allow-module mypkg``): ``mypkg`` allows
+        ``mypkg:fn`` and ``mypkg.sub:fn``, nothing else.
     max_points : refuse a sweep with more points than this (counted before any is enumerated).
 
     Returns
@@ -448,7 +473,8 @@ def parse_spec(source: str | Path | dict, *, root: str | Path | None = None, all
     if not isinstance(spec_allow, bool):
         raise ValueError(f"sweep.allow_import: expected true or false, got {spec_allow!r}")
     kind = "import" if ":" in target else "registry"
-    if kind == "import" and not (spec_allow and allow_import is True):
+    allow_modules = check_modules(allow_modules)
+    if kind == "import" and not (spec_allow and allow_import is True) and not module_allowed(target, allow_modules):
         raise ValueError(_import_message(target, spec_allow, allow_import is True))
     fn = resolve_task(target, allow_import=kind == "import")
     accepted, takes_hw, takes_seed, required = _target_arguments(fn)
