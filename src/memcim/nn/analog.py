@@ -180,7 +180,16 @@ class _AnalogMixin:
         if self._weight_version != self.weight._version:
             raise RuntimeError(f"{type(self).__name__}: the weights changed after programming; call "
                                "memcim.nn.analog.program(model, seed) again")
-        return self.chip.mvm(x2d.detach(), t=getattr(self, "_read_time", None))[0].to(x2d.dtype)
+        chip, t = self.chip, getattr(self, "_read_time", None)
+        if chip.trials == 1:
+            return chip.mvm(x2d.detach(), t=t)[0].to(x2d.dtype)
+        # chips batched (memcim.nn.evaluate.chip_outputs, chips_per_pass > 1): the rows are chip-major,
+        # (trials * rows, in), chip c reading rows c*rows:(c+1)*rows
+        if x2d.shape[0] % chip.trials:
+            raise RuntimeError(f"{type(self).__name__}: {x2d.shape[0]} input rows do not split over the "
+                               f"{chip.trials} batched chips (rows must be chip-major)")
+        y = chip.mvm(x2d.detach().reshape(chip.trials, -1, x2d.shape[-1]), t=t)
+        return y.reshape(-1, y.shape[-1]).to(x2d.dtype)
 
     def _matmul(self, x2d: torch.Tensor) -> torch.Tensor:
         """x2d (rows, in) -> (rows, out) through the digital, training-read or chip path."""

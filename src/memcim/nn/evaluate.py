@@ -29,21 +29,25 @@ from tqdm.auto import tqdm
 from memcim.config import HardwareConfig
 from memcim.hardware.device import check_time
 from memcim.nn.analog import (
+    AnalogConv2d,
+    AnalogLinear,
     analog_layers,
     conversion_report,
     convert_to_analog,
+    digital_mode,
     layer_seed,
     program,
     read_time,
 )
 from memcim.nn.train import predict
+from memcim.simulate import ProgrammedChip
 
 
 @torch.no_grad()
 def chip_outputs(model: nn.Module, x: torch.Tensor, hardware: HardwareConfig, *, chips: int, seed: int = 0,
                  overrides: dict | None = None, calib_data: torch.Tensor | None = None, batch_size: int = 1000,
                  dtype: torch.dtype = torch.float32, progress: bool | None = None, desc: str = "chips",
-                 on_program=None):
+                 on_program=None, chips_per_pass=1, reads: str = "exact"):
     """The one Monte Carlo loop over programmed chips of a model.
 
     Converts ``model`` once (:func:`memcim.nn.analog.convert_to_analog`), then for each chip ``c``
@@ -63,6 +67,27 @@ def chip_outputs(model: nn.Module, x: torch.Tensor, hardware: HardwareConfig, *,
     progress : tqdm bar over chips on stderr (default: when stderr is a terminal). desc : its label.
     on_program : optional ``f(c, analog)`` called after chip ``c`` is programmed, before it is read
         (to install hooks, or to apply a designed ADC full scale to the programmed chips).
+    chips_per_pass : chips batched through the network in one forward pass (default 1: one chip
+        at a time); ``"auto"``: as many as :func:`chips_per_pass_auto` finds room for in
+        :func:`memcim.validate.memory_limit`. See *Chips batched* below.
+    reads : how a batched pass reads its chips (``chips_per_pass > 1`` only):
+        ``"exact"`` (default): each chip keeps its own programmed state and read-noise generator and
+        reads its own rows, so chip ``c`` gives exactly the outputs of the one-at-a-time loop (the
+        digital layers, the im2col and the per-layer dispatch run once for all chips);
+        ``"stacked"``: the K chips' conductances (exactly those of the loop) are stacked into one
+        ``ProgrammedChip`` of ``trials=K`` read by one ``mvm`` call, so its read noise comes from one
+        generator shared by the K chips: chip ``c`` equals chip ``c`` of the loop *in distribution*
+        (same conductances, independent read noise of the same law), not value by value.
+
+    *Chips batched.* With ``chips_per_pass=K > 1`` chips ``c0 .. c0+K-1`` are programmed exactly as
+    the loop programs them (``layer_seed(seed, c)`` per chip) and each input batch runs once with
+    the chips as the leading dimension, flattened into the batch: ``(K*B, ...)`` chip-major, so the
+    digital modules between analog layers see an ordinary batch and every analog layer reads
+    chip ``c``'s rows on chip ``c``. This needs a model whose modules treat the batch rows
+    independently and whose analog layers are all :class:`AnalogLinear` / :class:`AnalogConv2d`
+    (sequential MLPs and CNNs such as the reference models); any other analog layer (grouped convs,
+    LSTM/GRU, attention: their digital math may mix the leading dimension) and ``on_program`` fall
+    back to one chip at a time. In a batched pass ``analog`` holds the group's chips.
 
     Yields
     ------
@@ -72,13 +97,120 @@ def chip_outputs(model: nn.Module, x: torch.Tensor, hardware: HardwareConfig, *,
     if isinstance(chips, bool) or not isinstance(chips, (int, np.integer)) or chips < 1:
         raise ValueError(f"chips: {chips!r} is not allowed; must be an integer >= 1")
     layer_seed(seed, 0)
+    if reads not in ("exact", "stacked"):
+        raise ValueError(f"reads: {reads!r} is not allowed; choose 'exact' or 'stacked'")
     analog = convert_to_analog(model, hardware, overrides=overrides, calib_data=calib_data).eval()
-    for c in tqdm(range(int(chips)), desc=desc, disable=None if progress is None else not progress):
-        program(analog, layer_seed(seed, c), dtype=dtype)
-        if on_program is not None:
-            on_program(c, analog)
-        out = torch.cat([analog(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-        yield c, analog, out
+    k = _chips_per_pass(chips_per_pass, analog, x, chips, batch_size, dtype)
+    if k > 1 and (on_program is not None or not batchable(analog)):
+        k = 1
+    if k == 1:
+        for c in tqdm(range(int(chips)), desc=desc, disable=None if progress is None else not progress):
+            program(analog, layer_seed(seed, c), dtype=dtype)
+            if on_program is not None:
+                on_program(c, analog)
+            out = torch.cat([analog(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+            yield c, analog, out
+        return
+    layers = [m for _, m in analog_layers(analog)]
+    bar = tqdm(total=int(chips), desc=desc, disable=None if progress is None else not progress)
+    for c0 in range(0, int(chips), k):
+        group = range(c0, min(c0 + k, int(chips)))
+        per_layer = [[] for _ in layers]
+        for c in group:   # each chip programmed exactly as the one-at-a-time loop programs it
+            program(analog, layer_seed(seed, c), dtype=dtype)
+            for i, m in enumerate(layers):
+                per_layer[i].append(m.chip)
+        n = len(group)
+        if n > 1:   # (a last group of one chip is read as the loop reads it)
+            for m, chs in zip(layers, per_layer):
+                m.chip = _stack(chs) if reads == "stacked" else _ChipBatch(chs)
+        outs = []
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size]
+            y = analog(xb.unsqueeze(0).expand(n, *xb.shape).reshape(n * xb.shape[0], *xb.shape[1:]))
+            outs.append(y.reshape(n, xb.shape[0], *y.shape[1:]))
+        out = torch.cat(outs, dim=1)
+        for j, c in enumerate(group):
+            yield c, analog, out[j]
+            bar.update(1)
+    bar.close()
+
+
+class _ChipBatch:
+    """K one-chip :class:`ProgrammedChip` s read as one chip of ``trials=K``: ``mvm(x)`` with x
+    (K, rows, in) reads chip ``c`` on ``x[c]`` with its own state and read-noise generator, so each
+    chip reads exactly as it does alone."""
+
+    def __init__(self, chips):
+        self.chips = list(chips)
+
+    @property
+    def trials(self) -> int:
+        return len(self.chips)
+
+    def mvm(self, x, t=None):
+        return torch.cat([ch.mvm(x[c], t=t) for c, ch in enumerate(self.chips)])
+
+
+def _stack(chips) -> ProgrammedChip:
+    """One :class:`ProgrammedChip` of ``trials=K`` holding the conductances of K one-chip chips of
+    one plan (its read-noise generator: a copy of the first chip's)."""
+    c0 = chips[0]
+    gen = torch.Generator(device=c0.device)
+    gen.set_state(c0.generator.get_state())
+    cat = (lambda name: None if getattr(c0, name) is None else torch.cat([getattr(c, name) for c in chips]))
+    return ProgrammedChip(mapped=c0.mapped, g_pos=cat("g_pos"), g_neg=cat("g_neg"), generator=gen,
+                          nu_pos=cat("nu_pos"), nu_neg=cat("nu_neg"), reference_inputs=c0.reference_inputs)
+
+
+def batchable(analog: nn.Module) -> bool:
+    """Whether chips can be batched through ``analog`` (see :func:`chip_outputs`): it has analog
+    layers and every one is an :class:`AnalogLinear` or :class:`AnalogConv2d` (the multi-matrix
+    layers, whose digital math may mix the leading dimension, run one chip at a time)."""
+    layers = analog_layers(analog)
+    return bool(layers) and all(type(m) in (AnalogLinear, AnalogConv2d) for _, m in layers)
+
+
+def chips_per_pass_auto(analog: nn.Module, x: torch.Tensor, chips: int, batch_size: int,
+                        dtype: torch.dtype = torch.float32) -> int:
+    """Chips per forward pass that fit :func:`memcim.validate.memory_limit`: half the limit over an
+    estimate of one chip's working set (its conductances twice, and per analog layer the input rows,
+    three partial-sum buffers of the row tiles and the outputs of one batch; the largest layer),
+    at most ``chips`` and 64; 1 when the model cannot be batched."""
+    from memcim.mapping.crossbar import tile_geometry
+    from memcim.validate import memory_limit
+
+    if not batchable(analog):
+        return 1
+    rows = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: rows.__setitem__(
+        name, mod.calib_rows(args[0]).shape[0])) for name, m in analog_layers(analog)]
+    try:
+        with digital_mode(analog):
+            analog(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    item = torch.empty((), dtype=dtype).element_size()
+    b = min(int(batch_size), int(x.shape[0]))
+    work = cond = 0
+    for name, m in analog_layers(analog):
+        n_in, n_out = m.crossbar_weight().shape
+        R, Cw, nrt, nct = tile_geometry(int(n_in), int(n_out), m.hardware)
+        cond += 2 * 2 * nrt * R * nct * Cw * item
+        r = rows.get(name, 1) * b
+        work = max(work, r * (nrt * R + 3 * nrt * nct * Cw + n_out) * item)
+    per_chip = 2 * cond + work
+    limit, _ = memory_limit()
+    return int(max(1, min(int(chips), 64, (limit // 2) // max(per_chip, 1))))
+
+
+def _chips_per_pass(value, analog, x, chips, batch_size, dtype) -> int:
+    if isinstance(value, str) and value == "auto":
+        return chips_per_pass_auto(analog, x, chips, batch_size, dtype)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"chips_per_pass: {value!r} is not allowed; give an integer >= 1 or 'auto'")
+    return int(min(int(value), int(chips)))
 
 
 def summarize(values) -> dict:
@@ -128,7 +260,8 @@ def read_times(times, hardware: HardwareConfig, overrides: dict | None = None, *
 def evaluate_analog(model: nn.Module, dataset, hardware: HardwareConfig, *, chips: int = 10,
                     seed: int = 0, calib_data: torch.Tensor | None = None, overrides: dict | None = None,
                     batch_size: int = 1000, progress: bool | None = None,
-                    dtype: torch.dtype = torch.float32, times=None) -> dict:
+                    dtype: torch.dtype = torch.float32, times=None, chips_per_pass=1,
+                    reads: str = "exact") -> dict:
     """Accuracy and output MSE of ``model`` on ``hardware``, over ``chips`` programmed chips.
 
     Parameters
@@ -144,6 +277,9 @@ def evaluate_analog(model: nn.Module, dataset, hardware: HardwareConfig, *, chip
     progress : tqdm bar over chips on stderr (default: when stderr is a terminal).
     times : read times [s] after programming (see :func:`read_times`); each chip is programmed once
         and read at every time, ``t0`` first. None (default): one read at ``t0``.
+    chips_per_pass, reads : chips batched through the network in one forward pass, and how they
+        read (see :func:`chip_outputs`; default 1, one chip at a time). With ``reads="exact"`` the
+        result equals that of one chip at a time. Evaluations over ``times`` run one chip at a time.
 
     Returns
     -------
@@ -170,7 +306,8 @@ def evaluate_analog(model: nn.Module, dataset, hardware: HardwareConfig, *, chip
     accs, mses = [], []
     analog = None
     for _, analog, out in chip_outputs(model, dataset.x, hardware, chips=chips, seed=seed, overrides=overrides,
-                                       calib_data=calib_data, batch_size=batch_size, dtype=dtype, progress=progress):
+                                       calib_data=calib_data, batch_size=batch_size, dtype=dtype, progress=progress,
+                                       chips_per_pass=chips_per_pass, reads=reads):
         out = out.float()
         if labelled:
             accs.append(float((out.argmax(1) == y).float().mean()))
