@@ -22,6 +22,7 @@ def test_lowrank_json_fields_and_monte_carlo_agreement(capsys, tmp_path):
     assert rc == 0, err
     d = json.loads(out)
     assert (d["k"], d["r1"], d["r2"], d["split"]) == (4, 2, 3, "left")
+    assert d["sigma_units"].startswith("weight units") and d["config"]["chips"] == 800
     assert d["devices"]["lowrank"] == 2 * 20 * 4 + 3 * 4 * 12 and d["devices"]["baseline"] == 240
     assert set(d["lowrank"]["terms"]) >= {"truncation", "first_step", "second_step", "product"}
     for key in ("baseline", "lowrank"):

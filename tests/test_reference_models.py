@@ -14,11 +14,17 @@ import torch
 from torch import nn
 
 import memcim
-import memcim.nn.models as models
 from memcim.cli import build_parser, main
 from memcim.data.datasets import load_dataset
+from memcim.nn import models
 from memcim.nn.loading import load_model_file
-from memcim.nn.models import REFERENCE_MODELS, build_model, get_reference_model, shipped_path, train_command
+from memcim.nn.models import (
+    REFERENCE_MODELS,
+    build_model,
+    get_reference_model,
+    shipped_path,
+    train_command,
+)
 
 #: name -> accuracy its recipe must reach on the MNIST test set
 TARGETS = {"mnist-mlp-500-300": 0.97, "mnist-mlp-256-128": 0.97, "mnist-cnn-small": 0.95,
