@@ -64,10 +64,12 @@ class Dataset:
 
 
 def check_limit(limit) -> int:
-    """Validate a sample count ``limit`` (a positive integer)."""
-    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+    """Validate a sample count ``limit`` (a positive integer; :func:`memcim.validate.integer`)."""
+    from memcim.validate import integer
+
+    if isinstance(limit, float):   # a sample count is never given as a float, not even 10.0
         raise ValueError(f"limit: {limit!r} is not allowed; must be a positive integer")
-    return int(limit)
+    return integer("limit", limit, lo=1)
 
 
 def check_split(split: str, allowed=SPLITS) -> str:

@@ -49,27 +49,22 @@ from torch import nn
 ARCHS = ("mlp-500-300", "mlp-256-128", "cnn-small", "cnn-large", "resnet-small", "lstm-row", "vit-tiny",
          "mlp-H1-H2-...")
 
+def _recipe(arch: str, epochs: int, lr: float, paper: str) -> dict:
+    """A reference model's training recipe: MNIST, batches of 128, no weight decay, seed 0."""
+    return dict(arch=arch, dataset="mnist", epochs=epochs, lr=lr, batch_size=128, weight_decay=0.0, seed=0,
+                paper=paper)
+
+
 #: name -> training recipe. ``test_accuracy`` is filled in the cache file after training.
 REFERENCE_MODELS = {
-    "mnist-mlp-500-300": dict(arch="mlp-500-300", dataset="mnist", epochs=20, lr=1e-3,
-                              batch_size=128, weight_decay=0.0, seed=0,
-                              paper="002 (Representable Matrices)"),
-    "mnist-mlp-256-128": dict(arch="mlp-256-128", dataset="mnist", epochs=20, lr=1e-3,
-                              batch_size=128, weight_decay=0.0, seed=0,
-                              paper="003 (Mathematical Optimization of Analog CiM)"),
-    "mnist-cnn-small": dict(arch="cnn-small", dataset="mnist", epochs=20, lr=3e-3,
-                            batch_size=128, weight_decay=0.0, seed=0,
-                            paper="001 (MemSE), trained on MNIST while CIFAR-10 is absent"),
+    "mnist-mlp-500-300": _recipe("mlp-500-300", 20, 1e-3, "002 (Representable Matrices)"),
+    "mnist-mlp-256-128": _recipe("mlp-256-128", 20, 1e-3, "003 (Mathematical Optimization of Analog CiM)"),
+    "mnist-cnn-small": _recipe("cnn-small", 20, 3e-3, "001 (MemSE), trained on MNIST while CIFAR-10 is absent"),
     # issue 15: residual, depthwise, recurrent and attention layers
-    "mnist-resnet-small": dict(arch="resnet-small", dataset="mnist", epochs=5, lr=2e-3,
-                               batch_size=128, weight_decay=0.0, seed=0,
-                               paper="issue 15 (residual blocks and a depthwise-separable block)"),
-    "mnist-lstm-row": dict(arch="lstm-row", dataset="mnist", epochs=10, lr=3e-3,
-                           batch_size=128, weight_decay=0.0, seed=0,
-                           paper="issue 15 (LSTM on sequential MNIST, one row per time step)"),
-    "mnist-vit-tiny": dict(arch="vit-tiny", dataset="mnist", epochs=15, lr=1e-3,
-                           batch_size=128, weight_decay=0.0, seed=0,
-                           paper="issue 15 (vision transformer on 7x7 MNIST patches)"),
+    "mnist-resnet-small": _recipe("resnet-small", 5, 2e-3,
+                                  "issue 15 (residual blocks and a depthwise-separable block)"),
+    "mnist-lstm-row": _recipe("lstm-row", 10, 3e-3, "issue 15 (LSTM on sequential MNIST, one row per time step)"),
+    "mnist-vit-tiny": _recipe("vit-tiny", 15, 1e-3, "issue 15 (vision transformer on 7x7 MNIST patches)"),
 }
 
 
