@@ -98,6 +98,13 @@ class _Section:
                 d.pop("levels", None)
             if "levels" in changes and "bits" not in changes:
                 d.pop("bits", None)
+        if self._section == "slicing":   # derived counts follow a new slice list unless given with it
+            for key, derived in (("weight_bits_per_slice", ("weight_slices", "weight_bits")),
+                                 ("weight_slices", ("weight_bits",))):
+                if key in changes:
+                    for k in derived:
+                        if k not in changes:
+                            d.pop(k, None)
         return type(self).from_dict({k: v for k, v in d.items() if v is not None})
 
 
@@ -576,8 +583,118 @@ class CompensationConfig(_Section):
         _choice("compensation.drift", self.drift, DRIFT_COMPENSATION)
 
 
+#: How a sliced weight carries its sign (see :class:`SlicingConfig`).
+SLICING_ENCODINGS = ("sign_magnitude", "offset", "twos_complement")
+#: How inputs drive the word lines (see :class:`SlicingConfig`).
+INPUT_MODES = ("parallel", "bit_serial", "pulse_width")
+
+
+@dataclass(frozen=True)
+class SlicingConfig(_Section):
+    """Bit slicing of weights and inputs (:mod:`memcim.mapping.slicing`, docs/slicing.md).
+
+    The default (no ``weight_bits_per_slice``, ``input_mode = "parallel"``) slices nothing: every
+    weight is one analog conductance (pair) and every input one DAC drive, as without this section.
+
+    Weight slicing: each weight is rounded to an integer of ``weight_bits`` bits and cut into
+    ``weight_slices`` digits, slice ``k`` holding ``b_k`` bits with significance ``2**(b_0 + ... +
+    b_{k-1})`` (slice 0 is the least significant). Every slice sits on its own arrays, with its own
+    ADCs and the same device physics; the digital periphery recombines the slices by shift-and-add
+    (ISAAC: Shafiee et al., ISCA 2016, 16-bit weights in eight 2-bit slices; PUMA: Ankit et al.,
+    ASPLOS 2019; CrossSim's ``BitSlicedCore``: Xiao et al., IEEE Circuits Syst. Mag. 22(4), 2022).
+    Unequal widths (a list) give the *unbalanced* slicing of Diware et al. (IEEE AICAS 2021,
+    doi:10.1109/AICAS51828.2021.9458443), whose significant slices hold fewer bits.
+
+    Parameters
+    ----------
+    weight_slices : number of weight slices N >= 1 (None: the length of ``weight_bits_per_slice``).
+    weight_bits_per_slice : bits per slice, one int for every slice or a list, least significant
+        slice first; None (default): no weight slicing.
+    weight_bits : the weight precision; None: the sum of the slices' bits (which it must equal).
+    encoding : how the sign is carried. "sign_magnitude": the magnitude's digits, each slice a
+        differential pair holding its digit on the side of the weight's sign (needs
+        ``mapping.scheme = "differential"``); "offset": the biased code ``W + 2**(P-1)`` in unsigned
+        digits, the bias subtracted digitally (ISAAC); "twos_complement": the ``P``-bit two's
+        complement code, the most significant slice signed (Diware et al. 2021).
+    input_mode : "parallel" (one DAC drive per input, default), "bit_serial" (the DAC code's
+        magnitude fed ``input_bits_per_cycle`` bits per cycle with its sign, one ADC read per cycle and
+        slice, digital shift-and-add; ISAAC, PUMA) or "pulse_width" (the code as a pulse of
+        ``code`` unit slots at full amplitude, the charge integrated over the pulse and converted once).
+    input_bits_per_cycle : bits of the input code applied per cycle (bit_serial), >= 1.
+    """
+
+    _section = "slicing"
+    weight_slices: int | None = None
+    weight_bits_per_slice: int | tuple[int, ...] | None = None
+    weight_bits: int | None = None
+    encoding: str = "sign_magnitude"
+    input_mode: str = "parallel"
+    input_bits_per_cycle: int = 1
+
+    def __post_init__(self):
+        s = self._section
+        _choice(f"{s}.encoding", self.encoding, SLICING_ENCODINGS)
+        _choice(f"{s}.input_mode", self.input_mode, INPUT_MODES)
+        object.__setattr__(self, "input_bits_per_cycle",
+                           _int(f"{s}.input_bits_per_cycle", self.input_bits_per_cycle, lo=1, hi=24))
+        n = None if self.weight_slices is None else _int(f"{s}.weight_slices", self.weight_slices, lo=1, hi=32)
+        bps = self.weight_bits_per_slice
+        if bps is None:
+            if n is not None and n > 1:
+                raise ValueError(f"{s}.weight_bits_per_slice: required with {s}.weight_slices = {n}; give the "
+                                 "bits of every slice (an int, or a list, least significant first)")
+            if self.weight_bits is not None:
+                raise ValueError(f"{s}.weight_bits: {self.weight_bits!r} needs {s}.weight_bits_per_slice (the "
+                                 "bits of every slice, adding up to the weight precision)")
+            object.__setattr__(self, "weight_slices", n)
+            return
+        if isinstance(bps, (list, tuple)):
+            if len(bps) == 0:
+                raise ValueError(f"{s}.weight_bits_per_slice: an empty list is not allowed; give at least one slice")
+            bits = tuple(_int(f"{s}.weight_bits_per_slice[{i}]", b, lo=1, hi=16) for i, b in enumerate(bps))
+            if n is not None and n != len(bits):
+                raise ValueError(f"{s}.weight_slices: {n} disagrees with the {len(bits)} entries of "
+                                 f"{s}.weight_bits_per_slice; give one entry per slice")
+            n = len(bits)
+        else:
+            b = _int(f"{s}.weight_bits_per_slice", bps, lo=1, hi=16)
+            n = 1 if n is None else n
+            bits = (b,) * n
+        total = sum(bits)
+        if self.weight_bits is not None:
+            wb = _int(f"{s}.weight_bits", self.weight_bits, lo=1, hi=32)
+            if wb != total:
+                raise ValueError(f"{s}.weight_bits_per_slice: the slices' bits {list(bits)} add up to {total}, "
+                                 f"but {s}.weight_bits = {wb}; the slices must add up to the weight precision")
+        if total > 32:
+            raise ValueError(f"{s}.weight_bits_per_slice: the slices' bits add up to {total}; at most 32 allowed")
+        if self.encoding == "twos_complement" and total < 2:
+            raise ValueError(f"{s}.weight_bits_per_slice: two's complement needs at least 2 bits in all, got {total}")
+        object.__setattr__(self, "weight_slices", n)
+        object.__setattr__(self, "weight_bits_per_slice", bits if isinstance(bps, (list, tuple)) else bits[0])
+        object.__setattr__(self, "weight_bits", total)
+
+    @property
+    def slice_bits(self) -> tuple[int, ...] | None:
+        """Bits of every weight slice, least significant first (None: no weight slicing)."""
+        b = self.weight_bits_per_slice
+        if b is None:
+            return None
+        return tuple(b) if isinstance(b, tuple) else (b,) * self.weight_slices
+
+    @property
+    def weights_sliced(self) -> bool:
+        return self.weight_bits_per_slice is not None
+
+    @property
+    def enabled(self) -> bool:
+        """True when weights or inputs are sliced (False: the default, unsliced hardware)."""
+        return self.weights_sliced or self.input_mode != "parallel"
+
+
 _SECTIONS = {"device": DeviceConfig, "dac": DACConfig, "adc": ADCConfig, "array": ArrayConfig,
-             "wires": WiresConfig, "cell": CellConfig, "mapping": MappingConfig, "compensation": CompensationConfig}
+             "wires": WiresConfig, "cell": CellConfig, "mapping": MappingConfig, "compensation": CompensationConfig,
+             "slicing": SlicingConfig}
 
 
 @dataclass(frozen=True)
@@ -605,6 +722,7 @@ class HardwareConfig:
     cell: CellConfig = field(default_factory=CellConfig)
     mapping: MappingConfig = field(default_factory=MappingConfig)
     compensation: CompensationConfig = field(default_factory=CompensationConfig)
+    slicing: SlicingConfig = field(default_factory=SlicingConfig)
     name: str = "custom"
 
     def __post_init__(self):
@@ -639,6 +757,8 @@ class HardwareConfig:
             if self.device.g_min <= 0:
                 raise ValueError(f"device.g_min: 0 S is not allowed with cell.model = {self.cell.model!r}; "
                                  "every cell must conduct to have a state")
+        if self.slicing.enabled:
+            _check_slicing(self)
 
     @property
     def reader(self) -> str:
@@ -687,6 +807,8 @@ class HardwareConfig:
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name}
         for key in _SECTIONS:
+            if key == "slicing" and not self.slicing.enabled and self.slicing == SlicingConfig():
+                continue   # the default (no slicing) is left out: unsliced configs write as before
             d[key] = getattr(self, key).to_dict()
         return d
 
@@ -808,6 +930,35 @@ class HardwareConfig:
               "shot": d.shot_noise, "dac": self.dac.enabled, "adc": self.adc.enabled,
               "wires": self.wires.enabled}
         return tuple(n for n in NONIDEALITIES if on[n])
+
+
+def _check_slicing(hw: "HardwareConfig") -> None:
+    """Cross-section checks of bit slicing (one line naming the key and what is allowed)."""
+    sl, mp, dev, dac = hw.slicing, hw.mapping, hw.device, hw.dac
+    if mp.method != "linear":
+        raise ValueError(f"slicing: bit slicing maps every slice linearly; mapping.method = {mp.method!r} is not "
+                         "allowed with it (use 'linear')")
+    if sl.weights_sliced:
+        if sl.encoding == "sign_magnitude" and mp.scheme != "differential":
+            raise ValueError("slicing.encoding: 'sign_magnitude' needs mapping.scheme = 'differential' (each slice a "
+                             "signed pair); with 'offset' use encoding 'offset' or 'twos_complement'")
+        if dev.levels is not None:
+            for k, b in enumerate(sl.slice_bits):
+                if 2 ** b > dev.levels:
+                    raise ValueError(f"slicing.weight_bits_per_slice: slice {k} holds {b} bits ({2 ** b} levels), but "
+                                     f"device.levels = {dev.levels}; a slice may hold at most log2(levels) bits")
+    if sl.input_mode != "parallel":
+        if not dac.enabled:
+            raise ValueError(f"slicing.input_mode: {sl.input_mode!r} needs dac.enabled = true (the DAC's bits are "
+                             "the input precision that is cut into cycles or pulse slots)")
+        mag = dac.bits - 1 if dac.signed else dac.bits
+        if sl.input_mode == "bit_serial" and sl.input_bits_per_cycle > mag:
+            raise ValueError(f"slicing.input_bits_per_cycle: {sl.input_bits_per_cycle} is not allowed; the DAC "
+                             f"code has {mag} magnitude bits (dac.bits = {dac.bits}), so at most {mag}")
+        if sl.input_mode == "pulse_width" and hw.reader == "circuit" and not hw.cell.linear \
+                and hw.cell.solve == "newton":
+            raise ValueError("slicing.input_mode: 'pulse_width' with cell.solve = 'newton' is not supported (every "
+                             "pulse slot would need its own non-linear solve); use cell.solve = 'linearized'")
 
 
 def preset_names() -> list[str]:
