@@ -51,6 +51,7 @@ from memcim.hardware.device import (check_time, drift_exponents, drift_factor, f
                                     read_noise_variance, rtn_factor)
 from memcim.hardware.readers import NewtonTiles
 from memcim.mapping.crossbar import MappedMatrix, map_matrix
+from memcim.mapping.slicing import SlicedPlan
 
 
 def _generator(seed: int | None, device) -> torch.Generator:
@@ -226,6 +227,19 @@ class ProgrammedChip:
             y = y * self._compensation(t, gen).to(y.dtype)
         return y
 
+    def mvm_drives(self, u, xscale, generator: torch.Generator | None = None, *, t: float | None = None) -> torch.Tensor:
+        """One read of every chip with the word-line drive fractions ``u`` (batch, in) given directly,
+        not converted by the DAC (a bit-serial input cycle, :mod:`memcim.simulate_slicing`): the
+        outputs are multiplied by ``xscale`` (batch, 1) as a read multiplies by the DAC's input scale."""
+        u = self._check_inputs(u)
+        xscale = torch.as_tensor(xscale).to(device=self.device, dtype=self.dtype)
+        gen = generator if generator is not None else self.generator
+        t = check_time(t, self.mapped.hw.device)
+        y = self._mvm_at(u, t, gen, False, xscale=xscale)
+        if self.mapped.hw.compensation.drift != "none":
+            y = y * self._compensation(t, gen).to(y.dtype)
+        return y
+
     def _compensation(self, t: float, gen: torch.Generator) -> torch.Tensor:
         """The drift-compensation factor at ``t``: reference read at ``t0`` over reference read at
         ``t`` (sums of ``|y|``; one per chip, or per chip and column), computed once per chip and time.
@@ -261,12 +275,14 @@ class ProgrammedChip:
         x = torch.randn(512, self.mapped.in_features, generator=g, dtype=torch.float64)
         return x.to(device=self.device, dtype=self.dtype)
 
-    def _mvm_at(self, x: torch.Tensor, t: float, gen: torch.Generator, differentiable: bool) -> torch.Tensor:
-        """The read of checked inputs ``x`` at time ``t`` (no compensation)."""
+    def _mvm_at(self, x: torch.Tensor, t: float, gen: torch.Generator, differentiable: bool,
+                xscale: torch.Tensor | None = None) -> torch.Tensor:
+        """The read of checked inputs ``x`` at time ``t`` (no compensation); with ``xscale``, ``x`` are
+        drive fractions that bypass the DAC."""
         m = self.mapped
         self._goto(t)
         prepared = self._prepared()
-        u, xscale = dac_convert(x, m.hw.dac, ste=differentiable)
+        u, xscale = dac_convert(x, m.hw.dac, ste=differentiable) if xscale is None else (x, xscale)
         pad = m.n_row_tiles * m.tile_rows - m.in_features
         if pad:
             u = torch.nn.functional.pad(u, (0, pad))
@@ -448,6 +464,11 @@ def program(mapped: MappedMatrix, seed: int | None = None, trials: int = 1, *, d
     With drift on (``device.drift_*``), one drift exponent per device is drawn after the programming
     noise, from the same seed. To leave a non-ideality out, program a plan made with ``hw.without(...)``.
     """
+    if isinstance(mapped, SlicedPlan):   # bit slicing (hw.slicing): one chip per weight slice
+        from memcim.simulate_slicing import program_sliced
+
+        return program_sliced(mapped, seed, trials, dtype=dtype, device=device, weights=weights,
+                              reference_inputs=reference_inputs)
     if not isinstance(mapped, MappedMatrix):
         raise TypeError(f"mapped: expected a MappedMatrix from map_matrix, got {type(mapped).__name__}")
     if isinstance(trials, bool) or not isinstance(trials, (int, np.integer)) or trials < 1:

@@ -274,7 +274,7 @@ def _map_irdrop_tiles_uncached(Wt, mask_pos, hw: HardwareConfig, nct: int, Cw: i
 
 
 def map_matrix(W, hw: HardwareConfig, calib_inputs=None, *, calib_seed: int = 0, second_moment=None,
-               progress: bool = False) -> MappedMatrix:
+               progress: bool = False, weight_max: float | None = None, calib_drives=None) -> MappedMatrix:
     """Map ``W`` (in x out) onto crossbar conductances: the one mapping entry point.
 
     Parameters
@@ -286,13 +286,21 @@ def map_matrix(W, hw: HardwareConfig, calib_inputs=None, *, calib_seed: int = 0,
     second_moment : E[x^T x] (in, in) of the inputs: ``representable`` then tunes the expected
         output error of each array instead of the Frobenius norm (beyond paper 002).
     progress : show a progress bar over the arrays (dpe / representable).
+    weight_max : the weight magnitude that spans the window (``linear``; default: ``max|W|`` of the
+        matrix or column); a bit slice maps its digits with a fixed one (:mod:`memcim.mapping.slicing`).
+    calib_drives : word-line drive fractions (batch, in) that calibrate the ADC instead of the DAC's
+        conversion of ``calib_inputs`` (the cycles of bit-serial inputs).
 
     Returns
     -------
-    MappedMatrix (frozen)
+    MappedMatrix (frozen); with ``hw.slicing`` on, a :class:`memcim.mapping.slicing.SlicedPlan`.
     """
     if not isinstance(hw, HardwareConfig):
         raise TypeError(f"hw: expected a HardwareConfig, got {type(hw).__name__}")
+    if hw.slicing.enabled:
+        from memcim.mapping.slicing import map_sliced
+
+        return map_sliced(W, hw, calib_inputs, calib_seed=calib_seed)
     W = as_matrix(W)
     n, m = W.shape
     dev = hw.device
@@ -320,7 +328,9 @@ def map_matrix(W, hw: HardwareConfig, calib_inputs=None, *, calib_seed: int = 0,
         window = dev.g_max - dev.g_min
         if hw.mapping.scheme == "offset":
             window = window / 2
-        if hw.mapping.scale == "matrix":
+        if weight_max is not None:
+            c = torch.full((m_pad,), float(window / weight_max), dtype=torch.float64, device=W.device)
+        elif hw.mapping.scale == "matrix":
             wmax = W.abs().max()
             c = torch.full((m_pad,), float(window / wmax) if wmax > 0 else 1.0, dtype=torch.float64,
                            device=W.device)
@@ -345,7 +355,7 @@ def map_matrix(W, hw: HardwareConfig, calib_inputs=None, *, calib_seed: int = 0,
                           n_col_tiles=nct, scale=scale, g_pos=gp, g_neg=gn, level_pos=lp, level_neg=ln,
                           mask_pos=mask_pos, mask_neg=mask_neg,
                           full_scale=torch.ones(nrt, m_pad, dtype=torch.float64, device=W.device), info=info)
-    return dataclasses.replace(mapped, full_scale=_full_scale(mapped, calib_inputs, calib_seed))
+    return dataclasses.replace(mapped, full_scale=_full_scale(mapped, calib_inputs, calib_seed, calib_drives))
 
 
 def _per_array(fs_col: torch.Tensor, mapped: MappedMatrix) -> torch.Tensor:
@@ -355,7 +365,7 @@ def _per_array(fs_col: torch.Tensor, mapped: MappedMatrix) -> torch.Tensor:
     return fs.reshape(nrt, nct * Cw)
 
 
-def _full_scale(mapped: MappedMatrix, calib_inputs, calib_seed: int) -> torch.Tensor:
+def _full_scale(mapped: MappedMatrix, calib_inputs, calib_seed: int, calib_drives=None) -> torch.Tensor:
     """ADC full scale [V] per row tile and output column."""
     hw = mapped.hw
     adc = hw.adc
@@ -366,6 +376,8 @@ def _full_scale(mapped: MappedMatrix, calib_inputs, calib_seed: int) -> torch.Te
                           device=gd.device)
     if adc.fs_mode == "max":
         fs = k * gd.abs().sum(dim=1)  # worst case over inputs in range, per column
+    elif calib_drives is not None:
+        u = torch.as_tensor(calib_drives, dtype=torch.float64).to(gd.device)
     else:
         if calib_inputs is None:
             g = torch.Generator(device="cpu").manual_seed(calib_seed)
@@ -378,6 +390,7 @@ def _full_scale(mapped: MappedMatrix, calib_inputs, calib_seed: int) -> torch.Te
             if not bool(torch.isfinite(x).all()):
                 raise ValueError("calib_inputs: contains NaN or inf")
         u, _ = dac_convert(x, hw.dac)
+    if adc.fs_mode == "calibrated":
         up = torch.zeros(u.shape[0], mapped.n_row_tiles * mapped.tile_rows, dtype=torch.float64, device=gd.device)
         up[:, : mapped.in_features] = u
         up = up.reshape(u.shape[0], mapped.n_row_tiles, mapped.tile_rows).transpose(0, 1)
