@@ -12,7 +12,7 @@ from memcim.config import HardwareConfig, preset, preset_names
 from memcim.hardware.cells import TaOxMemristor
 
 #: Presets fitted to (or set up from) a published paper, and the presets that cite none.
-FITTED = ("pcm", "taox", "wan2022")
+FITTED = ("pcm", "taox", "wan2022", "hfo2")
 UNSOURCED = {"ideal", "noisy", "generic"}  # ideal by definition; noisy and generic cite no data (issue 14)
 CITATION = re.compile(r"Source|doi|et al\.|Paper 00\d", re.IGNORECASE)
 US = 1e-6
@@ -153,13 +153,26 @@ def test_taox_window_is_reachable_by_the_device():
 
 # ---- NeuRRAM: Wan et al., Nature 608, 504 (2022) ----------------------------------------------------------
 
-def test_wan2022_core_and_weight_precision():
+def test_wan2022_core_window_and_mapping():
     hw = preset("wan2022")
+    d = hw.device
     assert (hw.array.rows, hw.array.cols) == (256, 256)
     assert hw.mapping.scheme == "differential"
-    # 8 levels per device of a differential pair -> 2 * 8 - 1 = 15 signed weight values: 4-bit signed weights
-    assert 2 * hw.device.levels - 1 == 2 ** 4 - 1
-    assert hw.active_nonidealities() == ("quantization",)
+    # Fig. 4c: weights are programmed to continuous analogue conductances, without quantization
+    assert d.levels is None
+    # the authors' notebooks: g_max = 40 uS, the unused device of a pair at ~0 S, write-verify to +-1 uS
+    assert (d.g_min, d.g_max) == (0.0, pytest.approx(40 * US))
+    assert d.prog_sigma_abs == pytest.approx(1 * US / math.sqrt(3))
+    assert not d.has_drift and hw.active_nonidealities() == ("programming",)
+
+
+def test_wan2022_relaxation_sigma_is_the_cubic_fit():
+    """sigma(G) = 1.536e-4 G^3 - 1.167e-2 G^2 + 0.2374 G + 1.053 [uS, G in uS] (Ext. Data Fig. 3, t = 1 s)."""
+    d = preset("wan2022").device
+    for g_us in np.linspace(0.0, 40.0, 41):
+        paper = 1.536e-4 * g_us ** 3 - 1.167e-2 * g_us ** 2 + 0.2374 * g_us + 1.053
+        assert _preset_sigma_prog(d, g_us * US / d.g_max) == pytest.approx(paper * US, rel=1e-9)
+    assert _preset_sigma_prog(d, 0.25) == pytest.approx(2.4136 * US, rel=1e-4)
 
 
 def test_realistic_is_renamed_generic_and_still_loads(capsys):
