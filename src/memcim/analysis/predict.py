@@ -142,6 +142,7 @@ class LayerHardware:
     bitline_mean: torch.Tensor | None = None
     bitline_var: torch.Tensor | None = None
     t: float | None = None
+    sliced: object | None = None    # bit slicing: the slices' views (memcim.analysis.slicing.SlicedHardware)
 
     @property
     def uniform_s2(self) -> float | None:
@@ -175,6 +176,10 @@ def layer_hardware(W, hw: HardwareConfig, *, calib_inputs=None, calib_seed: int 
     """
     if plan is None:
         plan = map_matrix(W, hw, calib_inputs=calib_inputs, calib_seed=calib_seed)
+    if hw.slicing.enabled:   # bit slicing: one view per slice (memcim.analysis.slicing)
+        from memcim.analysis.slicing import sliced_layer_hardware
+
+        return sliced_layer_hardware(plan, hw, t=t)
     dev = hw.device
     t = check_time(t, dev)
     nrt, R, m_pad = plan.g_pos.shape
@@ -465,6 +470,10 @@ class _HardwareStep:
         return eabs.sum(0), x.t() @ sign
 
     def __call__(self, st: mo.Moments) -> mo.Moments:
+        if self.lh.sliced is not None:   # bit slicing: the slices' reads, shift-and-add (analysis.slicing)
+            from memcim.analysis.slicing import sliced_read
+
+            return sliced_read(self, st)
         out = self._read_moments(st)
         comp = self.compensation()
         return out if comp is None else self._compensate(st, out, comp)
@@ -506,6 +515,7 @@ class _HardwareStep:
         dev, dac, adc = hw.device, hw.dac, hw.adc
         op = _op(layer)
         det = _is_deterministic(st)
+        self.last_slope = 1.0                          # the ADC's mean slope (read by analysis.slicing)
         dmean = None                                   # exact DAC rounding of a deterministic input
         if dac.enabled and det:
             st, dmean = self._dac_exact(st, op)
@@ -597,6 +607,7 @@ class _HardwareStep:
             slv = slv + s * v_t
             sl_sum = sl_sum + s
         slope = torch.where(vsum > 0, slv / torch.where(vsum > 0, vsum, torch.ones_like(vsum)), sl_sum / T)
+        self.last_slope = slope
         var = qv
         if T > 1:   # the arrays' partial sums are correlated through the inputs: keep that, scaled by the slope
             vin_total = out.var - op(m2, self.s2_full)
@@ -708,7 +719,9 @@ def predict(model, x, hw=None, *, calib_data=None, calib_inputs=None, cov: str =
     model : a matrix W (in, out) (numpy or torch; the crossbar computes ``x @ W``), an
         ``nn.Sequential`` of the layers :func:`memcim.analysis.moments.parse_model` accepts, a list
         from it, or a model converted by :func:`memcim.nn.analog.convert_to_analog` (its layers'
-        own hardware and calibration are then used when ``hw`` is None).
+        own hardware and calibration are then used when ``hw`` is None). Any other module (residual
+        blocks, concatenations, attention, ``torch.fx``-traceable graphs) goes through
+        :func:`memcim.analysis.graph.predict_graph`.
     x : inputs, (B, in) for a matrix or (B, *input_shape) for a network (deterministic).
     hw : :class:`~memcim.config.HardwareConfig`, a preset name or file, or one per crossbar layer.
     calib_data : network inputs that calibrate every layer's ADC full scale
@@ -757,8 +770,16 @@ def predict(model, x, hw=None, *, calib_data=None, calib_inputs=None, cov: str =
             raise ValueError(f"x: shape {tuple(xt.shape)} does not match W; expected (batch, {W.shape[0]})")
     else:
         if isinstance(model, nn.Module):
+            try:
+                layers = mo.parse_model(model, dtype, fold_bn=fold_bn)
+            except ValueError:     # not a plain Sequential stack: the module-graph walker
+                from memcim.analysis.graph import predict_graph
+
+                return predict_graph(model, x, hw, calib_data=calib_data, cov=cov, rank=rank, max_factors=max_factors,
+                                     full_below=full_below, full_linear=full_linear, act_method=act_method,
+                                     taylor_order=taylor_order, dtype=dtype, batch_chunk=batch_chunk,
+                                     on_crossbar=on_crossbar, power=power, t=t, fold_bn=fold_bn)
             analog = _analog_layers(model)
-            layers = mo.parse_model(model, dtype, fold_bn=fold_bn)
         else:
             layers = model
         xt = mo._check_x(x)

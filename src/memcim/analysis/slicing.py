@@ -1,0 +1,194 @@
+"""Closed form of bit-sliced crossbar layers (``hw.slicing``), the step :func:`memcim.analysis.predict.predict`
+takes for a sliced layer.
+
+The sliced output is ``y = sum_k a_k Y_k + a_o sum_i x^_i + bias`` with ``a_k = s_w 2**S_k`` (the
+slice's significance times the weight step, per output column) and ``a_o = s_w o`` the digital
+offset (:mod:`memcim.mapping.slicing`). Every slice ``Y_k`` is an ordinary crossbar read of its
+own plan, so its moments come from the one per-layer closed form
+(:class:`memcim.analysis.predict._HardwareStep`: device moments, read noise, DAC, the ADC's exact
+quantizer moments per array) and the slices combine as
+
+    E[y]   = sum_k a_k E[Y_k] + a_o sum_i x^_i + bias
+    Var[y] = sum_k a_k^2 Var[Y_k] + slope^2 (Var_x[x M] - sum_k a_k^2 Var_x[x M_k])
+
+the second term only for random inputs (a network's hidden layers): the slices read the same
+inputs, so their input-driven parts are correlated; ``M = sum_k a_k M_k + a_o 1`` is the recombined
+mean weight and ``slope`` the variance-weighted mean slope of the slices' ADCs (as the row tiles of
+one slice are combined). Programming noise, stuck devices and read noise are independent between
+slices (separate devices, separate reads): their variances add, each scaled by its significance
+squared (Xiao et al., IEEE Circuits Syst. Mag. 22(4), 2022, Sec. 5: the error of a slice is
+amplified by its significance), and every ADC adds its own rounding at its own step.
+
+Bit-serial inputs (deterministic inputs: a matrix, or a network's first crossbar layer; linear
+layers): slice ``k`` reads every cycle ``u_j`` with weight ``w_j`` (:func:`memcim.mapping.slicing.input_drives`),
+each read converted by the slice's ADCs, so
+
+    E[Y_k]   = sum_j w_j E[Q_kj]
+    Var[Y_k] = sum_j w_j^2 Var[Q_kj] + 2 sum_{j<l} w_j w_l s_kj s_kl sum_i u_ij u_il s2_ik
+
+where ``Q_kj`` is the ADC output of cycle ``j`` (the per-cycle closed form with the DAC bypassed),
+``s_kj`` its mean slope, and the last term the programming noise every cycle of one chip shares
+(the first Hermite term of the covariance of two quantized, jointly Gaussian reads).
+Random inputs with bit-serial cycles are not supported (their digits are not Gaussian).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from memcim.analysis import moments as mo
+from memcim.config import SlicingConfig
+from memcim.hardware.converters import dac_convert
+from memcim.mapping.slicing import SlicedPlan, input_drives
+
+__all__ = ["SlicedHardware", "sliced_layer_hardware", "sliced_read"]
+
+
+@dataclass
+class SlicedHardware:
+    """The closed form's view of a sliced matrix: one :class:`~memcim.analysis.predict.LayerHardware`
+    per slice, their coefficients ``a_k`` (N, out) and the digital offset coefficient ``a_o`` (out,)."""
+
+    plan: SlicedPlan
+    slices: list
+    coef: torch.Tensor
+    offset: torch.Tensor
+
+
+def sliced_layer_hardware(plan, hw, *, t=None):
+    """The :class:`~memcim.analysis.predict.LayerHardware` of a sliced plan: the recombined mean
+    weight ``sum_k a_k W~_k + a_o`` and variance ``sum_k a_k^2 s2_k`` (slices are independent), the
+    first slice's tiling, and the per-slice views in ``sliced``."""
+    from memcim.analysis.predict import LayerHardware, layer_hardware
+
+    if not isinstance(plan, SlicedPlan):
+        raise TypeError(f"plan: expected a SlicedPlan for hw with slicing, got {type(plan).__name__}")
+    base = dataclasses.replace(hw, slicing=SlicingConfig())
+    views = [layer_hardware(None, base, plan=p, t=t) for p in plan.slices]
+    m = plan.out_features
+    sw = plan.weight_step[:m].to(torch.float64)
+    coef = torch.stack([a * sw for a in plan.significance])                 # (N, out)
+    off = plan.offset * sw                                                   # (out,)
+    weight = sum(c * v.weight for c, v in zip(coef, views)) + off
+    s2 = sum(c * c * v.s2 for c, v in zip(coef, views))
+    v0 = views[0]
+    return LayerHardware(hw=hw, plan=plan, weight=weight, s2=s2, gs_c2=v0.gs_c2, gsum_c2=v0.gsum_c2, fs=v0.fs,
+                         tile_rows=v0.tile_rows, n_row_tiles=v0.n_row_tiles, t=v0.t,
+                         sliced=SlicedHardware(plan, views, coef, off))
+
+
+def _slice_steps(step):
+    """Per slice: the parallel read's step, and (bit-serial) the per-cycle step with the DAC bypassed."""
+    from memcim.analysis.predict import _HardwareStep, _torch_layout
+
+    if getattr(step, "_slices", None) is None:
+        S, layer = step.lh.sliced, step.layer
+        power = step.power is not None
+        out = []
+        for v in S.slices:
+            lay = dataclasses.replace(layer, weight=_torch_layout(v.weight, layer),
+                                      bias=torch.zeros_like(layer.bias))
+            par = _HardwareStep(v, lay, step.rank, step.max_factors, None, step.index, power,
+                                reference_inputs=step.reference_inputs)
+            cyc = None
+            if S.plan.cycles:
+                hw_c = v.hw.replace(dac={"enabled": False, "x_range": 1.0})
+                cyc = _HardwareStep(dataclasses.replace(v, hw=hw_c), lay, step.rank, step.max_factors, None,
+                                    step.index, power)
+            out.append((par, cyc))
+        step._slices = out
+    return step._slices
+
+
+def _bit_serial(par, cyc, st: mo.Moments, hw, cycles, op):
+    """One slice's bit-serial read of a deterministic linear-layer input: (mean, var) (B, out)."""
+    x = st.mean
+    drives = input_drives(x, hw, cycles)
+    mean = var = 0.0
+    s2 = par.s2_full
+    reads = []
+    for u, w in drives:
+        o = cyc._read_moments(mo.Moments(u, torch.zeros_like(u), st.mode))
+        mean = mean + w * o.mean
+        var = var + w * w * o.var
+        reads.append((u, w, cyc.last_slope))
+    # the cycles of one chip share its programming noise: Cov(Q_j, Q_l) ~ s_j s_l sum_i u_ij u_il s2_i
+    for j in range(len(reads)):
+        for l in range(j + 1, len(reads)):
+            (uj, wj, sj), (ul, wl, sl) = reads[j], reads[l]
+            var = var + 2.0 * wj * wl * sj * sl * op(uj * ul, s2)
+    return mean, var.clamp_min(0.0)
+
+
+def sliced_read(step, st: mo.Moments) -> mo.Moments:
+    """The moments of a sliced layer's output for input moments ``st`` (see the module docstring)."""
+    from memcim.analysis.predict import _col, _is_deterministic, _op
+
+    lh, layer = step.lh, step.layer
+    S = lh.sliced
+    hw = lh.hw
+    op = _op(layer)
+    det = _is_deterministic(st)
+    cycles = S.plan.cycles
+    steps = _slice_steps(step)
+    if cycles:
+        if not det:
+            raise ValueError("slicing.input_mode: the closed form of 'bit_serial' inputs needs deterministic inputs "
+                             "(a matrix, or a network's first crossbar layer); predict the hidden layers with "
+                             "'parallel' or run the Monte Carlo")
+        if layer.kind != "linear":
+            raise ValueError("slicing.input_mode: the closed form of 'bit_serial' inputs covers linear layers only")
+        if hw.compensation.drift != "none":
+            raise ValueError("compensation.drift: the closed form of 'bit_serial' inputs has no drift compensation; "
+                             "set compensation.drift = 'none' or run the Monte Carlo")
+    if step.on_crossbar is not None:
+        step.on_crossbar(step.index, layer, st, step.W, step._scale_c())
+    means, vars_, slopes = [], [], []
+    for par, cyc in steps:
+        if cycles:
+            m_, v_ = _bit_serial(par, cyc, st, hw, cycles, op)
+            means.append(m_)
+            vars_.append(v_)
+            slopes.append(1.0)
+        else:
+            o = par(st)
+            means.append(o.mean)
+            vars_.append(o.var)
+            slopes.append(par.last_slope)
+    coef = [_col(c.to(st.mean.dtype), layer) for c in S.coef]
+    mean = sum(a * m_ for a, m_ in zip(coef, means))
+    var = sum(a * a * v_ for a, v_ in zip(coef, vars_))
+    # the digital offset a_o sum_i x^_i (the input's DAC reconstruction, as the chip computes it)
+    if bool((S.offset != 0).any()):
+        x = st.mean
+        if hw.dac.enabled and det and layer.kind == "linear":
+            u, xs = dac_convert(x.reshape(x.shape[0], -1), hw.dac)
+            x = (u * xs).reshape(x.shape)
+        ones = torch.ones_like(layer.weight[:1])
+        mean = mean + _col(S.offset.to(st.mean.dtype), layer) * op(x, ones)
+    # the slices read the same random inputs: their input-driven parts are correlated
+    wsum = sum(a * a * v_ for a, v_ in zip(coef, vars_))
+    slv = sum(a * a * s * v_ for a, s, v_ in zip(coef, slopes, vars_))
+    wsafe = torch.where(wsum > 0, wsum, torch.ones_like(wsum))
+    slope = torch.where(wsum > 0, slv / wsafe, torch.ones_like(wsum))
+    out_c = mo._crossbar_step(st, layer, step.W, step.s2, step.rank, step.max_factors)
+    if not det:
+        lin = lambda w: mo._lin_var(st, lambda x: op(x, w), lambda x: op(x, w * w))
+        v_in = lin(step.W) - sum(a * a * lin(p.W) for a, (p, _) in zip(coef, steps))
+        var = (var + slope * slope * v_in).clamp_min(0.0)
+    if step.power is not None:
+        parts = [s_ for pair in steps for s_ in pair if s_ is not None]
+        step.power[0] = sum(p.power[0] for p in parts)
+        step.power[1] = sum(p.power[1] for p in parts)
+        step.power[2] = steps[0][0].power[2] if not cycles else step.power[2] + st.mean.shape[0]
+    mean = mean + _col(layer.bias, layer)
+    fac, cov = out_c.factors, out_c.cov
+    if fac is not None:
+        fac = fac * slope.unsqueeze(1)
+    if cov is not None:
+        sl = slope.reshape(slope.shape[0], -1)
+        cov = cov * sl.unsqueeze(-1) * sl.unsqueeze(-2)
+        cov = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2)) + torch.diag_embed(var.reshape(var.shape[0], -1))
+    return mo.Moments(mean, var, out_c.mode, cov, fac)
