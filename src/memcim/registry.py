@@ -37,6 +37,7 @@ BUILTIN_MODULES = (
     "memcim.experiments.convex_cim",
     "memcim.experiments.tasks",
     "memcim.experiments.drift",
+    "memcim.experiments.layers_eval",
 )
 
 
