@@ -1,0 +1,180 @@
+"""Benchmark: IR-drop-aware mapping (paper 002) -- mapping time and error against DPE, on uniform random
+matrices and on trained weights (the reference MLPs' layers, the small CNN's unfolded convolutions).
+
+Run:  .venv/bin/python bench/bench_irdrop.py [--sizes 64 128] [--quick]
+Writes bench/results/irdrop.json and prints a table.
+
+Set-up: paper 002 Sec. VI (the ``irdrop`` preset without converters): 1 Ohm wires, 100 Ohm in/out,
+2 kOhm - 3 MOhm devices at 8 bits. A random or MLP block of size n is mapped on one n x n array pair;
+a CNN layer's unfolded matrix (patch x channels) on the preset's 128 x 128 arrays. Every error is
+against the exact circuit: ``plan.realized()`` (the nodal solve of every array).
+
+Errors (``memcim.mapping.irdrop.error_report``): Frobenius ||W^r - W||_F; max output error
+max |x (W^r - W)| / max |x W| over inputs x: ``uniform`` = 200 uniform [0, 1] vectors (the paper's
+measure), ``data`` = the block's real inputs (MNIST images through the float network: 1000 vectors
+not used for the second moment). Methods: ``dpe`` (Hu et al., DAC 2016), ``representable`` (paper
+002) and ``representable+M`` (the same, tuned on the second moment E[x^T x] of 2000 training inputs
+of that block, i.e. the expected output error on the data).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+
+from memcim.config import preset
+from memcim.io import provenance, write_json
+from memcim.mapping.crossbar import map_matrix
+from memcim.mapping.irdrop import error_report
+
+HW = preset("irdrop").without("dac", "adc")
+MLPS = ("mnist-mlp-500-300", "mnist-mlp-256-128")
+CNN = "mnist-cnn-small"
+
+
+def _layer_inputs(model, x):
+    """(module, inputs) of every Linear / Conv2d (conv inputs unfolded to patches) on images x."""
+    import torch.nn.functional as F
+
+    out, hooks = [], []
+
+    def hook(mod, inp, _):
+        a = inp[0].detach()
+        if isinstance(mod, torch.nn.Conv2d):
+            a = F.unfold(a, mod.kernel_size, dilation=mod.dilation, padding=mod.padding, stride=mod.stride)
+            a = a.transpose(1, 2).reshape(-1, a.shape[1])
+        out.append((mod, a.double().numpy()))
+
+    for mod in model.modules():
+        if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)):
+            hooks.append(mod.register_forward_hook(hook))
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return out
+
+
+def _matrix(mod) -> np.ndarray:
+    w = mod.weight.detach().double()
+    return w.reshape(w.shape[0], -1).T.numpy()            # (inputs, outputs)
+
+
+def trained_cases(size: int, n_images: int = 3000, seed: int = 0, cnn: bool = True):
+    """Blocks of trained weights with their real inputs: per MLP layer the central size x size block
+    and one at a seeded random offset (narrower when the layer is); each CNN layer's whole unfolded
+    matrix. Yields dicts name, W (in, out), X_fit (for the second moment), X_eval, array (rows, cols)."""
+    from memcim.data.datasets import load_dataset
+    from memcim.nn.models import get_reference_model
+
+    x = torch.as_tensor(load_dataset("mnist", "train", limit=n_images).x, dtype=torch.float32)
+    rng = np.random.default_rng(seed)
+    for name in MLPS:
+        net = get_reference_model(name).float().eval()
+        for li, (mod, X) in enumerate(_layer_inputs(net, x)):
+            W = _matrix(mod)
+            n, m = W.shape
+            r, c = min(size, n), min(size, m)
+            for tag, (i0, j0) in (("center", ((n - r) // 2, (m - c) // 2)),
+                                  ("random", (int(rng.integers(0, n - r + 1)), int(rng.integers(0, m - c + 1))))):
+                yield {"name": f"{name}/fc{li + 1}/{tag}", "W": W[i0:i0 + r, j0:j0 + c],
+                       "X_fit": X[:2000, i0:i0 + r], "X_eval": X[2000:, i0:i0 + r], "array": (size, size)}
+    if cnn:
+        net = get_reference_model(CNN).float().eval()
+        for li, (mod, X) in enumerate(_layer_inputs(net, x[:300])):
+            if not isinstance(mod, torch.nn.Conv2d):
+                continue
+            X = X[rng.permutation(len(X))[:3000]]
+            yield {"name": f"{CNN}/conv{li + 1}", "W": _matrix(mod), "X_fit": X[:2000], "X_eval": X[2000:],
+                   "array": (128, 128)}
+
+
+def map_case(W, array, method, second_moment=None, X_eval=None):
+    hw = HW.set({"mapping.method": method, "array.rows": array[0], "array.cols": array[1]})
+    t0 = time.perf_counter()
+    plan = map_matrix(W, hw, second_moment=second_moment)
+    Wr = plan.realized().numpy()
+    t = time.perf_counter() - t0
+    rep = error_report(W, Wr)
+    out = {"time_s": t, "alpha": float(plan.scale[0, 0]), "frobenius_error": rep["frobenius_error"],
+           "relative_error": rep["relative_error"], "max_output_error": rep["max_output_error"]}
+    if X_eval is not None:
+        out["max_output_error_data"] = error_report(W, Wr, inputs=X_eval)["max_output_error"]
+        out["rms_output_error_data"] = float(np.sqrt(np.mean((X_eval @ (Wr - W)) ** 2))
+                                             / np.sqrt(np.mean((X_eval @ W) ** 2)))
+    return out
+
+
+def _ratios(row, ref="dpe", methods=("representable", "representable+M")):
+    keys = ("frobenius_error", "max_output_error", "max_output_error_data", "rms_output_error_data")
+    return {f"{k}_{ref}_over_{m}": row[ref][k] / row[m][k] for m in methods if m in row for k in keys
+            if k in row[m] and row[m][k] > 0}
+
+
+def _print(name, row):
+    r = row["ratios"]
+    print(f"{name:<38} t_rep {row['representable']['time_s']:6.2f}s  fro x{r.get('frobenius_error_dpe_over_representable', 0):5.1f}"
+          f"  maxout x{r.get('max_output_error_dpe_over_representable', 0):5.1f}"
+          + (f"  data-maxout x{r['max_output_error_data_dpe_over_representable']:5.1f}"
+             f" (+M x{r.get('max_output_error_data_dpe_over_representable+M', 0):5.1f}, fro x"
+             f"{r.get('frobenius_error_dpe_over_representable+M', 0):4.1f})"
+             if "max_output_error_data_dpe_over_representable" in r else ""), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--random", type=int, default=2, help="uniform random matrices per size")
+    ap.add_argument("--quick", action="store_true", help="64 only, one random matrix, MLP blocks only")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "irdrop.json"))
+    a = ap.parse_args()
+    if a.quick:
+        a.sizes, a.random = [64], 1
+    res = {"provenance": provenance(seed=a.seed, load_average=os.getloadavg(), cpus=os.cpu_count()),
+           "hardware": HW.to_dict(), "random": [], "trained": [], "summary": {}}
+    rng = np.random.default_rng(a.seed)
+    for n in a.sizes:
+        for k in range(a.random):
+            W = rng.uniform(-1, 1, (n, n))
+            row = {"name": f"uniform/{n}/{k}", "size": [n, n]}
+            for m in ("dpe", "representable"):
+                row[m] = map_case(W, (n, n), m)
+            row["ratios"] = _ratios(row)
+            _print(row["name"], row)
+            res["random"].append(row)
+    for n in a.sizes:
+        for case in trained_cases(n, seed=a.seed, cnn=not a.quick and n == max(a.sizes)):
+            W = case["W"]
+            row = {"name": case["name"], "size": list(W.shape), "array": list(case["array"])}
+            M = case["X_fit"].T @ case["X_fit"] / len(case["X_fit"])
+            for m in ("dpe", "representable"):
+                row[m] = map_case(W, case["array"], m, X_eval=case["X_eval"])
+            row["representable+M"] = map_case(W, case["array"], "representable", second_moment=M,
+                                              X_eval=case["X_eval"])
+            row["ratios"] = _ratios(row)
+            _print(row["name"], row)
+            res["trained"].append(row)
+    s = res["summary"]
+    for group in ("random", "trained"):
+        rows = res[group]
+        if not rows:
+            continue
+        for key in sorted({k for r in rows for k in r["ratios"]}):
+            vals = [r["ratios"][key] for r in rows if key in r["ratios"]]
+            s[f"{group}/{key}/min"] = float(np.min(vals))
+            s[f"{group}/{key}/geomean"] = float(np.exp(np.mean(np.log(vals))))
+        for n in a.sizes:
+            ts = [r["representable"]["time_s"] for r in rows if r["size"] == [n, n]]
+            if ts:
+                s[f"{group}/representable_time_s/{n}x{n}/max"] = float(np.max(ts))
+    for k, v in s.items():
+        print(f"{k:<80} {v:8.3f}")
+    print("wrote", write_json(a.out, res))
+
+
+if __name__ == "__main__":
+    main()
