@@ -377,7 +377,7 @@ class Crossbar:
     def _march(self) -> tuple[np.ndarray, np.ndarray]:
         """Node voltages of the n unit-input problems and the m adjoint problems, by marching.
 
-        Returns ``(V_R, V_C)``, each (n, m, n + m) (node-major): excitation e < n is 1 V on input
+        Returns ``(V_R - V_C, V_C)``, each (n, m, n + m) (node-major): excitation e < n is 1 V on input
         e (the field X_e of :meth:`node_voltages`), excitation n + j the adjoint source
         ``1 / r_out`` at output j (the field Z_j of :meth:`adjoint_fields`).
 
@@ -406,7 +406,7 @@ class Crossbar:
         Bt[k + np.arange(m), n + np.arange(m)] = 1.0 / w.r_out
         with single_blas():
             VT = Ti @ Bt                                     # (t, E) terminal voltages
-        VR = np.empty((n, m, E))                             # node-major while marching
+        D = np.empty((n, m, E))                              # cell voltages V_R - V_C, node-major
         VC = np.empty((n, m, E))
         gr, gc = 1.0 / w.r_wire, 1.0 / w.rc
         both = k > n and m > 1
@@ -420,10 +420,10 @@ class Crossbar:
         scale = max(np.abs(down).max(), 1e-300)
         from scipy.linalg.lapack import dgtsv
 
+        vr = np.empty((m, E))
         for i in range(n - 1, -1, -1):
             gi = self.g[i]
             VC[i] = vc
-            vr = VR[i]
             vr[0] = VT[i]
             if both:
                 vr[m - 1] = VT[n + i]
@@ -433,7 +433,8 @@ class Crossbar:
                 if both:
                     rhs[-1] += gr * vr[m - 1]
                 vr[lo:hi] = dgtsv(off, gi[u] + wire_diag, off, rhs, overwrite_b=1)[3]
-            above = down - gi[:, None] * (vr - vc)           # current arriving from the node above
+            np.subtract(vr, vc, out=D[i])
+            above = down - gi[:, None] * D[i]                # current arriving from the node above
             if i > 0:
                 vc = vc + above / gc
                 down = above
@@ -441,17 +442,17 @@ class Crossbar:
         if not np.isfinite(resid) or resid > 1e-9:
             X = self.node_voltages(np.eye(n))
             Z = self.adjoint_fields()
-            VR = np.concatenate([X[:, 0], Z[:, 0]]).transpose(1, 2, 0)
-            VC = np.concatenate([X[:, 1], Z[:, 1]]).transpose(1, 2, 0)
-        self._fields = (VR, VC)
+            VC = np.ascontiguousarray(np.concatenate([X[:, 1], Z[:, 1]]).transpose(1, 2, 0))
+            D = np.concatenate([X[:, 0], Z[:, 0]]).transpose(1, 2, 0) - VC
+        self._fields = (D, VC)
         return self._fields
 
     def terminal_fields(self) -> tuple[np.ndarray, np.ndarray]:
         """``(V_R, V_C)``, each (n + m, n, m): the node voltages of the n unit-input problems (the
         fields of :meth:`node_voltages`) then of the m adjoint problems (:meth:`adjoint_fields`),
         computed by :meth:`_march`."""
-        VR, VC = self._march()
-        return VR.transpose(2, 0, 1), VC.transpose(2, 0, 1)
+        D, VC = self._march()
+        return (D + VC).transpose(2, 0, 1), VC.transpose(2, 0, 1)
 
     def realized_and_grad(self, U: np.ndarray | None = None):
         """G_eff and, for upstream gradient ``U = dF/dG_eff`` (n, m), ``dF/dg`` (n, m) by the adjoint.
@@ -461,9 +462,8 @@ class Crossbar:
         :meth:`_march`.
         """
         G = self.realized()
-        VR, VC = self._march()
         n, m = self.n, self.m
-        D = (VR - VC).reshape(self.N, n + m)               # cell voltages: unit inputs, then adjoints
+        D = self._march()[0].reshape(self.N, n + m)        # cell voltages: unit inputs, then adjoints
         dX, dZ = D[:, :n], D[:, n:]
         ar = np.arange(self.N)
         diag = (dX[ar, ar // m] * dZ[ar, ar % m]).reshape(n, m)

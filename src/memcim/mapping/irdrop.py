@@ -163,9 +163,59 @@ class _Tuner:
         return gp, gn, F, E, state
 
 
+def uniform_second_moment(v_max) -> np.ndarray:
+    """E[x^T x] of inputs drawn independently and uniformly from [0, v_max_i] (paper 002's
+    evaluation inputs, Sec. VI): ``v v^T / 4`` off the diagonal, ``v_i^2 / 3`` on it."""
+    v = np.asarray(v_max, float)
+    M = np.outer(v, v) / 4.0
+    M[np.diag_indices_from(M)] = v ** 2 / 3.0
+    return M
+
+
+def round_to_levels(gp, gn, alpha, W, E, sens, dev: DeviceConfig, M, damp: float = 0.01):
+    """Round a tuned pair to the device's levels, shaping the rounding error for the inputs.
+
+    Plain rounding leaves each weight within half a level of its tuned value; on a trained layer
+    (heavy-tailed weights, small currents, hence little IR drop) that error is most of what is
+    left, and DPE carries the same one. Which way each weight rounds is a free choice, so it is
+    made to minimise the expected output error ``tr(E^T M E)`` (``M`` = E[x^T x] of the inputs)
+    instead: the rows (inputs) are rounded in order and each row's rounding error is fed forward
+    onto the rows not yet rounded through the Cholesky factor of ``M^-1`` -- the optimal-brain
+    quantisation / GPTQ update (Frantar et al., NeurIPS 2022), on the lattice of programmable
+    levels. The effect of a device's level on its weight is linearised through the diagonal
+    sensitivity ``dG_eff[i,j]/dg_ij`` (``sens``); the cross-coupling through IR drop is left to the
+    exact evaluation that follows. Only the larger device of each pair takes part (the other is
+    rounded to its nearest level). ``M`` is damped by ``damp`` times its mean diagonal (rows with
+    no input power otherwise make it singular).
+
+    Returns the rounded (gp, gn).
+    """
+    g_min, step, L = dev.g_min, dev.level_step, dev.levels
+    qp, qn = quantize_array(gp, dev), quantize_array(gn, dev)
+    dp, dn = sens
+    act = (gp - g_min) >= (gn - g_min)                      # the device that carries the weight
+    g_act = np.where(act, gp, gn)
+    h = np.where(act, dp, -dn) * step / alpha               # weight change per level of that device
+    # realized value with the active device at level 0 (the other already rounded), linearised
+    base = W + E + (dp * (np.where(act, g_min, qp) - gp) - dn * (np.where(act, qn, g_min) - gn)) / alpha
+    H = np.asarray(M, float)
+    H = H + damp * max(float(np.mean(np.diag(H))), 1e-300) * np.eye(H.shape[0])
+    U = np.linalg.cholesky(np.linalg.inv(H)).T              # upper: H^-1 = U^T U
+    T = W.copy()                                            # targets, updated as rows are rounded
+    lev = np.empty(W.shape)
+    safe_h = np.where(np.abs(h) > 0, h, 1.0)
+    for i in range(W.shape[0]):
+        li = np.clip(np.rint((T[i] - base[i]) / safe_h[i]), 0, L - 1)
+        lev[i] = li
+        err = (T[i] - (base[i] + h[i] * li)) / U[i, i]
+        T[i + 1:] -= np.outer(U[i, i + 1:], err)
+    g_new = g_min + lev * step
+    return np.where(act, g_new, qp), np.where(act, qn, g_new)
+
+
 def map_representable(W, wires: WiresConfig, dev: DeviceConfig, v_cal=None, second_moment=None,
                       beta=0.25, patience=1, max_alpha_evals=4, search_iters=1, final_iters=4, calib_rounds=1,
-                      alpha=None):
+                      alpha=None, rounding="aware"):
     """Paper 002's mapping; returns (g_pos, g_neg, alpha, info) unquantized (quantize afterwards)."""
     g_min, g_max = dev.g_min, dev.g_max
     W = np.asarray(W, float)
@@ -231,7 +281,28 @@ def map_representable(W, wires: WiresConfig, dev: DeviceConfig, v_cal=None, seco
         u = np.where(den > 0, (v_cal @ R) / np.where(den > 0, den, 1), 0.0)
         T = T - free * u[None, :]
         st = None
-    return gp, gn, a_best, {"alpha_trace": trace, "circuit_evaluations": tuner.n_evals}
+    info = {"alpha_trace": trace, "circuit_evaluations": tuner.n_evals}
+    if dev.levels is not None and rounding != "none":
+        gp, gn, info["rounding"] = _round(tuner, gp, gn, a_best, W, E + T - W, dev, M, v_cal, rounding)
+    return gp, gn, a_best, info
+
+
+def _round(tuner, gp, gn, alpha, W, E, dev, M, v_cal, rounding):
+    """The tuned plan on the device's levels: nearest levels (``plain``), or ``aware``: the rounding of
+    :func:`round_to_levels` for the inputs' second moment (``M``, else uniform inputs on [0, v_cal]),
+    kept only if the exact circuit confirms it lowers that expected output error."""
+    qp, qn = quantize_array(gp, dev), quantize_array(gn, dev)
+    if rounding == "plain":
+        return qp, qn, "plain"
+    Mr = uniform_second_moment(v_cal) if M is None else M
+    sens = getattr(tuner, "last_d", None)
+    if sens is None:
+        sens = (Crossbar(gp, tuner.w).realized_and_grad()[2], Crossbar(gn, tuner.w).realized_and_grad()[2])
+    ap, an = round_to_levels(gp, gn, alpha, W, E, sens, dev, Mr)
+    out = lambda p, q: np.sum((Mr @ (E_ := (Crossbar(p, tuner.w).realized() - Crossbar(q, tuner.w).realized())
+                                      / alpha - W)) * E_)
+    tuner.n_evals += 2
+    return (ap, an, "aware") if out(ap, an) < out(qp, qn) else (qp, qn, "plain")
 
 
 # ------------------------------------------------------------------------------------------------
