@@ -10,7 +10,7 @@ from memcim import registry
 from memcim.cli import main
 from memcim.config import preset
 from memcim.data.digits import load_digits
-from memcim.experiments.drift import accuracy_over_time, drift_presets, plot
+from memcim.experiments.drift import FITTED, SKIPPED, accuracy_over_time, drift_presets, plot, table, time_presets
 from memcim.nn.analog import (
     analog_layers,
     convert_to_analog,
@@ -174,3 +174,34 @@ def test_time_accuracy_entry(tmp_path):
     assert (tmp_path / "t.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="^compensation: 'sometimes' is not allowed"):
         accuracy_over_time(compensation=("sometimes",))
+
+
+def test_time_accuracy_covers_every_fitted_preset():
+    """The default run is every fitted preset (docs/devices.md) less the ones skipped with a reason, then every
+    other preset with drift."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "devices.md").read_text()
+    fitted_in_docs = set(re.findall(r"^\| `(\w+)` \|", doc, re.M))
+    assert set(FITTED) == fitted_in_docs
+    assert time_presets()[: len(FITTED) - len(SKIPPED)] == [p for p in FITTED if p not in SKIPPED]
+    assert set(drift_presets()) <= set(time_presets())
+    assert all(reason for reason in SKIPPED.values())
+
+
+def test_time_accuracy_without_drift_is_flat_and_tabulates(tmp_path):
+    """hfo2 has no drift, 1/f or telegraph noise: every read time and every compensation mode reads the same
+    conductances, so each chip's accuracy is the same number at every time and in every mode."""
+    r = accuracy_over_time(models=[digits_mlp()], hw="hfo2", dataset="digits", n_images=60, chips=2,
+                           calib_samples=16, times=(3600.0, 3.15e7))
+    assert [x["compensation"] for x in r["results"]] == ["none", "global", "column"]
+    first = r["results"][0]["over_time"][0]["accuracy"]["values"]
+    for x in r["results"]:
+        assert x["times"] == [20.0, 3600.0, 3.15e7]
+        assert all(o["accuracy"]["values"] == first for o in x["over_time"])
+    md = table(r).splitlines()
+    assert md[0] == "| preset | model | compensation | t0 = 20 s | 1 h | 1 y |" and len(md) == 2 + 3
+    assert md[2].startswith("| hfo2 | Sequential (digital ") and md[3].startswith("|  |  | global | ")
+    plot(r, tmp_path / "flat.png")
+    assert (tmp_path / "flat.png").stat().st_size > 1000

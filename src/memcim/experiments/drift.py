@@ -1,19 +1,24 @@
 """Accuracy over time after programming: the field's standard figure (1 s, 1 hour, 1 day, 1 year).
 
 Registry entry ``time/accuracy`` (``memcim paper run time/accuracy [--quick] --out DIR``): the
-reference MLP (``mnist-mlp-256-128``) and CNN (``mnist-cnn-small``) on every preset whose device
-drifts (``device.drift_*``; :func:`drift_presets`), each chip programmed once and read at ``t0``
-(``device.drift_t0``, the first read) and at every later time, once per drift-compensation mode
-(``none``, ``global``, ``column``) on the same chips. The PNG has one panel per (hardware, model)
-and one band (mean ± std over chips) per compensation mode against log time.
+reference MLP (``mnist-mlp-256-128``) and CNN (``mnist-cnn-small``) on every preset fitted to
+published measurements and every preset whose device drifts (:func:`time_presets`), each chip
+programmed once and read at ``t0`` (``device.drift_t0``, the first read) and at every later time,
+once per drift-compensation mode (``none``, ``global``, ``column``) on the same chips. The PNG has
+one panel per (hardware, model) and one band (mean ± std over chips) per compensation mode against
+log time. A preset without drift, 1/f or telegraph noise reads the same conductances at every time:
+its bands are flat by construction (its panel says so). :func:`table` prints the numbers as the
+Markdown table of docs/time.md.
 
 :func:`plot_evaluate` draws the same bands for ``memcim evaluate --time ... --out DIR``.
 
 Examples
 --------
->>> from memcim.experiments.drift import drift_presets
+>>> from memcim.experiments.drift import drift_presets, time_presets
 >>> "pcm" in drift_presets()
 True
+>>> time_presets()
+['pcm', 'wan2022', 'hfo2']
 """
 from __future__ import annotations
 
@@ -24,6 +29,12 @@ MODELS = ("mnist-mlp-256-128", "mnist-cnn-small")
 #: one hour, one day, one year [s]; the first read t0 (device.drift_t0) is always added
 TIMES = (3600.0, 86400.0, 3.15e7)
 MODES = ("none", "global", "column")
+#: The presets fitted to published measurements (docs/devices.md), in the order of the figure.
+FITTED = ("pcm", "wan2022", "hfo2", "taox")
+#: Fitted presets the default run leaves out, and why (docs/time.md).
+SKIPPED = {"taox": "no time-dependent physics (no drift, 1/f, telegraph or programming noise: its reads are "
+                   "the same at every time) and its circuit reads of the reference models are too slow for "
+                   "this figure (its default 'representable' mapping also refuses arrays of 64 rows or more)"}
 _COLORS = {"none": "tab:red", "global": "tab:blue", "column": "tab:green"}
 
 
@@ -34,10 +45,28 @@ def drift_presets() -> list[str]:
     return [p for p in preset_names() if preset(p).device.has_drift]
 
 
+def time_presets() -> list[str]:
+    """The presets the default ``time/accuracy`` run evaluates: the fitted ones (:data:`FITTED`, less
+    :data:`SKIPPED`) and then every other preset with drift (:func:`drift_presets`)."""
+    from memcim.config import preset_names
+
+    names = preset_names()
+    fitted = [p for p in FITTED if p in names and p not in SKIPPED]
+    return fitted + [p for p in drift_presets() if p not in fitted and p not in SKIPPED]
+
+
+def _drifts(config: dict) -> bool:
+    """Whether a hardware's ``to_dict()`` reads differently over time (drift, 1/f or telegraph noise)."""
+    from memcim.config import HardwareConfig
+
+    d = HardwareConfig.from_dict(config).device
+    return d.has_drift or d.has_read_1f or d.has_rtn
+
+
 def _hardware_list(hw) -> list:
     from memcim.config import HardwareConfig, resolve_config
 
-    specs = drift_presets() if hw is None else (list(hw) if isinstance(hw, (list, tuple)) else [hw])
+    specs = time_presets() if hw is None else (list(hw) if isinstance(hw, (list, tuple)) else [hw])
     if not specs:
         raise ValueError("hw: no preset has drift (device.drift_*); give a hardware with drift")
     out = []
@@ -54,7 +83,7 @@ def _hardware_list(hw) -> list:
 
 @register("time/accuracy",
           title="accuracy over time after programming (t0 to 1 year) of the reference MLP and CNN on every preset "
-                "with drift, one band per drift-compensation mode",
+                "fitted to published measurements, one band per drift-compensation mode",
           plot=lambda result, path: plot(result, path),
           quick={"chips": 5, "n_images": 500},
           summary=lambda result: result["summary"], hardware="pcm")
@@ -66,7 +95,8 @@ def accuracy_over_time(*, models=MODELS, hw=None, times=TIMES, compensation=MODE
     Parameters
     ----------
     models : reference model names (or ``nn.Module`` objects).
-    hw : a preset name, file or config, or a list; default every preset with drift (:func:`drift_presets`).
+    hw : a preset name, file or config, or a list; default the fitted presets and every preset with drift
+        (:func:`time_presets`).
     times : read times [s] after programming; ``t0`` (``device.drift_t0``) is always added first.
     compensation : drift-compensation modes (``compensation.drift``), each evaluated on the same chips.
     chips : chips programmed per (model, hardware); chip ``c`` uses ``layer_seed(seed, c)`` in every mode.
@@ -185,8 +215,10 @@ def plot(result: dict, path) -> None:
     from memcim.io import savefig
 
     hws, models = result["hardware"], result["models"]
-    fig, axes = plt.subplots(len(hws), len(models), figsize=(4.6 * len(models), 3.4 * len(hws)), squeeze=False)
+    configs = result.get("configs", {})
+    fig, axes = plt.subplots(len(hws), len(models), figsize=(4.4 * len(models), 2.9 * len(hws)), squeeze=False)
     for i, h in enumerate(hws):
+        flat = h in configs and not _drifts(configs[h])
         for j, m in enumerate(models):
             ax = axes[i][j]
             entries = [r for r in result["results"] if r["hardware"] == h and r["model"] == m]
@@ -194,11 +226,34 @@ def plot(result: dict, path) -> None:
                 ax.set_visible(False)
                 continue
             draw_bands(ax, entries, digital=entries[0]["digital_accuracy"])
-            ax.set_title(f"{m} on {h} ({result['chips']} chips)", fontsize=9)
-            ax.legend(fontsize=7, title="drift compensation", title_fontsize=7)
+            ax.set_title(f"{m} on {h} ({result['chips']} chips)" + ("\nno drift or 1/f noise: flat by construction"
+                                                                   if flat else ""), fontsize=8)
+            ax.legend(fontsize=6, title="drift compensation", title_fontsize=6)
     fig.tight_layout()
     savefig(fig, path)
     plt.close(fig)
+
+
+def table(result: dict) -> str:
+    """The accuracies of a ``time/accuracy`` result as a Markdown table: one row per (hardware, model,
+    compensation mode), one column per read time, mean ± std over chips in %."""
+    times = result["results"][0]["times"]
+    head = ["preset", "model", "compensation"] + [("t0 = " + _time_label(t)) if k == 0 else _time_label(t)
+                                                  for k, t in enumerate(times)]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    last = (None, None)
+    for r in sorted(result["results"], key=lambda r: (result["hardware"].index(r["hardware"]),
+                                                      result["models"].index(r["model"]))):
+        if r["times"] != times:
+            raise ValueError("result: its entries have different read times; tabulate them separately")
+        key = (r["hardware"], r["model"])
+        cells = ([r["hardware"], f"{r['model']} (digital {r['digital_accuracy'] * 100:.2f} %)"] if key != last
+                 else ["", ""])
+        last = key
+        cells += [r["compensation"]] + [f"{o['accuracy']['mean'] * 100:.2f} ± {o['accuracy']['std'] * 100:.2f}"
+                                        for o in r["over_time"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def plot_evaluate(doc: dict, path) -> None:
