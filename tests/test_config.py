@@ -190,7 +190,7 @@ def test_set_is_replace_with_dotted_names_and_round_trips():
     assert hw == hw.replace(device={"prog_sigma_rel": 0.05})
     assert HardwareConfig.from_toml(hw.to_toml()) == hw
     assert set(HardwareConfig.fields()) == {"device", "dac", "adc", "array", "wires", "cell", "mapping",
-                                                 "compensation", "slicing"}
+                                                 "compensation", "slicing", "energy"}
 
 
 @pytest.mark.parametrize("name", ["irdrop", "lowrank", "convex_cim"])

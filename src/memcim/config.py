@@ -692,9 +692,92 @@ class SlicingConfig(_Section):
         return self.weights_sliced or self.input_mode != "parallel"
 
 
+@dataclass(frozen=True)
+class EnergyConfig(_Section):
+    """Energy, latency and area figures of the periphery (:mod:`memcim.hardware.energy`, docs/energy.md).
+
+    SI units; areas in F^2 (squares of the feature size ``tech_node``). Every default cites its source.
+
+    Parameters
+    ----------
+    t_read : integration time of one array read [s]; None: ``1/(2 device.bandwidth)``. ISAAC: 100 ns.
+    adc_fom : Walden figure of merit ``P / (f_s 2**ENOB)`` [J/conversion-step] (R. H. Walden, IEEE JSAC
+        17(4), 1999). Default 20 fJ: designs at 0.1-1 GS/s in B. Murmann, "ADC Performance Survey
+        1997-2024" (Stanford), span about 5-50 fJ/step; ISAAC's 8-bit 1.2 GS/s ADC is 6.5 fJ/step.
+    adc_fom_schreier : Schreier figure of merit ``SNDR + 10 log10(f_s / (2 P))`` [dB]; the conversion
+        energy is the larger of the two limits (Murmann's survey: Walden bounds low resolution,
+        Schreier's thermal-noise line, about 180 dB at the state of the art, high resolution).
+    adc_rate : conversions per second of one ADC [S/s] (Kull et al., ISSCC 2013, 8 b 1.2 GS/s SAR in
+        32 nm, the ADC of ISAAC).
+    adc_share : output columns converted by one ADC (1: an ADC per column; ISAAC: 128, through
+        sample-and-holds).
+    adc_area_bit, adc_area_step : ADC area = ``adc_area_bit bits + adc_area_step 2**bits`` [F^2]: the
+        linear (reference buffer, logic, clock) and capacitive-DAC parts, as ISAAC scales its ADC
+        (Shafiee et al., ISCA 2016, Sec. VII); defaults 79,800 and 2,084 F^2 give ISAAC's 1,200 um^2
+        8-bit ADC at 32 nm (Table I: 0.0096 mm^2 for 8).
+    dac_c_unit, dac_vdd : unit capacitor [F] and reference [V] of a binary-weighted capacitive DAC,
+        ``2**bits C_unit V_dd^2`` per conversion (0.5 fF, 0.9 V).
+    dac_area : DAC area per code step [F^2], ``dac_area 2**bits`` (81 F^2: ISAAC's 1-bit DAC, 170 um^2
+        for 1024, Table I).
+    c_cell : word-line capacitance per cross-point [F] (0.1 fF).
+    sample_hold_energy, sample_hold_area : one sample [J] and one S+H [F^2] of a shared ADC's column
+        (ISAAC Table I: 10 uW for 1024 S+H at 100 ns, 1 fJ; 40 um^2 / 1024 = 38 F^2).
+    tia_power, tia_area : static power [W] and area [F^2] of one bit line's TIA (20 uW: memcim's
+        assumption, uncited; area 0: no published figure adopted).
+    add_energy : one 32-bit integer add [J] (shift-and-add, tile accumulation; 0.1 pJ, M. Horowitz,
+        ISSCC 2014, 45 nm). mult_energy, fp_add_energy : the digital rescale and bias, fp32 multiply
+        3.7 pJ and add 0.9 pJ (Horowitz 2014).
+    shift_add_area : one shift-and-add unit per ADC [F^2] (ISAAC Table I: 60 um^2).
+    buffer_energy : input/output buffer access [J/byte] (Horowitz 2014: 8 KB SRAM, 10 pJ per 64 bits).
+    buffer_area : buffer area [F^2/byte] (ISAAC Table I: 2 KB input register, 0.0021 mm^2).
+    cell_area : one cross-point [F^2] (4 F^2, the minimal cross-point cell).
+    tech_node : feature size F [m] (32 nm, ISAAC's node).
+    clock : digital clock [Hz] (1.2 GHz, ISAAC's tile).
+    baseline : digital baseline of reports, "int8" or "fp32" (Horowitz 2014 figures).
+    """
+
+    _section = "energy"
+    t_read: float | None = None
+    adc_fom: float = 20e-15
+    adc_fom_schreier: float = 180.0
+    adc_rate: float = 1.2e9
+    adc_share: int = 1
+    adc_area_bit: float = 79_800.0
+    adc_area_step: float = 2_084.0
+    dac_c_unit: float = 0.5e-15
+    dac_vdd: float = 0.9
+    dac_area: float = 81.0
+    c_cell: float = 0.1e-15
+    sample_hold_energy: float = 1e-15
+    sample_hold_area: float = 38.0
+    tia_power: float = 20e-6
+    tia_area: float = 0.0
+    add_energy: float = 0.1e-12
+    mult_energy: float = 3.7e-12
+    fp_add_energy: float = 0.9e-12
+    shift_add_area: float = 58_600.0
+    buffer_energy: float = 1.25e-12
+    buffer_area: float = 1_000.0
+    cell_area: float = 4.0
+    tech_node: float = 32e-9
+    clock: float = 1.2e9
+    baseline: str = "int8"
+
+    def __post_init__(self):
+        s = self._section
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("baseline", "adc_share") or (v is None and f.name == "t_read"):
+                continue
+            positive = f.name in ("t_read", "adc_fom_schreier", "adc_rate", "tech_node", "clock", "cell_area")
+            object.__setattr__(self, f.name, _num(f"{s}.{f.name}", v, lo=0.0, lo_open=positive))
+        object.__setattr__(self, "adc_share", _int(f"{s}.adc_share", self.adc_share, lo=1, hi=MAX_ARRAY_SIZE))
+        _choice(f"{s}.baseline", self.baseline, ("int8", "fp32"))
+
+
 _SECTIONS = {"device": DeviceConfig, "dac": DACConfig, "adc": ADCConfig, "array": ArrayConfig,
              "wires": WiresConfig, "cell": CellConfig, "mapping": MappingConfig, "compensation": CompensationConfig,
-             "slicing": SlicingConfig}
+             "slicing": SlicingConfig, "energy": EnergyConfig}
 
 
 @dataclass(frozen=True)
@@ -723,6 +806,7 @@ class HardwareConfig:
     mapping: MappingConfig = field(default_factory=MappingConfig)
     compensation: CompensationConfig = field(default_factory=CompensationConfig)
     slicing: SlicingConfig = field(default_factory=SlicingConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
     name: str = "custom"
 
     def __post_init__(self):
@@ -809,6 +893,8 @@ class HardwareConfig:
         for key in _SECTIONS:
             if key == "slicing" and not self.slicing.enabled and self.slicing == SlicingConfig():
                 continue   # the default (no slicing) is left out: unsliced configs write as before
+            if key == "energy" and self.energy == EnergyConfig():
+                continue   # default energy figures are left out: configs write as before
             d[key] = getattr(self, key).to_dict()
         return d
 

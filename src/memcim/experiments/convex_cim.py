@@ -200,7 +200,7 @@ def run(*, chips: int = 10, seed: int = 0, epochs: int = 3, sweep_bits=(2, 3, 4,
     test = load_dataset("mnist", "test", limit=n_test)
     sweep_chips = sweep_chips or chips
     calib = train.x[:2000]
-    ecfg = EnergyConfig()
+    ecfg = hw.energy
     limits = DesignLimits()
     digital_acc = evaluate_accuracy(model, test)
     dig_e = network_energy([digital_energy(m.in_features, m.out_features, ecfg)

@@ -1,44 +1,64 @@
-"""The one energy and power model: energy per inference of a crossbar layer, and a
-digital-accelerator baseline (paper 003).
+"""The one energy, latency and area model of memcim, per layer and for a whole network, on the
+chip's actual mapping (docs/energy.md).
 
-Per input vector, for a layer ``y = x W`` (``in x out``) mapped by
-:func:`memcim.mapping.crossbar.map_matrix` on ``T`` row tiles and ``C`` column tiles:
+Every figure comes from ``hw.energy`` (:class:`memcim.config.EnergyConfig`, each default with its
+source) and from the plan (:func:`memcim.mapping.crossbar.map_matrix`: row tiles ``T``, column tiles
+``C``, arrays, bit lines; a :class:`memcim.mapping.slicing.SlicedPlan` adds ``S`` weight slices on their
+own arrays and ``n`` input cycles). Per input vector of a layer ``y = x W`` (``in x out``):
 
-* **crossbar read**: ``t_read v_read^2 sum_i u_i^2 sum_j (G+_ij + G-_ij)`` (Joule heating of every
-  device while its word line is driven at ``u_i v_read`` during the integration time ``t_read``;
-  default ``t_read = 1/(2 B)`` for the read bandwidth ``B`` of the device config, the noise
-  bandwidth of an integrate-and-dump of length ``t_read``);
-* **DAC**: ``C in`` conversions, each a binary-weighted capacitive DAC switching energy
-  ``2**bits C_unit V_dd^2`` plus charging the word line, ``cols C_cell (u v_read)^2``;
-* **ADC**: ``T out`` conversions, each ``FOM_W 2**bits`` with the Walden figure of merit
-  ``FOM_W = P / (f_s 2**ENOB)`` [J per conversion step] (R. H. Walden, "Analog-to-digital
-  converter survey and analysis", IEEE JSAC 17(4), 1999; values from B. Murmann, "ADC
-  Performance Survey 1997-2024", Stanford, online: designs at 10-100 MS/s span about
-  1-100 fJ/conv-step; default 20 fJ/conv-step, ENOB = bits);
-* **TIA**: ``T out`` column amplifiers, each burning ``P_tia`` for ``t_read``; plus, when the
-  inputs' second moments are known, the dissipation in every bit line's feedback resistor,
-  ``t_read r_tia E[I_j^2]`` (:func:`tia_power`; each bit line, G+ and G- alike, ends in its own
-  TIA held at virtual ground, as in paper 001, Eqs. 17-19);
-* **digital accumulation**: per output, ``T - 1`` additions of the row-tile partial sums (32-bit
-  integer add, 0.1 pJ), one rescale multiply (32-bit float, 3.7 pJ) and one bias add (32-bit
-  float, 0.9 pJ).
+* **crossbar read**: per analog cycle ``t_read v_read^2 sum_i E[u_i^2] sum_j G_ij`` over every device
+  (:func:`crossbar_power`; Joule heating of each device while its word line is driven at
+  ``u_i v_read``; ``t_read`` defaults to ``1/(2 B)``, the integrate-and-dump of the read bandwidth);
+* **DAC**: per cycle ``C in`` drives, each a binary-weighted capacitive DAC ``2**b C_unit V_dd^2``
+  (``b``: DAC bits, or the bits per cycle when bit-serial) plus charging the word line,
+  ``cols C_cell (u v_read)^2`` per array;
+* **sample-and-hold** (an ADC shared by ``adc_share > 1`` columns): one sample per conversion;
+* **ADC**: ``T out`` conversions per slice and cycle, each ``max(FOM_W 2**bits,
+  10**((6.02 bits + 1.76 - FOM_S)/10) / 2)`` (Walden's and Schreier's figures of merit, B. Murmann,
+  "ADC Performance Survey 1997-2024"); ``adc_rate`` conversions per second; area
+  ``adc_area_bit bits + adc_area_step 2**bits`` F^2 (ISAAC's scaling, Shafiee et al., ISCA 2016);
+* **TIA**: every bit line (G+ and G-, weight and reference columns) has its own TIA, burning
+  ``tia_power`` for ``t_read`` per cycle, plus, when the inputs' second moments are known, the
+  dissipation in its feedback resistor ``t_read r_tia E[I_j^2]`` (:func:`tia_power`; paper 001,
+  Eqs. 17-19);
+* **shift-and-add**: every ADC result of the ``S n`` slices and cycles but one per output and row tile
+  is shifted and added (``add_energy`` each);
+* **digital**: per output ``T - 1`` additions of the row tiles' partial sums, one rescale multiply
+  and one bias add (fp32), and for a sliced plan's digital offset ``s_w o sum_i x_i`` another
+  multiply-add per output and ``in`` additions;
+* **buffers**: the input vector read (``ceil(dac.bits/8)`` bytes per input) and the outputs written
+  (4 bytes each) at ``buffer_energy`` per byte.
 
-Digital baseline, per multiply-accumulate: an 8-bit multiply (0.2 pJ) and a 32-bit add
-(0.1 pJ) plus reading the 8-bit weight from a 32 KB SRAM (20 pJ per 64-bit access, 2.5 pJ per
-byte). All digital figures are M. Horowitz, "Computing's energy problem (and what we can do about
-it)", ISSCC 2014, 45 nm at 0.9 V. A ``"fp32"`` baseline uses a 32-bit float multiply (3.7 pJ) and
-add (0.9 pJ) and 4-byte weight reads (10 pJ).
+Latency per input vector: the array read and the conversion of a shared ADC pipeline through the
+sample-and-holds, ``t_read + t_conv + (n - 1) max(t_read, t_conv)`` with ``t_conv = min(adc_share,
+tile columns) / adc_rate`` (pulse-width inputs: ``K`` slots of ``t_read``, one conversion), then
+``ceil(log2(S n T)) + 2`` digital clock cycles; the slices and tiles of a layer run in parallel on
+their own arrays, a convolution's output positions one after another on one copy of the arrays,
+and the layers one after another (no inter-layer pipeline). Area: every provisioned array
+(``rows x cols`` cells of ``cell_area`` F^2), ADC, DAC (one per word line of every array), S+H, TIA,
+shift-and-add unit (one per ADC) and the layer's input/output buffer, in F^2 times ``tech_node^2``.
+
+MemSE's expected power (:mod:`memcim.analysis.power`) is the expectation of this model's crossbar and
+TIA-feedback terms (:func:`bitline_power`), and the convex program's read power
+(:func:`memcim.optimize.convex_range.read_power_coeffs`) its crossbar term.
+
+Digital baseline, per multiply-accumulate: an 8-bit multiply (0.2 pJ) and a 32-bit add (0.1 pJ)
+plus reading the 8-bit weight from a 32 KB SRAM (20 pJ per 64-bit access, 2.5 pJ per byte). All
+digital figures are M. Horowitz, "Computing's energy problem (and what we can do about it)", ISSCC
+2014, 45 nm at 0.9 V. A ``"fp32"`` baseline uses a 32-bit float multiply (3.7 pJ) and add (0.9 pJ)
+and 4-byte weight reads (10 pJ).
 """
 from __future__ import annotations
 
-import math  # noqa: F401
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from memcim.config import HardwareConfig
+from memcim.config import EnergyConfig, HardwareConfig
 
-__all__ = ["EnergyConfig", "HOROWITZ_2014_PJ", "bitline_power", "crossbar_power", "tia_power", "chip_power", "layer_energy",
+__all__ = ["EnergyConfig", "HOROWITZ_2014_PJ", "bitline_power", "crossbar_power", "tia_power", "chip_power",
+           "adc_energy", "adc_area", "LayerCost", "NetworkCost", "layer_cost", "network_cost", "layer_energy",
            "digital_energy", "network_energy"]
 
 #: Energy per operation [pJ], 45 nm, 0.9 V (Horowitz, ISSCC 2014, Fig. 1.1.9 and its table).
@@ -49,44 +69,9 @@ HOROWITZ_2014_PJ = {
 }
 
 
-@dataclass(frozen=True)
-class EnergyConfig:
-    """Periphery energy parameters (SI units).
-
-    Parameters
-    ----------
-    t_read : integration time of one array read [s]; None = 1/(2 device.bandwidth).
-    adc_fom : Walden figure of merit [J/conversion-step] (default 20 fJ).
-    dac_c_unit : unit capacitor of the DAC [F] (default 0.5 fF).
-    dac_vdd : DAC reference/supply voltage [V] (default 0.9 V).
-    c_cell : word-line capacitance per cross-point [F] (default 0.1 fF).
-    tia_power : static power of one column TIA [W] (default 20 uW).
-    baseline : digital baseline, "int8" or "fp32".
-    """
-
-    t_read: float | None = None
-    adc_fom: float = 20e-15
-    dac_c_unit: float = 0.5e-15
-    dac_vdd: float = 0.9
-    c_cell: float = 0.1e-15
-    tia_power: float = 20e-6
-    baseline: str = "int8"
-
-    def __post_init__(self):
-        for k in ("t_read", "adc_fom", "dac_c_unit", "dac_vdd", "c_cell", "tia_power"):
-            v = getattr(self, k)
-            if v is None and k == "t_read":
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"energy.{k}: {v!r} is not allowed; must be a finite number >= 0")
-        if self.baseline not in ("int8", "fp32"):
-            raise ValueError(f"energy.baseline: {self.baseline!r} is not allowed; choose int8 or fp32")
-
-    def read_time(self, hw: HardwareConfig) -> float:
-        return self.t_read if self.t_read is not None else 1.0 / (2.0 * hw.device.bandwidth)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+def read_time(cfg: EnergyConfig, hw: HardwareConfig) -> float:
+    """The integration time of one array read [s]: ``cfg.t_read`` or ``1/(2 device.bandwidth)``."""
+    return cfg.t_read if cfg.t_read is not None else 1.0 / (2.0 * hw.device.bandwidth)
 
 
 def _pj(key):
@@ -245,31 +230,262 @@ def chip_power(chip, u, *, n_inputs: int | None = None, g_offset: float = 0.0):
     return np.atleast_1d(dev), np.atleast_1d(tia)
 
 
-def layer_energy(W, hw: HardwareConfig, *, g_min: float | None = None, g_max: float | None = None,
-                 u2=None, m2=None, cfg: EnergyConfig | None = None, plan=None) -> dict:
-    """Energy [J] of one input vector through one crossbar layer, by component, on the layer's
-    actual mapping (:func:`memcim.mapping.crossbar.map_matrix`: its tiles, levels and scheme).
+def adc_energy(bits: int, cfg: EnergyConfig) -> float:
+    """Energy of one ADC conversion [J] at ``bits`` effective bits: the larger of Walden's
+    ``FOM_W 2**bits`` and Schreier's thermal limit ``10**((6.02 bits + 1.76 - FOM_S)/10) / 2``."""
+    walden = cfg.adc_fom * 2.0 ** bits
+    schreier = 0.5 * 10.0 ** ((6.02 * bits + 1.76 - cfg.adc_fom_schreier) / 10.0)
+    return max(walden, schreier)
+
+
+def adc_area(bits: int, cfg: EnergyConfig) -> float:
+    """Area of one ADC [m^2]: ``(adc_area_bit bits + adc_area_step 2**bits) F^2``."""
+    return (cfg.adc_area_bit * bits + cfg.adc_area_step * 2.0 ** bits) * cfg.tech_node ** 2
+
+
+@dataclass
+class LayerCost:
+    """Energy [J] per inference, latency [s] per inference and area [m^2] of one layer, by component.
+
+    ``energy`` and ``area`` map component -> value with a ``total``; ``counts`` holds what was counted
+    (arrays, ADCs, DACs, conversions, DAC drives, analog cycles, slices, reads per inference); ``detail``
+    the parts of some components (``tia_feedback``, ``tia_static``).
+    """
+
+    name: str
+    energy: dict
+    latency: float
+    area: dict
+    counts: dict
+    detail: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "energy_j": self.energy, "latency_s": self.latency, "area_m2": self.area,
+                "counts": self.counts, "detail": self.detail}
+
+
+@dataclass
+class NetworkCost:
+    """A network's :class:`LayerCost` per layer and their sums (energy and area add; the layers run one
+    after another, so latencies add too)."""
+
+    layers: list
+    energy: dict
+    latency: float
+    area: dict
+
+    def to_dict(self) -> dict:
+        return {"energy_j": self.energy, "latency_s": self.latency, "area_m2": self.area,
+                "per_layer": [L.to_dict() for L in self.layers]}
+
+    def summary(self) -> dict:
+        """The three headline numbers: energy per inference [J], latency [s], area [m^2]."""
+        return {"energy_per_inference_j": self.energy["total"], "latency_s": self.latency,
+                "area_m2": self.area["total"]}
+
+
+ENERGY_PARTS = ("crossbar", "dac", "sample_hold", "adc", "tia", "shift_add", "digital", "buffers")
+AREA_PARTS = ("cells", "dac", "sample_hold", "adc", "tia", "shift_add", "buffers")
+
+
+def _cycles(plan, hw, x, u2, m2, input_cycles):
+    """Per analog cycle of one input vector: (u2 (in,), m2 (in, in) or None, drive bits, converted?)."""
+    import torch
+
+    n = plan.in_features
+    sl = hw.slicing
+    mode = sl.input_mode if input_cycles is None else ("bit_serial" if input_cycles > 1 else "parallel")
+    if mode != "parallel" and (u2 is not None or m2 is not None):
+        raise ValueError(f"u2: drive statistics of a {mode!r} input are per cycle; give the inputs x instead")
+    if m2 is not None:
+        m2 = np.asarray(m2, dtype=np.float64)
+        if m2.shape != (n, n):
+            raise ValueError(f"m2: shape {m2.shape} does not match the {n} inputs; expected ({n}, {n})")
+        u2 = np.diag(m2).copy()
+    if u2 is not None:
+        u2 = np.asarray(u2, dtype=np.float64)
+        if u2.shape != (n,):
+            raise ValueError(f"u2: shape {u2.shape} does not match the {n} inputs")
+    xt = None
+    if x is not None:
+        xt = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x.detach()).to(torch.float64)
+        if xt.ndim != 2 or xt.shape[1] != n:
+            raise ValueError(f"x: shape {tuple(xt.shape)} does not match (batch, {n})")
+
+    def moments(u):
+        u = u.cpu().numpy()
+        m = u.T @ u / u.shape[0]
+        return np.diag(m).copy(), m
+
+    if mode == "parallel":
+        if xt is not None:
+            from memcim.hardware.converters import dac_convert
+
+            u2, m2 = moments(dac_convert(xt, hw.dac)[0])
+        return [(np.full(n, 1.0 / 3.0) if u2 is None else u2, m2, hw.dac.bits, True)]
+    if mode == "bit_serial":
+        from memcim.mapping.slicing import input_drives
+
+        bits = tuple(getattr(plan, "cycles", ()) or ()) or (1,) * int(input_cycles)
+        if xt is not None:
+            return [moments(u) + (c, True) for (u, _), c in zip(input_drives(xt, hw, bits), bits)]
+        # uniform codes: a c-bit digit d in 0..2**c-1 drives d/(2**c-1), E[u^2] = (2**(c+1)-1)/(6(2**c-1))
+        return [(np.full(n, (2.0 ** (c + 1) - 1) / (6 * (2.0 ** c - 1))), None, c, True) for c in bits]
+    # pulse width: |q| of the K slots at full drive, the charge converted once
+    K = hw.dac.steps
+    if xt is not None:
+        from memcim.hardware.converters import dac_convert
+
+        a = dac_convert(xt, hw.dac)[0].abs().mean(0).cpu().numpy()
+    else:
+        a = np.full(n, 0.5)
+    return [(a * K, None, 1, True)] + [(None, None, 1, False)] * (K - 1)
+
+
+def layer_cost(plan, *, x=None, u2=None, m2=None, reads: int = 1, weight_slices: int | None = None,
+               input_cycles: int | None = None, energy: EnergyConfig | None = None, name: str = "") -> LayerCost:
+    """Energy, latency and area of one layer on its plan (see the module docstring).
 
     Parameters
     ----------
-    W : (in, out) weights.
-    hw : hardware config (array size, v_read, converter bits, bandwidth).
-    g_min, g_max : the window the weights are mapped into (default: the config's).
-    u2 : (in,) mean squared word-line fraction ``E[u_i^2]`` (default 1/3, uniform drive).
-    m2 : optional (in, in) ``E[u u^T]``; when given, ``u2`` is its diagonal and the dissipation in the
-        TIAs' feedback resistors (:func:`tia_power`) is added as ``tia_feedback``.
-    cfg : :class:`EnergyConfig`.
-    plan : the layer's plan, if already mapped (``W``, ``hw``, ``g_min`` and ``g_max`` are then
-        taken from it).
+    plan : a :class:`memcim.mapping.crossbar.MappedMatrix`, or a
+        :class:`memcim.mapping.slicing.SlicedPlan` (its slices, each on its own arrays, and its input cycles).
+    x : (batch, in) sample inputs: the drive statistics (and the TIA feedback term) from the DAC's actual
+        drives of every cycle. Otherwise ``u2``/``m2`` (parallel inputs only) or uniform drives.
+    u2 : (in,) ``E[u_i^2]`` of the word-line drive fractions (default 1/3). m2 : (in, in) ``E[u u^T]``;
+        adds the TIAs' feedback dissipation.
+    reads : array reads per inference (a convolution: its output positions).
+    weight_slices, input_cycles : for an unsliced plan, count it as that many weight slices (copies of
+        its arrays with their own ADCs) and bit-serial input cycles (1 bit each). A sliced plan carries
+        its own.
+    energy : the figures (default ``plan.hw.energy``).
+    name : the layer's name in reports.
 
     Returns
     -------
-    dict with ``crossbar``, ``dac``, ``adc``, ``tia``, (``tia_feedback``,) ``digital`` and ``total`` [J], plus
-    ``conversions`` (ADC) and ``dac_conversions``.
+    LayerCost.
+    """
+    from memcim import validate
+
+    hw = plan.hw
+    cfg = hw.energy if energy is None else energy
+    if not isinstance(cfg, EnergyConfig):
+        raise TypeError(f"energy: expected an EnergyConfig, got {type(cfg).__name__}")
+    reads = validate.integer("reads", reads, lo=1)
+    if hasattr(plan, "slices"):
+        if weight_slices is not None or input_cycles is not None:
+            raise ValueError("weight_slices: a sliced plan carries its own slices and input cycles; leave "
+                             "weight_slices and input_cycles unset")
+        slices, copies, offset = list(plan.slices), 1, float(plan.offset)
+    else:
+        copies = 1 if weight_slices is None else validate.integer("weight_slices", weight_slices, lo=1, hi=64)
+        if input_cycles is not None:
+            input_cycles = validate.integer("input_cycles", input_cycles, lo=1, hi=64)
+        slices, offset = [plan], 0.0
+    cyc = _cycles(plan, hw, x, u2, m2, input_cycles)
+    n_analog = len(cyc)
+    n_conv = sum(1 for c in cyc if c[3])
+    n, m = plan.in_features, plan.out_features
+    t = read_time(cfg, hw)
+    v = hw.array.v_read
+    F2 = cfg.tech_node ** 2
+    apt = 2 if (hw.mapping.scheme == "differential" and hw.mapping.pair == "arrays") else 1
+    E = dict.fromkeys(ENERGY_PARTS, 0.0)
+    A = dict.fromkeys(AREA_PARTS, 0.0)
+    tia_fb = tia_static = 0.0
+    arrays = adcs = dacs = conversions = drives = 0
+    T_max = 0
+    for p in slices:
+        T, C = p.n_row_tiles, p.n_col_tiles
+        T_max = max(T_max, T)
+        bitlines = T * (2 * m if p.scheme == "differential" else m + C)
+        arr = T * C * apt
+        n_adc = T * C * math.ceil(p.tile_cols / cfg.adc_share)
+        for u2c, m2c, bits, converted in cyc:
+            if u2c is not None:
+                E["crossbar"] += t * crossbar_power(p, u2c)
+                E["dac"] += C * n * 2.0 ** bits * cfg.dac_c_unit * cfg.dac_vdd ** 2 \
+                    + C * float(u2c.sum()) * apt * hw.array.cols * cfg.c_cell * v * v
+                drives += C * n
+                if m2c is not None:
+                    tia_fb += t * tia_power(p, m2c)
+            tia_static += bitlines * cfg.tia_power * t
+            if converted:
+                conversions += T * m
+        arrays += arr
+        adcs += n_adc
+        dacs += arr * hw.array.rows
+        A["cells"] += arr * hw.array.rows * hw.array.cols * cfg.cell_area * F2
+        A["adc"] += n_adc * adc_area(hw.adc.bits, cfg)
+        A["dac"] += arr * hw.array.rows * cfg.dac_area * 2.0 ** max(c[2] for c in cyc) * F2
+        A["tia"] += bitlines * cfg.tia_area * F2
+        A["shift_add"] += n_adc * cfg.shift_add_area * F2
+        if cfg.adc_share > 1:
+            A["sample_hold"] += T * C * p.tile_cols * cfg.sample_hold_area * F2
+    conversions *= copies
+    drives *= copies
+    E["crossbar"] *= copies
+    E["dac"] *= copies
+    tia_fb *= copies
+    tia_static *= copies
+    for k in A:
+        A[k] *= copies
+    arrays, adcs, dacs = arrays * copies, adcs * copies, dacs * copies
+    E["adc"] = conversions * adc_energy(hw.adc.bits, cfg)
+    if cfg.adc_share > 1:
+        E["sample_hold"] = conversions * cfg.sample_hold_energy
+    E["tia"] = tia_static + tia_fb
+    partials = conversions // m            # ADC results per output: sum over slices of T n_conv
+    tiles = sum(p.n_row_tiles for p in slices) * copies
+    E["shift_add"] = m * (partials - tiles) * cfg.add_energy if partials > tiles else 0.0
+    E["digital"] = m * ((T_max - 1) * cfg.add_energy + cfg.mult_energy + cfg.fp_add_energy)
+    if offset:
+        E["digital"] += m * (cfg.mult_energy + cfg.fp_add_energy) + n * cfg.add_energy
+    in_bytes, out_bytes = n * math.ceil(hw.dac.bits / 8), 4 * m
+    E["buffers"] = (in_bytes + out_bytes) * cfg.buffer_energy
+    A["buffers"] = (in_bytes + out_bytes) * cfg.buffer_area * F2
+    E = {k: reads * e for k, e in E.items()}
+    E["total"] = float(sum(E.values()))
+    A["total"] = float(sum(A.values()))
+    t_conv = min(cfg.adc_share, max(p.tile_cols for p in slices)) / cfg.adc_rate
+    if n_conv == n_analog:
+        t_analog = t + t_conv + (n_analog - 1) * max(t, t_conv)
+    else:
+        t_analog = n_analog * t + t_conv * n_conv
+    t_digital = (math.ceil(math.log2(max(partials, 1))) + 2) / cfg.clock
+    counts = {"arrays": arrays, "adcs": adcs, "dacs": dacs, "conversions": reads * conversions,
+              "dac_drives": reads * drives, "analog_cycles": n_analog, "conversion_cycles": n_conv,
+              "weight_slices": len(slices) * copies, "row_tiles": T_max,
+              "col_tiles": max(p.n_col_tiles for p in slices), "reads": reads, "t_read": t, "t_conv": t_conv}
+    return LayerCost(name, E, reads * (t_analog + t_digital), A, counts,
+                     {"tia_feedback": reads * tia_fb, "tia_static": reads * tia_static,
+                      "has_feedback": any(c[1] is not None for c in cyc)})
+
+
+def network_cost(layers: list) -> NetworkCost:
+    """Sum :class:`LayerCost` results over the layers of a network."""
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers: empty; give at least one LayerCost")
+    e = {k: float(sum(L.energy[k] for L in layers)) for k in layers[0].energy}
+    a = {k: float(sum(L.area[k] for L in layers)) for k in layers[0].area}
+    return NetworkCost(layers, e, float(sum(L.latency for L in layers)), a)
+
+
+def layer_energy(W, hw: HardwareConfig, *, g_min: float | None = None, g_max: float | None = None,
+                 u2=None, m2=None, cfg: EnergyConfig | None = None, plan=None) -> dict:
+    """:func:`layer_cost`'s energy [J] per input vector of the matrix ``W`` mapped in the window
+    ``[g_min, g_max]`` (default the config's), as a flat dict: the components, ``total``,
+    ``tia_feedback`` (when ``m2`` is given), the latency ``latency_s``, the area ``area_m2`` and the counts.
+
+    Parameters
+    ----------
+    W : (in, out) weights. hw : the hardware config. g_min, g_max : the window [S].
+    u2, m2 : drive statistics (see :func:`layer_cost`). cfg : the energy figures (default ``hw.energy``).
+    plan : the layer's plan, if already mapped (``W``, ``hw``, ``g_min`` and ``g_max`` are then unused).
     """
     from memcim.mapping.crossbar import map_matrix
 
-    cfg = cfg or EnergyConfig()
     if plan is None:
         W = np.asarray(W, dtype=np.float64)
         if W.ndim != 2:
@@ -279,33 +495,13 @@ def layer_energy(W, hw: HardwareConfig, *, g_min: float | None = None, g_max: fl
         if not (0 <= g_min < g_max):
             raise ValueError(f"g_max: the window [{g_min:g}, {g_max:g}] S is not allowed; need 0 <= g_min < g_max")
         plan = map_matrix(W, hw.without("wires").set({"device.g_min": g_min, "device.g_max": g_max}))
-    hw = plan.hw
-    n, m = plan.in_features, plan.out_features
-    if m2 is not None:
-        m2 = np.asarray(m2, dtype=np.float64)
-        if m2.shape != (n, n):
-            raise ValueError(f"m2: shape {m2.shape} does not match the {n} inputs; expected ({n}, {n})")
-        u2 = np.diag(m2).copy()
-    u2 = np.full(n, 1.0 / 3.0) if u2 is None else np.asarray(u2, dtype=np.float64)
-    if u2.shape != (n,):
-        raise ValueError(f"u2: shape {u2.shape} does not match the {n} inputs")
-    T, C = plan.n_row_tiles, plan.n_col_tiles
-    t = cfg.read_time(hw)
-    v = hw.array.v_read
-    e_xbar = t * crossbar_power(plan, u2)
-    dac_conv = C * n
-    arrays_per_tile = 2 if (hw.mapping.scheme == "differential" and hw.mapping.pair == "arrays") else 1
-    e_dac = dac_conv * (2 ** hw.dac.bits) * cfg.dac_c_unit * cfg.dac_vdd ** 2 \
-        + C * float(u2.sum()) * arrays_per_tile * hw.array.cols * cfg.c_cell * v * v
-    conv = T * m
-    e_adc = conv * cfg.adc_fom * 2 ** hw.adc.bits
-    e_tia = conv * cfg.tia_power * t
-    e_dig = m * ((T - 1) * _pj("int32_add") + _pj("fp32_mult") + _pj("fp32_add"))
-    out = {"crossbar": e_xbar, "dac": e_dac, "adc": e_adc, "tia": e_tia, "digital": e_dig}
-    if m2 is not None:
-        out["tia_feedback"] = t * tia_power(plan, m2)
-    out["total"] = sum(out.values())
-    out.update(conversions=conv, dac_conversions=dac_conv, row_tiles=T, col_tiles=C, t_read=t)
+    c = layer_cost(plan, u2=u2, m2=m2, energy=cfg)
+    out = dict(c.energy)
+    if c.detail["has_feedback"]:
+        out["tia_feedback"] = c.detail["tia_feedback"]
+    out.update(latency_s=c.latency, area_m2=c.area["total"], conversions=c.counts["conversions"],
+               dac_conversions=c.counts["dac_drives"], row_tiles=c.counts["row_tiles"],
+               col_tiles=c.counts["col_tiles"], t_read=c.counts["t_read"])
     return out
 
 
@@ -321,6 +517,7 @@ def digital_energy(n_in: int, n_out: int, cfg: EnergyConfig | None = None) -> di
 
 
 def network_energy(layers: list[dict]) -> dict:
-    """Sum :func:`layer_energy` (or :func:`digital_energy`) results over layers."""
-    keys = [k for k in ("crossbar", "dac", "adc", "tia", "tia_feedback", "digital", "total") if all(k in L for L in layers)]
+    """Sum :func:`layer_energy` (or :func:`digital_energy`) results over layers: every energy component
+    present in all of them, and the latency."""
+    keys = [k for k in ENERGY_PARTS + ("tia_feedback", "total", "latency_s") if all(k in L for L in layers)]
     return {k: float(sum(L[k] for L in layers)) for k in keys}
