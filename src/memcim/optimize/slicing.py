@@ -10,8 +10,10 @@ With the error additive over layers to first order,
     MSE(d_1, ..., d_L) ~ MSE_ref + sum_l (MSE_l(d_l) - MSE_ref),
 
 the choice minimising it under ``sum_l cost_l(d_l) <= budget`` is a multiple-choice knapsack, solved
-exactly by dynamic programming over the layers' Pareto fronts (cost, error). The chosen design is
-then predicted as a whole (``predicted_mse``). :func:`brute_force_slicing` predicts every combination
+exactly by dynamic programming over the layers' Pareto fronts (cost, error). Since the layers'
+errors interact (a layer's error is amplified or damped by the next layers' noise), the knapsack's
+choice is then refined on the whole network's closed form: the best single-layer change within the
+budget, repeated while one lowers the predicted MSE (``predicted_mse`` is the whole design's). :func:`brute_force_slicing` predicts every combination
 of the whole network instead (the check of the optimizer; ``prod_l |candidates_l|`` predictions).
 
 Cost proxies (any callable ``cost(plan) -> float`` of a :class:`memcim.mapping.slicing.SlicedPlan`
@@ -106,6 +108,13 @@ class SlicingChoice:
                           for t in self.table]}
 
 
+def _budget(budget) -> float:
+    """A budget >= 0; ``None`` or ``math.inf``: no limit."""
+    if budget is None or (isinstance(budget, float) and budget == float("inf")):
+        return float("inf")
+    return _validate.number("budget", budget, lo=0.0)
+
+
 def _sliced(hw: HardwareConfig, bits) -> HardwareConfig:
     return hw.replace(slicing={"weight_bits_per_slice": list(bits), "weight_slices": None, "weight_bits": None})
 
@@ -194,7 +203,8 @@ def _predict(model, x, hws, calib_data, **kw) -> float:
 
 
 def choose_slicing(model, x, hw, budget: float, *, cost: Callable = conversion_cost,
-                   candidates: Sequence | None = None, calib_data=None, **predict_kw) -> SlicingChoice:
+                   candidates: Sequence | None = None, calib_data=None, refine: bool = True,
+                   **predict_kw) -> SlicingChoice:
     """The slices and bits per crossbar layer with the smallest predicted output MSE whose total cost
     is within ``budget`` (see the module docstring).
 
@@ -203,19 +213,21 @@ def choose_slicing(model, x, hw, budget: float, *, cost: Callable = conversion_c
     model : a matrix W (in, out) or a network (as :func:`memcim.analysis.predict.predict` takes).
     x : inputs. hw : the hardware; its ``slicing`` section gives the weight precision (and the encoding
         and input mode every candidate keeps).
-    budget : the largest total cost allowed (the cost's units).
+    budget : the largest total cost allowed (the cost's units; None or ``math.inf``: no limit).
     cost : ``cost(plan) -> float`` per layer (:func:`conversion_cost`, :func:`area_cost`,
         :func:`energy_cost`, or your own).
     candidates : per layer a list of bit tuples (or one list for every layer); default every
         composition of ``slicing.weight_bits`` into slices of at most ``log2(device.levels)`` bits.
     calib_data : calibration inputs (a network's, or a matrix's ``calib_inputs``).
+    refine : after the knapsack, change one layer at a time on the whole network's closed form while
+        that lowers the predicted MSE within the budget (default True; False: the additive optimum).
     predict_kw : passed on to ``predict``.
 
     Returns
     -------
     :class:`SlicingChoice`. Raises ``ValueError`` naming ``budget`` when no design fits.
     """
-    budget = _validate.number("budget", budget, lo=0.0)
+    budget = _budget(budget)
     hw, cands, costs = _setup(model, hw, candidates, cost, calib_data)
     L = len(cands)
     ref = [_sliced(hw, c[0]) for c in cands]
@@ -249,16 +261,42 @@ def choose_slicing(model, x, hw, budget: float, *, cost: Callable = conversion_c
             cheapest = sum(min(r["cost"] for r in t) for t in table)
             raise ValueError(f"budget: {budget:g} is not allowed; the cheapest design costs {cheapest:g}")
     c, _, ch = min(front, key=lambda t: (t[1], t[0]))
+    ch = list(ch)
+    pred = _predict(model, x, [_sliced(hw, cands[l][j]) for l, j in enumerate(ch)], calib_data, **predict_kw)
+    n_eval += 1
+    # refine on the whole network's closed form (the layers' errors are additive only to first order):
+    # single-layer changes within the budget, the best improvement first, until none lowers it
+    seen = {tuple(ch): pred}
+    while refine:
+        best = None
+        for l in range(L):
+            for j in range(len(cands[l])):
+                if j == ch[l]:
+                    continue
+                trial = ch[:l] + [j] + ch[l + 1:]
+                tc = sum(costs[i][k] for i, k in enumerate(trial))
+                if tc > budget * (1 + 1e-12):
+                    continue
+                if tuple(trial) not in seen:
+                    seen[tuple(trial)] = _predict(model, x, [_sliced(hw, cands[i][k]) for i, k in enumerate(trial)],
+                                                  calib_data, **predict_kw)
+                    n_eval += 1
+                e = seen[tuple(trial)]
+                if e < pred and (best is None or (e, tc) < best[:2]):
+                    best = (e, tc, trial)
+        if best is None:
+            break
+        pred, c, ch = best
     designs = [cands[l][j] for l, j in enumerate(ch)]
-    pred = _predict(model, x, [_sliced(hw, d) for d in designs], calib_data, **predict_kw)
-    return SlicingChoice(designs, pred, c, budget, table, n_eval + 1)
+    c = sum(costs[l][j] for l, j in enumerate(ch))
+    return SlicingChoice(designs, pred, c, budget, table, n_eval)
 
 
 def brute_force_slicing(model, x, hw, budget: float, *, cost: Callable = conversion_cost,
                         candidates: Sequence | None = None, calib_data=None, **predict_kw) -> SlicingChoice:
     """Predict every combination of the layers' candidates and keep the best within ``budget``
     (the reference of :func:`choose_slicing`; same parameters)."""
-    budget = _validate.number("budget", budget, lo=0.0)
+    budget = _budget(budget)
     hw, cands, costs = _setup(model, hw, candidates, cost, calib_data)
     best, n_eval, table = None, 0, []
     for combo in itertools.product(*[range(len(c)) for c in cands]):
