@@ -38,6 +38,7 @@ BUILTIN_MODULES = (
     "memcim.experiments.tasks",
     "memcim.experiments.drift",
     "memcim.experiments.layers_eval",
+    "memcim.experiments.energy_front",
 )
 
 

@@ -132,6 +132,10 @@ def _text(doc: dict) -> str:
         else:
             acc = f"accuracy {a['mean'] * 100:6.2f} % (one chip: no interval; --chips N for error bars)"
         lines.append(f"  {_label(r):18s} {acc}, {mse}")
+        if r.get("energy"):
+            e = r["energy"]
+            lines.append(f"  {'':18s} energy {e['energy_per_inference_j'] * 1e9:.4g} nJ/inference, latency "
+                         f"{e['latency_s'] * 1e6:.4g} us, area {e['area_m2'] * 1e6:.4g} mm^2 (hardware.energy)")
     return "\n".join(lines)
 
 

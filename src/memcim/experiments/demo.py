@@ -120,7 +120,9 @@ def _layer_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, np.ndarray]:
 def _acc_summary(r: dict) -> dict:
     keep = ("mean", "std", "ci95_mean", "n", "values")
     return {"digital": r["digital"]["accuracy"], "accuracy": {k: r["accuracy"][k] for k in keep},
-            "mse": {k: r["mse"][k] for k in ("mean", "std")}, "seconds": r["seconds"]}
+            "mse": {k: r["mse"][k] for k in ("mean", "std")}, "seconds": r["seconds"],
+            **({"energy": {k: r["energy"][k] for k in ("energy_per_inference_j", "latency_s", "area_m2")}}
+               if r.get("energy") else {})}
 
 
 def label(hw) -> str:
@@ -372,6 +374,11 @@ def format_table(result: DemoResult) -> str:
                 r = per["presets"][p]["accuracy"]
                 row += f"{100 * r['mean']:>11.2f} ± {100 * r['std']:4.2f}"
             lines.append(row)
+            en = [(p, per["presets"][p]["energy"]) for p in a["presets"] if per["presets"][p].get("energy")]
+            if en:
+                lines.append("   " + " " * 30 + "  ".join(
+                    f"{p}: {e['energy_per_inference_j'] * 1e9:.3g} nJ/inf, {e['latency_s'] * 1e6:.3g} us, "
+                    f"{e['area_m2'] * 1e6:.3g} mm^2" for p, e in en))
     if "closed_form" in s:
         cf = s["closed_form"]
         lines.append(f"3. closed form vs Monte Carlo: output MSE of the MLP on {cf['images']} images, "

@@ -314,7 +314,41 @@ def evaluate_analog(model: nn.Module, dataset, hardware: HardwareConfig, *, chip
         mses.append(float(((out - ref) ** 2).mean()))
     return {"digital": {"accuracy": digital_acc}, "accuracy": summarize(accs) if labelled else None,
             "mse": summarize(mses), "conversion": conversion_report(analog).to_dict(), "chips": int(chips),
-            "seed": int(seed), "n_samples": len(dataset), "labelled": labelled, "seconds": time.perf_counter() - t0}
+            "seed": int(seed), "n_samples": len(dataset), "labelled": labelled,
+            "energy": energy_report(analog, dataset.x[:1]), "seconds": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def energy_report(analog: nn.Module, x_one: torch.Tensor, *, max_rows: int = 256) -> dict:
+    """Energy per inference [J], latency [s] and area [m^2] of a converted model: the one energy model
+    (:func:`memcim.hardware.energy.layer_cost`) on every analog layer's plan, with the drive statistics of
+    its calibration inputs (at most ``max_rows`` of them; uniform drives before calibration) and as many
+    array reads per inference as the layer produces outputs per input (a convolution: its positions; a
+    recurrent layer: its steps), counted on one input ``x_one`` (1, ...) run digitally."""
+    from memcim.hardware.energy import layer_cost, network_cost
+
+    layers = analog_layers(analog)
+    counts: dict = {}
+    hooks = [m.register_forward_hook(lambda mod, a, o, n=n: counts.__setitem__(n, counts.get(n, 0) + o.numel()))
+             for n, m in layers]
+    try:
+        with digital_mode(analog):
+            analog(x_one[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    costs = []
+    for n, m in layers:
+        plan = m.plan()
+        cal = m.calibration_inputs
+        x = None if cal is None else cal[:max_rows].detach().to(torch.float64).cpu()
+        reads = max(1, counts.get(n, plan.out_features) // plan.out_features)
+        costs.append(layer_cost(plan, x=x, reads=reads, name=n))
+    net = network_cost(costs)
+    return {**net.summary(), "energy_breakdown_j": net.energy, "area_breakdown_m2": net.area,
+            "per_layer": [{"name": c.name, "energy_j": c.energy["total"], "latency_s": c.latency,
+                           "area_m2": c.area["total"], "reads": c.counts["reads"], "arrays": c.counts["arrays"],
+                           "adc_conversions": c.counts["conversions"]} for c in costs]}
 
 
 @torch.no_grad()
@@ -346,4 +380,5 @@ def _evaluate_over_time(model, dataset, hardware, *, chips, seed, calib_data, ov
             "times": list(times), "t0": times[0], "compensation": hardware.compensation.drift,
             "over_time": over, "conversion": conversion_report(analog).to_dict(), "chips": int(chips),
             "seed": int(seed), "n_samples": len(dataset), "labelled": labelled,
+            "energy": energy_report(analog, x[:1]),
             "seconds": time.perf_counter() - start}
