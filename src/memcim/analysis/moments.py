@@ -334,12 +334,27 @@ def _derivs(kind: str, beta: float, mu: torch.Tensor, nmax: int) -> list[torch.T
 
 def _fn(kind: str, beta: float):
     return {"softplus": lambda z: F.softplus(z, beta=beta, threshold=20.0), "sigmoid": torch.sigmoid,
-            "tanh": torch.tanh}[kind]
+            "tanh": torch.tanh, "gelu": F.gelu, "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
+            "silu": F.silu}[kind]
 
 
 def _dfn(kind: str, beta: float):
+    if kind == "gelu":
+        return lambda z: 0.5 * torch.erfc(-z / math.sqrt(2.0)) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    if kind == "silu":
+        return lambda z: torch.sigmoid(z) * (1 + z * (1 - torch.sigmoid(z)))
+    if kind == "gelu_tanh":   # autograd of the torch function itself
+        def d(z, f=_fn(kind, beta)):
+            with torch.enable_grad():
+                zz = z.detach().requires_grad_(True)
+                return torch.autograd.grad(f(zz).sum(), zz)[0]
+        return d
     return {"softplus": lambda z: torch.sigmoid(beta * z), "sigmoid": lambda z: torch.sigmoid(z) * (1 - torch.sigmoid(z)),
             "tanh": lambda z: 1 - torch.tanh(z) ** 2}[kind]
+
+
+#: activations without a Taylor series here: always Gauss-Hermite quadrature
+GH_ONLY = ("gelu", "gelu_tanh", "silu")
 
 
 def activation_moments(kind: str, mu: torch.Tensor, var: torch.Tensor, *, beta: float = 1.0,
@@ -348,10 +363,11 @@ def activation_moments(kind: str, mu: torch.Tensor, var: torch.Tensor, *, beta: 
 
     Parameters
     ----------
-    kind : "relu", "softplus", "sigmoid" or "tanh".
+    kind : "relu", "softplus", "sigmoid", "tanh", "gelu", "gelu_tanh" (GELU's tanh form) or "silu".
     mu, var : tensors of the same shape (var >= 0).
     method : "taylor" (series in var truncated at ``order``; order 2 is the paper's Eqs. 8-10)
-        or "gh" (Gauss-Hermite quadrature with ``gh_points`` nodes). ReLU ignores it (exact).
+        or "gh" (Gauss-Hermite quadrature with ``gh_points`` nodes). ReLU ignores it (exact);
+        GELU and SiLU always use Gauss-Hermite quadrature.
     order : even Taylor order >= 2.
 
     Returns
@@ -374,7 +390,7 @@ def activation_moments(kind: str, mu: torch.Tensor, var: torch.Tensor, *, beta: 
         v = torch.where(tiny, torch.zeros_like(v), v)
         slope = torch.where(tiny, (mu > 0).to(mu.dtype), cdf)
         return m, v, slope
-    if method == "gh":
+    if method == "gh" or kind in GH_ONLY:
         t, w = np.polynomial.hermite.hermgauss(gh_points)
         t = torch.as_tensor(t, dtype=mu.dtype) * math.sqrt(2.0)
         w = torch.as_tensor(w / math.sqrt(math.pi), dtype=mu.dtype)
