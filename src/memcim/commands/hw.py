@@ -88,12 +88,12 @@ def full_toml(hw) -> str:
              tomli_w.dumps({"name": hw.name}).rstrip(), ""]
     for sec, names in hw.fields().items():
         lines.append(f"[{sec}]")
-        body = tomli_w.dumps(d[sec]).rstrip()
+        body = tomli_w.dumps(d.get(sec, {})).rstrip()
         if body:
             lines.append(body)
         obj = getattr(hw, sec)
         for n in names:
-            if n in d[sec]:
+            if n in d.get(sec, {}):
                 continue
             v = getattr(obj, n)
             if v is None:
