@@ -458,7 +458,7 @@ class Crossbar:
         """G_eff and, for upstream gradient ``U = dF/dG_eff`` (n, m), ``dF/dg`` (n, m) by the adjoint.
 
         Also returns ``d``, the diagonal sensitivities ``dG_eff[k,l]/dg_kl`` (n, m) (negated
-        product of the two fields, always >= 0), useful as a preconditioner. The fields come from
+        product of the two cell-voltage fields, always >= 0), useful as a preconditioner. The fields come from
         :meth:`_march`.
         """
         G = self.realized()
@@ -466,7 +466,7 @@ class Crossbar:
         D = self._march()[0].reshape(self.N, n + m)        # cell voltages: unit inputs, then adjoints
         dX, dZ = D[:, :n], D[:, n:]
         ar = np.arange(self.N)
-        diag = (dX[ar, ar // m] * dZ[ar, ar % m]).reshape(n, m)
+        diag = -(dX[ar, ar // m] * dZ[ar, ar % m]).reshape(n, m)       # dG[k,l]/dg_kl = -dX_k dZ_l >= 0
         if U is None:
             return G, None, diag
         with single_blas():
