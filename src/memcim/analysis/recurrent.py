@@ -172,25 +172,40 @@ class _Joint:
     def cov_diag(self, a: str, b: str) -> torch.Tensor:
         return self.C[:, self.idx(a), self.idx(b)]
 
+    def _cat(self, t: torch.Tensor, name: str, dim: int) -> torch.Tensor:
+        """The block's slots of ``t`` along ``dim`` (a view for one slot)."""
+        H = self.H
+        parts = [t.narrow(dim, s * H, H) for s in self.blocks[name]]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+
+    def rows(self, name: str) -> torch.Tensor:
+        return self._cat(self.C, name, 1)
+
+    def fcols(self, name: str) -> torch.Tensor:
+        return self._cat(self.F, name, 2)
+
+    def mu(self, name: str) -> torch.Tensor:
+        return self._cat(self.mean, name, 1)
+
     def _set(self, name: str, mean, cross, F, diag=None) -> None:
-        ix = self.idx(name)
+        H = self.H
         if diag is not None:
-            blk = cross[:, :, ix]
-            blk.diagonal(dim1=1, dim2=2).copy_(diag)
-            cross[:, :, ix] = blk
-        self.mean[:, ix] = mean
-        self.C[:, ix, :] = cross
-        self.C[:, :, ix] = cross.transpose(1, 2)
-        self.F[:, :, ix] = F
+            for k, s in enumerate(self.blocks[name]):
+                cross[:, k * H:(k + 1) * H, s * H:(s + 1) * H].diagonal(dim1=1, dim2=2).copy_(diag[:, k * H:(k + 1) * H])
+        for k, s in enumerate(self.blocks[name]):
+            sl, kl = slice(s * H, (s + 1) * H), slice(k * H, (k + 1) * H)
+            self.mean[:, sl] = mean[:, kl]
+            self.C[:, sl, :] = cross[:, kl, :]
+            self.C[:, :, sl] = cross[:, kl, :].transpose(1, 2)
+            self.F[:, :, sl] = F[:, :, kl]
 
     # -- operations
     def lin(self, out: str, terms: list, const=None) -> None:
         """``out = sum_k a_k * x_k (+ const)``, element-wise coefficients (B, n) or floats."""
         cross = mean = F = None
         for a, x in terms:
-            ix = self.idx(x)
-            a = a if isinstance(a, torch.Tensor) else torch.full_like(self.mean[:, ix], float(a))
-            c, m, f = a.unsqueeze(-1) * self.C[:, ix, :], a * self.mean[:, ix], a.unsqueeze(1) * self.F[:, :, ix]
+            a = a if isinstance(a, torch.Tensor) else torch.full_like(self.mu(x), float(a))
+            c, m, f = a.unsqueeze(-1) * self.rows(x), a * self.mu(x), a.unsqueeze(1) * self.fcols(x)
             cross, mean, F = (c, m, f) if cross is None else (cross + c, mean + m, F + f)
         self_blk = sum((cross[:, :, self.idx(x)] * (a.unsqueeze(1) if isinstance(a, torch.Tensor) else a))
                        for a, x in terms)
@@ -201,11 +216,11 @@ class _Joint:
     def act(self, x: str, kind: str, out: str | None = None) -> None:
         """``f(x)`` (sigmoid/tanh): in place, or into a new block ``out`` (x kept)."""
         ix = self.idx(x)
-        m, v, s = mo.activation_moments(kind, self.mean[:, ix], self.var(x), method=self.act_method,
+        m, v, s = mo.activation_moments(kind, self.mu(x), self.var(x), method=self.act_method,
                                         order=self.order)
-        cross = s.unsqueeze(-1) * self.C[:, ix, :]
+        cross = s.unsqueeze(-1) * self.rows(x)
         blk = cross[:, :, ix] * s.unsqueeze(1)
-        F = self.F[:, :, ix] * s.unsqueeze(1)
+        F = self.fcols(x) * s.unsqueeze(1)
         if out is None:
             cross[:, :, ix] = blk
             self._set(x, m, cross, F, diag=v)
@@ -216,27 +231,29 @@ class _Joint:
 
     def prod(self, out: str, a: str, b: str) -> None:
         """Element-wise product of two blocks (Gaussian moments)."""
-        ma, mb = self.mean[:, self.idx(a)], self.mean[:, self.idx(b)]
+        ma, mb = self.mu(a), self.mu(b)
         va, vb, cab = self.var(a), self.var(b), self.cov_diag(a, b)
         self.lin(out, [(mb, a), (ma, b)])
-        io = self.idx(out)
-        self.mean[:, io] = ma * mb + cab
-        self.C[:, io, io] = (ma * ma * vb + mb * mb * va + va * vb + cab * cab + 2 * ma * mb * cab).clamp_min(0.0)
+        s = self.blocks[out][0] * self.H
+        sl = slice(s, s + self.H)
+        self.mean[:, sl] = ma * mb + cab
+        self.C[:, sl, sl].diagonal(dim1=1, dim2=2).copy_(
+            (ma * ma * vb + mb * mb * va + va * vb + cab * cab + 2 * ma * mb * cab).clamp_min(0.0))
 
     def read(self, out: str, x: str, view: _View, own: tuple | None) -> None:
         """``out = gain (W~ x + dW x) + eta`` through the hardware step; ``own = (offset, coef (B, m, r))``:
         the shared-noise latents of this matrix, ``dW_j . x ~= sum_k coef_jk zeta_(offset + j r + k)``."""
         ix = self.idx(x)
         B, n = self.mean.shape[0], ix.numel()
-        mu, cxx = self.mean[:, ix], self.C[:, ix][:, :, ix]
+        mu, cxx = self.mu(x), self.rows(x)[:, :, ix]
         st = mo.Moments(mu, torch.diagonal(cxx, dim1=1, dim2=2).clamp_min(0.0).clone(), "exact",
                         0.5 * (cxx + cxx.transpose(1, 2)))
         o = view.step(st)
         g = view.gain(o.mean)
         W = view.W
         m = W.shape[0]
-        cross = torch.einsum("jh,bhd->bjd", W, self.C[:, ix, :])
-        F = self.F[:, :, ix] @ W.t()                                     # (B, N, m)
+        cross = torch.einsum("jh,bhd->bjd", W, self.rows(x))
+        F = self.fcols(x) @ W.t()                                     # (B, N, m)
         wx = None
         if own is not None:
             off, coef = own
@@ -682,8 +699,8 @@ def predict_recurrent(model: nn.Module, x, hw=None, *, calib_data=None, rank: in
         base = digital if hwc is not None else convert_to_digital(model)
         if hwc is None:
             raise ValueError("hw: a HardwareConfig (or a preset name) is required with calib_data")
-        analog = convert_to_analog(base.float() if cd.dtype == torch.float32 else base, hwc, calib_data=cd.to(
-            next(base.parameters()).dtype))
+        base = nn.Sequential(base) if isinstance(base, (nn.LSTM, nn.GRU)) else base   # convert takes containers
+        analog = convert_to_analog(base, hwc, calib_data=cd.to(next(base.parameters()).dtype))
     if analog is None and hwc is None:
         raise ValueError("hw: a HardwareConfig (or a preset name) is required for a digital model")
     units = {}
