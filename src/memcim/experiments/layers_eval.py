@@ -99,7 +99,7 @@ def chip_stats(net, ds, hw, *, chips: int, seed: int, calib, batch_size: int, n_
             accs.append(float((out.argmax(1) == ds.y).float().mean()))
             err = (out - ref) ** 2
             mses.append(float(err.mean()))
-            mses_p.append(float(err[:n_predict].mean()))
+            mses_p.append(float(err[:max(n_predict, 1)].mean()))
     report = conversion_report(analog).to_dict()
     return {"accuracy": summarize(accs), "mse": summarize(mses), "mse_predict_images": summarize(mses_p),
             "conversion": {"analog": [a["name"] for a in report["analog"]],
@@ -141,11 +141,11 @@ def hardware_aware_finetune(net, hw, train_ds, *, calib, epochs: int, lr: float,
           title="issue-15 reference models (ResNet-style CNN, LSTM, ViT; MLP and CNN beside) on every preset: "
                 "accuracy over chips, Monte Carlo vs predicted output MSE, hardware-aware fine-tuning gain",
           plot=lambda result, path: plot(result, path),
-          quick={"chips": 3, "n_images": 200, "n_predict": 50, "hwa_images": 1280},
+          quick={"chips": 3, "n_images": 200, "n_predict": 5, "hwa_images": 1280},
           summary=lambda result: result["summary"], hardware="noisy")
-def models_eval(*, models=MODELS, hw=None, chips: int = 10, dataset: str = "mnist", n_images: int = 1000,
-                n_predict: int = 100, seed: int = 0, calib_samples: int = 256, batch_size: int = 500,
-                hwa_hw="noisiest", hwa_images: int = 10000, hwa_epochs: int = 1, hwa_lr: float = 1e-3,
+def models_eval(*, models=MODELS, hw=None, chips: int = 10, dataset: str = "mnist", n_images: int = 500,
+                n_predict: int = 10, seed: int = 0, calib_samples: int = 256, batch_size: int = 500,
+                hwa_hw="noisiest", hwa_images: int = 5000, hwa_epochs: int = 1, hwa_lr: float = 1e-3,
                 hwa_batch_size: int = 128, progress: bool = False, log=None) -> dict:
     """Evaluate each model on each hardware, then fine-tune it hardware-aware on the noisiest one.
 
@@ -155,7 +155,8 @@ def models_eval(*, models=MODELS, hw=None, chips: int = 10, dataset: str = "mnis
     hw : a preset name, file or config, or a list; default every preset of :func:`model_presets`.
     chips : chips programmed per (model, hardware); chip ``c`` uses ``layer_seed(seed, c)``.
     dataset, n_images : the first ``n_images`` test images of ``dataset``.
-    n_predict : the first images of those on which the closed form and the Monte Carlo MSE are compared.
+    n_predict : the first images of those (at most ``n_images``) on which the closed form and the Monte
+        Carlo MSE are compared (the closed form of a ResNet or a ViT takes seconds per image); 0 skips it.
     calib_samples : training images that calibrate the ADC full scales (evaluation, closed form and
         fine-tuning alike).
     batch_size : inference batch size.
@@ -179,7 +180,7 @@ def models_eval(*, models=MODELS, hw=None, chips: int = 10, dataset: str = "mnis
     import torch
 
     from memcim.config import HardwareConfig, resolve_config
-    from memcim.data.spec import calibration_data, load_data
+    from memcim.data.spec import load_data
     from memcim.nn.evaluate import summarize
     from memcim.nn.loading import fit_input
     from memcim.nn.models import get_reference_model
@@ -187,7 +188,7 @@ def models_eval(*, models=MODELS, hw=None, chips: int = 10, dataset: str = "mnis
 
     chips = validate.integer("chips", chips, lo=1, hi=100_000)
     n_images = validate.integer("n_images", n_images, lo=1, hi=1_000_000)
-    n_predict = validate.integer("n_predict", n_predict, lo=1, hi=n_images)
+    n_predict = min(validate.integer("n_predict", n_predict, lo=0, hi=1_000_000), n_images)
     calib_samples = validate.integer("calib_samples", calib_samples, lo=1, hi=1_000_000)
     batch_size = validate.integer("batch_size", batch_size, lo=1, hi=10_000_000)
     hwa_images = validate.integer("hwa_images", hwa_images, lo=1, hi=10_000_000)
@@ -207,7 +208,10 @@ def models_eval(*, models=MODELS, hw=None, chips: int = 10, dataset: str = "mnis
             raise ValueError(f"hwa_hw: {str(e).split(': ', 1)[-1]}") from None
     spec = f"{dataset}:test:{n_images}"
     ds = load_data(spec)
-    calib = calibration_data(spec, calib_samples)
+    # one read of the training split: its first calib_samples calibrate (as calibration_data gives them),
+    # its first hwa_images fine-tune
+    train_all = load_data(f"{dataset}:train:{max(calib_samples, hwa_images if hwa_hw is not None else 0)}")
+    calib = train_all.x[:calib_samples]
     start = _time.perf_counter()
     nets, labels, digital, results = {}, [], {}, []
     for name in models:
@@ -226,7 +230,9 @@ def models_eval(*, models=MODELS, hw=None, chips: int = 10, dataset: str = "mnis
             except ValueError as e:    # the hardware cannot map this model (e.g. no conductance scale fits)
                 row["error"] = f"not supported: {_one_line(e)}"
             row["seconds"] = _time.perf_counter() - t
-            if "error" not in row:
+            if "error" not in row and n_predict == 0:
+                row["predicted"] = {"mse": None, "status": "skipped: n_predict = 0", "seconds": 0.0}
+            elif "error" not in row:
                 row["predicted"] = predicted_mse(nets[label], ds.x[:n_predict], h, calib)
                 mc, pr = row["mse_predict_images"]["mean"], row["predicted"]["mse"]
                 row["predicted"]["ratio_to_mc"] = (pr / mc) if (pr is not None and mc > 0) else None
@@ -246,7 +252,7 @@ def models_eval(*, models=MODELS, hw=None, chips: int = 10, dataset: str = "mnis
     hwa = []
     if hwa_hw is not None and (hwa_cfg is not None or noisiest is not None):
         target = hwa_cfg if hwa_cfg is not None else next(h for h in hws if h.name == noisiest)
-        train_ds = load_data(f"{dataset}:train:{hwa_images}")
+        train_ds = train_all if len(train_all) == hwa_images else load_data(f"{dataset}:train:{hwa_images}")
         for label in labels:
             t = _time.perf_counter()
             before = next((r for r in ok if r["model"] == label and r["hardware"] == target.name), None)
