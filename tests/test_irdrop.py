@@ -330,3 +330,76 @@ def test_cli_simulate_conductances_must_be_positive(tmp_path, capsys, g):
     np.save(tmp_path / "G.npy", np.array(g))
     rc, _, err = run_cli(["simulate", "--conductances", tmp_path / "G.npy"], capsys)
     assert rc == 2 and "--conductances: minimum" in err
+
+
+# ------------------------------------------------------------------------------------------------
+# trained weights (the reference MLP), errors from a fresh circuit solve of the mapped conductances
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mlp_blocks():
+    """32 x 32 blocks of the trained 784-256-128-10 MLP (weights as (inputs, outputs)) with the block's
+    real inputs (MNIST training images through the float network)."""
+    import torch
+
+    from memcim.data.datasets import load_dataset
+    from memcim.nn.models import get_reference_model
+
+    net = get_reference_model("mnist-mlp-256-128").double().eval()
+    x = torch.as_tensor(load_dataset("mnist", "train", limit=1500).x, dtype=torch.float64).flatten(1)
+    fc1, fc2 = net[1], net[3]
+    with torch.no_grad():
+        h1 = torch.relu(fc1(x))
+    W1, W2 = fc1.weight.detach().numpy().T, fc2.weight.detach().numpy().T
+    return [(W1[376:408, 112:144], x.numpy()[:, 376:408]), (W2[0:32, 0:32], h1.numpy()[:, 0:32])]
+
+
+def _circuit_errors(W, plan, X=None):
+    """Frobenius and max output error of a one-array-pair plan, from new Crossbar solves of its conductances."""
+    w, a = plan.hw.wires, plan.scale[0, 0].item()
+    n, m = W.shape
+    Wr = (Crossbar(plan.g_pos[0, :n, :m].numpy(), w).realized() - Crossbar(plan.g_neg[0, :n, :m].numpy(), w)
+          .realized()) / a
+    return error_report(W, Wr, inputs=X), Wr
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_representable_beats_dpe_on_trained_blocks(mlp_blocks, k):
+    """Trained layers gain less than random matrices (their error is mostly the 8-bit levels, which DPE
+    shares), but representable still wins on both measures. Measured (32 x 32): Frobenius 2.1x / 2.0x,
+    max output error 3.0x / 2.9x; asserted with margin: 1.3x and 1.8x (deterministic: no sampling)."""
+    W = mlp_blocks[k][0]
+    h = hw("dpe", **{"array.rows": 32, "array.cols": 32})
+    e = {m: _circuit_errors(W, map_matrix(W, h.set("mapping.method", m)))[0] for m in ("dpe", "representable")}
+    assert e["representable"]["frobenius_error"] * 1.3 < e["dpe"]["frobenius_error"]
+    assert e["representable"]["max_output_error"] * 1.8 < e["dpe"]["max_output_error"]
+
+
+def test_level_rounding_for_the_inputs_lowers_the_output_error(mlp_blocks):
+    """The rounding to the device levels shaped for the inputs (default: uniform [0, 1] inputs) lowers the
+    mean squared output error over uniform inputs against nearest-level rounding of the same tuned plan;
+    checked by Monte Carlo over 4000 inputs through fresh circuit solves."""
+    from memcim.mapping.irdrop import map_block
+
+    W = mlp_blocks[0][0]
+    mp = hw("representable").mapping
+    X = np.random.default_rng(5).uniform(0, 1, (4000, W.shape[0]))
+    mse = {}
+    for rounding in ("plain", "aware"):
+        gp, gn, a, info = map_block(W, as_wires(), HW.device, mp, rounding=rounding)
+        assert info.get("rounding", "plain") == rounding
+        Wr = (Crossbar(gp, as_wires()).realized() - Crossbar(gn, as_wires()).realized()) / a
+        mse[rounding] = np.mean((X @ (Wr - W)) ** 2)
+    assert mse["aware"] < 0.5 * mse["plain"]       # measured 0.17x (4000 inputs: MC error ~2 %)
+
+
+def test_second_moment_of_real_inputs_lowers_the_data_error(mlp_blocks):
+    """Input-aware mapping with E[x^T x] of 1000 MNIST images lowers the output MSE on 500 other images
+    (the errors by fresh circuit solves)."""
+    W, X = mlp_blocks[0]
+    M = X[:1000].T @ X[:1000] / 1000
+    h = hw("representable", **{"array.rows": 32, "array.cols": 32})
+    mse = {}
+    for tag, sm in (("plain", None), ("M", M)):
+        _, Wr = _circuit_errors(W, map_matrix(W, h, second_moment=sm))
+        mse[tag] = np.mean((X[1000:] @ (Wr - W)) ** 2)
+    assert mse["M"] < 0.7 * mse["plain"]           # measured 0.41x

@@ -311,8 +311,10 @@ def map_representable(W, wires: WiresConfig, dev: DeviceConfig, v_cal=None, seco
         free = (gp > g_min * (1 + 1e-9)) | (gn > g_min * (1 + 1e-9))
         den = (v_cal[:, None] * free).sum(0)
         u = np.where(den > 0, (v_cal @ R) / np.where(den > 0, den, 1), 0.0)
-        T = T - free * u[None, :]
-        st = None
+        T_new = T - free * u[None, :]
+        E_new = st[1] + T - T_new                         # the same circuit against the new target
+        st = (tuner.loss(E_new), E_new, st[2], st[3])
+        T = T_new
     info = {"alpha_trace": trace, "circuit_evaluations": tuner.n_evals}
     if dev.levels is not None and rounding != "none":
         gp, gn, info["rounding"] = _round(tuner, gp, gn, a_best, W, E + T - W, dev, M, v_cal, rounding)
@@ -331,10 +333,11 @@ def _round(tuner, gp, gn, alpha, W, E, dev, M, v_cal, rounding):
     if sens is None:
         sens = (Crossbar(gp, tuner.w).realized_and_grad()[2], Crossbar(gn, tuner.w).realized_and_grad()[2])
     ap, an = round_to_levels(gp, gn, alpha, W, E, sens, dev, Mr)
-    out = lambda p, q: np.sum((Mr @ (E_ := (Crossbar(p, tuner.w).realized() - Crossbar(q, tuner.w).realized())
-                                      / alpha - W)) * E_)
-    tuner.n_evals += 2
-    return (ap, an, "aware") if out(ap, an) < out(qp, qn) else (qp, qn, "plain")
+    Ea = (Crossbar(ap, tuner.w).realized() - Crossbar(an, tuner.w).realized()) / alpha - W
+    tuner.n_evals += 1
+    # the nearest-level plan by linearisation (its exact evaluation would cost another circuit solve)
+    Ep = E + (sens[0] * (qp - gp) - sens[1] * (qn - gn)) / alpha
+    return (ap, an, "aware") if np.sum(Ea * (Mr @ Ea)) < np.sum(Ep * (Mr @ Ep)) else (qp, qn, "plain")
 
 
 # ------------------------------------------------------------------------------------------------
