@@ -583,6 +583,7 @@ class _HardwareStep:
         vsum = slv = 0.0
         sl_sum = 0.0
         vin_tiles = 0.0
+        self.last_tiles = []                           # per array: the ADC's input (read by analysis.slicing)
         for t in range(T):
             if T == 1:
                 mean_t = out.mean - bias
@@ -601,6 +602,7 @@ class _HardwareStep:
             if dmean is not None:
                 mean_t = mean_t + (dmean[t] if T > 1 else dmean)
             step = xs * _col(lh.fs[t].to(st.mean.dtype), layer) / K
+            self.last_tiles.append((mean_t, v_t, step, self.masks[t] if T > 1 else None))
             a, b, s = quantizer_moments(mean_t, v_t, step, adc)
             qm, qv = qm + a, qv + b
             vsum = vsum + v_t
