@@ -1,7 +1,19 @@
-"""Benchmark: circuit solver vs ngspice, solve time vs size, mapping time, representable vs dpe error.
+"""Benchmark: the circuit solver -- realized-matrix time vs size against the replaced solver and ngspice,
+ngspice agreement, the gradient fields, and the options measured before choosing the solver.
 
-Run:  .venv/bin/python bench/bench_circuit.py [--sizes 32 64 128 256 512] [--map-sizes 64 128]
-Writes bench/results/circuit.json and prints a table.
+Run:  .venv/bin/python bench/bench_circuit.py [--sizes 128 256 512 1024] [--old-sizes 128 256]
+      [--spice-size 32] [--spice-one 128]
+Writes bench/results/circuit.json and prints a table. Mapping time and error against DPE: bench/bench_irdrop.py.
+
+Peers, measured in the same run:
+* ``old``: the solver this one replaced (up to commit 94f0a27^): SuperLU with its default COLAMD
+  order on the natural node numbering, then n + m solves for the adjoint fields (its realized matrix
+  came from them). Written out here as the peer; only at sizes where it is quick (it took 50-83 s at 512).
+* ``ngspice`` (``ngspice -b`` on the netlist of :func:`memcim.hardware.circuit.to_spice`): the realized
+  matrix of a ``--spice-size`` array (n operating points) and one operating point of a ``--spice-one``
+  array; the agreement is the max relative difference.
+* ``block-tridiagonal sweep`` (an option not chosen): rows as blocks, each an m x m dense Schur complement,
+  n dense LU + solves; timed for a few steps at 512 and extrapolated.
 """
 from __future__ import annotations
 
@@ -10,89 +22,118 @@ import os
 import time
 
 import numpy as np
+import scipy.linalg as sl
+import scipy.sparse.linalg as sla
 
 from memcim.config import preset
-from memcim.hardware.circuit import Crossbar, ngspice_available, run_ngspice, to_spice
+from memcim.hardware.circuit import (Crossbar, _cell_stamp, _wire_matrix, ngspice_available, run_ngspice,
+                                     single_blas, to_spice)
 from memcim.io import provenance, write_json
-from memcim.mapping.crossbar import map_matrix
-from memcim.mapping.irdrop import error_report
 
-#: paper 002's set-up (the irdrop preset): 2 kOhm .. 3 MOhm, 8 bits, 1 Ohm wires, 100 Ohm in/out
+#: paper 002's set-up (the irdrop preset): 2 kOhm .. 3 MOhm, 1 Ohm wires, 100 Ohm in/out
 HW = preset("irdrop").without("dac", "adc")
 G_MIN, G_MAX = HW.device.g_min, HW.device.g_max
 
 
-def map_report(W, method):
-    """Map one n x n matrix on one array pair (the array grows with the matrix) and report its errors."""
-    n = W.shape[0]
-    hw = HW.set({"mapping.method": method, "array.rows": max(n, 128), "array.cols": max(n, 128)})
+def old_realized(g, w):
+    """The replaced solver: COLAMD-ordered SuperLU on the natural numbering, m adjoint solves."""
+    n, m = g.shape
+    N = n * m
+    Y = (_wire_matrix(n, m, w) + _cell_stamp(n, m, g)).tocsc()
+    lu = sla.splu(Y)
+    S = np.zeros((2 * N, m))
+    S[N + (n - 1) * m + np.arange(m), np.arange(m)] = 1.0 / w.r_out
+    with single_blas():
+        Z = lu.solve(S).T.reshape(m, 2, n, m)
+    return Z[:, 0, :, 0].T / w.r_in
+
+
+def timed(f, *a):
     t0 = time.perf_counter()
-    plan = map_matrix(W, hw)
-    Wr = plan.realized().numpy()
-    t = time.perf_counter() - t0
-    return {"alpha": float(plan.scale[0, 0]), **error_report(W, Wr), "time_s": t}
+    out = f(*a)
+    return out, time.perf_counter() - t0
+
+
+def block_sweep_estimate(m: int, steps: int = 4) -> float:
+    """Seconds of the block-tridiagonal dense sweep at m x m (n = m steps of LU + solve + product)."""
+    rng = np.random.default_rng(0)
+    A = rng.random((m, m)) + m * np.eye(m)
+    B = rng.random((m, m))
+    with single_blas():
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            X = sl.lu_solve(sl.lu_factor(A), B)
+            _ = X @ B
+    return (time.perf_counter() - t0) / steps * m
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 256, 512])
-    ap.add_argument("--spice-size", type=int, default=128)
-    ap.add_argument("--map-sizes", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 256, 512, 1024])
+    ap.add_argument("--old-sizes", type=int, nargs="+", default=[32, 64, 128, 256])
+    ap.add_argument("--spice-size", type=int, default=32, help="realized matrix by ngspice (n operating points)")
+    ap.add_argument("--spice-one", type=int, default=64, help="one ngspice operating point at this size (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
+    w = HW.wires
     res = {"provenance": provenance(seed=a.seed, load_average=os.getloadavg(), cpus=os.cpu_count()),
-           "solve": [], "mapping": []}
-    n = a.spice_size
-    g = rng.uniform(G_MIN, G_MAX, (n, n))
-    t0 = time.perf_counter()
-    G = Crossbar(g, HW.wires).realized()
-    t_ours = time.perf_counter() - t0
-    spice = {"size": n, "memcim_realized_s": t_ours}
-    if ngspice_available():
-        # ngspice needs one operating point per input for the realized matrix (n solves); one
-        # 128x128 operating point takes minutes on this machine, so it is timed for ONE input
-        # and the n-input time extrapolated (a full unit_inputs run exceeded 10 min).
-        v = rng.uniform(0, 0.2, n)
-        t0 = time.perf_counter()
-        I_ours = Crossbar(g, HW.wires).currents(v)
-        t_one = time.perf_counter() - t0
-        I, t_sp = run_ngspice(to_spice(g, v, HW.wires), n, timeout=3600)
-        spice.update(memcim_one_input_s=t_one, ngspice_one_input_s=t_sp, speedup_one_input=t_sp / t_one,
-                     ngspice_realized_estimate_s=t_sp * n, speedup=t_sp * n / t_ours,
-                     max_rel_diff=float(np.abs(I[0] - I_ours).max() / np.abs(I_ours).max()))
-    res["vs_ngspice"] = spice
-    print(f"realized {n}x{n}: memcim {t_ours:.3f} s" + (f", ngspice ~{spice['ngspice_realized_estimate_s']:.0f} s (est. from one input) "
-          f"({spice['speedup']:.0f}x), max rel diff {spice['max_rel_diff']:.1e}" if "speedup" in spice else ""))
-    print(f"{'size':>6} {'factor+realized s':>18} {'one input s':>12}")
+           "wires": w.to_dict(), "solve": [], "vs_ngspice": {}, "options": {}}
+    print(f"{'size':>6} {'realized s':>11} {'old s':>8} {'old/new':>8} {'max rel diff':>13} {'fields s':>9} "
+          f"{'old fields s':>13}")
     for n in a.sizes:
         g = rng.uniform(G_MIN, G_MAX, (n, n))
-        t0 = time.perf_counter()
-        cb = Crossbar(g, HW.wires)
-        cb.realized()
-        t1 = time.perf_counter()
-        cb.currents(rng.uniform(0, 0.2, n))
-        t2 = time.perf_counter()
-        res["solve"].append({"size": n, "realized_s": t1 - t0, "one_input_s": t2 - t1})
-        print(f"{n:>6} {t1 - t0:>18.3f} {t2 - t1:>12.4f}")
-    print(f"{'size':>6} {'method':>14} {'time s':>8} {'fro err':>10} {'max out err':>12}")
-    for n in a.map_sizes:
-        W = rng.uniform(-1, 1, (n, n))
-        row = {"size": n}
-        for m in ("linear", "dpe", "representable"):
-            rep = map_report(W, m)
-            row[m] = {k: rep[k] for k in ("alpha", "frobenius_error", "relative_error", "max_output_error",
-                                          "time_s")}
-            print(f"{n:>6} {m:>14} {rep['time_s']:>8.2f} {rep['frobenius_error']:>10.4g} "
-                  f"{rep['max_output_error']:>12.4g}")
-        row["fro_ratio_dpe_over_representable"] = row["dpe"]["frobenius_error"] / row["representable"]["frobenius_error"]
-        row["maxout_ratio_dpe_over_representable"] = (row["dpe"]["max_output_error"]
-                                                      / row["representable"]["max_output_error"])
-        print(f"{n:>6} ratio dpe/representable: frobenius {row['fro_ratio_dpe_over_representable']:.1f}x, "
-              f"max output {row['maxout_ratio_dpe_over_representable']:.1f}x")
-        res["mapping"].append(row)
-    path = write_json(os.path.join(os.path.dirname(__file__), "results", "circuit.json"), res)
-    print("wrote", path)
+        G, t_new = timed(lambda: Crossbar(g, w).realized())
+        row = {"size": n, "realized_s": t_new}
+        if n in a.old_sizes:
+            G0, t_old = timed(old_realized, g, w)
+            row.update(old_realized_s=t_old, speedup_vs_old=t_old / t_new,
+                       max_rel_diff_vs_old=float(np.abs(G - G0).max() / np.abs(G0).max()))
+        if n <= 256:  # gradient fields: the march against n + m factor solves (the replaced path)
+            cb = Crossbar(g, w)
+            cb.realized()
+            _, t_f = timed(cb.terminal_fields)
+            row["fields_s"] = t_f
+            if n <= 128:
+                _, t_fo = timed(lambda: (cb.node_voltages(np.eye(n)), cb.adjoint_fields()))
+                row.update(fields_by_solves_s=t_fo, fields_speedup=t_fo / t_f)
+        res["solve"].append(row)
+        print(f"{n:>6} {t_new:>11.3f} {row.get('old_realized_s', float('nan')):>8.2f} "
+              f"{row.get('speedup_vs_old', float('nan')):>8.1f} {row.get('max_rel_diff_vs_old', float('nan')):>13.1e} "
+              f"{row.get('fields_s', float('nan')):>9.3f} {row.get('fields_by_solves_s', float('nan')):>13.3f}",
+              flush=True)
+    sizes = [r["size"] for r in res["solve"] if r["size"] >= 128]
+    if len(sizes) >= 2:
+        t = [r["realized_s"] for r in res["solve"] if r["size"] >= 128]
+        res["growth_exponent"] = float(np.polyfit(np.log(sizes), np.log(t), 1)[0])
+        print(f"realized time grows as n^{res['growth_exponent']:.2f} (sizes {sizes[0]}..{sizes[-1]})")
+    res["options"]["block_tridiagonal_sweep_512_estimate_s"] = block_sweep_estimate(512)
+    print(f"option not chosen: block-tridiagonal dense sweep at 512: ~{res['options']['block_tridiagonal_sweep_512_estimate_s']:.1f} s "
+          "(n^4; 16x that at 1024)")
+    if ngspice_available():
+        sp = {}
+        n = a.spice_size
+        g = rng.uniform(G_MIN, G_MAX, (n, n))
+        G, t_ours = timed(lambda: Crossbar(g, w).realized())
+        I, t_sp = run_ngspice(to_spice(g, wires=w, unit_inputs=True), n, timeout=3600)
+        sp.update(size=n, memcim_realized_s=t_ours, ngspice_realized_s=t_sp, speedup=t_sp / t_ours,
+                  max_rel_diff=float(np.abs(I - G).max() / np.abs(G).max()))
+        print(f"realized {n}x{n}: memcim {t_ours:.4f} s, ngspice {t_sp:.2f} s ({sp['speedup']:.0f}x), "
+              f"max rel diff {sp['max_rel_diff']:.1e}")
+        if a.spice_one:
+            n = a.spice_one
+            g = rng.uniform(G_MIN, G_MAX, (n, n))
+            v = rng.uniform(0, 0.2, n)
+            G, t_ours = timed(lambda: Crossbar(g, w).realized())
+            I, t_sp = run_ngspice(to_spice(g, v, w), n, timeout=3600)
+            sp["one_input"] = {"size": n, "ngspice_one_input_s": t_sp, "memcim_realized_s": t_ours,
+                               "ngspice_realized_estimate_s": t_sp * n, "speedup_estimate": t_sp * n / t_ours,
+                               "max_rel_diff": float(np.abs(I[0] - v @ G).max() / np.abs(v @ G).max())}
+            print(f"one operating point {n}x{n}: ngspice {t_sp:.1f} s (realized ~{t_sp * n:.0f} s), memcim realized "
+                  f"{t_ours:.3f} s ({t_sp * n / t_ours:.0f}x), max rel diff {sp['one_input']['max_rel_diff']:.1e}")
+        res["vs_ngspice"] = sp
+    res["provenance"]["load_average_end"] = os.getloadavg()
+    print("wrote", write_json(os.path.join(os.path.dirname(__file__), "results", "circuit.json"), res))
 
 
 if __name__ == "__main__":

@@ -174,7 +174,7 @@ def _nd_order(n: int, m: int, drive: str, internal: bool) -> tuple[np.ndarray, n
         h, w = i1 - i0, j1 - j0
         if h <= 0 or w <= 0:
             return
-        if h * w <= 32 or h < 3 or w < 3:
+        if h * w <= 16 or h < 3 or w < 3:
             # small or thin box: interleave the nodes of each cell (a band along the box)
             blk = idx[i0:i1, j0:j1]
             blk = blk if w >= h else blk.T
