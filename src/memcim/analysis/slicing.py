@@ -9,12 +9,13 @@ own plan, so its moments come from the one per-layer closed form
 quantizer moments per array) and the slices combine as
 
     E[y]   = sum_k a_k E[Y_k] + a_o sum_i x^_i + bias
-    Var[y] = sum_k a_k^2 Var[Y_k] + slope^2 (Var_x[x M] - sum_k a_k^2 Var_x[x M_k])
+    Var[y] = sum_k a_k^2 Var[Y_k] + sum_{k != l} a_k a_l s_k s_l Cov_x(x M_k, x M_l)
 
 the second term only for random inputs (a network's hidden layers): the slices read the same
-inputs, so their input-driven parts are correlated; ``M = sum_k a_k M_k + a_o 1`` is the recombined
-mean weight and ``slope`` the variance-weighted mean slope of the slices' ADCs (as the row tiles of
-one slice are combined). Programming noise, stuck devices and read noise are independent between
+inputs and the same DAC rounding of them, so their input-driven parts are correlated, each through
+its own ADC's mean slope ``s_k`` (first order, Stein's lemma, as the row tiles of one slice are
+combined); the digital offset is one more term (``M = 1``, ``a = a_o``, ``s = 1``). ``Cov_x``
+includes the DAC rounding, ``(x_s/K)^2/12 sum_i P(x_i != 0) M_ki M_li``. Programming noise, stuck devices and read noise are independent between
 slices (separate devices, separate reads): their variances add, each scaled by its significance
 squared (Xiao et al., IEEE Circuits Syst. Mag. 22(4), 2022, Sec. 5: the error of a slice is
 amplified by its significance), and every ADC adds its own rounding at its own step.
@@ -189,7 +190,7 @@ def _bit_serial(par, cyc, st: mo.Moments, hw, cycles, op):
 
 def sliced_read(step, st: mo.Moments) -> mo.Moments:
     """The moments of a sliced layer's output for input moments ``st`` (see the module docstring)."""
-    from memcim.analysis.predict import _col, _is_deterministic, _op
+    from memcim.analysis.predict import _col, _is_deterministic, _op, _per_read
 
     lh, layer = step.lh, step.layer
     S = lh.sliced
@@ -240,9 +241,36 @@ def sliced_read(step, st: mo.Moments) -> mo.Moments:
     slope = torch.where(wsum > 0, slv / wsafe, torch.ones_like(wsum))
     out_c = mo._crossbar_step(st, layer, step.W, step.s2, step.rank, step.max_factors)
     if not det:
+        # the slices read the same random inputs (and the same DAC rounding of them): their parts
+        # driven by the inputs are correlated, each through its own ADC's slope; the digital offset
+        # term a_o sum_i x^_i is one more such part, exact (slope 1). First order in the slopes:
+        # sum_{k != l} a_k a_l s_k s_l Cov_x(x M_k, x M_l), by polarisation of the linear variances
         lin = lambda w: mo._lin_var(st, lambda x: op(x, w), lambda x: op(x, w * w))
-        v_in = lin(step.W) - sum(a * a * lin(p.W) for a, (p, _) in zip(coef, steps))
-        var = (var + slope * slope * v_in).clamp_min(0.0)
+        rounding = None
+        if hw.dac.enabled:
+            if hw.dac.x_range is not None:
+                xs = torch.tensor(float(hw.dac.x_range), dtype=st.mean.dtype)
+            else:
+                xs = _per_read(layer, st.second_moment().sqrt())
+                xs = torch.where(xs > 0, xs, torch.ones_like(xs))
+            nz = st.nonzero if st.nonzero is not None else torch.ones_like(st.mean)
+            rounding = (xs / hw.dac.steps) ** 2 / 12.0
+
+        def cov_in(wa, wb):
+            c = 0.5 * (lin(wa + wb) - lin(wa) - lin(wb))
+            return c if rounding is None else c + rounding * op(nz, wa * wb)
+
+        terms = [(a, p.W, s_) for a, (p, _), s_ in zip(coef, steps, slopes)]
+        if bool((S.offset != 0).any()):
+            ones = torch.ones_like(layer.weight)
+            a_o = _col(S.offset.to(st.mean.dtype), layer)
+            terms.append((a_o, ones, 1.0))
+            var = var + a_o * a_o * cov_in(ones, ones)
+        for i in range(len(terms)):
+            for j in range(i + 1, len(terms)):
+                (ai, wi, si), (aj, wj, sj) = terms[i], terms[j]
+                var = var + 2.0 * ai * aj * si * sj * cov_in(wi, wj)
+        var = var.clamp_min(0.0)
     if step.power is not None:
         parts = [s_ for pair in steps for s_ in pair if s_ is not None]
         step.power[0] = sum(p.power[0] for p in parts)
