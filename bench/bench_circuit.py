@@ -108,8 +108,8 @@ def main():
         res["growth_exponent"] = float(np.polyfit(np.log(sizes), np.log(t), 1)[0])
         print(f"realized time grows as n^{res['growth_exponent']:.2f} (sizes {sizes[0]}..{sizes[-1]})")
     res["options"]["block_tridiagonal_sweep_512_estimate_s"] = block_sweep_estimate(512)
-    print(f"option not chosen: block-tridiagonal dense sweep at 512: ~{res['options']['block_tridiagonal_sweep_512_estimate_s']:.1f} s "
-          "(n^4; 16x that at 1024)")
+    est = res["options"]["block_tridiagonal_sweep_512_estimate_s"]
+    print(f"option not chosen: block-tridiagonal dense sweep at 512: ~{est:.1f} s (n^4; 16x that at 1024)")
     if ngspice_available():
         sp = {}
         n = a.spice_size

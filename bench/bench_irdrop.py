@@ -116,7 +116,8 @@ def _ratios(row, ref="dpe", methods=("representable", "representable+M")):
 
 def _print(name, row):
     r = row["ratios"]
-    print(f"{name:<38} t_rep {row['representable']['time_s']:6.2f}s  fro x{r.get('frobenius_error_dpe_over_representable', 0):5.1f}"
+    fro = r.get("frobenius_error_dpe_over_representable", 0)
+    print(f"{name:<38} t_rep {row['representable']['time_s']:6.2f}s  fro x{fro:5.1f}"
           f"  maxout x{r.get('max_output_error_dpe_over_representable', 0):5.1f}"
           + (f"  data-maxout x{r['max_output_error_data_dpe_over_representable']:5.1f}"
              f" (+M x{r.get('max_output_error_data_dpe_over_representable+M', 0):5.1f}, fro x"

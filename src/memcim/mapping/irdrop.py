@@ -194,11 +194,13 @@ def round_to_levels(gp, gn, alpha, W, E, sens, dev: DeviceConfig, M, damp: float
     made to minimise the expected output error ``tr(E^T M E)`` (``M`` = E[x^T x] of the inputs)
     instead: the rows (inputs) are rounded in order and each row's rounding error is fed forward
     onto the rows not yet rounded through the Cholesky factor of ``M^-1`` -- the optimal-brain
-    quantisation update (OBQ, Frantar & Alistarh, NeurIPS 2022; GPTQ, Frantar et al., ICLR 2023), on the lattice of programmable
-    levels. The effect of a device's level on its weight is linearised through the diagonal
-    sensitivity ``dG_eff[i,j]/dg_ij`` (``sens``); the cross-coupling through IR drop is left to the
-    exact evaluation that follows. Only the larger device of each pair takes part (the other is
-    rounded to its nearest level). ``M`` is damped by ``damp`` times its mean diagonal (rows with
+    quantisation update (OBQ, Frantar & Alistarh, NeurIPS 2022; GPTQ, Frantar et al., ICLR 2023),
+    on the lattice of programmable levels. The effect of a device's level on its weight is
+    linearised through the diagonal sensitivity ``dG_eff[i,j]/dg_ij`` (``sens``); the
+    cross-coupling through IR drop is left to the exact evaluation that follows. The larger device
+    of each pair carries the weight; where the other one rounds to its lowest level, either may
+    (a small weight may switch sign to absorb the error fed forward); elsewhere the other device is
+    rounded to its nearest level. ``M`` is damped by ``damp`` times its mean diagonal (rows with
     no input power otherwise make it singular).
 
     Returns the rounded (gp, gn).
