@@ -717,7 +717,7 @@ class _Graph(_Walker):
 
     # ---------------------------------------------------------------- dispatch
     def node(self, n, args, kwargs, live):
-        where = str(n.target) if n.op == "call_module" else f"{n.name} ({getattr(n.target, '__name__', n.target)})"
+        where = str(n.target) if n.op == "call_module" else n.name
         if n.op == "call_module":
             m = self.modules[n.target]
             if isinstance(m, _HW_MODULES):
@@ -860,6 +860,11 @@ class _Graph(_Walker):
             r = self._binary(where, f, args[0], args[1], live)
             if r is not None:
                 return r
+        pools = {F.max_pool2d: nn.MaxPool2d, F.max_pool1d: nn.MaxPool1d, F.avg_pool2d: nn.AvgPool2d,
+                 F.avg_pool1d: nn.AvgPool1d, F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d,
+                 F.adaptive_avg_pool1d: nn.AdaptiveAvgPool1d}
+        if f in pools:
+            return self.module(where, pools[f](*args[1:], **kwargs), args[:1], {}, live)
         if f is operator.neg:
             return _affine(args[0], -1.0)
         if f is operator.getitem:
