@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from memcim.config import preset
-from memcim.optimize.slicing import (SlicingChoice, area_cost, brute_force_slicing, choose_slicing, conversion_cost,
-                                     energy_cost, slice_candidates)
+from memcim.optimize.slicing import (SlicingChoice, area_cost, brute_force_slicing, chip_area_cost, choose_slicing,
+                                     conversion_cost, energy_cost, slice_candidates)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "agreement"))
@@ -121,8 +121,16 @@ def test_cost_proxies_on_a_plan():
         plan = map_matrix(W, hw)
     assert area_cost(plan) == 3 * 3 * 2 and plan.n_cycles == 4          # 7 magnitude bits: 2+2+2+1
     assert conversion_cost(plan) == 3 * 3 * 2 * 4
+    from memcim.hardware.energy import layer_cost
+
     e = energy_cost(plan)
-    assert np.isfinite(e) and e > 0
+    assert e == layer_cost(plan).energy["total"] and np.isfinite(e) and e > 0
+    assert chip_area_cost(plan) == layer_cost(plan).area["total"] > 0
+    # more slices cost more energy in the one energy model (same matrix, same hardware otherwise)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fewer = map_matrix(W, hw.set("slicing.weight_bits_per_slice", [3, 3]))
+    assert energy_cost(fewer) < e
 
 
 @pytest.mark.parametrize("kw, msg", [

@@ -23,8 +23,8 @@ plugs in):
   its columns once) per input vector: the ADC conversions that dominate a sliced tile's energy
   (ISAAC, Shafiee et al. ISCA 2016: the ADCs take 58 % of a tile's power);
 * :func:`area_cost`: arrays (area);
-* :func:`energy_cost`: joules per input vector from :func:`memcim.hardware.energy.layer_energy` on
-  every slice's plan, times the input cycles.
+* :func:`energy_cost` / :func:`chip_area_cost`: joules per input vector / square metres from the one
+  energy model, :func:`memcim.hardware.energy.layer_cost` of the sliced plan.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from memcim import validate as _validate
 from memcim.config import HardwareConfig, resolve_config
 
 __all__ = ["SlicingChoice", "choose_slicing", "brute_force_slicing", "slice_candidates", "conversion_cost",
-           "area_cost", "energy_cost"]
+           "area_cost", "energy_cost", "chip_area_cost"]
 
 
 def conversion_cost(plan) -> float:
@@ -53,11 +53,20 @@ def area_cost(plan) -> float:
 
 
 def energy_cost(plan) -> float:
-    """Energy [J] per input vector: :func:`memcim.hardware.energy.layer_energy` of every slice's plan
-    (crossbar, DAC, ADC, TIA, digital) times the input cycles."""
-    from memcim.hardware.energy import layer_energy
+    """Energy [J] per input vector: the one energy model's :func:`memcim.hardware.energy.layer_cost` of
+    the sliced plan (its slices' arrays, ADC conversions per slice and cycle, shift-and-add, digital
+    offset; uniform drives)."""
+    from memcim.hardware.energy import layer_cost
 
-    return float(sum(layer_energy(None, p.hw, plan=p)["total"] for p in plan.slices) * plan.n_cycles)
+    return float(layer_cost(plan).energy["total"])
+
+
+def chip_area_cost(plan) -> float:
+    """Area [m^2] of the layer: :func:`memcim.hardware.energy.layer_cost`'s total (cells, converters,
+    shift-and-add, buffers)."""
+    from memcim.hardware.energy import layer_cost
+
+    return float(layer_cost(plan).area["total"])
 
 
 def slice_candidates(weight_bits: int, max_bits: int, max_slices: int | None = None) -> list[tuple[int, ...]]:
