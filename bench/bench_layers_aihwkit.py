@@ -20,7 +20,8 @@ Matched settings (as in ``bench/bench_drift_aihwkit.py``, which checked this dev
 
 Setups: ``tiles128`` (128 x 128 arrays in both: memcim one weight scale per layer matrix, aihwkit one
 per tile) and ``tile1024`` (one tile per matrix in both, so the weight scale and the compensation
-factor are per matrix in both: the closest the two can be configured).
+factor are per matrix in both: the closest the two can be configured); ``tile1024-no-1f``
+(``tile1024`` without the 1/f read noise in both: programming noise and compensation only).
 
 What aihwkit cannot convert (recorded in the JSON):
 
@@ -99,13 +100,13 @@ def run_memcim(model, x, y, ref, calib, hw, chips, seed, batch, overrides=None):
 
 
 # ------------------------------------------------------------------ aihwkit
-def rpu_config(tile):
+def rpu_config(tile, read_noise=True):
     from aihwkit.inference import GlobalDriftCompensation, PCMLikeNoiseModel
     from aihwkit.simulator.configs import TorchInferenceRPUConfig
 
     rpu = TorchInferenceRPUConfig()        # the pure-torch tile
     rpu.forward.is_perfect = True          # perfect I/O: no DAC/ADC, no output noise, no bound management
-    rpu.noise_model = PCMLikeNoiseModel(g_max=25.0, t_0=T0, t_read=250e-9)
+    rpu.noise_model = PCMLikeNoiseModel(g_max=25.0, t_0=T0, t_read=250e-9, read_noise_scale=1.0 if read_noise else 0.0)
     rpu.drift_compensation = GlobalDriftCompensation()
     rpu.mapping.max_input_size = tile
     rpu.mapping.max_output_size = tile
@@ -139,11 +140,11 @@ class AihwkitLSTMRow(nn.Module):
         return self.fc(out[-1])
 
 
-def aihwkit_model(model, kind, tile, variant):
+def aihwkit_model(model, kind, tile, variant, read_noise=True):
     """The aihwkit twin of ``model`` and what stays digital (names and reasons)."""
     from aihwkit.nn.conversion import convert_to_analog
 
-    rpu = rpu_config(tile)
+    rpu = rpu_config(tile, read_noise)
     digital = []
     if kind == "lstm":
         if variant == "convert_to_analog":
@@ -198,6 +199,8 @@ def main(argv=None) -> int:
     ap.add_argument("--setups", default="tiles128,tile1024")
     ap.add_argument("--models", default="mnist-lstm-row,mnist-resnet-small")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "layers_aihwkit.json"))
+    ap.add_argument("--update", action="store_true",
+                    help="merge the setups run now into --out (its other models/setups and table lines kept)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -219,7 +222,10 @@ def main(argv=None) -> int:
     setups = {"tiles128": (pcm, 128, "128x128 arrays in both: memcim one weight scale per layer matrix, aihwkit "
                                       "one per tile"),
               "tile1024": (pcm.replace(array={"rows": 1024, "cols": 1024}), 1024,
-                           "one tile per matrix in both (weight scale and compensation per matrix in both)")}
+                           "one tile per matrix in both (weight scale and compensation per matrix in both)"),
+              "tile1024-no-1f": (pcm.replace(array={"rows": 1024, "cols": 1024}).without("flicker"), 1024,
+                                 "tile1024 with the 1/f read noise off in both (memcim without flicker, aihwkit "
+                                 "read_noise_scale = 0): programming noise and compensation only")}
     doc = {"what": "accuracy over chips of mnist-lstm-row and mnist-resnet-small on PCM at t0: memcim pcm preset vs "
                    "aihwkit 1.1.0 TorchInferenceRPUConfig + PCMLikeNoiseModel(g_max=25), perfect I/O, global drift "
                    "compensation, digital biases",
@@ -250,7 +256,7 @@ def main(argv=None) -> int:
                     memo[key] = run_memcim(model, x, y, ref, calib, hw, args.chips, args.seed, args.batch,
                                            overrides=ov)
                 mm = memo[key]
-                net, dig = aihwkit_model(model, kind, tile, av)
+                net, dig = aihwkit_model(model, kind, tile, av, read_noise=not sname.endswith("no-1f"))
                 a = run_aihwkit(net, x, y, ref, args.chips, args.seed, args.batch)
                 a["kept_digital"] = dig
                 rows[v] = {"memcim": mm, "aihwkit": a, **compare(mm, a)}
@@ -264,6 +270,14 @@ def main(argv=None) -> int:
         doc["models"][name] = entry
     doc["table"] = lines
     out = Path(args.out)
+    if args.update and out.is_file():
+        old = json.loads(out.read_text())
+        for name, entry in doc["models"].items():
+            old["models"].setdefault(name, entry)["setups"].update(entry["setups"])
+        old["table"] = old["table"] + lines[2:]
+        old.setdefault("updates", []).append({"command": doc["command"], "data": spec, "chips": args.chips,
+                                              "provenance": doc["provenance"]})
+        doc = old
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print("\n".join(lines))

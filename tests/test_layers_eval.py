@@ -83,31 +83,22 @@ def test_chip_zero_matches_the_public_analog_api(result):
 
 
 def test_predicted_column_against_monte_carlo_and_refused_presets():
-    """A preset whose mapping refuses the model gets a ``not supported`` row, not an exception. The
-    closed form's column on the sequential MLP (supported) and the LSTM (``not supported: ...``
-    until the recurrent closed form lands, or a number): on ideal both MSEs are ~0; on generic the
-    prediction lies within a factor 2 of the Monte Carlo mean over 4 chips (its own agreement tests
-    are in tests/agreement; this checks the experiment feeds both the same images and calibration)."""
-    res = registry.run("015/models", models=("mnist-mlp-256-128", "mnist-lstm-row"), hw=["ideal", "generic", "taox"],
+    """A preset whose mapping refuses the model (taox's wires) gets a ``not supported`` row, not an
+    exception. The closed form's column on the sequential MLP: on ideal both MSEs are ~0; on generic
+    the prediction lies within a factor 2 of the Monte Carlo mean over 4 chips (the closed form's own
+    agreement tests are in tests/agreement; this checks that the experiment feeds both the same images
+    and calibration). The issue-15 models' closed forms take seconds per image, so they are left to
+    the full run."""
+    res = registry.run("015/models", models=("mnist-mlp-256-128",), hw=["ideal", "generic", "taox"],
                        chips=4, n_images=20, n_predict=20, calib_samples=64, hwa_hw=None)
-    refused = [r for r in res["results"] if r["hardware"] == "taox"]   # taox's wires refuse these matrices
-    assert len(refused) == 2 and all(r["error"].startswith("not supported: ") and "accuracy" not in r
-                                     for r in refused)
-    assert res["hardware_aware"] == [] and res["noisiest"] in ("ideal", "generic")
-    for r in res["results"]:
-        if r["hardware"] == "taox":
-            continue
-        p = r["predicted"]
-        assert p["status"] == "ok" or p["status"].startswith("not supported: "), p
-        if r["model"] == "mnist-mlp-256-128":
-            assert p["status"] == "ok"
-        if p["status"] != "ok":
-            assert p["mse"] is None and "\n" not in p["status"]
-        elif r["hardware"] == "ideal":
-            assert p["mse"] < 1e-8 and r["mse_predict_images"]["mean"] < 1e-8
-        else:
-            assert 0.5 < p["mse"] / r["mse_predict_images"]["mean"] < 2.0, r
-            assert p["ratio_to_mc"] == pytest.approx(p["mse"] / r["mse_predict_images"]["mean"])
+    ideal, generic, taox = res["results"]
+    assert taox["error"].startswith("not supported: ") and "accuracy" not in taox and "predicted" not in taox
+    assert res["hardware_aware"] == [] and res["noisiest"] in ("ideal", "generic")   # taox has no accuracy
+    assert ideal["predicted"]["status"] == generic["predicted"]["status"] == "ok"
+    assert ideal["predicted"]["mse"] < 1e-8 and ideal["mse_predict_images"]["mean"] < 1e-8
+    mc, pr = generic["mse_predict_images"]["mean"], generic["predicted"]["mse"]
+    assert 0.5 < pr / mc < 2.0, (pr, mc)
+    assert generic["predicted"]["ratio_to_mc"] == pytest.approx(pr / mc)
 
 
 def test_default_presets_and_bad_input():
