@@ -260,7 +260,8 @@ def test_realized_from_terminal_block_matches_dense_mna(shape, r_col):
     np.testing.assert_allclose(Crossbar(g, w).realized(), ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("shape,r_col", [((6, 5), None), ((1, 4), None), ((5, 1), 2.0), ((9, 7), 4.0)])
+@pytest.mark.parametrize("shape,r_col", [((6, 5), None), ((1, 4), None), ((5, 1), 2.0), ((9, 7), 4.0),
+                                         ((4, 2), None), ((2, 3), None)])
 def test_marched_fields_match_dense_mna(shape, r_col):
     """The fields of the gradient (unit inputs, by marching from the terminals) equal the node
     voltages of a dense MNA; the adjoint fields equal the factor solves."""

@@ -432,7 +432,8 @@ class Crossbar:
                 rhs[0] += gr * vr[0]
                 if both:
                     rhs[-1] += gr * vr[m - 1]
-                vr[lo:hi] = dgtsv(off, gi[u] + wire_diag, off, rhs, overwrite_b=1)[3]
+                diag = gi[u] + wire_diag
+                vr[lo:hi] = dgtsv(off, diag, off, rhs, overwrite_b=1)[3] if u.size > 1 else rhs / diag[:, None]
             np.subtract(vr, vc, out=D[i])
             above = down - gi[:, None] * D[i]                # current arriving from the node above
             if i > 0:
