@@ -177,6 +177,18 @@ def test_sequence_output_and_states(data):
     assert torch.allclose((f * f).sum(1), out.var[:, -1], rtol=1e-6, atol=1e-15)
 
 
+def test_converted_model_uses_its_own_hardware(data):
+    """A model converted by convert_to_analog (hw=None) predicts what the digital model with the same
+    hardware and calibration data predicts: the same plans, calibration rows and steps."""
+    from memcim.nn.analog import convert_to_analog
+
+    x, cal = data
+    model, hw = _model("gru", 1, False), _hw("noisy")
+    a = predict_recurrent(model, x, hw, calib_data=cal)
+    b = predict_recurrent(convert_to_analog(model, hw, calib_data=cal), x)
+    assert torch.allclose(a.mean, b.mean) and torch.allclose(a.var, b.var)
+
+
 # ------------------------------------------------------------------------------------------------ errors
 
 def _one_line(e):
