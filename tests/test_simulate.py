@@ -214,3 +214,23 @@ def test_with_hardware_keeps_targets_and_refuses_what_changes_them():
     # a chip re-read under the new plan: the same devices, so the noise-free realized matrix is the same
     chip = program(plan, seed=0, dtype=torch.float64)
     assert torch.equal(chip.with_plan(new).realized(), chip.realized())
+
+
+@pytest.mark.parametrize("case", ["generic", "batch_not_16", "offset", "thermal", "quiet", "trials_3d", "rtn"])
+def test_blocked_read_equals_one_block_read(case):
+    """A large read runs block by block (chip, row tile, rows) with the noise drawn in the order of one
+    draw for the whole read: every value equals the one-block read's, bit for bit."""
+    g = preset("generic")
+    hw, batch, trials = {"generic": (g, 608, 1), "batch_not_16": (g, 601, 1),
+                         "offset": (g.replace(mapping={"scheme": "offset"}), 600, 2),
+                         "thermal": (g.without("shot"), 600, 1), "quiet": (g.without("thermal", "shot"), 600, 2),
+                         "trials_3d": (g, 300, 2), "rtn": (g.replace(device={"rtn_amplitude": 0.05}), 600, 1)}[case]
+    w = np.random.default_rng(2).standard_normal((300, 200))
+    x = torch.from_numpy(np.random.default_rng(3).standard_normal((trials, batch, 300) if case == "trials_3d"
+                                                                   else (batch, 300)))
+    m = map_matrix(w, hw)
+    blocked, one = program(m, seed=5, trials=trials), program(m, seed=5, trials=trials)
+    blocked._SMALL_READ, blocked._BLOCK_ELEMS = 1, 4096      # many blocks
+    one._SMALL_READ = 1 << 62                                # one block
+    for _ in range(2):   # the generators stay in step
+        assert torch.equal(blocked.mvm(x), one.mvm(x))

@@ -40,6 +40,7 @@ torch.Size([4, 16, 100])
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,28 @@ from memcim.hardware.device import (check_time, drift_exponents, drift_factor, f
 from memcim.hardware.readers import NewtonTiles
 from memcim.mapping.crossbar import MappedMatrix, map_matrix
 from memcim.mapping.slicing import SlicedPlan
+
+
+_WORK = threading.local()
+
+
+def _workspace(shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised buffer for the partial sums of one large CPU read, kept (one per thread, the
+    largest asked for) and reused by the next read: a fresh allocation of that size costs about as
+    much as the read's matrix product in page faults. :func:`release_workspace` frees it."""
+    if device.type != "cpu":   # CUDA's caching allocator already reuses memory
+        return torch.empty(shape, dtype=dtype, device=device)
+    n = int(np.prod(shape))
+    buf = getattr(_WORK, "buf", None)
+    if buf is None or buf.dtype != dtype or buf.numel() < n:
+        _WORK.buf = None
+        _WORK.buf = buf = torch.empty(n, dtype=dtype)
+    return buf[:n].view(shape)
+
+
+def release_workspace() -> None:
+    """Free this thread's read workspace (the partial-sum buffer the largest CPU read keeps)."""
+    _WORK.buf = None
 
 
 def _generator(seed: int | None, device) -> torch.Generator:
@@ -317,15 +340,28 @@ class ProgrammedChip:
             return j
         return torch.matmul(ut, gd)
 
+    #: partial sums in one block of the blocked read (:meth:`_read`): a block's currents, shot-noise
+    #: variance and noise stay in cache through every pass over them
+    _BLOCK_ELEMS = 1 << 18
+    #: reads with fewer partial sums than this run as one block (fewer calls)
+    _SMALL_READ = 1 << 18
+
     def _read(self, u, xscale, trials: slice, prepared, gen, differentiable: bool = False) -> torch.Tensor:
-        """The analog read for the chips ``trials``; in-place on the partial sums to save memory
-        (out of place, with the noise statistics detached, when ``differentiable``)."""
+        """The analog read for the chips ``trials``: (T, batch, out).
+
+        Large reads run block by block (one chip, one row tile, a few hundred inputs at a time): a
+        block's two products, noise, ADC and rescale are done while it is in cache, in place on its
+        slice of the partial sums (T, n_row_tiles, batch, out_pad), and the row tiles are added at
+        the end. The blocks follow the order of the partial sums, so the noise is drawn in the same
+        stream order as one draw for the whole read and every value equals the one-block read's.
+        Small reads, the training read (out of place, noise statistics detached) and the Newton
+        reader run as one block."""
         m = self.mapped
         hw = m.hw
         dev = hw.device
         gd, scale, fs, gs, gsum_th = prepared
         gd = gd[trials]
-        g_pos, g_neg = (g[trials] for g in self.conductances())
+        g_neg = self.conductances()[1][trials]
         if dev.has_rtn or dev.has_read_1f:  # one telegraph / 1/f snapshot per read call
             g_pos, g_neg, gd = self._snapshot(trials, gen)
             if gs is not None:
@@ -333,24 +369,77 @@ class ProgrammedChip:
                 gsum_th = gs.sum(dim=2, keepdim=True)
         elif gs is not None:
             gs, gsum_th = gs[trials], gsum_th[trials]
-        R, nrt = m.tile_rows, m.n_row_tiles
+        gn_sum = g_neg.sum(dim=2, keepdim=True) if gs is not None and m.scheme == "offset" else None
+        R, nrt, op = m.tile_rows, m.n_row_tiles, m.out_pad
         lead = u.shape[:-2]
         B = u.shape[-2]
-        ut = u.reshape(*lead, B, nrt, R).transpose(-3, -2)  # (..., nrt, B, R)
-        if len(lead) == 0:
-            ut = ut.unsqueeze(0)
-        j = self._currents(ut, trials, gd, differentiable)  # (T, nrt, B, out_pad): column current / v_read [S]
+        T = gd.shape[0]
+        fs, gain = fs.unsqueeze(1), 1.0 / scale.unsqueeze(1)   # per row tile and column: (nrt, 1, out_pad)
+        newton = hw.reader == "circuit" and not hw.cell.linear and hw.cell.solve == "newton"
+        if differentiable or newton or T * nrt * B * op < self._SMALL_READ:
+            ut = u.reshape(*lead, B, nrt, R).transpose(-3, -2)  # (..., nrt, B, R)
+            if len(lead) == 0:
+                ut = ut.unsqueeze(0)
+            j = self._currents(ut, trials, gd, differentiable)  # (T, nrt, B, out_pad): column current / v_read [S]
+            a = None
+            if gs is not None and dev.shot_noise:
+                a = (ut.detach() if differentiable else ut).abs()
+            j = self._noise_adc(j, a, gs, gsum_th, g_neg, gn_sum, fs, gain, gen, differentiable)
+            return j.sum(dim=1)[..., : m.out_features] * xscale
+        rows = max(1, self._BLOCK_ELEMS // op)
+        stream = m.scheme == "differential" and (B * op) % 16 == 0
+        if stream:   # every block draws a multiple of 16 normals: the stream of one draw for the whole read
+            rows = max(16, rows - rows % 16)
+        noise = n_ref = None
+        if gs is not None and not stream:   # the whole read's noise (offset: then the reference columns')
+            noise = torch.randn((T, nrt, B, op), generator=gen, dtype=gd.dtype, device=gd.device)
+            if m.scheme == "offset":
+                n_ref = torch.randn((T, nrt, B, m.n_col_tiles), generator=gen, dtype=gd.dtype, device=gd.device)
+        j = _workspace((T, nrt, B, op), gd.dtype, gd.device)
+        a = u.abs() if gs is not None and dev.shot_noise else None
+        blocks = [slice(b0, min(b0 + rows, B)) for b0 in range(0, B, rows)]
+        for i in range(T):
+            ui = u[i] if u.ndim == 3 else u
+            ai = None if a is None else (a[i] if a.ndim == 3 else a)
+            for t in range(nrt):
+                cols = slice(t * R, (t + 1) * R)
+                gdt, jt, fst, gaint = gd[i, t], j[i, t], fs[t], gain[t]
+                if gs is None:
+                    for r in blocks:
+                        adc_convert(torch.mm(ui[r, cols], gdt, out=jt[r]), fst, hw.adc, inplace=True, gain=gaint)
+                    continue
+                gst, gsumt, gnt = gs[i, t], gsum_th[i, t], g_neg[i, t]
+                gnst = None if gn_sum is None else gn_sum[i, t]
+                at = None if ai is None else ai[:, cols]
+                for r in blocks:
+                    self._noise_adc(torch.mm(ui[r, cols], gdt, out=jt[r]), None if at is None else at[r], gst, gsumt,
+                                    gnt, gnst, fst, gaint, gen, False, None if noise is None else noise[i, t, r],
+                                    None if n_ref is None else n_ref[i, t, r])
+        return j.sum(dim=1)[..., : m.out_features] * xscale
+
+    def _noise_adc(self, j, a, gs, gsum, g_neg, gn_sum, fs, gain, gen, differentiable: bool, noise=None, n_ref=None):
+        """Read noise, ADC and digital rescale of the noise-free currents ``j`` (..., rows, out_pad) of
+        one block: in place, or out of place when ``differentiable`` (the noise statistics detached).
+
+        ``a``: the block's drive magnitudes ``|u|`` (..., rows, tile_rows), None without shot noise;
+        ``gs``, ``gsum``: the conductances that carry read noise and their column sums; ``g_neg``,
+        ``gn_sum``: the offset reference columns and their sums; ``noise``, ``n_ref``: the block's
+        slices of noise drawn beforehand (default: drawn here)."""
+        m = self.mapped
+        hw = m.hw
+        dev = hw.device
         if gs is not None:
             v, v2 = hw.array.v_read, hw.array.v_read ** 2
-            if differentiable:  # noise statistics carry no gradient
-                ut, gs, gsum_th, g_neg = ut.detach(), gs.detach(), gsum_th.detach(), g_neg.detach()
+            if differentiable:
+                gs, gsum, g_neg = gs.detach(), gsum.detach(), g_neg.detach()
+                gn_sum = None if gn_sum is None else gn_sum.detach()
             # read-noise variance [A^2] (device.read_noise_variance) over v_read^2, in the units of j;
-            # computed in place on the shot-noise product (one pass, no extra batch-sized buffer)
-            a = ut.abs() if dev.shot_noise else None
-            var = read_noise_variance(gsum_th / v2, None if a is None else torch.matmul(a, gs).div_(v2), v, dev,
+            # computed in place on the shot-noise product (one pass, no extra buffer)
+            var = read_noise_variance(gsum / v2, None if a is None else torch.matmul(a, gs).div_(v2), v, dev,
                                       inplace=True)
             sd = var.sqrt_() if var.shape == j.shape else var.sqrt().expand_as(j)
-            noise = torch.randn(j.shape, generator=gen, dtype=j.dtype, device=j.device)
+            if noise is None:
+                noise = torch.randn(j.shape, generator=gen, dtype=j.dtype, device=j.device)
             if differentiable:
                 j = j + noise * sd
             else:
@@ -358,17 +447,15 @@ class ProgrammedChip:
             if m.scheme == "offset":
                 # the reference column of each array is one physical column: its noise is common to
                 # every output of that array, so it is drawn once per array and subtracted from all
-                var_ref = read_noise_variance(g_neg.sum(dim=2, keepdim=True) / v2,
-                                              None if a is None else torch.matmul(a, g_neg).div_(v2), v, dev,
-                                              inplace=True)
+                var_ref = read_noise_variance(gn_sum / v2, None if a is None else torch.matmul(a, g_neg).div_(v2), v,
+                                              dev, inplace=True)
                 shape = (*j.shape[:-1], m.n_col_tiles)
-                n_ref = torch.randn(shape, generator=gen, dtype=j.dtype, device=j.device) * var_ref.expand(shape).sqrt()
+                if n_ref is None:
+                    n_ref = torch.randn(shape, generator=gen, dtype=j.dtype, device=j.device)
+                n_ref = n_ref * var_ref.expand(shape).sqrt()
                 j = j - m.expand_neg(n_ref) if differentiable else j.sub_(m.expand_neg(n_ref))
-        # ADC (fs is in the units of j) and the digital rescale 1/c in one pass, then the row tiles'
-        # partial sums are added digitally
-        y = adc_convert(j, fs.unsqueeze(1), hw.adc, inplace=not differentiable, gain=1.0 / scale.unsqueeze(1),
-                        ste=differentiable).sum(dim=1)
-        return y[..., : m.out_features] * xscale
+        # ADC (fs is in the units of j) and the digital rescale 1/c in one pass
+        return adc_convert(j, fs, hw.adc, inplace=not differentiable, gain=gain, ste=differentiable)
 
     def _check_inputs(self, x) -> torch.Tensor:
         m = self.mapped
@@ -382,7 +469,7 @@ class ProgrammedChip:
         if x.ndim == 3 and x.shape[0] != self.trials:
             raise ValueError(f"x: leading dimension {x.shape[0]} must equal the number of trials ({self.trials})")
         x = x.to(device=self.device, dtype=self.dtype)
-        if not bool(torch.isfinite(x).all()):
+        if x.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(x))).all()):  # one pass; NaN propagates
             raise ValueError("x: contains NaN or inf; all inputs must be finite")
         return x
 

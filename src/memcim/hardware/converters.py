@@ -48,11 +48,11 @@ def dac_convert(x: torch.Tensor, dac: DACConfig, *, ste: bool = False) -> tuple[
     if not dac.clip and bool(((u > 1.0) | (u < lo)).any()):
         raise ValueError(f"inputs: values outside the DAC range [{lo * (dac.x_range or 1):g}, {dac.x_range}] "
                          "and dac.clip is false; enable clipping or widen dac.x_range")
-    u = u.clamp(lo, 1.0)
     k = dac.steps
     if ste:
+        u = u.clamp(lo, 1.0)
         return u + (torch.round(u.detach() * k) / k - u.detach()), scale
-    return torch.round(u * k) / k, scale
+    return u.clamp_(lo, 1.0).mul_(k).round_().div_(k), scale   # in place on the new u: the same values
 
 
 def adc_convert(v: torch.Tensor, full_scale: torch.Tensor | float, adc: ADCConfig, *,
