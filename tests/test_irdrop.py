@@ -172,7 +172,9 @@ def test_cli_map_set_replaces_the_physics_flags(tmp_path, capsys, W16):
 
 def test_cli_map_tune_inputs_changes_the_plan(tmp_path, capsys, W16):
     """--tune-inputs tunes against E[x^T x] of --inputs: it lowers the expected output MSE of those inputs
-    (computed here from the saved realized matrix, by hand: trace(E^T M E) / out)."""
+    (computed here from the saved realized matrix, by hand: trace(E^T M E) / out). At the preset's 8 bits
+    (measured 0.74x; at 4 bits the level spacing dominates and the gain of this one matrix is within +-2 %,
+    since the default rounding is already shaped for uniform inputs)."""
     X = np.random.default_rng(1).uniform(0, 1, (64, 16)) * np.linspace(0.05, 1, 16)   # unequal input powers
     np.save(tmp_path / "W.npy", W16)
     np.save(tmp_path / "X.npy", X)
@@ -181,7 +183,7 @@ def test_cli_map_tune_inputs_changes_the_plan(tmp_path, capsys, W16):
     for tune in (False, True):
         d = tmp_path / f"t{tune}"
         rc, out, _ = run_cli(["map", "--matrix", tmp_path / "W.npy", "--inputs", tmp_path / "X.npy",
-                              "--set", "device.bits=4", "--out", d, "--json"] + (["--tune-inputs"] if tune else []),
+                              "--out", d, "--json"] + (["--tune-inputs"] if tune else []),
                              capsys)
         assert rc == 0 and json.loads(out)["tune_inputs"] is tune
         E = np.load(d / "map.npz")["realized"] - W16
