@@ -273,14 +273,15 @@ class _Joint:
         diag = o.var if wx is None else o.var + 2 * g * g * torch.diagonal(wx, dim1=1, dim2=2)
         self._set(out, o.mean, cross, F * g.unsqueeze(1), diag=diag.clamp_min(0.0))
 
-    def external(self, out: str, mean, var, fin, k_in: int, own: tuple | None) -> None:
+    def external(self, out: str, mean, var, fin, k_in: int, own: tuple | None, into: str | None = None) -> None:
         """A read computed beforehand (``gi_t``): its latent part ``fin`` (B, K_in, m) on the incoming
-        latents and its own shared-noise latents; the rest of its variance is independent."""
+        latents and its own shared-noise latents; the rest of its variance is independent. With
+        ``into``, it is added to that existing block (``gh + gi``), renamed ``out``."""
         B, m = mean.shape
         D = self.mean.shape[1]
-        cross = torch.zeros(B, m, D, dtype=mean.dtype)
+        cross = torch.zeros(B, m, D, dtype=mean.dtype)        # Cov(gi, every live quantity): latents only
         F = torch.zeros(B, self.N, m, dtype=mean.dtype)
-        blk = torch.zeros(B, m, m, dtype=mean.dtype)
+        blk = torch.zeros(B, m, m, dtype=mean.dtype)          # Cov(gi, gi) off the diagonal
         if fin is not None and k_in:
             cross = cross + torch.einsum("bkm,bkd->bmd", fin, self.F[:, :k_in, :])
             F[:, :k_in] = fin
@@ -290,19 +291,26 @@ class _Joint:
             r = coef.shape[-1]
             cross = cross + torch.einsum("bjk,bjkd->bjd", coef, self.F[:, off:off + m * r, :].reshape(B, m, r, -1))
             F[:, off:off + m * r, :].view(B, m, r, m).diagonal(dim1=1, dim2=3).add_(coef.transpose(1, 2))
-        io = self.alloc(out, m // self.H)
-        cross[:, :, io] = blk
-        self._set(out, mean, cross, F, diag=var.clamp_min(0.0))
+        if into is None:
+            io = self.alloc(out, m // self.H)
+            cross[:, :, io] = blk
+            self._set(out, mean, cross, F, diag=var.clamp_min(0.0))
+            return
+        ia = self.idx(into)
+        fa = cross[:, :, ia]                                   # Cov(gi, gh)
+        rows = self.rows(into)
+        new = rows + cross
+        new[:, :, ia] = rows[:, :, ia] + fa + fa.transpose(1, 2) + blk
+        diag = self.var(into) + 2 * torch.diagonal(fa, dim1=1, dim2=2) + var.clamp_min(0.0)
+        self._set(into, self.mu(into) + mean, new, self.fcols(into) + F, diag=diag.clamp_min(0.0))
+        if out != into:
+            self.rename(into, out)
 
 
 # ------------------------------------------------------------------------------------ one direction
 
 def _cell_lstm(J: _Joint) -> None:
-    J.split("gi", ["gii", "gif", "gig", "gio"])
-    J.split("gh", ["ghi", "ghf", "ghg", "gho"])
-    for x in "ifgo":
-        J.lin("a" + x, [(1.0, "gi" + x), (1.0, "gh" + x)])
-        J.drop("gi" + x, "gh" + x)
+    J.split("a", ["ai", "af", "ag", "ao"])
     for g, k in (("ai", "sigmoid"), ("af", "sigmoid"), ("ag", "tanh"), ("ao", "sigmoid")):
         J.act(g, k)
     J.prod("fc", "af", "c")
@@ -317,11 +325,6 @@ def _cell_lstm(J: _Joint) -> None:
 
 
 def _cell_gru(J: _Joint) -> None:
-    J.split("gi", ["gir", "giz", "gin"])
-    J.split("gh", ["ghr", "ghz", "ghn"])
-    J.lin("ar", [(1.0, "gir"), (1.0, "ghr")])
-    J.lin("az", [(1.0, "giz"), (1.0, "ghz")])
-    J.drop("gir", "ghr", "giz", "ghz")
     J.act("ar", "sigmoid")
     J.act("az", "sigmoid")
     J.prod("p", "ar", "ghn")
@@ -406,7 +409,7 @@ def _direction(lstm: bool, H: int, xs: dict, vih: _View, vhh: _View, bias_hh, ra
     href = _reference_h(xs["x_mean"], vih.W, xs["bias_ih"], vhh.W, bias_hh, lstm, reverse)
     q_hh = _top_directions(href, r_hh)
     sb_hh = _row_mean_s2(vhh.s2, href * href)
-    J = _Joint(B, H, N, 11, dt, act_method, order)
+    J = _Joint(B, H, N, 9, dt, act_method, order)
     J.alloc("h", 1)
     if lstm:
         J.alloc("c", 1)
@@ -426,7 +429,16 @@ def _direction(lstm: bool, H: int, xs: dict, vih: _View, vhh: _View, bias_hh, ra
         if r_ih:
             c = _coefs(xs["x_mean"][:, t], xs["x_m2"][:, t], q_ih, vih.s2, sb_ih)
             own_ih = (off_ih, c * g_ih[:, t].unsqueeze(-1))
-        J.external("gi", mean_gi[:, t], var_gi[:, t], None if fin is None else fin[:, t], k_in, own_ih)
+        fin_t = None if fin is None else fin[:, t]
+        if lstm:                                   # a = gh + gi, all four gates
+            J.external("a", mean_gi[:, t], var_gi[:, t], fin_t, k_in, own_ih, into="gh")
+        else:                                      # r and z: gh + gi; n keeps W_in x and W_hn h apart
+            J.split("gh", ["ghr", "ghz", "ghn"])
+            for g, (nm, into) in enumerate((("ar", "ghr"), ("az", "ghz"), ("gin", None))):
+                sl = slice(g * H, (g + 1) * H)
+                own = None if own_ih is None else (own_ih[0] + g * H * own_ih[1].shape[-1], own_ih[1][:, sl])
+                J.external(nm, mean_gi[:, t, sl], var_gi[:, t, sl], None if fin_t is None else fin_t[:, :, sl],
+                           k_in, own, into=into)
         (_cell_lstm if lstm else _cell_gru)(J)
         ih = J.idx("h")
         hm[:, t] = J.mean[:, ih]
@@ -521,7 +533,7 @@ def propagate_recurrent(module: nn.Module, st_in: mo.Moments, make_step: Callabl
     # batch chunks: bounded latent bookkeeping
     k0 = 0 if fac is None else fac.shape[1]
     n_est = max(k0, 2 * D * H + sketch) + G * H * 2 * min(rank, T, max(I, D * H))
-    per = 8 * n_est * H * (11 + 2 * T * D) + 8 * (11 * H) ** 2
+    per = 8 * n_est * H * (9 + 2 * T * D) + 8 * (9 * H) ** 2
     bc = max(1, min(B, _BUDGET // max(per, 1)))
     outs = []
     for s0 in range(0, B, bc):
