@@ -229,3 +229,54 @@ def test_bad_inputs():
         parse_model(nn.Sequential(nn.ReLU()))
     with pytest.raises(ValueError, match="trials"):
         monte_carlo_simulator(net, x, sigma=0.1, gmax=1.0, trials=1)
+
+
+def test_channel_factor_compression_keeps_the_top_directions_of_the_dense_factors():
+    """The structured append+compress of a convolution's channel-local factors (Gram blocks without
+    the dense block) keeps as much covariance as the best rank-m truncation of the dense factor
+    set, computed here by brute force (eigenvalues of the full D x D covariance)."""
+    from memcim.analysis.moments import _add_channel_factors
+
+    g = torch.Generator().manual_seed(3)
+    b, r, ho, wo, cout, k0, m = 2, 3, 4, 3, 5, 6, 7
+    sp = torch.randn(b, r, ho, wo, generator=g, dtype=torch.float64)
+    s = torch.rand(cout, generator=g, dtype=torch.float64) + 0.1
+    old = torch.randn(b, k0, cout, ho, wo, generator=g, dtype=torch.float64)
+    # dense factors written out entry by entry: factor (c, j) is s_c sp_j on channel c
+    dense = torch.zeros(b, cout * r, cout, ho, wo, dtype=torch.float64)
+    for c in range(cout):
+        for j in range(r):
+            dense[:, c * r + j, c] = s[c] * sp[:, j]
+    full = torch.cat([old, dense], 1).reshape(b, k0 + cout * r, -1)
+    cov = full.transpose(1, 2) @ full
+    uncompressed = _add_channel_factors(old, s, sp, 100).reshape(b, k0 + cout * r, -1)
+    assert torch.allclose(uncompressed.transpose(1, 2) @ uncompressed, cov, atol=1e-12)
+    comp = _add_channel_factors(old, s, sp, m).reshape(b, m, -1)
+    best = torch.linalg.eigvalsh(cov)[:, -m:].sum(1)
+    kept = (comp * comp).sum((1, 2))
+    assert torch.allclose(kept, best, rtol=1e-10)
+    # and it never adds covariance: cov - F F^T stays positive semidefinite
+    assert torch.linalg.eigvalsh(cov - comp.transpose(1, 2) @ comp).min() > -1e-9
+
+
+def test_randomized_top_eigenvectors_capture_the_top_eigenvalues():
+    from memcim.analysis.moments import _top_eig
+
+    g = torch.Generator().manual_seed(4)
+    q = torch.linalg.qr(torch.randn(3, 200, 200, generator=g, dtype=torch.float64))[0]
+    lam = 0.8 ** torch.arange(200, dtype=torch.float64)             # a decaying spectrum
+    a = q @ torch.diag_embed(lam.expand(3, 200)) @ q.transpose(1, 2)
+    v = _top_eig(a, 10)                                               # 200 > 2 (10 + 8): randomized
+    captured = ((a @ v) * v).sum((1, 2))
+    assert torch.allclose(captured, lam[:10].sum().expand(3), rtol=1e-6)
+
+
+def test_block_pooling_matches_avg_pool2d():
+    import torch.nn.functional as F
+    from memcim.analysis.moments import PoolLayer
+
+    x = torch.randn(3, 4, 9, 7, dtype=torch.float64)
+    for k in ((2, 2), (3, 2), (1, 3)):
+        p = PoolLayer(k, k, (0, 0))
+        assert torch.allclose(p.apply(x), F.avg_pool2d(x, k), atol=1e-14)
+        assert torch.allclose(p.apply(x, square=True), F.avg_pool2d(x, k) / (k[0] * k[1]), atol=1e-14)

@@ -43,6 +43,7 @@ uses the exact rectified-Gaussian mean and variance. Cross-covariances after an 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -106,8 +107,27 @@ class PoolLayer:
     name: str = ""
 
     def apply(self, x: torch.Tensor, square: bool = False) -> torch.Tensor:
-        y = F.avg_pool2d(x, self.kernel, self.stride, self.padding, count_include_pad=True)
-        return y / (self.kernel[0] * self.kernel[1]) if square else y
+        kh, kw = self.kernel
+        if self.stride == self.kernel and self.padding == (0, 0) and x.shape[-2] >= kh and x.shape[-1] >= kw:
+            y = _block_mean(x, kh, kw)     # non-overlapping windows: strided adds (avg_pool2d is slower on CPU)
+        else:
+            y = F.avg_pool2d(x, self.kernel, self.stride, self.padding, count_include_pad=True)
+        return y / (kh * kw) if square else y
+
+
+def _block_mean(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+    """``avg_pool2d(x, (kh, kw))`` with stride = kernel and no padding (floor mode), as sums of strided views."""
+    *lead, h, w = x.shape
+    ho, wo = h // kh, w // kw
+    y = x[..., : ho * kh, : wo * kw].reshape(*lead, ho, kh, wo * kw)
+    acc = y[..., 0, :]
+    for i in range(1, kh):
+        acc = acc + y[..., i, :]
+    acc = acc.reshape(*lead, ho, wo, kw)
+    out = acc[..., 0]
+    for j in range(1, kw):
+        out = out + acc[..., j]
+    return out * (1.0 / (kh * kw))
 
 
 @dataclass
@@ -296,13 +316,14 @@ def resolve_gmax(gmax, layers: list, dtype=torch.float64) -> list[torch.Tensor]:
 _PHI = None
 
 
-def _sigmoid_poly(n: int) -> np.ndarray:
-    """Coefficients (increasing powers of s) of d^n sigmoid/dx^n as a polynomial in s."""
+@functools.lru_cache(maxsize=None)
+def _sigmoid_poly(n: int) -> tuple:
+    """Coefficients (increasing powers of s) of d^n sigmoid/dx^n as a polynomial in s (cached)."""
     p = np.array([0.0, 1.0])  # s
     for _ in range(n):
         dp = np.polynomial.polynomial.polyder(p)
         p = np.polynomial.polynomial.polymul(dp, [0.0, 1.0, -1.0])
-    return p
+    return tuple(float(c) for c in p)
 
 
 def _polyval(coef: np.ndarray, s: torch.Tensor) -> torch.Tensor:
@@ -488,6 +509,30 @@ def _patch_index(layer: CrossbarLayer, h: int, w: int, device) -> torch.Tensor:
     return u[0].round().long()
 
 
+def _top_eig(gram: torch.Tensor, r: int, *, iters: int = 2, oversample: int = 8) -> torch.Tensor:
+    """Top ``r`` eigenvectors (B, n, r) of a batch of symmetric PSD matrices (B, n, n), detached.
+
+    Small matrices (``n <= 2 (r + oversample)``): ``torch.linalg.eigh``. Larger ones: a randomized
+    range finder with ``iters`` steps of subspace iteration (Halko, Martinsson & Tropp 2011,
+    Alg. 4.4; fixed seed, so the result is deterministic) and the Rayleigh-Ritz eigenvectors of
+    the projected (r + oversample)-square matrix: cost ``n^2 (r + oversample)`` per step instead
+    of ``n^3``. The discarded directions' variance stays on the exactly tracked diagonal.
+    """
+    g = gram.detach()
+    n = g.shape[-1]
+    l = r + oversample
+    if n <= 2 * l:
+        return torch.linalg.eigh(g)[1][..., n - r:]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    om = torch.randn(n, l, generator=gen, dtype=torch.float64).to(device=g.device, dtype=g.dtype)
+    q = torch.linalg.qr(g @ om)[0]
+    for _ in range(iters):
+        q = torch.linalg.qr(g @ q)[0]
+    t = q.transpose(-1, -2) @ g @ q
+    _, u = torch.linalg.eigh(0.5 * (t + t.transpose(-1, -2)))
+    return q @ u[..., l - r:]
+
+
 def _compress(fac: torch.Tensor, max_factors: int) -> torch.Tensor:
     """Keep the top ``max_factors`` principal directions of F F^T per sample."""
     b, k = fac.shape[:2]
@@ -495,9 +540,49 @@ def _compress(fac: torch.Tensor, max_factors: int) -> torch.Tensor:
         return fac
     flat = fac.reshape(b, k, -1)
     gram = flat @ flat.transpose(1, 2)
-    _, vec = torch.linalg.eigh(gram.detach())
-    vec = vec[:, :, -max_factors:]
+    vec = _top_eig(gram, max_factors)
     return (vec.transpose(1, 2) @ flat).reshape(b, max_factors, *fac.shape[2:])
+
+
+def _add_channel_factors(old: torch.Tensor | None, s: torch.Tensor, sp: torch.Tensor, max_factors: int) -> torch.Tensor:
+    """Append a convolution's shared-noise factors ``e_c s_c sp_j`` (channel ``c``, spatial factor
+    ``j``; index ``c r + j``) to ``old`` (B, K0, C, Ho, Wo); compress to ``max_factors`` once the
+    total passes ``2 max_factors`` (the compression costs ``K^2 D + K^3`` per sample, more than
+    carrying up to twice the factors through the next layers; small maps often become a full
+    covariance first, see ``full_below``).
+
+    The new factors are channel-local, so their Gram blocks and their projection cost ``C r P``
+    (not ``(C r)^2 P``): the dense (B, C r, C, Ho, Wo) block is built only when nothing is compressed.
+    """
+    b, r, ho, wo = sp.shape
+    cout = s.shape[0]
+    k0 = 0 if old is None else old.shape[1]
+    if k0 + cout * r <= 2 * max_factors:
+        fac = sp.new_zeros(b, k0 + cout * r, cout, ho * wo)
+        if old is not None:
+            fac[:, :k0] = old.reshape(b, k0, cout, ho * wo)
+        new = fac[:, k0:].reshape(b, cout, r, cout, ho * wo)                       # a view
+        torch.diagonal(new, dim1=1, dim2=3).copy_(                                 # (B, r, P, C): channel c of factor (c, j)
+            (s.reshape(1, 1, cout, 1) * sp.reshape(b, r, 1, ho * wo)).transpose(-1, -2))
+        return fac.reshape(b, k0 + cout * r, cout, ho, wo)
+    p = ho * wo
+    spf = sp.reshape(b, r, p)
+    ss = spf @ spf.transpose(1, 2)                                                   # (B, r, r)
+    s2d = torch.diag(s * s)
+    gnn = (s2d.reshape(1, cout, 1, cout, 1) * ss.reshape(b, 1, r, 1, r)).reshape(b, cout * r, cout * r)
+    if old is not None:
+        fo = old.reshape(b, k0, cout, p)
+        goo = fo.reshape(b, k0, -1) @ fo.reshape(b, k0, -1).transpose(1, 2)
+        gon = (torch.einsum("bkcp,bjp->bkcj", fo, spf) * s.reshape(1, 1, cout, 1)).reshape(b, k0, cout * r)
+        gram = torch.cat([torch.cat([goo, gon], 2), torch.cat([gon.transpose(1, 2), gnn], 2)], 1)
+    else:
+        gram = gnn
+    vec = _top_eig(gram, max_factors)                                                # (B, K, m)
+    vn = vec[:, k0:].reshape(b, cout, r, max_factors) * s.reshape(1, cout, 1, 1)
+    out = torch.einsum("bcjm,bjp->bmcp", vn, spf)
+    if old is not None:
+        out = out + (vec[:, :k0].transpose(1, 2) @ fo.reshape(b, k0, -1)).reshape(b, max_factors, cout, p)
+    return out.reshape(b, max_factors, cout, ho, wo)
 
 
 def _crossbar_step(st: Moments, layer: CrossbarLayer, wq: torch.Tensor, s2: torch.Tensor,
@@ -571,22 +656,16 @@ def _crossbar_step(st: Moments, layer: CrossbarLayer, wq: torch.Tensor, s2: torc
     r = min(rank, u.shape[1], u.shape[2])
     if u.shape[2] <= u.shape[1]:   # eigen-decompose the smaller Gram matrix: here (P, P)
         gram = u.transpose(1, 2) @ u
-        lam, vec = torch.linalg.eigh(gram.detach())
-        vec = vec[:, :, -r:]                                           # (B, P, r)
+        vec = _top_eig(gram, r)                                        # (B, P, r)
         # project the (differentiable) Gram matrix on the fixed eigenvectors
         lam_r = ((gram @ vec) * vec).sum(1).clamp_min(0)                # (B, r)
         sp = (vec * torch.sqrt(lam_r).unsqueeze(1)).transpose(1, 2).reshape(b, r, ho, wo)
     else:
         gram = u @ u.transpose(1, 2)
-        _, vec = torch.linalg.eigh(gram.detach())
-        vec = vec[:, :, -r:]                                           # (B, Ck2, r)
+        vec = _top_eig(gram, r)                                        # (B, Ck2, r)
         sp = (vec.transpose(1, 2) @ u).reshape(b, r, ho, wo)            # (B, r, Ho, Wo)
     s = torch.sqrt(s2 * torch.ones(cout, dtype=m2.dtype)) if s2.dim() == 0 else torch.sqrt(s2)
-    eye = torch.diag(s)                                               # (cout, cout)
-    new = eye.reshape(1, cout, 1, cout, 1, 1) * sp.reshape(b, 1, r, 1, ho, wo)
-    new = new.reshape(b, cout * r, cout, ho, wo)
-    fac = new if out.factors is None else torch.cat([out.factors, new], 1)
-    return Moments(mean, var, st.mode, None, _compress(fac, max_factors))
+    return Moments(mean, var, st.mode, None, _add_channel_factors(out.factors, s, sp, max_factors))
 
 
 def _elementwise_step(st: Moments, layer: ElementwiseLayer, method: str, order: int) -> Moments:
@@ -643,7 +722,8 @@ def propagate(layers: list, x: torch.Tensor, *, sigma: float, gmax, levels: int 
     levels : N, number of conductance steps (N+1 levels).
     cov : "exact", "lowrank" or "diagonal".
     rank : lowrank mode, shared-noise eigen-directions kept per conv layer.
-    max_factors : lowrank mode, cap on the number of factors (extra ones are compressed).
+    max_factors : lowrank mode, the number of factors kept when a layer's new factors take the
+        total beyond twice this (the top principal directions; the rest stays on the diagonal).
     full_below : lowrank mode, switch to the full covariance once a feature map has at most this
         many units (the full matrix is then cheaper than the factors, and exact).
     full_linear : lowrank mode, a ``Linear`` layer with at most this many inputs gets its input

@@ -1,0 +1,161 @@
+"""Closed form (memcim.analysis.moments.predict_mse -> analysis.predict.predict) against the simulator's
+Monte Carlo: speed at 2 %/98 % precision on the small CNN, and cost vs network width and depth.
+
+Issue 17 item 3. Set-up as bench_memse.py (paper 001, Sec. V-A): sigma = 0.01 S, G_max = 3 S, N = 128,
+64 inputs, float32, one thread for both sides.
+
+* Small CNN (mnist-cnn-small, 64 MNIST test images): the Monte Carlo peer is memcim's simulator
+  (monte_carlo_simulator: memcim.nn analog layers on programmed chips). The chips needed for the MSE
+  to be within 2 % of its mean 98 % of the time, T = (z_0.99 CV / 0.02)^2, come from the per-chip MSE
+  spread. The machine is shared, so the Monte Carlo runs in chunks of chips interleaved with timings of
+  the closed form, and the ratio is (median time per chip x T) / (median closed-form time): both sides
+  see the same load. The closed form's MSE is compared with the mean over all chips run (its standard
+  error is reported).
+* Width: the same CNN architecture with 1x, 2x, 4x, 8x the channels (random weights, uniform inputs).
+* Depth: MLPs of 1 to 8 hidden layers of width 256 (random weights, uniform inputs).
+  At every point: closed-form time, simulator time per chip, the closed form's MSE error against a
+  small Monte Carlo (its standard error and z), and the fitted exponent of cost ~ width^a, depth^b
+  (least squares in log-log) for the closed form, for one simulated chip (the peer's own growth) and
+  for their ratio.
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/bench_predict_scaling.py [--quick]``
+(writes bench/results/predict_scaling.json).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from memcim.analysis.memse_sim import monte_carlo_simulator, trials_needed
+from memcim.analysis.moments import parse_model, predict_mse
+from memcim.data.datasets import load_dataset
+from memcim.io import provenance, write_json
+from memcim.nn.loading import load_model
+
+SIGMA, GMAX, LEVELS = 0.01, 3.0, 128
+
+
+def _predict(layers, x):
+    return predict_mse(layers, x, sigma=SIGMA, gmax=GMAX, levels=LEVELS, power=False, dtype=torch.float32)
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def interleaved(model, x, chunks: int, chips_per_chunk: int, seed: int, labels=None):
+    """Monte Carlo in ``chunks`` runs of ``chips_per_chunk`` chips, each followed by one closed-form timing.
+
+    Returns (closed-form times, per-chip MC times, all chips' MSE, prediction)."""
+    layers = parse_model(model, torch.float32)
+    xf = x.to(torch.float32)
+    p = _predict(layers, xf)                     # warm-up (and the prediction)
+    tp, tmc, mse = [], [], []
+    for c in range(chunks):
+        mc = monte_carlo_simulator(model, xf, sigma=SIGMA, gmax=GMAX, levels=LEVELS, trials=chips_per_chunk,
+                                   seed=seed + 1000 * c, labels=labels, progress=False)
+        tmc.append(mc.wall_s / chips_per_chunk)
+        mse.extend(mc.trial_mse.tolist())
+        tp.append(_timed(lambda: _predict(layers, xf))[0])
+        tp.append(_timed(lambda: _predict(layers, xf))[0])
+    return np.asarray(tp), np.asarray(tmc), np.asarray(mse), p
+
+
+def error_row(p, mse: np.ndarray) -> dict:
+    m = float(mse.mean())
+    se = float(mse.std(ddof=1) / np.sqrt(mse.size))
+    return {"mse_predicted": p.mse_mean, "mse_mc": m, "mse_mc_stderr": se, "mc_chips": int(mse.size),
+            "rel_err_vs_mc": (p.mse_mean - m) / m, "z": (p.mse_mean - m) / se}
+
+
+def fit_exponent(xs, ys) -> float:
+    return float(np.polyfit(np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float)), 1)[0])
+
+
+def cnn(mult: int) -> nn.Sequential:
+    mods, prev = [], 1
+    for c in (2 * mult, 4 * mult, 8 * mult, 16 * mult, 16 * mult):
+        mods += [nn.Conv2d(prev, c, 3, padding=1), nn.Softplus(), nn.AvgPool2d(2)]
+        prev = c
+    return nn.Sequential(*mods, nn.Flatten(), nn.Linear(prev, 10))
+
+
+def mlp(depth: int, width: int = 256) -> nn.Sequential:
+    mods, prev = [], 256
+    for _ in range(depth):
+        mods += [nn.Linear(prev, width), nn.ReLU()]
+        prev = width
+    return nn.Sequential(*mods, nn.Linear(prev, 10))
+
+
+def main(quick: bool = False) -> dict:
+    torch.set_num_threads(1)
+    seed = 0
+    res = {"config": {"sigma": SIGMA, "gmax": GMAX, "levels": LEVELS, "batch": 64, "dtype": "float32", "threads": 1,
+                      "cov": "lowrank (default rank 4, max_factors 64)"},
+           "provenance": provenance(seed=seed)}
+    # --- small CNN: speed at 2 %/98 % precision
+    net = load_model("mnist-cnn-small").eval()
+    ds = load_dataset("mnist", "test", limit=64)
+    chunks, per = (4, 50) if quick else (8, 60)
+    tp, tmc, mse, p = interleaved(net, ds.x, chunks, per, seed, labels=ds.y)
+    t_need = trials_needed(mse, 0.02, 0.98)
+    mc_s = float(np.median(tmc)) * t_need
+    pred_s = float(np.median(tp))
+    res["small_cnn"] = {"model": "mnist-cnn-small", "trials_needed_2pct_98pct": t_need,
+                        "per_chip_mse_cv": float(mse.std(ddof=1) / mse.mean()),
+                        "mc_s_per_chip_median": float(np.median(tmc)), "mc_s_at_precision": mc_s,
+                        "predict_s_median": pred_s, "predict_s_min": float(tp.min()),
+                        "speedup_vs_simulator_mc": mc_s / pred_s, **error_row(p, mse)}
+    s = res["small_cnn"]
+    print(f"small CNN: T = {t_need} chips x {s['mc_s_per_chip_median'] * 1e3:.2f} ms = {mc_s:.2f} s; closed form "
+          f"{pred_s * 1e3:.2f} ms -> {s['speedup_vs_simulator_mc']:.0f}x; MSE {p.mse_mean:.4g} vs MC {s['mse_mc']:.4g}"
+          f" ± {s['mse_mc_stderr']:.2g} ({100 * s['rel_err_vs_mc']:+.1f} %, z = {s['z']:+.2f})", flush=True)
+    # --- width and depth sweeps
+    g = torch.Generator().manual_seed(seed)
+    xc = torch.rand(64, 1, 32, 32, generator=g)
+    xm = torch.rand(64, 256, generator=g)
+    sweeps = {"width": [], "depth": []}
+    chips = (2, 16) if quick else (2, 32)
+    for mult in ([1, 2, 4] if quick else [1, 2, 4, 8]):
+        torch.manual_seed(mult)
+        tp, tmc, mse, p = interleaved(cnn(mult), xc, chips[0], chips[1], seed)
+        row = {"channel_multiplier": mult, "predict_s": float(tp.min()), "mc_s_per_chip": float(tmc.min()),
+               "predict_in_chips": float(tp.min() / tmc.min()), **error_row(p, mse)}
+        sweeps["width"].append(row)
+        print(row, flush=True)
+    for depth in ([1, 2, 4] if quick else [1, 2, 3, 4, 6, 8]):
+        torch.manual_seed(100 + depth)
+        tp, tmc, mse, p = interleaved(mlp(depth), xm, chips[0], chips[1], seed)
+        row = {"hidden_layers": depth, "predict_s": float(tp.min()), "mc_s_per_chip": float(tmc.min()),
+               "predict_in_chips": float(tp.min() / tmc.min()), **error_row(p, mse)}
+        sweeps["depth"].append(row)
+        print(row, flush=True)
+    fits = {}
+    for kind, key in (("width", "channel_multiplier"), ("depth", "hidden_layers")):
+        rows = sweeps[kind]
+        xs = [r[key] for r in rows]
+        fits[kind] = {"predict_exponent": fit_exponent(xs, [r["predict_s"] for r in rows]),
+                      "mc_per_chip_exponent": fit_exponent(xs, [r["mc_s_per_chip"] for r in rows]),
+                      "ratio_exponent": fit_exponent(xs, [r["predict_in_chips"] for r in rows]),
+                      "max_abs_rel_err_vs_mc": max(abs(r["rel_err_vs_mc"]) for r in rows)}
+        if kind == "depth":   # depth 1's input is deterministic (no input covariance): fit from 2 on too
+            r2 = [r for r in rows if r[key] >= 2]
+            fits[kind]["predict_exponent_from_2"] = fit_exponent([r[key] for r in r2], [r["predict_s"] for r in r2])
+        print(kind, fits[kind], flush=True)
+    res["sweeps"] = sweeps
+    res["fits"] = fits
+    out = Path(__file__).parent / "results" / "predict_scaling.json"
+    write_json(out, res)
+    return res
+
+
+if __name__ == "__main__":
+    main(quick="--quick" in sys.argv)
