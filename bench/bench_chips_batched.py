@@ -10,9 +10,16 @@ Times :func:`memcim.nn.evaluate.chip_outputs` for 20 chips of the reference MLP
     ``trials=K`` chip read by one ``mvm`` call (equal to the loop in distribution only).
 
 Reports the median of ``--repeats`` timings and each variant's speed-up over the loop
-(loop seconds / variant seconds; above 1 is faster). Writes bench/results/chips_batched.json.
+(loop seconds / variant seconds; above 1 is faster), and the time per chip against one digital
+pass of the same model over the same images (measured in the same run). Writes
+bench/results/chips_batched.json (``--out`` to change).
 
     .venv/bin/python bench/bench_chips_batched.py [--threads 2] [--repeats 3] [--device cpu]
+    # issue 17: 100 chips of the reference CNN over the 10,000 test images, chips batched
+    .venv/bin/python bench/bench_chips_batched.py --model mnist-cnn-small --chips 100 --images 10000 \
+        --variants 1:exact,20:exact,20:stacked --repeats 1 --threads 1 --out bench/results/chips_batched_cnn.json
+
+On CPU with one thread, times are process CPU time (the machine is shared); otherwise wall time.
 """
 from __future__ import annotations
 
@@ -33,32 +40,54 @@ OUT = Path(__file__).resolve().parent / "results" / "chips_batched.json"
 CHIPS, N_IMAGES, BATCH, MODEL, PRESET = 20, 2000, 1000, "mnist-mlp-500-300", "generic"
 
 
+_clock = time.perf_counter
+
+
 def run(model, x, hw, k, reads, device):
     def sync():
         if device.startswith("cuda"):
             torch.cuda.synchronize()
     sync()
-    t0 = time.perf_counter()
+    t0 = _clock()
     outs = [o.clone() for _, _, o in chip_outputs(model, x, hw, chips=CHIPS, seed=0, batch_size=BATCH,
                                                   chips_per_pass=k, reads=reads, progress=False)]
     sync()
-    return time.perf_counter() - t0, torch.stack(outs)
+    return _clock() - t0, torch.stack(outs)
 
 
 def main(argv=None):
+    global CHIPS, _clock
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--model", default=MODEL)
+    ap.add_argument("--chips", type=int, default=CHIPS)
+    ap.add_argument("--images", type=int, default=N_IMAGES)
+    ap.add_argument("--variants", default="1:exact,5:exact,20:exact,5:stacked,20:stacked",
+                    help="chips_per_pass:reads,... (the first is the peer, chips_per_pass=1)")
     a = ap.parse_args(argv)
+    CHIPS = a.chips
+    if a.device == "cpu" and a.threads == 1:
+        _clock = time.process_time
     torch.set_num_threads(a.threads)
-    model = get_reference_model(MODEL).to(a.device)
-    test = load_dataset("mnist", "test", limit=N_IMAGES)
+    model = get_reference_model(a.model).to(a.device).eval()
+    test = load_dataset("mnist", "test", limit=a.images)
     x, y = test.x.to(a.device), test.y.to(a.device)
     hw = preset(PRESET)
-    variants = [(1, "exact"), (5, "exact"), (20, "exact"), (5, "stacked"), (20, "stacked")]
+    variants = [(int(k), r) for k, r in (v.split(":") for v in a.variants.split(","))]
+    if variants[0] != (1, "exact"):
+        variants.insert(0, (1, "exact"))
     run(model, x[:BATCH], hw, 1, "exact", a.device)  # warm-up
+    digital = []
+    with torch.no_grad():
+        for _ in range(3):
+            t0 = _clock()
+            for i in range(0, x.shape[0], BATCH):
+                model(x[i:i + BATCH])
+            digital.append(_clock() - t0)
+    t_dig = min(digital)
     times = {v: [] for v in variants}
     outs = {}
     for _ in range(a.repeats):          # interleaved, so drift of the machine hits every variant alike
@@ -74,11 +103,14 @@ def main(argv=None):
         med = statistics.median(times[(k, reads)])
         rows.append({"chips_per_pass": k, "reads": reads, "seconds_median": med, "seconds": times[(k, reads)],
                      "speedup_over_one_chip_loop": loop / med, "equal_to_loop": bool(torch.equal(o, ref)),
+                     "seconds_per_chip": med / CHIPS, "per_chip_over_digital_pass": med / CHIPS / t_dig,
                      "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std())})
-        print(f"chips_per_pass={k:2d} reads={reads:7s} {med:7.3f} s  speed-up {loop / med:5.2f}x  "
+        print(f"chips_per_pass={k:2d} reads={reads:7s} {med:7.3f} s  per chip {med / CHIPS / t_dig:5.2f}x digital  "
+              f"speed-up {loop / med:5.2f}x  "
               f"equal to loop: {rows[-1]['equal_to_loop']}  accuracy {float(acc.mean()):.4f}")
-    write_json(a.out, {"benchmark": "chips batched through the network (issue 15 item 4)", "model": MODEL,
-                       "preset": PRESET, "chips": CHIPS, "n_images": N_IMAGES, "batch_size": BATCH,
+    write_json(a.out, {"benchmark": "chips batched through the network (issue 15 item 4)", "model": a.model,
+                       "preset": PRESET, "chips": CHIPS, "n_images": int(x.shape[0]), "batch_size": BATCH,
+                       "digital_pass_seconds": t_dig, "timer": getattr(_clock, "__name__", str(_clock)),
                        "device": a.device, "threads": a.threads, "repeats": a.repeats,
                        "peer": "memcim chip_outputs one chip at a time (chips_per_pass=1), same run",
                        "results": rows, "provenance": provenance()})

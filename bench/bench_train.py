@@ -1,0 +1,153 @@
+"""Benchmark: hardware-aware training time per epoch, memcim against aihwkit-lightning 2.1.0 (same run).
+
+The reference MLP (``mnist-mlp-500-300``) trained on MNIST mini-batches of 128 (Adam, cross-entropy),
+CPU, one torch thread, on the first ``--images`` training images; time per epoch is that time scaled
+to the 60,000-image epoch (every mini-batch costs the same). Variants:
+
+  * digital torch: the same loop on the digital model (the floor: forward, backward and Adam step);
+  * memcim hardware-aware training: the model from ``convert_to_analog`` in training mode (every
+    mini-batch maps the current weights, programs a fresh chip and reads it with the simulator's
+    differentiable read: 128x128 arrays, 8-bit DAC and ADC, 64 levels, programming noise, stuck
+    devices, thermal and shot read noise; the ``generic`` preset);
+  * memcim noise-aware fine-tuning (:func:`memcim.nn.noise_aware.noise_aware_network`: the same chip
+    per mini-batch, the read's mean and variance into the noise-aware activations);
+  * aihwkit-lightning 2.1.0's ``TorchInferenceRPUConfig`` at matched settings: 128x128 tiles, 8-bit
+    inputs (``inp_res``) and outputs (``out_res``, ``out_bound``), output noise (``out_noise``),
+    Gaussian weight noise per mini-batch (``ADD_NORMAL`` modifier) and 64-level weights
+    (``DISCRETIZE_ADD_NORMAL``), weights clipped (``LAYER_GAUSSIAN``), inputs scaled by their own
+    abs-max (``input_range.dynamic``, as memcim's DAC); its ``AnalogOptimizer``
+    around Adam. Skipped (recorded) when aihwkit-lightning is not installed: it is never a
+    dependency of memcim (``.venv/bin/pip install --no-deps aihwkit-lightning==2.1.0``).
+
+Times are CPU time of this process (one thread: the machine is shared), minimum over ``--repeats``
+interleaved runs. Writes bench/results/train.json.
+
+    .venv/bin/python bench/bench_train.py [--images 3840] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from memcim.config import preset
+from memcim.data.datasets import load_dataset
+from memcim.io import provenance, write_json
+from memcim.nn.analog import convert_to_analog
+from memcim.nn.models import get_reference_model
+from memcim.nn.noise_aware import noise_aware_network
+
+OUT = Path(__file__).resolve().parent / "results" / "train.json"
+EPOCH, BATCH, MODEL = 60_000, 128, "mnist-mlp-500-300"
+
+
+def _loop(model, params, x, y, make_opt=None):
+    """One pass of Adam over (x, y) in mini-batches; returns its CPU seconds and the mean loss."""
+    model.train()
+    opt = make_opt(params) if make_opt else torch.optim.Adam(params, lr=1e-4)
+    loss_fn = nn.CrossEntropyLoss()
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(x.shape[0], generator=g)
+    total = 0.0
+    t0 = time.process_time()
+    for i in range(0, x.shape[0], BATCH):
+        idx = perm[i:i + BATCH]
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        total += float(loss.detach())
+    return time.process_time() - t0, total / -(-x.shape[0] // BATCH)
+
+
+def aihwkit_lightning_model(model):
+    try:
+        from aihwkit_lightning.nn.conversion import convert_to_analog as lightning_convert
+        from aihwkit_lightning.optim import AnalogOptimizer
+        from aihwkit_lightning.simulator.configs import (TorchInferenceRPUConfig, WeightClipType,
+                                                         WeightModifierType)
+    except Exception as e:  # noqa: BLE001 - any import failure means: skip the column
+        return None, None, f"aihwkit-lightning not importable ({type(e).__name__}: {e})"
+    rpu = TorchInferenceRPUConfig()
+    rpu.mapping.max_input_size = 128
+    rpu.forward.inp_res = 2 ** 8 - 2
+    rpu.forward.out_res = 2 ** 8 - 2
+    rpu.forward.out_bound = 10.0
+    rpu.forward.out_noise = 0.01
+    rpu.modifier.type = WeightModifierType.DISCRETIZE_ADD_NORMAL
+    rpu.modifier.res = 2 ** 6 - 2
+    rpu.modifier.std_dev = 0.03
+    rpu.clip.type = WeightClipType.LAYER_GAUSSIAN
+    rpu.clip.sigma = 2.5
+    rpu.pre_post.input_range.enable = True      # each input vector scaled by its own abs-max, as memcim's DAC
+    rpu.pre_post.input_range.dynamic = True
+    a = lightning_convert(copy.deepcopy(model), rpu)
+
+    def make_opt(params):
+        return AnalogOptimizer(torch.optim.Adam, a.analog_layers, params, lr=1e-4)
+    return a, make_opt, None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=3840)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=str(OUT))
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    train = load_dataset("mnist", "train", limit=a.images)
+    x, y = train.x, train.y
+    calib = x[:256]
+    base = get_reference_model(MODEL)
+    hw = preset("generic")
+
+    variants = {"digital torch": (copy.deepcopy(base), None)}
+    hwa = convert_to_analog(copy.deepcopy(base), hw, calib_data=calib, seed=0)
+    variants["memcim hardware-aware training"] = (hwa, None)
+    nat = convert_to_analog(copy.deepcopy(base), hw, calib_data=calib, seed=0)
+    variants["memcim noise-aware fine-tuning"] = (noise_aware_network(nat), None)
+    lightning, make_opt, why = aihwkit_lightning_model(base)
+    if lightning is not None:
+        variants["aihwkit-lightning 2.1.0 TorchInferenceRPUConfig"] = (lightning, make_opt)
+    else:
+        print(f"skipping aihwkit-lightning: {why}", file=sys.stderr)
+
+    times = {k: [] for k in variants}
+    losses = {}
+    for _ in range(a.repeats):      # interleaved: the machine's load hits every variant alike
+        for k, (model, mk) in variants.items():
+            s, losses[k] = _loop(model, list(model.parameters()), x, y, mk)
+            times[k].append(s)
+    scale = EPOCH / x.shape[0]
+    dig = min(times["digital torch"]) * scale
+    rows = []
+    for k in variants:
+        per_epoch = min(times[k]) * scale
+        rows.append({"variant": k, "seconds_per_epoch": per_epoch, "cpu_seconds": times[k],
+                     "ratio_to_digital": per_epoch / dig, "last_mean_loss": losses[k]})
+    memcim = next(r for r in rows if r["variant"] == "memcim hardware-aware training")
+    lit = next((r for r in rows if r["variant"].startswith("aihwkit-lightning")), None)
+    doc = {"benchmark": "hardware-aware training time per epoch", "model": MODEL, "preset": "generic",
+           "images_timed": int(x.shape[0]), "epoch_images": EPOCH, "batch_size": BATCH, "threads": 1,
+           "timer": "process CPU time, min over repeats", "repeats": a.repeats, "results": rows,
+           "goal": "memcim hardware-aware training no slower than aihwkit-lightning per epoch",
+           "lightning_over_memcim": lit["seconds_per_epoch"] / memcim["seconds_per_epoch"] if lit else None,
+           "lightning_skipped": why, "torch": str(torch.__version__), "provenance": provenance(seed=0)}
+    write_json(a.out, doc)
+    print(f"{'variant':50s} {'s/epoch':>9s} {'x digital':>10s}")
+    for r in rows:
+        print(f"{r['variant']:50s} {r['seconds_per_epoch']:9.2f} {r['ratio_to_digital']:10.2f}")
+    if lit:
+        print(f"aihwkit-lightning / memcim time per epoch: {doc['lightning_over_memcim']:.2f}")
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
