@@ -91,7 +91,8 @@ def trained_cases(size: int, n_images: int = 3000, seed: int = 0, cnn: bool = Tr
             if not isinstance(mod, torch.nn.Conv2d):
                 continue
             X = X[rng.permutation(len(X))[:3000]]
-            yield {"name": f"{CNN}/conv{li + 1}", "W": _matrix(mod), "X_fit": X[:2000], "X_eval": X[2000:],
+            k = 2 * len(X) // 3
+            yield {"name": f"{CNN}/conv{li + 1}", "W": _matrix(mod), "X_fit": X[:k], "X_eval": X[k:],
                    "array": (128, 128)}
 
 
