@@ -14,7 +14,8 @@ and one RTN snapshot, and with ``compensation.drift`` the outputs are rescaled b
 reference read at ``t0`` to one at ``t`` (global, or per column), as a chip's digital periphery does.
 
 Trials are the leading dimension of every output. Everything runs on the tensors' device (CPU or
-CUDA) and is reproducible from the seeds.
+CUDA) and is reproducible from the seeds. A large CPU read keeps its partial-sum buffer for the next
+read (one buffer per thread, the largest read's; :func:`release_workspace` frees it).
 
 **Differentiable read (hardware-aware training).** ``program(plan, seed, weights=W)`` programs the
 same chip as ``program(plan, seed)`` (the same random numbers, the same conductances), but its
