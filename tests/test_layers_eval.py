@@ -83,16 +83,17 @@ def test_chip_zero_matches_the_public_analog_api(result):
 
 
 def test_predicted_column_against_monte_carlo_and_refused_presets():
-    """A preset whose mapping refuses the model (taox's wires) gets a ``not supported`` row, not an
-    exception. The closed form's column on the sequential MLP: on ideal both MSEs are ~0; on generic
+    """A preset whose mapping refuses the model (taox's own 128 x 128 arrays, given as a config so that no
+    override applies) gets a ``not supported`` row, not an exception. The closed form's column on the sequential MLP: on ideal both MSEs are ~0; on generic
     the prediction lies within a factor 2 of the Monte Carlo mean over 4 chips (the closed form's own
     agreement tests are in tests/agreement; this checks that the experiment feeds both the same images
     and calibration). The issue-15 models' closed forms take seconds per image, so they are left to
     the full run."""
-    res = registry.run("015/models", models=("mnist-mlp-256-128",), hw=["ideal", "generic", "taox"],
+    res = registry.run("015/models", models=("mnist-mlp-256-128",), hw=["ideal", "generic", preset("taox")],
                        chips=4, n_images=20, n_predict=20, calib_samples=64, hwa_hw=None)
     ideal, generic, taox = res["results"]
     assert taox["error"].startswith("not supported: ") and "accuracy" not in taox and "predicted" not in taox
+    assert res["overrides"] == {}
     assert res["hardware_aware"] == [] and res["noisiest"] in ("ideal", "generic")   # taox has no accuracy
     assert ideal["predicted"]["status"] == generic["predicted"]["status"] == "ok"
     assert ideal["predicted"]["mse"] < 1e-8 and ideal["mse_predict_images"]["mean"] < 1e-8

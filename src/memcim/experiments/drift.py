@@ -18,7 +18,7 @@ Examples
 >>> "pcm" in drift_presets()
 True
 >>> time_presets()
-['pcm', 'wan2022', 'hfo2']
+['pcm', 'wan2022', 'hfo2', 'taox']
 """
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ TIMES = (3600.0, 86400.0, 3.15e7)
 MODES = ("none", "global", "column")
 #: The presets fitted to published measurements (docs/devices.md), in the order of the figure.
 FITTED = ("pcm", "wan2022", "hfo2", "taox")
-#: Fitted presets the default run leaves out, and why (docs/time.md).
-SKIPPED = {"taox": "no time-dependent physics (no drift, 1/f, telegraph or programming noise: its reads are "
-                   "the same at every time) and its circuit reads of the reference models are too slow for "
-                   "this figure (its default 'representable' mapping also refuses arrays of 64 rows or more)"}
+#: Fitted presets the default run leaves out, and why (docs/time.md); none at present. A preset that runs
+#: only with changed settings is in :data:`memcim.experiments.overrides.NETWORK_OVERRIDES` instead
+#: (``taox``: 32 x 32 tiles, linearized read).
+SKIPPED: dict[str, str] = {}
 _COLORS = {"none": "tab:red", "global": "tab:blue", "column": "tab:green"}
 
 
@@ -63,22 +63,21 @@ def _drifts(config: dict) -> bool:
     return d.has_drift or d.has_read_1f or d.has_rtn
 
 
-def _hardware_list(hw) -> list:
-    from memcim.config import HardwareConfig, resolve_config
+def _hardware_list(hw) -> tuple[list, dict]:
+    """The hardware of ``hw`` (a preset name given by name gets its :data:`NETWORK_OVERRIDES
+    <memcim.experiments.overrides.NETWORK_OVERRIDES>`) and the overrides applied."""
+    from memcim.experiments.overrides import applied, apply
 
     specs = time_presets() if hw is None else (list(hw) if isinstance(hw, (list, tuple)) else [hw])
     if not specs:
         raise ValueError("hw: no preset has drift (device.drift_*); give a hardware with drift")
     out = []
     for h in specs:
-        if isinstance(h, HardwareConfig):
-            out.append(h)
-            continue
         try:
-            out.append(resolve_config(h))
+            out.append(apply(h))
         except ValueError as e:
             raise ValueError(f"hw: {str(e).split(': ', 1)[-1]}") from None
-    return out
+    return out, applied(specs, out)
 
 
 @register("time/accuracy",
@@ -132,7 +131,7 @@ def accuracy_over_time(*, models=MODELS, hw=None, times=TIMES, compensation=MODE
     models = [models] if isinstance(models, str) else list(models)
     if not models:
         raise ValueError("models: an empty list; give at least one model")
-    hws = _hardware_list(hw)
+    hws, overrides = _hardware_list(hw)
     for h in hws:
         read_times(times, h)          # every time checked before any work
     spec = f"{dataset}:test:{n_images}"
@@ -165,7 +164,8 @@ def accuracy_over_time(*, models=MODELS, hw=None, times=TIMES, compensation=MODE
     return {"models": list(dict.fromkeys(x["model"] for x in results)),
             "hardware": [h.name for h in hws], "compensation": modes, "chips": chips,
             "data": spec, "seed": seed, "results": results, "summary": summary,
-            "configs": {h.name: h.to_dict() for h in hws}, "seconds": _time.perf_counter() - start}
+            "configs": {h.name: h.to_dict() for h in hws}, "overrides": overrides,
+            "seconds": _time.perf_counter() - start}
 
 
 # ------------------------------------------------------------------ plots

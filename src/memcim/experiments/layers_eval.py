@@ -5,7 +5,8 @@ Registry entry ``015/models`` (``memcim paper run 015/models [--quick] --out DIR
 CNN (``mnist-resnet-small``), the row-by-row LSTM (``mnist-lstm-row``) and the small vision
 transformer (``mnist-vit-tiny``), with the 3-layer MLP (``mnist-mlp-256-128``) and the paper-001 CNN
 (``mnist-cnn-small``) for comparison, on every shipped preset (:func:`model_presets`; the
-``irdrop`` preset is left out by default, see :data:`SKIPPED`).
+``irdrop`` preset is left out by default, see :data:`SKIPPED`; ``taox`` runs with the settings of
+:data:`memcim.experiments.overrides.NETWORK_OVERRIDES`, recorded in the result's ``overrides``).
 
 Per (model, preset), over ``chips`` programmed chips (chip ``c``: ``layer_seed(seed, c)``, the
 one Monte Carlo loop :func:`memcim.nn.evaluate.chip_outputs`):
@@ -54,25 +55,24 @@ def model_presets() -> list[str]:
     return sorted(names, key=lambda p: (p != "ideal", p))
 
 
-def _hardware_list(hw) -> list:
-    from memcim.config import HardwareConfig, resolve_config
+def _hardware_list(hw) -> tuple[list, dict]:
+    """The hardware of ``hw`` (a preset given by name gets its :data:`NETWORK_OVERRIDES
+    <memcim.experiments.overrides.NETWORK_OVERRIDES>`) and the overrides applied."""
+    from memcim.experiments.overrides import applied, apply
 
     specs = model_presets() if hw is None else (list(hw) if isinstance(hw, (list, tuple)) else [hw])
     if not specs:
         raise ValueError("hw: an empty list; give presets (memcim hw list) or leave it out for every preset")
     out = []
     for h in specs:
-        if isinstance(h, HardwareConfig):
-            out.append(h)
-            continue
         try:
-            out.append(resolve_config(h))
+            out.append(apply(h))
         except ValueError as e:
             raise ValueError(f"hw: {str(e).split(': ', 1)[-1]}") from None
     names = [h.name for h in out]
     if len(set(names)) != len(names):
         raise ValueError(f"hw: {names} names a hardware twice; give each once")
-    return out
+    return out, applied(specs, out)
 
 
 def _one_line(e: Exception) -> str:
@@ -199,7 +199,7 @@ def models_eval(*, models=MODELS, hw=None, chips: int = 10, dataset: str = "mnis
     models = [models] if isinstance(models, str) else list(models)
     if not models:
         raise ValueError("models: an empty list; give at least one model")
-    hws = _hardware_list(hw)
+    hws, overrides = _hardware_list(hw)
     hwa_cfg = None
     if hwa_hw is not None and not (isinstance(hwa_hw, str) and hwa_hw == "noisiest"):
         try:
@@ -299,7 +299,8 @@ def models_eval(*, models=MODELS, hw=None, chips: int = 10, dataset: str = "mnis
                 "batch_size": hwa_batch_size, "method": "memcim.nn.train.train on convert_to_analog (memcim train "
                 "--init MODEL --hw PRESET): a fresh chip per mini-batch, differentiable read"},
             "hardware_aware": hwa, "summary": summary,
-            "configs": {h.name: h.to_dict() for h in hws}, "seconds": _time.perf_counter() - start}
+            "configs": {h.name: h.to_dict() for h in hws}, "overrides": overrides,
+            "seconds": _time.perf_counter() - start}
 
 
 # ------------------------------------------------------------------ plot
