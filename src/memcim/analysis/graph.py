@@ -64,6 +64,8 @@ Layers and their approximations
 * ``MultiheadAttention`` (batch_first, self-attention, no masks), ``TransformerEncoderLayer`` and
   ``TransformerEncoder``: projections on crossbars (token-wise), scores and weighted sum by the
   product rule, softmax as above; digital as in :class:`memcim.nn.analog.AnalogMultiheadAttention`.
+  ``A V`` mixes V's per-unit residual over the tokens (``A diag(r_d) A^T`` at channel ``d``): its top
+  ``rank`` eigen-directions per channel are kept as factors (fresh ids), the rest as residual.
 * ``LSTM``/``GRU``: :func:`memcim.analysis.recurrent.propagate_recurrent` (the output's factors get
   fresh ids: its correlation with a skip path around the recurrent layer is not tracked).
 
@@ -576,9 +578,31 @@ class _Walker:
         S = _product(Q, _index_map(K, lambda t: t.transpose(-2, -1)), torch.matmul)
         A = _softmax(self.tidy(S, live | set(V.ids)), -1)
         O = _product(A, V, torch.matmul)
+        O = self._mix_residual(O, A.mean, V.residual())
         O = _index_map(O, lambda t: t.transpose(1, 2).reshape(t.shape[0], t.shape[2], E))
         O = self.tidy(O, others)
         return self.linear(path, m.out_proj, O, others, key="out", weight=m.out_proj.weight, bias=m.out_proj.bias)
+
+    def _mix_residual(self, O: GraphState, a: torch.Tensor, r: torch.Tensor) -> GraphState:
+        """``O = A V`` mixes V's residual (independent per unit) over the tokens: at channel ``d`` of
+        a head it adds ``M_d = A diag(r_d) A^T`` (tokens x tokens) to O's covariance, which the
+        per-unit residual would drop. Keep its top ``k`` eigen-directions per channel as factors under
+        fresh ids (their variance moves out of the residual; the rest stays independent)."""
+        if self.cov == "diagonal":
+            return O
+        k = min(self.rank, a.shape[-2])
+        if k <= 0:
+            return O
+        m = torch.einsum("...ts,...sd,...us->...dtu", a, r, a)          # (B, H, dh, T, T)
+        lam, vec = torch.linalg.eigh(m)
+        lam, vec = lam[..., -k:].clamp_min(0.0), vec[..., -k:]          # (B, H, dh, k), (B, H, dh, T, k)
+        f = vec * lam.sqrt().unsqueeze(-2)                              # (B, H, dh, T, k)
+        b, h, dh, T, _ = f.shape
+        # factor (h, d, j) lives on channel (h, d) only: (B, H*dh*k, H, T, dh)
+        eye = torch.eye(h * dh, dtype=f.dtype).repeat_interleave(k, 0).reshape(1, h * dh * k, h, 1, dh)
+        new = f.permute(0, 1, 2, 4, 3).reshape(b, h * dh * k, 1, T, 1) * eye
+        fac = new if O.fac is None else torch.cat([O.fac, new], 1)
+        return GraphState(O.mean, O.var, fac, O.ids + self.fresh(new.shape[1]), O.nonzero, O.full)
 
     def encoder_layer(self, path: str, m: nn.TransformerEncoderLayer, x: GraphState, others: set) -> GraphState:
         act = m.activation
