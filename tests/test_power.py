@@ -43,14 +43,16 @@ def test_memse_power_of_one_layer_by_hand():
 
 def test_memse_power_is_unchanged_on_the_benchmark_cnn():
     """The budgets of bench/results/bench_gmax.json (small CNN, 16 MNIST inputs, common G_max 1 and 3 S)
-    were computed by the Eqs. 16-21 implementation this one replaced."""
+    were computed by the Eqs. 16-21 implementation this one replaced. The power reads the second moment
+    of every layer's input, so it moves with the low-rank covariance's compression: issue 17's later
+    compression (factors kept up to 2 max_factors) moved it by 3.4e-7 relative, hence rel=1e-6."""
     from memcim.data.datasets import load_dataset
     from memcim.nn.loading import load_model
 
     net = load_model("mnist-cnn-small").double().eval()
     x = load_dataset("mnist", "test", limit=16).x.double()
     for g, committed in ((1.0, 10972617.493582465), (3.0, 78475855.77373867)):
-        assert predict_power(net, x, sigma=0.01, gmax=g, levels=128)["total_W"] == pytest.approx(committed, rel=1e-9)
+        assert predict_power(net, x, sigma=0.01, gmax=g, levels=128)["total_W"] == pytest.approx(committed, rel=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])

@@ -89,7 +89,7 @@ CASES = [("lstm", 1, False, "programming", None), ("lstm", 1, False, "noisy", No
          ("gru", 1, False, "programming", None), ("gru", 1, False, "noisy", None),
          ("lstm", 2, True, "programming", None), ("gru", 2, True, "programming", None),
          ("lstm", 1, False, "pcm", 86400.0)]      # drift, 1/f noise and global drift compensation, one day
-Z = z_bonferroni(3 * len(CASES) + 1)
+Z = z_bonferroni(3 * len(CASES) + 2)   # + the rank-0 check and the h_n[-1] walker check
 
 
 @functools.lru_cache(maxsize=None)
@@ -285,3 +285,37 @@ def test_mnist_lstm_row_matches_monte_carlo(name):
           f"accuracy drop {drop:.1f} points")
     assert abs(p.mse_mean - mc["mse"]) <= z * mc["mse_se"] + 0.10 * mc["mse"]
     assert abs(float(p.var.mean()) - mc["var"]) <= z * mc["var_se"] + 0.10 * mc["var"]
+
+
+class _HnHead(nn.Module):
+    """A 2-layer LSTM whose head reads the last layer's final state ``h_n[-1]`` (torch's (layers, B, H))."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(6, 12, num_layers=2, batch_first=True)
+        self.fc = nn.Linear(12, 4)
+
+    def forward(self, x):
+        _, (h, _) = self.rnn(x)
+        return self.fc(h[-1])
+
+
+def test_graph_walker_indexes_h_n_by_layer(data):
+    """``predict`` (the fx walker) on a head reading ``h_n[-1]``: the state's layer index is torch's first
+    dimension, held after the batch in the closed form; same Monte Carlo truth and tolerance as above
+    (h_n[-1] of a one-direction LSTM equals out[:, -1], so the _Seq twin is the reference)."""
+    from memcim.analysis.predict import predict
+
+    x, cal = data
+    torch.manual_seed(0)
+    model = _HnHead().double().eval()
+    with torch.no_grad():
+        for p in model.rnn.parameters():
+            p.mul_(2.0)
+    hw = _hw("programming")
+    Y, ref = _monte_carlo(model, x, hw, cal, trials=TRIALS)
+    mc = _stats(Y, ref)
+    p = predict(model, x, hw, calib_data=cal)
+    assert torch.allclose(p.reference.reshape(ref.shape), ref)
+    tol = Z * mc["mse_se"] + MODEL_REL * mc["mse"]
+    assert abs(p.mse_mean - mc["mse"]) <= tol, f"MSE: predicted {p.mse_mean:.5g}, MC {mc['mse']:.5g} ± {mc['mse_se']:.2g}"
