@@ -344,6 +344,19 @@ def _is_deterministic(st: mo.Moments) -> bool:
     return st.cov is None or not bool(torch.any(st.cov != 0))
 
 
+def _through_slope(mean: torch.Tensor, var: torch.Tensor, out: mo.Moments, slope: torch.Tensor) -> mo.Moments:
+    """Moments after a quantizer of mean slope ``slope``: ``mean`` and ``var`` as computed, the factors and the
+    off-diagonal covariance of ``out`` scaled by the slope (Stein's lemma), the diagonal replaced by ``var``."""
+    cov, fac = out.cov, out.factors
+    if fac is not None:
+        fac = fac * slope.unsqueeze(1)
+    if cov is not None:
+        sl = slope.reshape(slope.shape[0], -1)
+        cov = cov * sl.unsqueeze(-1) * sl.unsqueeze(-2)
+        cov = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2)) + torch.diag_embed(var.reshape(var.shape[0], -1))
+    return mo.Moments(mean, var, out.mode, cov, fac)
+
+
 class _HardwareStep:
     """The crossbar step of :func:`predict` for one layer (see the module docstring)."""
 
@@ -614,15 +627,7 @@ class _HardwareStep:
         if T > 1:   # the arrays' partial sums are correlated through the inputs: keep that, scaled by the slope
             vin_total = out.var - op(m2, self.s2_full)
             var = (var + slope * slope * (vin_total - vin_tiles)).clamp_min(0.0)
-        mean = qm + bias
-        cov, fac = out.cov, out.factors
-        if fac is not None:
-            fac = fac * slope.unsqueeze(1)
-        if cov is not None:
-            sl = slope.reshape(slope.shape[0], -1)
-            cov = cov * sl.unsqueeze(-1) * sl.unsqueeze(-2)
-            cov = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2)) + torch.diag_embed(var.reshape(var.shape[0], -1))
-        return mo.Moments(mean, var, out.mode, cov, fac)
+        return _through_slope(qm + bias, var, out, slope)
 
     def _dac_exact(self, st: mo.Moments, op):
         """Round a deterministic input through the DAC exactly.

@@ -190,7 +190,7 @@ def _bit_serial(par, cyc, st: mo.Moments, hw, cycles, op):
 
 def sliced_read(step, st: mo.Moments) -> mo.Moments:
     """The moments of a sliced layer's output for input moments ``st`` (see the module docstring)."""
-    from memcim.analysis.predict import _col, _is_deterministic, _op, _per_read
+    from memcim.analysis.predict import _col, _is_deterministic, _op, _per_read, _through_slope
 
     lh, layer = step.lh, step.layer
     S = lh.sliced
@@ -276,12 +276,4 @@ def sliced_read(step, st: mo.Moments) -> mo.Moments:
         step.power[0] = sum(p.power[0] for p in parts)
         step.power[1] = sum(p.power[1] for p in parts)
         step.power[2] = steps[0][0].power[2] if not cycles else step.power[2] + st.mean.shape[0]
-    mean = mean + _col(layer.bias, layer)
-    fac, cov = out_c.factors, out_c.cov
-    if fac is not None:
-        fac = fac * slope.unsqueeze(1)
-    if cov is not None:
-        sl = slope.reshape(slope.shape[0], -1)
-        cov = cov * sl.unsqueeze(-1) * sl.unsqueeze(-2)
-        cov = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2)) + torch.diag_embed(var.reshape(var.shape[0], -1))
-    return mo.Moments(mean, var, out_c.mode, cov, fac)
+    return _through_slope(mean + _col(layer.bias, layer), var, out_c, slope)

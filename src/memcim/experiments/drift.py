@@ -64,20 +64,10 @@ def _drifts(config: dict) -> bool:
 
 
 def _hardware_list(hw) -> tuple[list, dict]:
-    """The hardware of ``hw`` (a preset name given by name gets its :data:`NETWORK_OVERRIDES
-    <memcim.experiments.overrides.NETWORK_OVERRIDES>`) and the overrides applied."""
-    from memcim.experiments.overrides import applied, apply
+    """The hardware of ``hw`` (default: :func:`time_presets`), overrides applied (experiments.overrides)."""
+    from memcim.experiments.overrides import hardware_list
 
-    specs = time_presets() if hw is None else (list(hw) if isinstance(hw, (list, tuple)) else [hw])
-    if not specs:
-        raise ValueError("hw: no preset has drift (device.drift_*); give a hardware with drift")
-    out = []
-    for h in specs:
-        try:
-            out.append(apply(h))
-        except ValueError as e:
-            raise ValueError(f"hw: {str(e).split(': ', 1)[-1]}") from None
-    return out, applied(specs, out)
+    return hardware_list(hw, time_presets, "hw: no preset has drift (device.drift_*); give a hardware with drift")
 
 
 @register("time/accuracy",

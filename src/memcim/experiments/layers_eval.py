@@ -56,23 +56,16 @@ def model_presets() -> list[str]:
 
 
 def _hardware_list(hw) -> tuple[list, dict]:
-    """The hardware of ``hw`` (a preset given by name gets its :data:`NETWORK_OVERRIDES
-    <memcim.experiments.overrides.NETWORK_OVERRIDES>`) and the overrides applied."""
-    from memcim.experiments.overrides import applied, apply
+    """The hardware of ``hw`` (default: :func:`model_presets`), overrides applied (experiments.overrides);
+    a hardware named twice is refused."""
+    from memcim.experiments.overrides import hardware_list
 
-    specs = model_presets() if hw is None else (list(hw) if isinstance(hw, (list, tuple)) else [hw])
-    if not specs:
-        raise ValueError("hw: an empty list; give presets (memcim hw list) or leave it out for every preset")
-    out = []
-    for h in specs:
-        try:
-            out.append(apply(h))
-        except ValueError as e:
-            raise ValueError(f"hw: {str(e).split(': ', 1)[-1]}") from None
+    out, applied = hardware_list(hw, model_presets, "hw: an empty list; give presets (memcim hw list) or leave "
+                                                    "it out for every preset")
     names = [h.name for h in out]
     if len(set(names)) != len(names):
         raise ValueError(f"hw: {names} names a hardware twice; give each once")
-    return out, applied(specs, out)
+    return out, applied
 
 
 def _one_line(e: Exception) -> str:

@@ -53,3 +53,19 @@ def applied(specs, hws) -> dict:
     """The overrides :func:`apply` used for ``specs`` (resolved to ``hws``): {hardware name: entry}."""
     return {h.name: dict(NETWORK_OVERRIDES[s]) for s, h in zip(specs, hws)
             if isinstance(s, str) and s in NETWORK_OVERRIDES}
+
+
+def hardware_list(hw, default, empty: str) -> tuple[list, dict]:
+    """The hardware of ``hw`` (one spec or a list; None: the names ``default()``), each through
+    :func:`apply`, and the overrides applied. ``empty`` is the message when there is none; a spec that does
+    not resolve is a ``hw:`` error."""
+    specs = default() if hw is None else (list(hw) if isinstance(hw, (list, tuple)) else [hw])
+    if not specs:
+        raise ValueError(empty)
+    out = []
+    for h in specs:
+        try:
+            out.append(apply(h))
+        except ValueError as e:
+            raise ValueError(f"hw: {str(e).split(': ', 1)[-1]}") from None
+    return out, applied(specs, out)
