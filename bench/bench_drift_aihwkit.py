@@ -57,21 +57,8 @@ TIMES = (20.0, 3600.0, 86400.0, 3.15e7)
 NAMES = {20.0: "t0 = 20 s", 3600.0: "1 hour", 86400.0: "1 day", 3.15e7: "1 year"}
 
 
-def _summary(v):
-    v = np.asarray(v, dtype=np.float64)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size),
-            "values": v.tolist()}
-
-
-def _outputs(model, x, batch):
-    with torch.no_grad():
-        return torch.cat([model(x[i:i + batch]) for i in range(0, x.shape[0], batch)]).float()
-
-
-def _read(model, x, y, ref, batch):
-    """(accuracy, relative output error ||y - y_digital||^2 / ||y_digital||^2) of one read."""
-    out = _outputs(model, x, batch)
-    return float((out.argmax(1) == y).float().mean()), float(((out - ref) ** 2).sum() / (ref ** 2).sum())
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import outputs as _outputs, read as _read, summary as _summary  # noqa: E402
 
 
 def run_memcim(model, x, y, ref, calib, hw, chips, seed, one_hot_reference, batch):
