@@ -43,13 +43,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import sys
 import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +56,7 @@ NAMES = {20.0: "t0 = 20 s", 3600.0: "1 hour", 86400.0: "1 day", 3.15e7: "1 year"
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import outputs as _outputs, read as _read, summary as _summary  # noqa: E402
+from _common import difference as _difference, outputs as _outputs, pcm_rpu_config, read as _read, summary as _summary  # noqa: E402,E501
 
 
 def run_memcim(model, x, y, ref, calib, hw, chips, seed, one_hot_reference, batch):
@@ -87,18 +85,9 @@ def run_memcim(model, x, y, ref, calib, hw, chips, seed, one_hot_reference, batc
 
 
 def run_aihwkit(model, x, y, ref, chips, seed, tile, batch, read_noise=True):
-    from aihwkit.inference import GlobalDriftCompensation, PCMLikeNoiseModel
     from aihwkit.nn.conversion import convert_to_analog
-    from aihwkit.simulator.configs import TorchInferenceRPUConfig
 
-    rpu = TorchInferenceRPUConfig()        # the torch tile (the C++ tile refuses this torch build's weights)
-    rpu.forward.is_perfect = True                 # perfect I/O: no DAC/ADC, no output noise, no bound management
-    rpu.noise_model = PCMLikeNoiseModel(g_max=25.0, t_0=TIMES[0], t_read=250e-9,
-                                        read_noise_scale=1.0 if read_noise else 0.0)
-    rpu.drift_compensation = GlobalDriftCompensation()
-    rpu.mapping.max_input_size = tile
-    rpu.mapping.max_output_size = tile
-    rpu.mapping.digital_bias = True
+    rpu = pcm_rpu_config(tile, TIMES[0], read_noise)
     analog = convert_to_analog(copy.deepcopy(model), rpu).eval()
     acc, err = {t: [] for t in TIMES}, {t: [] for t in TIMES}
     for c in range(chips):
@@ -120,12 +109,7 @@ def compare(m, a, me, ae):
     for t in TIMES:
         em, ea = _summary(me[t]), _summary(ae[t])
         sm, sa = _summary(m[t]), _summary(a[t])
-        diff = sm["mean"] - sa["mean"]
-        spread = max(sm["std"], sa["std"])
-        se = math.sqrt(sm["std"] ** 2 / sm["n"] + sa["std"] ** 2 / sa["n"])
-        rows.append({"t": t, "memcim": sm, "aihwkit": sa, "difference": diff, "spread": spread,
-                     "se_difference": se, "z": diff / se if se > 0 else None,
-                     "within_spread": abs(diff) <= spread,
+        rows.append({"t": t, "memcim": sm, "aihwkit": sa, **_difference(sm, sa),
                      "error_memcim": em, "error_aihwkit": ea, "error_ratio": em["mean"] / ea["mean"],
                      "error_within_spread": abs(em["mean"] - ea["mean"]) <= max(em["std"], ea["std"])})
     return rows

@@ -46,13 +46,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import sys
 import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -61,7 +59,7 @@ T0 = 20.0
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import outputs as _outputs, read as _read, summary as _summary  # noqa: E402
+from _common import difference as _difference, outputs as _outputs, pcm_rpu_config, read as _read, summary as _summary  # noqa: E402,E501
 
 
 # ------------------------------------------------------------------ memcim
@@ -88,17 +86,7 @@ def run_memcim(model, x, y, ref, calib, hw, chips, seed, batch, overrides=None):
 
 # ------------------------------------------------------------------ aihwkit
 def rpu_config(tile, read_noise=True):
-    from aihwkit.inference import GlobalDriftCompensation, PCMLikeNoiseModel
-    from aihwkit.simulator.configs import TorchInferenceRPUConfig
-
-    rpu = TorchInferenceRPUConfig()        # the pure-torch tile
-    rpu.forward.is_perfect = True          # perfect I/O: no DAC/ADC, no output noise, no bound management
-    rpu.noise_model = PCMLikeNoiseModel(g_max=25.0, t_0=T0, t_read=250e-9, read_noise_scale=1.0 if read_noise else 0.0)
-    rpu.drift_compensation = GlobalDriftCompensation()
-    rpu.mapping.max_input_size = tile
-    rpu.mapping.max_output_size = tile
-    rpu.mapping.digital_bias = True
-    return rpu
+    return pcm_rpu_config(tile, T0, read_noise)
 
 
 class AihwkitLSTMRow(nn.Module):
@@ -168,11 +156,7 @@ def run_aihwkit(net, x, y, ref, chips, seed, batch):
 
 
 def compare(m, a):
-    sm, sa = m["accuracy"], a["accuracy"]
-    diff = sm["mean"] - sa["mean"]
-    se = math.sqrt(sm["std"] ** 2 / sm["n"] + sa["std"] ** 2 / sa["n"])
-    return {"difference": diff, "se_difference": se, "z": diff / se if se > 0 else None,
-            "within_spread": abs(diff) <= max(sm["std"], sa["std"]),
+    return {**_difference(m["accuracy"], a["accuracy"]),
             "time_ratio_aihwkit_over_memcim": a["seconds"] / m["seconds"]}
 
 

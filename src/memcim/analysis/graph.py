@@ -162,44 +162,6 @@ def _aligned(states):
     return out, tuple(ids)
 
 
-def _compress(fac: torch.Tensor, limit: int) -> torch.Tensor:
-    """The top ``limit`` principal directions of ``F F^T`` per sample (as the sequential form's
-    ``_compress``), with a jitter retry when LAPACK fails on a degenerate Gram matrix."""
-    b, k = fac.shape[:2]
-    flat = fac.reshape(b, k, -1)
-    q = limit + _OVERSAMPLE
-    if k > 2 * q and flat.shape[2] > 2 * q:
-        return _compress_randomized(flat, limit, q).reshape(b, limit, *fac.shape[2:])
-    gram = (flat @ flat.transpose(1, 2)).detach()
-    try:
-        _, vec = torch.linalg.eigh(gram)
-    except RuntimeError:
-        eps = 1e-12 * gram.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-300)
-        _, vec = torch.linalg.eigh(gram + eps.reshape(b, 1, 1) * torch.eye(k, dtype=gram.dtype))
-    vec = vec[:, :, -limit:]
-    return (vec.transpose(1, 2) @ flat).reshape(b, vec.shape[2], *fac.shape[2:])
-
-
-_OVERSAMPLE = 16     # randomized compression: extra directions sampled beyond the kept ones
-_POWER_ITERS = 2     # and subspace iterations (Halko, Martinsson & Tropp 2011, algorithm 4.4)
-
-
-def _compress_randomized(flat: torch.Tensor, limit: int, q: int) -> torch.Tensor:
-    """The top ``limit`` principal directions of ``F F^T`` (F: (B, K, D)) within a randomized range
-    of ``q`` directions of ``F^T`` (a fixed-seed Gaussian sketch and ``_POWER_ITERS`` subspace
-    iterations): ``O(K D q)`` instead of the ``O(K^3)`` eigen-decomposition of the Gram matrix."""
-    b, k, d = flat.shape
-    g = torch.Generator(device="cpu").manual_seed(0)
-    om = torch.randn(d, q, generator=g, dtype=flat.dtype)
-    y = torch.linalg.qr(flat @ om).Q                                  # (B, K, q): range of F
-    for _ in range(_POWER_ITERS):
-        z = torch.linalg.qr(flat.transpose(1, 2) @ y).Q              # (B, D, q)
-        y = torch.linalg.qr(flat @ z).Q
-    small = y.transpose(1, 2) @ flat                                  # (B, q, D): F projected on the range
-    _, vec = torch.linalg.eigh((small @ small.transpose(1, 2)).detach())
-    return vec[:, :, -limit:].transpose(1, 2) @ small
-
-
 def _det(x: torch.Tensor) -> GraphState:
     return GraphState(x, torch.zeros_like(x))
 
@@ -447,7 +409,7 @@ class _Walker:
         if len(priv) <= limit:
             return s
         shared = [n for n, i in enumerate(s.ids) if i in others]
-        fp = _compress(s.fac[:, priv], limit)
+        fp = mo._compress(s.fac[:, priv], limit)
         fac = torch.cat([s.fac[:, shared], fp], 1) if shared else fp
         return GraphState(s.mean, s.var, fac, tuple(s.ids[n] for n in shared) + self.fresh(fp.shape[1]),
                           s.nonzero, s.full, s.layer_first)
