@@ -14,9 +14,8 @@ from memcim.hardware.energy import (
     adc_energy,
     digital_energy,
     layer_cost,
-    layer_energy,
+    matrix_cost,
     network_cost,
-    network_energy,
 )
 from memcim.mapping.crossbar import map_matrix
 
@@ -28,9 +27,10 @@ F2 = (32e-9) ** 2
 
 
 def test_tiny_array_by_hand():
-    e = layer_energy(W, HW, u2=U2)
+    cost = matrix_cost(W, HW, u2=U2)
+    e = cost.energy
     # 3 inputs on 2-row arrays -> 2 row tiles; 3 outputs on 4/2 = 2 weight columns -> 2 column tiles
-    assert (e["row_tiles"], e["col_tiles"]) == (2, 2)
+    assert (cost.counts["row_tiles"], cost.counts["col_tiles"]) == (2, 2)
     t = 1 / (2 * 1e8)                                   # 5 ns
     c = (1e-4 - 1e-6) / 2.0                             # 4.95e-5 S per weight unit
     g_rows = [2 * 1e-6 * 3 + c * 3.5, 2 * 1e-6 * 3 + c * 2.0, 2 * 1e-6 * 3 + c * 2.0]
@@ -46,7 +46,7 @@ def test_tiny_array_by_hand():
     parts = ("crossbar", "dac", "adc", "tia", "digital", "buffers")
     assert e["total"] == pytest.approx(sum(e[k] for k in parts), rel=1e-12)
     # latency: read + one conversion of a per-column ADC at 1.2 GS/s + (ceil(log2 2) + 2) clocks at 1.2 GHz
-    assert e["latency_s"] == pytest.approx(5e-9 + 1 / 1.2e9 + 3 / 1.2e9, rel=1e-12)
+    assert cost.latency == pytest.approx(5e-9 + 1 / 1.2e9 + 3 / 1.2e9, rel=1e-12)
     # area: 4 arrays of 2x4 cells of 4 F^2, 8 ADCs (one per weight column), 8 word-line DACs of 2^8 steps
     c = layer_cost(map_matrix(W, HW), u2=U2)
     a = c.area
@@ -159,15 +159,15 @@ def test_crossbar_energy_is_the_monte_carlo_mean_of_the_chips_read_power():
 
 
 def test_window_network_and_baseline():
-    wide = layer_energy(W, HW, u2=U2)
-    narrow = layer_energy(W, HW, u2=U2, g_min=1e-6, g_max=2e-5)
-    assert narrow["crossbar"] < wide["crossbar"] and narrow["adc"] == wide["adc"]
+    wide = matrix_cost(W, HW, u2=U2)
+    narrow = matrix_cost(W, HW, u2=U2, g_min=1e-6, g_max=2e-5)
+    assert narrow.energy["crossbar"] < wide.energy["crossbar"] and narrow.energy["adc"] == wide.energy["adc"]
     d = digital_energy(3, 3)
     assert d["macs"] == 9 and d["total"] == pytest.approx(9 * (0.2 + 0.1 + 20 / 8) * 1e-12)
     f = digital_energy(3, 3, EnergyConfig(baseline="fp32"))
     assert f["total"] == pytest.approx(9 * (3.7 + 0.9 + 10) * 1e-12)
-    tot = network_energy([wide, narrow])
-    assert tot["total"] == pytest.approx(wide["total"] + narrow["total"])
+    tot = network_cost([wide, narrow])
+    assert tot.energy["total"] == pytest.approx(wide.energy["total"] + narrow.energy["total"])
     a, b = layer_cost(map_matrix(W, HW), u2=U2), layer_cost(map_matrix(W, HW), u2=U2, reads=4)
     net = network_cost([a, b])
     assert b.energy["total"] == pytest.approx(4 * a.energy["total"]) and b.latency == pytest.approx(4 * a.latency)
@@ -201,11 +201,11 @@ def test_energy_section_round_trips_and_is_left_out_by_default():
 
 def test_bad_inputs():
     with pytest.raises(ValueError, match="u2: shape"):
-        layer_energy(W, HW, u2=np.ones(5))
+        matrix_cost(W, HW, u2=np.ones(5))
     with pytest.raises(ValueError, match="g_max"):
-        layer_energy(W, HW, g_min=1e-4, g_max=1e-5)
+        matrix_cost(W, HW, g_min=1e-4, g_max=1e-5)
     with pytest.raises(ValueError, match="W: expected a 2-D"):
-        layer_energy(np.ones(3), HW)
+        matrix_cost(np.ones(3), HW)
     with pytest.raises(ValueError, match="reads"):
         layer_cost(map_matrix(W, HW), reads=0)
     with pytest.raises(ValueError, match="weight_slices"):
@@ -268,7 +268,7 @@ def test_tia_power_by_hand():
             i = 0.2 * U[:, rows] @ g                               # (reads, bit lines) [A]
             want += 5e3 * (i ** 2).sum(1).mean()
     assert tia_power(plan, m2) == pytest.approx(want, rel=1e-12)
-    e = layer_energy(None, None, plan=plan, m2=m2)
-    assert e["tia_feedback"] == pytest.approx(e["t_read"] * want, rel=1e-12)
+    c = layer_cost(plan, m2=m2)
+    assert c.detail["tia_feedback"] == pytest.approx(c.counts["t_read"] * want, rel=1e-12)
     with pytest.raises(ValueError, match="m2"):
         tia_power(plan, np.eye(4))

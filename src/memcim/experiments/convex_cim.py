@@ -33,8 +33,8 @@ from memcim.config import HardwareConfig
 from memcim.hardware.energy import (
     EnergyConfig,
     digital_energy,
-    layer_energy,
-    network_energy,
+    matrix_cost,
+    network_cost,
 )
 from memcim.optimize.convex_range import DesignLimits, optimize_layer
 from memcim.registry import register
@@ -99,12 +99,11 @@ def design_network(model: nn.Module, hw: HardwareConfig, calib_x: torch.Tensor, 
 
 
 def _energy(designs: dict, ecfg: EnergyConfig) -> dict:
-    layers = []
-    for d in designs.values():
-        lm = d["model"]
-        layers.append(layer_energy(lm.W, lm.hw, g_min=d["design"].g_min, g_max=d["design"].g_max,
-                                   u2=lm.stats.m2_plain, cfg=ecfg))
-    return network_energy(layers)
+    """The network's energy per inference [J] by component, with its latency [s]."""
+    net = network_cost([matrix_cost(d["model"].W, d["model"].hw, g_min=d["design"].g_min, g_max=d["design"].g_max,
+                                     u2=d["model"].stats.m2_plain, energy=ecfg, name=name)
+                        for name, d in designs.items()])
+    return dict(net.energy, latency_s=net.latency)
 
 
 def _evaluate(model, test, hw, designs, chips, seed, calib, log=None):
@@ -203,8 +202,8 @@ def run(*, chips: int = 10, seed: int = 0, epochs: int = 3, sweep_bits=(2, 3, 4,
     ecfg = hw.energy
     limits = DesignLimits()
     digital_acc = evaluate_accuracy(model, test)
-    dig_e = network_energy([digital_energy(m.in_features, m.out_features, ecfg)
-                            for m in model.modules() if isinstance(m, nn.Linear)])
+    dig_e = {"total": sum(digital_energy(m.in_features, m.out_features, ecfg)["total"]
+                          for m in model.modules() if isinstance(m, nn.Linear))}
     rows = {"digital": {"accuracy": {"mean": digital_acc, "std": 0.0}, "mse": {"mean": 0.0, "std": 0.0},
                         "energy_j": dig_e["total"]}}
 

@@ -58,8 +58,8 @@ import numpy as np
 from memcim.config import EnergyConfig, HardwareConfig
 
 __all__ = ["EnergyConfig", "HOROWITZ_2014_PJ", "bitline_power", "crossbar_power", "tia_power", "chip_power",
-           "adc_energy", "adc_area", "LayerCost", "NetworkCost", "layer_cost", "network_cost", "layer_energy",
-           "digital_energy", "network_energy"]
+           "adc_energy", "adc_area", "LayerCost", "NetworkCost", "layer_cost", "network_cost", "matrix_cost",
+           "digital_energy"]
 
 #: Energy per operation [pJ], 45 nm, 0.9 V (Horowitz, ISSCC 2014, Fig. 1.1.9 and its table).
 HOROWITZ_2014_PJ = {
@@ -467,42 +467,35 @@ def network_cost(layers: list) -> NetworkCost:
     layers = list(layers)
     if not layers:
         raise ValueError("layers: empty; give at least one LayerCost")
-    e = {k: float(sum(L.energy[k] for L in layers)) for k in layers[0].energy}
-    a = {k: float(sum(L.area[k] for L in layers)) for k in layers[0].area}
+    def total(parts):       # every component any layer has (a sample-and-hold, say, only where used)
+        keys = list(dict.fromkeys(k for d in parts for k in d if k != "total")) + ["total"]
+        return {k: float(sum(d.get(k, 0.0) for d in parts)) for k in keys}
+
+    e, a = total([L.energy for L in layers]), total([L.area for L in layers])
     return NetworkCost(layers, e, float(sum(L.latency for L in layers)), a)
 
 
-def layer_energy(W, hw: HardwareConfig, *, g_min: float | None = None, g_max: float | None = None,
-                 u2=None, m2=None, cfg: EnergyConfig | None = None, plan=None) -> dict:
-    """:func:`layer_cost`'s energy [J] per input vector of the matrix ``W`` mapped in the window
-    ``[g_min, g_max]`` (default the config's), as a flat dict: the components, ``total``,
-    ``tia_feedback`` (when ``m2`` is given), the latency ``latency_s``, the area ``area_m2`` and the counts.
+def matrix_cost(W, hw: HardwareConfig, *, g_min: float | None = None, g_max: float | None = None,
+                u2=None, m2=None, energy: EnergyConfig | None = None, name: str = "") -> LayerCost:
+    """:func:`layer_cost` of the matrix ``W`` mapped (without wires) in the window ``[g_min, g_max]``
+    (default the config's): the convenience for a design point that has no plan yet.
 
     Parameters
     ----------
     W : (in, out) weights. hw : the hardware config. g_min, g_max : the window [S].
-    u2, m2 : drive statistics (see :func:`layer_cost`). cfg : the energy figures (default ``hw.energy``).
-    plan : the layer's plan, if already mapped (``W``, ``hw``, ``g_min`` and ``g_max`` are then unused).
+    u2, m2 : drive statistics (see :func:`layer_cost`). energy : the energy figures (default ``hw.energy``).
     """
     from memcim.mapping.crossbar import map_matrix
 
-    if plan is None:
-        W = np.asarray(W, dtype=np.float64)
-        if W.ndim != 2:
-            raise ValueError(f"W: expected a 2-D (in, out) matrix, got shape {W.shape}")
-        g_min = hw.device.g_min if g_min is None else float(g_min)
-        g_max = hw.device.g_max if g_max is None else float(g_max)
-        if not (0 <= g_min < g_max):
-            raise ValueError(f"g_max: the window [{g_min:g}, {g_max:g}] S is not allowed; need 0 <= g_min < g_max")
-        plan = map_matrix(W, hw.without("wires").set({"device.g_min": g_min, "device.g_max": g_max}))
-    c = layer_cost(plan, u2=u2, m2=m2, energy=cfg)
-    out = dict(c.energy)
-    if c.detail["has_feedback"]:
-        out["tia_feedback"] = c.detail["tia_feedback"]
-    out.update(latency_s=c.latency, area_m2=c.area["total"], conversions=c.counts["conversions"],
-               dac_conversions=c.counts["dac_drives"], row_tiles=c.counts["row_tiles"],
-               col_tiles=c.counts["col_tiles"], t_read=c.counts["t_read"])
-    return out
+    W = np.asarray(W, dtype=np.float64)
+    if W.ndim != 2:
+        raise ValueError(f"W: expected a 2-D (in, out) matrix, got shape {W.shape}")
+    g_min = hw.device.g_min if g_min is None else float(g_min)
+    g_max = hw.device.g_max if g_max is None else float(g_max)
+    if not (0 <= g_min < g_max):
+        raise ValueError(f"g_max: the window [{g_min:g}, {g_max:g}] S is not allowed; need 0 <= g_min < g_max")
+    plan = map_matrix(W, hw.without("wires").set({"device.g_min": g_min, "device.g_max": g_max}))
+    return layer_cost(plan, u2=u2, m2=m2, energy=energy, name=name)
 
 
 def digital_energy(n_in: int, n_out: int, cfg: EnergyConfig | None = None) -> dict:
@@ -514,10 +507,3 @@ def digital_energy(n_in: int, n_out: int, cfg: EnergyConfig | None = None) -> di
     else:
         per = _pj("fp32_mult") + _pj("fp32_add") + _pj("sram_32kb_64b") / 2
     return {"macs": macs, "per_mac": per, "total": macs * per}
-
-
-def network_energy(layers: list[dict]) -> dict:
-    """Sum :func:`layer_energy` (or :func:`digital_energy`) results over layers: every energy component
-    present in all of them, and the latency."""
-    keys = [k for k in ENERGY_PARTS + ("tia_feedback", "total", "latency_s") if all(k in L for L in layers)]
-    return {k: float(sum(L[k] for L in layers)) for k in keys}
