@@ -77,6 +77,21 @@ def test_coarse_adc_warns_with_the_saturation_probability():
     assert lossless_adc_bits(128, 7, 127) == 18     # 2**17 - 1 >= 128 * 7 * 127 = 113792
 
 
+def test_coarse_calibrated_adc_records_but_does_not_warn():
+    """The same coarse ADC with its full scale calibrated on the reads (quantile 1): no calibration read
+    saturates, so the slices are recorded (lossless bits, probability 0) without a warning."""
+    import warnings
+
+    W = np.random.default_rng(0).normal(size=(128, 8))
+    hw = preset("generic").set({"slicing.weight_bits_per_slice": [3, 3], "adc.bits": 6,
+                                "adc.fs_mode": "calibrated", "adc.calib_quantile": 1.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        plan = map_matrix(W, hw)
+    assert [d["lossless_adc_bits"] for d in plan.info["slices"]] == [18, 18]
+    assert [d["saturation_probability"] for d in plan.info["slices"]] == [0.0, 0.0]
+
+
 # ---------------------------------------------------------------------------------- default path
 def test_default_slices_nothing_and_writes_as_before():
     hw = preset("generic")

@@ -128,6 +128,11 @@ def input_drives(x: torch.Tensor, hw: HardwareConfig, cycles: tuple[int, ...]):
     return out
 
 
+#: saturation probability of a calibration read above which :func:`map_sliced` warns (a calibrated
+#: full scale at quantile 1 never saturates on its calibration reads: it only rounds, which is modelled)
+SATURATION_WARNING = 1e-3
+
+
 def lossless_adc_bits(rows: int, digit_max: int, input_max: int) -> int:
     """ADC bits that convert every integer partial sum of one array exactly: a signed mid-tread ADC
     with ``2**(bits-1) - 1 >= rows digit_max input_max`` (ISAAC's sizing rule, Shafiee et al. 2016)."""
@@ -231,9 +236,10 @@ def map_sliced(W, hw: HardwareConfig, calib_inputs=None, *, calib_seed: int = 0)
 
     Each slice is mapped by :func:`memcim.mapping.crossbar.map_matrix` under ``hw`` without its
     slicing section, at the fixed scale of its digits; its ADC full scale is calibrated on the
-    slice's own reads of the calibration inputs (their bit-serial cycles when bit-serial). Warns when
-    the ADC has fewer bits than a slice's lossless sum (:func:`lossless_adc_bits`), naming the
-    probability that a calibration read saturates it.
+    slice's own reads of the calibration inputs (their bit-serial cycles when bit-serial). Where the
+    ADC has fewer bits than a slice's lossless sum (:func:`lossless_adc_bits`), ``info`` records the
+    probability that a calibration read saturates it, and a warning names it when it exceeds
+    :data:`SATURATION_WARNING`.
     """
     if not isinstance(hw, HardwareConfig):
         raise TypeError(f"hw: expected a HardwareConfig, got {type(hw).__name__}")
@@ -282,7 +288,9 @@ def map_sliced(W, hw: HardwareConfig, calib_inputs=None, *, calib_seed: int = 0)
                     u = drives
                 d["saturation_probability"] = _saturation(p, u)
         info["slices"].append(d)
-    coarse = [d for d in info["slices"] if "saturation_probability" in d]
+    # below the lossless bits a calibrated ADC only rounds (the closed form and the read model that);
+    # warn when it also saturates on a noticeable share of the calibration reads
+    coarse = [d for d in info["slices"] if d.get("saturation_probability", 0.0) > SATURATION_WARNING]
     if coarse:
         d = max(coarse, key=lambda e: e["saturation_probability"])
         warnings.warn(f"adc.bits: {hw.adc.bits} bits are too coarse for {len(coarse)} of {len(plans)} weight slice(s) "
