@@ -13,8 +13,13 @@ Errors (``memcim.mapping.irdrop.error_report``): Frobenius ||W^r - W||_F; max ou
 max |x (W^r - W)| / max |x W| over inputs x: ``uniform`` = 200 uniform [0, 1] vectors (the paper's
 measure), ``data`` = the block's real inputs (MNIST images through the float network: 1000 vectors
 not used for the second moment). Methods: ``dpe`` (Hu et al., DAC 2016), ``representable`` (paper
-002) and ``representable+M`` (the same, tuned on the second moment E[x^T x] of 2000 training inputs
-of that block, i.e. the expected output error on the data).
+002, with the default ``mapping.rounding = "pairs"``), ``representable/aware`` (the same with the
+one-device rounding ``"aware"``, the default before the pair rounding: the before/after of one run) and
+``representable+M`` (pairs, tuned on the second moment E[x^T x] of 2000 training inputs of that block,
+i.e. the expected output error on the data). ``floor``: the pure quantization floor (ideal wires, the
+same 8-bit levels, nearest level, best scale: :func:`quantization_floor`). ``conductance_sum``: the
+sum of all programmed conductances, a proxy of the array's read power (ratios against DPE's plan).
+Summary: min and geometric mean of every ratio over all blocks and per block class.
 
 Times: wall ``time_s`` and the process's CPU time ``cpu_s`` (on the shared 2-core machine the wall time
 follows the load of other jobs; the CPU time is what one free core would take, up to cache effects).
@@ -96,15 +101,23 @@ def trained_cases(size: int, n_images: int = 3000, seed: int = 0, cnn: bool = Tr
                    "array": (128, 128)}
 
 
-def map_case(W, array, method, second_moment=None, X_eval=None):
-    hw = HW.set({"mapping.method": method, "array.rows": array[0], "array.cols": array[1]})
+def map_case(W, array, method, second_moment=None, X_eval=None, rounding="pairs"):
+    hw = HW.set({"mapping.method": method, "array.rows": array[0], "array.cols": array[1],
+                 "mapping.rounding": rounding})
     t0, c0 = time.perf_counter(), time.process_time()
     plan = map_matrix(W, hw, second_moment=second_moment)
     Wr = plan.realized().numpy()
     t, cpu = time.perf_counter() - t0, time.process_time() - c0
+    out = {"time_s": t, "cpu_s": cpu, "alpha": float(plan.scale[0, 0]),
+           "conductance_sum": float(plan.g_pos.sum() + plan.g_neg.sum())}
+    out.update(_errors(W, Wr, X_eval))
+    return out
+
+
+def _errors(W, Wr, X_eval=None) -> dict:
     rep = error_report(W, Wr)
-    out = {"time_s": t, "cpu_s": cpu, "alpha": float(plan.scale[0, 0]), "frobenius_error": rep["frobenius_error"],
-           "relative_error": rep["relative_error"], "max_output_error": rep["max_output_error"]}
+    out = {"frobenius_error": rep["frobenius_error"], "relative_error": rep["relative_error"],
+           "max_output_error": rep["max_output_error"]}
     if X_eval is not None:
         out["max_output_error_data"] = error_report(W, Wr, inputs=X_eval)["max_output_error"]
         out["rms_output_error_data"] = float(np.sqrt(np.mean((X_eval @ (Wr - W)) ** 2))
@@ -112,16 +125,42 @@ def map_case(W, array, method, second_moment=None, X_eval=None):
     return out
 
 
-def _ratios(row, ref="dpe", methods=("representable", "representable+M")):
+def quantization_floor(W, X_eval=None, factors=np.linspace(0.5, 3.0, 126)) -> dict:
+    """The pure quantization floor: ideal wires, the same device levels, one device of each pair at g_min
+    and the other at the nearest level of ``alpha max(+-W, 0)``, at the scale alpha (from half to three
+    times the full-range scale ``(g_max - g_min) / max|W|``, above it the largest weights clip) with the
+    lowest Frobenius error. No wires means no IR drop to compensate and no pair vernier (both devices
+    of a pair move their weight by exactly one level step)."""
+    dev = HW.device
+    step, top = dev.level_step, dev.levels - 1
+    a_full = (dev.g_max - dev.g_min) / np.max(np.abs(W))
+
+    def realized(a):
+        kp = np.clip(np.rint(a * np.maximum(W, 0) / step), 0, top)
+        kn = np.clip(np.rint(a * np.maximum(-W, 0) / step), 0, top)
+        return (kp - kn) * step / a
+
+    f = min(factors, key=lambda f: np.linalg.norm(realized(f * a_full) - W))
+    out = {"alpha_over_full_range": float(f), "alpha": float(f * a_full)}
+    out.update(_errors(W, realized(f * a_full), X_eval))
+    return out
+
+
+def _ratios(row, ref="dpe", methods=("representable", "representable+M", "representable/aware", "floor")):
     keys = ("frobenius_error", "max_output_error", "max_output_error_data", "rms_output_error_data")
-    return {f"{k}_{ref}_over_{m}": row[ref][k] / row[m][k] for m in methods if m in row for k in keys
-            if k in row[m] and row[m][k] > 0}
+    out = {f"{k}_{ref}_over_{m}": row[ref][k] / row[m][k] for m in methods if m in row for k in keys
+           if k in row[m] and row[m][k] > 0}
+    for m in ("representable", "representable+M"):     # read power in the array, relative to DPE's plan
+        if m in row:
+            out[f"conductance_sum_{m}_over_{ref}"] = row[m]["conductance_sum"] / row[ref]["conductance_sum"]
+    return out
 
 
 def _print(name, row):
     r = row["ratios"]
     fro = r.get("frobenius_error_dpe_over_representable", 0)
-    print(f"{name:<38} t_rep {row['representable']['time_s']:6.2f}s  fro x{fro:5.1f}"
+    print(f"{name:<38} cpu_rep {row['representable']['cpu_s']:5.2f}s  fro x{fro:5.1f}"
+          f" (floor x{r.get('frobenius_error_dpe_over_floor', 0):5.1f})"
           f"  maxout x{r.get('max_output_error_dpe_over_representable', 0):5.1f}"
           + (f"  data-maxout x{r['max_output_error_data_dpe_over_representable']:5.1f}"
              f" (+M x{r.get('max_output_error_data_dpe_over_representable+M', 0):5.1f}, fro x"
@@ -148,6 +187,8 @@ def main():
             row = {"name": f"uniform/{n}/{k}", "size": [n, n]}
             for m in ("dpe", "representable"):
                 row[m] = map_case(W, (n, n), m)
+            row["representable/aware"] = map_case(W, (n, n), "representable", rounding="aware")
+            row["floor"] = quantization_floor(W)
             row["ratios"] = _ratios(row)
             _print(row["name"], row)
             res["random"].append(row)
@@ -158,8 +199,11 @@ def main():
             M = case["X_fit"].T @ case["X_fit"] / len(case["X_fit"])
             for m in ("dpe", "representable"):
                 row[m] = map_case(W, case["array"], m, X_eval=case["X_eval"])
+            row["representable/aware"] = map_case(W, case["array"], "representable", X_eval=case["X_eval"],
+                                                  rounding="aware")
             row["representable+M"] = map_case(W, case["array"], "representable", second_moment=M,
                                               X_eval=case["X_eval"])
+            row["floor"] = quantization_floor(W, X_eval=case["X_eval"])
             row["ratios"] = _ratios(row)
             _print(row["name"], row)
             res["trained"].append(row)
@@ -168,10 +212,17 @@ def main():
         rows = res[group]
         if not rows:
             continue
-        for key in sorted({k for r in rows for k in r["ratios"]}):
-            vals = [r["ratios"][key] for r in rows if key in r["ratios"]]
-            s[f"{group}/{key}/min"] = float(np.min(vals))
-            s[f"{group}/{key}/geomean"] = float(np.exp(np.mean(np.log(vals))))
+        classes = {group: rows}
+        for r in rows:                                  # block classes: mlp/fcK/<array>, cnn, uniform/<n>
+            p = r["name"].split("/")
+            cls = (f"mlp/{p[1]}/{r['array'][0]}" if p[0].startswith("mnist-mlp") else "cnn" if "cnn" in p[0]
+                   else f"{p[0]}/{p[1]}")
+            classes.setdefault(f"{group}/{cls}", []).append(r)
+        for cname, crows in classes.items():
+            for key in sorted({k for r in crows for k in r["ratios"]}):
+                vals = [r["ratios"][key] for r in crows if key in r["ratios"]]
+                s[f"{cname}/{key}/min"] = float(np.min(vals))
+                s[f"{cname}/{key}/geomean"] = float(np.exp(np.mean(np.log(vals))))
         for n in a.sizes:
             for key in ("time_s", "cpu_s"):
                 ts = [r["representable"][key] for r in rows if r["size"] == [n, n]]

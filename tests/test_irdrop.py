@@ -366,14 +366,64 @@ def _circuit_errors(W, plan, X=None):
 
 @pytest.mark.parametrize("k", [0, 1])
 def test_representable_beats_dpe_on_trained_blocks(mlp_blocks, k):
-    """Trained layers gain less than random matrices (their error is mostly the 8-bit levels, which DPE
-    shares), but representable still wins on both measures. Measured (32 x 32): Frobenius 2.1x / 2.0x,
-    max output error 3.0x / 2.9x; asserted with margin: 1.3x and 1.8x (deterministic: no sampling)."""
+    """Trained layers gain less than random matrices (what remains is the 8-bit levels), but representable
+    still wins on both measures. Measured (32 x 32, default pair rounding): Frobenius 3.1x / 2.8x, max
+    output error 4.8x / 2.7x (one-device rounding: 2.0x / 1.7x, 3.0x / 2.4x); asserted with margin: 2.2x
+    and 2.0x (deterministic: no sampling)."""
     W = mlp_blocks[k][0]
     h = hw("dpe", **{"array.rows": 32, "array.cols": 32})
     e = {m: _circuit_errors(W, map_matrix(W, h.set("mapping.method", m)))[0] for m in ("dpe", "representable")}
-    assert e["representable"]["frobenius_error"] * 1.3 < e["dpe"]["frobenius_error"]
-    assert e["representable"]["max_output_error"] * 1.8 < e["dpe"]["max_output_error"]
+    assert e["representable"]["frobenius_error"] * 2.2 < e["dpe"]["frobenius_error"]
+    assert e["representable"]["max_output_error"] * 2.0 < e["dpe"]["max_output_error"]
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_pair_rounding_beats_one_device_rounding(mlp_blocks, k):
+    """``mapping.rounding = "pairs"`` (both devices of a pair on levels, the pair's vernier under IR drop)
+    against the one-device roundings of the same tuned plan, errors from fresh circuit solves of the
+    programmed conductances: lower Frobenius error (measured 0.63x / 0.61x of "aware" and 0.66x / 0.64x of
+    "plain"), lower mean squared output error over 4000 uniform [0, 1] inputs (Monte Carlo, the objective
+    of both roundings), with many pairs using both devices (measured 46 % / 53 %) and every device on the
+    8-bit grid."""
+    W = mlp_blocks[k][0]
+    h = hw("representable", **{"array.rows": 32, "array.cols": 32})
+    dev = h.device
+    X = np.random.default_rng(11).uniform(0, 1, (4000, W.shape[0]))
+    e, mse = {}, {}
+    for r in ("pairs", "aware", "plain"):
+        plan = map_matrix(W, h.set("mapping.rounding", r))
+        e[r], Wr = _circuit_errors(W, plan)
+        mse[r] = np.mean((X @ (Wr - W)) ** 2)
+        if r == "pairs":
+            gp, gn = plan.g_pos[0].numpy(), plan.g_neg[0].numpy()
+            assert np.mean((gp > dev.g_min * (1 + 1e-9)) & (gn > dev.g_min * (1 + 1e-9))) > 0.25
+            if k == 0:   # the circuit solve used for the errors, against the dense nodal solve written out below
+                w, v = h.wires, np.random.default_rng(12).uniform(0, 1, (2, W.shape[0]))
+                ref = (nodal_reference(gp, w.r_wire, w.r_in, w.r_out, v)
+                       - nodal_reference(gn, w.r_wire, w.r_in, w.r_out, v)) / plan.scale[0, 0].item()
+                np.testing.assert_allclose(v @ Wr, ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max())
+            for g in (gp, gn):
+                lv = (g - dev.g_min) / dev.level_step
+                np.testing.assert_allclose(lv, np.round(lv), atol=1e-6)
+                assert lv.min() > -1e-6 and lv.max() < dev.levels - 1 + 1e-6
+    assert e["pairs"]["frobenius_error"] < 0.75 * min(e["aware"]["frobenius_error"], e["plain"]["frobenius_error"])
+    assert mse["pairs"] < 0.9 * mse["aware"]
+
+
+def test_mapping_rounding_key(mlp_blocks):
+    """``mapping.rounding`` reaches the mapping (the plan equals map_block's with that rounding) and a bad
+    value is a one-line error naming the key and the allowed values."""
+    from memcim.mapping.irdrop import map_block
+
+    W = mlp_blocks[1][0][:16, :16]
+    h = hw("representable", **{"array.rows": 16, "array.cols": 16, "mapping.rounding": "plain"})
+    plan = map_matrix(W, h)
+    gp, gn, a, info = map_block(W, h.wires, h.device, h.mapping)
+    assert info["rounding"] == "plain"
+    np.testing.assert_array_equal(plan.g_pos[0].numpy(), gp)
+    np.testing.assert_array_equal(plan.g_neg[0].numpy(), gn)
+    with pytest.raises(ValueError, match=r"^mapping\.rounding: 'nearest' is not allowed; choose one of pairs, aware"):
+        HW.set({"mapping.rounding": "nearest"})
 
 
 def test_level_rounding_for_the_inputs_lowers_the_output_error(mlp_blocks):
@@ -404,4 +454,4 @@ def test_second_moment_of_real_inputs_lowers_the_data_error(mlp_blocks):
     for tag, sm in (("plain", None), ("M", M)):
         _, Wr = _circuit_errors(W, map_matrix(W, h, second_moment=sm))
         mse[tag] = np.mean((X[1000:] @ (Wr - W)) ** 2)
-    assert mse["M"] < 0.7 * mse["plain"]           # measured 0.41x
+    assert mse["M"] < 0.7 * mse["plain"]           # measured 0.63x (0.27x with the one-device rounding)

@@ -43,6 +43,8 @@ NONIDEALITIES = ("quantization", "programming", "stuck", "rtn", "drift", "flicke
 CELL_MODELS = ("linear", "taox", "taox_1t1r")
 #: Mapping methods (see :mod:`memcim.mapping.irdrop`).
 MAPPING_METHODS = ("linear", "dpe", "representable")
+#: How "representable" rounds its tuned plan to the device levels (see :mod:`memcim.mapping.irdrop`).
+MAPPING_ROUNDINGS = ("pairs", "aware", "plain", "none")
 #: Drift compensation modes (see :class:`CompensationConfig`).
 DRIFT_COMPENSATION = ("none", "global", "column")
 
@@ -436,6 +438,11 @@ class MappingConfig(_Section):
     alpha_evals, search_iters, final_iters, calib_rounds : "representable" settings: scale
         candidates evaluated, tuning iterations per candidate, final tuning iterations, and
         calibration-vector correction rounds (paper 002 Sec. V-A to V-C).
+    rounding : how "representable" puts its tuned plan on the device levels: "pairs" (default: the
+        two devices of a pair rounded jointly, both may sit above g_min, repeated against the exact
+        circuit), "aware" (one device per weight, rounding error shaped for the inputs), "plain"
+        (nearest level) or "none" (no rounding inside the mapping; the plan is still clipped and
+        rounded to the levels when programmed).
     """
 
     _section = "mapping"
@@ -448,6 +455,7 @@ class MappingConfig(_Section):
     search_iters: int = 1
     final_iters: int = 4
     calib_rounds: int = 1
+    rounding: str = "pairs"
 
     def __post_init__(self):
         _choice("mapping.scheme", self.scheme, ("differential", "offset"))
@@ -455,6 +463,7 @@ class MappingConfig(_Section):
         _choice("mapping.scale", self.scale, ("matrix", "column"))
         _choice("mapping.tiling", self.tiling, ("balanced", "packed"))
         _choice("mapping.method", self.method, MAPPING_METHODS)
+        _choice("mapping.rounding", self.rounding, MAPPING_ROUNDINGS)
         for name, lo in (("alpha_evals", 1), ("search_iters", 0), ("final_iters", 0), ("calib_rounds", 0)):
             v = _int(f"mapping.{name}", getattr(self, name), lo=lo)
             if v > 1000:
