@@ -37,16 +37,20 @@ Methods (:data:`METHODS`):
     Beyond the paper: pass ``second_moment`` = E[x^T x] of the inputs to minimise the expected
     output error ``tr(E^T M E)`` instead of the Frobenius norm (tuning and rounding).
 
-Where the error of trained layers comes from (measured, 64x64 blocks of the reference MLPs,
-``bench/bench_irdrop.py``): their weights are heavy-tailed (max/rms ~ 5), yet the IR drop is not small:
-DPE keeps every device in range only at 0.4-0.6x the full-range scale, and its error is almost all
-IR drop (its unrounded plan has the same error). After tuning, the continuous plan of
+Where the error of trained layers comes from (measured, blocks of the reference MLPs and the small CNN,
+``bench/bench_irdrop.py``, results in ``bench/results/irdrop.json``): their weights are heavy-tailed
+(max/rms ~ 5), yet the IR drop is not small: DPE keeps every device in range only at 0.35-0.6x the
+full-range scale (0.5-0.7x on the CNN's small layers, through r_in / r_out), and its error is almost
+all IR drop (its unrounded plan has the same error). After tuning, the continuous plan of
 ``representable`` is 15-300x below DPE; what remains is the 8-bit rounding. One device per weight
-(``"aware"``, ``"plain"``) leaves 0.3-0.6x DPE's Frobenius error; the pair rounding about halves
-that (0.16-0.32x), which is as low as the pure quantization floor of an array without wires (same
-levels, nearest level, best scale: 0.14-0.31x DPE's error). Scales above DPE's (clipping the
-largest weights for finer levels) lose on every block measured: the value-range errors rise
-steeply (500-300 fc1 64x64: Frobenius 0.035 at 1.0x DPE's scale, 0.085 at 1.1x, 0.15 at 1.2x).
+(``"aware"``) leaves 0.3-0.6x DPE's Frobenius error; the pair rounding about halves that: DPE /
+representable 3.2-7.0x on 64x64 blocks, 3.5-9.1x on 128x128 blocks (``"aware"``: 1.7-3.5x), i.e. as
+low as or lower than the pure quantization floor of the same levels on ideal wires (nearest level, best
+scale: 3.2-7.3x on 64x64). The sum of the programmed conductances (read power in the array) is
+0.9-1.3x DPE's. Scales above DPE's (clipping the largest weights for finer levels) lose on every block
+measured: the value-range errors rise steeply (500-300 fc1 64x64: Frobenius 0.035 at 1.0x DPE's
+scale, 0.085 at 1.1x, 0.15 at 1.2x). Error feedback across columns cannot help the outputs (output j
+sees column j's errors only); it runs over the rows.
 
 Conversion of the ideal-conductor plan to memristor states for non-linear cells is
 :func:`memcim.hardware.circuit.states_from_conductances` (paper Sec. V-D); the circuit reader of
