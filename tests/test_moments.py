@@ -280,3 +280,66 @@ def test_block_pooling_matches_avg_pool2d():
         p = PoolLayer(k, k, (0, 0))
         assert torch.allclose(p.apply(x), F.avg_pool2d(x, k), atol=1e-14)
         assert torch.allclose(p.apply(x, square=True), F.avg_pool2d(x, k) / (k[0] * k[1]), atol=1e-14)
+
+
+def test_channel_local_factors_are_the_dense_factors_written_out():
+    """``Moments.local`` stands for the dense factors e_c (x) local[:, j, c] at index c r + j (written out here
+    entry by entry), and a convolution of it (one single-channel convolution per input channel) equals
+    torch's convolution of those dense factors."""
+    import torch.nn.functional as F
+    from memcim.analysis.moments import CrossbarLayer, Moments, _conv_factors, dense
+
+    g = torch.Generator().manual_seed(5)
+    b, r, c, h, w, k0, cout = 2, 3, 4, 5, 6, 2, 3
+    loc = torch.randn(b, r, c, h, w, generator=g, dtype=torch.float64)
+    old = torch.randn(b, k0, c, h, w, generator=g, dtype=torch.float64)
+    mean = torch.randn(b, c, h, w, generator=g, dtype=torch.float64)
+    want = torch.zeros(b, k0 + c * r, c, h, w, dtype=torch.float64)
+    want[:, :k0] = old
+    for ci in range(c):
+        for j in range(r):
+            want[:, k0 + ci * r + j, ci] = loc[:, j, ci]
+    var = (want * want).sum(1) + torch.rand(b, c, h, w, generator=g, dtype=torch.float64)
+    st = Moments(mean, var, "lowrank", None, old, local=loc)
+    assert torch.equal(dense(st).factors, want) and dense(st).local is None
+    wq = torch.randn(cout, c, 3, 3, generator=g, dtype=torch.float64)
+    layer = CrossbarLayer("conv", wq, torch.zeros(cout, dtype=torch.float64), (1, 1), (1, 1), (1, 1))
+    conv = lambda x, w_=wq: F.conv2d(x, w_, None, 1, 1)
+    out = _conv_factors(st, conv, wq, layer)
+    fo = F.conv2d(want.reshape(-1, c, h, w), wq, None, 1, 1).reshape(b, k0 + c * r, cout, h, w)
+    res = var - (want * want).sum(1)
+    torch.testing.assert_close(out.factors, fo, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.var, F.conv2d(res, wq * wq, None, 1, 1) + (fo * fo).sum(1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.mean, conv(mean), rtol=1e-12, atol=1e-12)
+
+
+def test_exact_covariance_of_a_small_map_through_its_dense_matrix():
+    """The exact mode's small-map path (the map's matrix A, then A C A^T) against A built entry by entry from
+    avg_pool2d/conv2d of unit vectors and the covariance propagated with it."""
+    import torch.nn.functional as F
+    from memcim.analysis.moments import Moments, _linear_step
+
+    g = torch.Generator().manual_seed(6)
+    b, c, h, w = 3, 2, 4, 4
+    d = c * h * w
+    a = torch.randn(b, d, d, generator=g, dtype=torch.float64)
+    cov = a @ a.transpose(1, 2)
+    st = Moments(torch.randn(b, c, h, w, generator=g, dtype=torch.float64), torch.diagonal(cov, dim1=1, dim2=2).reshape(b, c, h, w),
+                 "exact", cov)
+    wq = torch.randn(3, c, 3, 3, generator=g, dtype=torch.float64)
+    fn = lambda x: F.conv2d(x, wq, None, 1, 1)
+    out = _linear_step(st, fn, lambda v: F.conv2d(v, wq * wq, None, 1, 1))
+    A = torch.stack([fn(torch.eye(d, dtype=torch.float64)[i].reshape(1, c, h, w)).reshape(-1) for i in range(d)], 1)
+    torch.testing.assert_close(out.cov, A @ cov @ A.t(), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out.var.reshape(b, -1), torch.diagonal(A @ cov @ A.t(), dim1=1, dim2=2), rtol=1e-10, atol=1e-10)
+
+
+def test_plans_of_an_earlier_prediction_give_the_same_result():
+    net = _small_cnn(7)
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64)
+    kw = dict(sigma=0.02, gmax=1.0, levels=16, power=False)
+    p = predict_mse(net, x, **kw)
+    q = predict_mse(net, x, plans=p.plans, **kw)
+    assert len(p.plans) == 4 and torch.equal(p.per_output, q.per_output)     # 2 convolutions, 2 linear layers
+    with pytest.raises(ValueError, match="plans"):
+        predict_mse(net, x, plans=p.plans[:1], **kw)

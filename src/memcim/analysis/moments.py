@@ -425,6 +425,9 @@ def activation_moments(kind: str, mu: torch.Tensor, var: torch.Tensor, *, beta: 
     if order < 2 or order % 2:
         raise ValueError(f"taylor_order: {order} is not allowed; use an even integer >= 2")
     K = order // 2
+    if K == 1:   # the paper's Eqs. 8-10 in closed form: f + f'' var/2, f'^2 var, f' (the series below at
+        d = _derivs(kind, beta, mu, 2)      # order 2, without its cancelling f f'' terms)
+        return d[0] + (0.5 * var) * d[2], (d[1] * d[1]) * var, d[1]
     d = _derivs(kind, beta, mu, 2 * K + 1)
     # E[h(X)] = sum_k h^(2k)(mu) var^k / (2^k k!)
     a = [d[2 * k] / (2 ** k * math.factorial(k)) for k in range(K + 1)]
@@ -451,6 +454,12 @@ class Moments:
     no factor exists yet); ``var`` is always the full per-unit variance. ``nonzero`` (B, *shape) is
     the probability that a unit is not exactly 0 (after a ReLU: ``P(X > 0)``; None means 1); a DAC
     rounds an exact 0 to 0, so it scales the DAC's rounding noise.
+
+    ``local`` (B, r, C, H, W), lowrank mode only: more factors, each confined to one channel - factor
+    ``(c, j)`` is ``local[:, j, c]`` in channel ``c`` and 0 elsewhere (a convolution's new shared-noise
+    factors, until the next convolution mixes the channels). It stands for ``C r`` dense factors appended
+    after ``factors`` (index ``c r + j``) at ``1/C`` of their size; only :func:`run_layers` with
+    ``keep_local`` crossbar steps creates it, and :func:`dense` turns it into plain factors.
     """
 
     mean: torch.Tensor
@@ -459,6 +468,7 @@ class Moments:
     cov: torch.Tensor | None = None
     factors: torch.Tensor | None = None
     nonzero: torch.Tensor | None = None
+    local: torch.Tensor | None = None
 
     @property
     def shape(self):
@@ -468,6 +478,29 @@ class Moments:
         return self.mean * self.mean + self.var
 
 
+def _local_dense(loc: torch.Tensor) -> torch.Tensor:
+    """Channel-local factors (B, r, C, *sp) -> the dense factors (B, C r, C, *sp) they stand for (index c r + j)."""
+    b, r, c = loc.shape[:3]
+    sp = loc.shape[3:]
+    out = loc.new_zeros(b, c, r, c, *sp)
+    torch.diagonal(out, dim1=1, dim2=3).copy_(loc.movedim(2, -1))          # (B, r, *sp, C)
+    return out.reshape(b, c * r, c, *sp)
+
+
+def dense(st: Moments) -> Moments:
+    """The state with its channel-local factors (``Moments.local``) turned into plain factors."""
+    if st.local is None:
+        return st
+    loc = _local_dense(st.local)
+    fac = loc if st.factors is None else torch.cat([st.factors, loc], 1)
+    return dataclasses.replace(st, factors=fac, local=None)
+
+
+def _sumsq(f: torch.Tensor | None):
+    """Sum over the factors (dim 1) of their squares: their part of every unit's variance (0 without)."""
+    return 0.0 if f is None else (f * f).sum(1)
+
+
 def _apply_lin(x: torch.Tensor, fn, shape) -> torch.Tensor:
     """Apply a batched linear map ``fn`` to x of shape (B, K, *shape) -> (B, K, *out)."""
     b, k = x.shape[:2]
@@ -475,25 +508,40 @@ def _apply_lin(x: torch.Tensor, fn, shape) -> torch.Tensor:
     return y.reshape(b, k, *y.shape[1:])
 
 
-def _linear_step(st: Moments, fn, fn_sq) -> Moments:
-    """Propagate through a linear (bias-free) map ``fn``; ``fn_sq`` maps with squared coefficients."""
+#: exact covariances of maps up to this many units go through the map's dense matrix (two GEMMs) instead of
+#: applying the map to every covariance row (B D tiny convolutions or pools)
+_DENSE_MAP = 256
+
+
+def _linear_step(st: Moments, fn, fn_sq, per_channel: bool = False) -> Moments:
+    """Propagate through a linear (bias-free) map ``fn``; ``fn_sq`` maps with squared coefficients.
+    ``per_channel``: ``fn`` maps every channel on its own (pooling, padding), so channel-local factors stay local."""
+    if st.local is not None and not per_channel:
+        st = dense(st)
     shape = st.shape
     mean = fn(st.mean)
     if st.mode == "exact":
         if st.cov is None:
             return Moments(mean, torch.zeros_like(mean), "exact", None)
         b, d = st.cov.shape[:2]
-        c1 = _apply_lin(st.cov, fn, shape).reshape(b, d, -1)            # (B, D_in, D_out)
-        c2 = _apply_lin(c1.transpose(1, 2), fn, shape).reshape(b, c1.shape[2], -1)
+        dout = mean[0].numel()
+        if d <= _DENSE_MAP and dout <= _DENSE_MAP:   # small maps: the map's matrix A once, then A C A^T as GEMMs
+            at = fn(torch.eye(d, dtype=st.cov.dtype, device=st.cov.device).reshape(d, *shape)).reshape(d, dout)
+            c1 = (st.cov.reshape(b * d, d) @ at).reshape(b, d, dout)    # (B, D_in, D_out)
+            c2 = at.t() @ c1
+        else:
+            c1 = _apply_lin(st.cov, fn, shape).reshape(b, d, -1)        # (B, D_in, D_out)
+            c2 = _apply_lin(c1.transpose(1, 2), fn, shape).reshape(b, c1.shape[2], -1)
         c2 = 0.5 * (c2 + c2.transpose(1, 2))
         return Moments(mean, torch.diagonal(c2, dim1=1, dim2=2).reshape(mean.shape), "exact", c2)
-    if st.mode == "diagonal" or st.factors is None:
+    if st.mode == "diagonal" or (st.factors is None and st.local is None):
         return Moments(mean, fn_sq(st.var), st.mode, None, None)
-    fac = st.factors
-    res = (st.var - (fac * fac).sum(1)).clamp_min(0)
-    fo = _apply_lin(fac, fn, shape)
-    var = fn_sq(res) + (fo * fo).sum(1)
-    return Moments(mean, var, st.mode, None, fo)
+    fac, loc = st.factors, st.local
+    res = (st.var - _sumsq(fac) - _sumsq(loc)).clamp_min(0)
+    fo = None if fac is None else _apply_lin(fac, fn, shape)
+    lo = None if loc is None else _apply_lin(loc, fn, shape)
+    var = fn_sq(res) + _sumsq(fo) + _sumsq(lo)
+    return Moments(mean, var, st.mode, None, fo, local=lo)
 
 
 def _lin_var(st: Moments, fn, fn_sq) -> torch.Tensor:
@@ -615,8 +663,36 @@ def _add_channel_factors(old: torch.Tensor | None, s: torch.Tensor, sp: torch.Te
     return out.reshape(b, max_factors, cout, ho, wo)
 
 
+def _conv_out_hw(layer: CrossbarLayer, h: int, w: int) -> tuple[int, int]:
+    kh, kw = layer.weight.shape[2:]
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
+                 zip((h, w), layer.padding, layer.dilation, (kh, kw), layer.stride))
+
+
+def _conv_factors(st: Moments, conv, wq: torch.Tensor, layer: CrossbarLayer) -> Moments:
+    """:func:`_linear_step` of a lowrank state with channel-local factors through the convolution ``conv``
+    (weights ``wq``): a local factor of channel ``c`` meets only ``wq[:, c]`` (one single-channel convolution
+    per input channel: ``1/C`` of the dense factors' multiply-adds; oneDNN's grouped convolution is slower
+    at these sizes); the result is the dense factors ``[conv(factors), conv(local as c r + j)]``."""
+    fac, loc = st.factors, st.local
+    b, rl, c = loc.shape[:3]
+    cout = wq.shape[0]
+    res = (st.var - _sumsq(fac) - _sumsq(loc)).clamp_min(0)
+    mean = conv(st.mean)
+    ho, wo = mean.shape[2:]
+    k0 = 0 if fac is None else fac.shape[1]
+    fo = mean.new_empty(b, k0 + c * rl, cout, ho, wo)
+    if fac is not None:
+        fo[:, :k0] = _apply_lin(fac, conv, st.shape)
+    new = fo[:, k0:].reshape(b, c, rl, cout, ho, wo)                           # a view: factor (c, j) at k0 + c rl + j
+    for ci in range(c):
+        new[:, ci] = conv(loc[:, :, ci].reshape(b * rl, 1, *loc.shape[3:]), wq[:, ci:ci + 1]).reshape(b, rl, cout, ho, wo)
+    var = conv(res, wq * wq) + (fo * fo).sum(1)
+    return Moments(mean, var, st.mode, None, fo)
+
+
 def _crossbar_step(st: Moments, layer: CrossbarLayer, wq: torch.Tensor, s2: torch.Tensor,
-                   rank: int, max_factors: int) -> Moments:
+                   rank: int, max_factors: int, keep_local: bool = False) -> Moments:
     """Crossbar layer: quantized weights ``wq`` plus per-weight noise of variance ``s2``
     (scalar, (out,), or one value per weight with ``wq``'s shape).
 
@@ -624,9 +700,13 @@ def _crossbar_step(st: Moments, layer: CrossbarLayer, wq: torch.Tensor, s2: torc
     correlates its output positions. With a per-weight ``s2`` every variance stays exact; the
     cross-position covariance of a convolution then uses each output channel's input-power-weighted
     mean of ``s2`` (exact when ``s2`` is uniform over a channel).
+
+    ``keep_local`` (lowrank): a convolution's new factors stay channel-local (``Moments.local``, see
+    :func:`dense`) when nothing is compressed; otherwise they join the dense factors.
     """
     per_weight = s2.dim() > 0 and s2.shape == wq.shape
     if layer.kind == "linear":
+        st = dense(st)
         out = _linear_step(st, lambda x: x @ wq.t(), lambda v: v @ (wq * wq).t())
         if per_weight:
             noise = st.second_moment() @ s2.t()                                        # (B, out)
@@ -641,33 +721,48 @@ def _crossbar_step(st: Moments, layer: CrossbarLayer, wq: torch.Tensor, s2: torc
         return Moments(mean, var, st.mode, cov, out.factors)
     # convolution
     conv = lambda x, w=wq: F.conv2d(x, w, None, layer.stride, layer.padding, layer.dilation)
-    out = _linear_step(st, conv, lambda v: conv(v, wq * wq))
     b = st.mean.shape[0]
     cin, h, w = st.shape
     cout, _, kh, kw = wq.shape
-    ho, wo = out.mean.shape[2:]
+    u = None
+    if st.mode != "exact" and not (st.mode == "diagonal" or rank == 0):   # the patches of the input mean (factors)
+        u = F.unfold(st.mean, (kh, kw), dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
+    det = st.factors is None and st.local is None and st.cov is None and not bool(torch.any(st.var != 0))
+    if det and u is not None:   # a deterministic input (the network's): its patches give the mean and E[x^2] sums
+        ho, wo = _conv_out_hw(layer, h, w)
+        om = (wq.reshape(cout, -1) @ u).reshape(b, cout, ho, wo)
+        out = Moments(om, torch.zeros_like(om), st.mode, None, None)
+    elif st.local is not None and st.mode == "lowrank":
+        out = _conv_factors(st, conv, wq, layer)
+        ho, wo = out.mean.shape[2:]
+    else:
+        out = _linear_step(st, conv, lambda v: conv(v, wq * wq))
+        ho, wo = out.mean.shape[2:]
     m2 = st.second_moment()
     if per_weight:
         exact_noise = conv(m2, s2)                                         # (B, Cout, Ho, Wo)
         pw = m2.mean((0, 2, 3)).reshape(1, cin, 1, 1).expand(1, cin, kh, kw)
         s2 = (s2 * pw).sum((1, 2, 3)) / pw.sum().clamp_min(1e-300)          # (Cout,) for the cross terms
     s2c = s2.reshape(-1, 1, 1) if s2.dim() else s2
-    diag_noise = conv(m2, torch.ones(1, cin, kh, kw, dtype=m2.dtype))      # (B, 1, Ho, Wo)
+    if det and u is not None:
+        diag_noise = (u * u).sum(1).reshape(b, 1, ho, wo)
+    else:
+        diag_noise = conv(m2, torch.ones(1, cin, kh, kw, dtype=m2.dtype))  # (B, 1, Ho, Wo)
     mean = out.mean + layer.bias.reshape(-1, 1, 1)
     var = out.var + (exact_noise if per_weight else diag_noise * s2c)
     if st.mode == "exact":
         p = ho * wo
         idx = _patch_index(layer, h, w, m2.device)                     # (k2, P)
         mu = st.mean.reshape(b, cin, h * w)
-        sec = mu.unsqueeze(-1) * mu.unsqueeze(-2)                       # (B, C, HW, HW)
+        sec = mu.transpose(1, 2) @ mu                                   # (B, HW, HW), summed over the input channels
         if st.cov is not None:
             cv = st.cov.reshape(b, cin, h * w, cin, h * w)
-            sec = sec + torch.diagonal(cv, dim1=1, dim2=3).permute(0, 3, 1, 2)
+            sec = sec + torch.diagonal(cv, dim1=1, dim2=3).sum(-1)
         sec = F.pad(sec, (1, 0, 1, 0))
         nsp = torch.zeros(b, p, p, dtype=m2.dtype)
         for k in range(idx.shape[0]):
             ik = idx[k]
-            nsp = nsp + sec[:, :, ik][:, :, :, ik].sum(1)
+            nsp = nsp + sec[:, ik][:, :, ik]
         d_out = cout * p
         cov = out.cov if out.cov is not None else torch.zeros(b, d_out, d_out, dtype=m2.dtype)
         cov = cov.reshape(b, cout, p, cout, p)
@@ -681,8 +776,7 @@ def _crossbar_step(st: Moments, layer: CrossbarLayer, wq: torch.Tensor, s2: torc
         return Moments(mean, torch.diagonal(cov, dim1=1, dim2=2).reshape(mean.shape), "exact", cov)
     if st.mode == "diagonal" or rank == 0:
         return Moments(mean, var, st.mode, None, out.factors)
-    # lowrank: shared-noise factors from the patch matrix of the input mean
-    u = F.unfold(st.mean, (kh, kw), dilation=layer.dilation, padding=layer.padding, stride=layer.stride)  # (B, Ck2, P)
+    # lowrank: shared-noise factors from the patch matrix u (B, C k^2, P) of the input mean
     r = min(rank, u.shape[1], u.shape[2])
     if u.shape[2] <= u.shape[1]:   # eigen-decompose the smaller Gram matrix: here (P, P)
         gram = u.transpose(1, 2) @ u
@@ -695,6 +789,10 @@ def _crossbar_step(st: Moments, layer: CrossbarLayer, wq: torch.Tensor, s2: torc
         vec = _top_eig(gram, r)                                        # (B, Ck2, r)
         sp = (vec.transpose(1, 2) @ u).reshape(b, r, ho, wo)            # (B, r, Ho, Wo)
     s = torch.sqrt(s2 * torch.ones(cout, dtype=m2.dtype)) if s2.dim() == 0 else torch.sqrt(s2)
+    k0 = 0 if out.factors is None else out.factors.shape[1]
+    if keep_local and k0 + cout * r <= 2 * max_factors:
+        loc = s.reshape(1, 1, cout, 1, 1) * sp.reshape(b, r, 1, ho, wo)
+        return Moments(mean, var, st.mode, None, out.factors, local=loc)
     return Moments(mean, var, st.mode, None, _add_channel_factors(out.factors, s, sp, max_factors))
 
 
@@ -714,10 +812,12 @@ def _elementwise_step(st: Moments, layer: ElementwiseLayer, method: str, order: 
         cov = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2)) + torch.diag_embed(v.reshape(v.shape[0], -1))
         return Moments(m, v, "exact", cov, nonzero=nz)
     fac = None if st.factors is None else st.factors * slope.unsqueeze(1)
-    return Moments(m, v, st.mode, None, fac, nonzero=nz)
+    loc = None if st.local is None else st.local * slope.unsqueeze(1)
+    return Moments(m, v, st.mode, None, fac, nonzero=nz, local=loc)
 
 
 def _flatten_step(st: Moments) -> Moments:
+    st = dense(st)
     b = st.mean.shape[0]
     fac = None if st.factors is None else st.factors.reshape(b, st.factors.shape[1], -1)
     nz = None if st.nonzero is None else st.nonzero.reshape(b, -1)
@@ -726,6 +826,7 @@ def _flatten_step(st: Moments) -> Moments:
 
 def _to_full(st: Moments) -> Moments:
     """Low-rank state -> full covariance ``F^T F + diag(residual)`` (same second moments)."""
+    st = dense(st)
     b = st.mean.shape[0]
     var = st.var.reshape(b, -1)
     if st.factors is None:
@@ -784,9 +885,10 @@ def propagate(layers: list, x: torch.Tensor, *, sigma: float, gmax, levels: int 
         wq = quantize_weight(layer.weight, int(levels))
         c = gm[ix] / layer.wmax
         if on_crossbar is not None:
+            st = dense(st)
             on_crossbar(ix, layer, st, wq, c)
         s2 = 2.0 * float(sigma) ** 2 / (c * c)
-        return _crossbar_step(st, layer, wq, s2, rank, max_factors)
+        return _crossbar_step(st, layer, wq, s2, rank, max_factors, keep_local=True)
 
     return run_layers(layers, x, crossbar, cov=cov, full_below=full_below, full_linear=full_linear,
                       act_method=act_method, taylor_order=taylor_order, return_all=return_all)
@@ -815,7 +917,7 @@ def run_layers(layers: list, x: torch.Tensor, crossbar: Callable, *, cov: str = 
     for layer in layers:
         if isinstance(layer, CrossbarLayer):
             if (st.mode == "lowrank" and layer.kind == "linear" and layer.weight.shape[1] <= full_linear
-                    and (st.factors is not None or bool(torch.any(st.var.detach() > 0)))):
+                    and (st.factors is not None or st.local is not None or bool(torch.any(st.var.detach() > 0)))):
                 st = dataclasses.replace(_to_full(st), nonzero=st.nonzero)   # a Linear layer mixes every unit
             try:
                 st = crossbar(ix, layer, st)
@@ -823,9 +925,9 @@ def run_layers(layers: list, x: torch.Tensor, crossbar: Callable, *, cov: str = 
                 raise ValueError(f"x: shape {tuple(x.shape)} does not fit layer {layer.name} ({e})") from None
             ix += 1
         elif isinstance(layer, PoolLayer):
-            st = _linear_step(st, layer.apply, lambda v, l=layer: l.apply(v, square=True))
+            st = _linear_step(st, layer.apply, lambda v, l=layer: l.apply(v, square=True), per_channel=True)
         elif isinstance(layer, PadLayer):
-            st = _linear_step(st, layer.apply, layer.apply)
+            st = _linear_step(st, layer.apply, layer.apply, per_channel=True)
         elif isinstance(layer, FlattenLayer):
             st = _flatten_step(st)
         else:
@@ -834,6 +936,7 @@ def run_layers(layers: list, x: torch.Tensor, crossbar: Callable, *, cov: str = 
             st = dataclasses.replace(_to_full(st), nonzero=st.nonzero)
         if return_all:
             states.append(st)
+    st = dense(st)
     return (st, states) if return_all else st
 
 
@@ -870,6 +973,9 @@ class Prediction:
     power : the expected read power when asked for (see :mod:`memcim.analysis.power`).
     config : the settings of the prediction.
     layers : per crossbar layer, a summary of its plan and noise (``predict``).
+    plans : per crossbar layer, the plan (:class:`~memcim.mapping.crossbar.MappedMatrix`) the prediction read
+        (``predict``; give them back as ``plans=`` to skip the mapping when predicting again on the same weights
+        and hardware).
     """
 
     mean: torch.Tensor
@@ -881,6 +987,7 @@ class Prediction:
     power: dict | None = None
     config: dict = field(default_factory=dict)
     layers: list = field(default_factory=list)
+    plans: list = field(default_factory=list)
 
     def to_dict(self, per_output: bool = True) -> dict:
         d = {"mse_mean": self.mse_mean, "mse_max": self.mse_max,
@@ -914,7 +1021,8 @@ def _check_x(x) -> torch.Tensor:
 
 def predict_mse(model, x, *, sigma: float, gmax, levels: int = 128, cov: str = "lowrank", rank: int = DEFAULT_RANK,
                 max_factors: int = 64, full_below: int = DEFAULT_FULL_BELOW, act_method: str = "taylor", taylor_order: int = 2, power: bool = True,
-                r: float = 1.0, dtype: torch.dtype = torch.float64, batch_chunk: int | None = None) -> MSEPrediction:
+                r: float = 1.0, dtype: torch.dtype = torch.float64, batch_chunk: int | None = None,
+                plans: list | None = None) -> MSEPrediction:
     """Predict the output MSE (and power) of ``model`` on a crossbar, from moments.
 
     Parameters
@@ -925,6 +1033,8 @@ def predict_mse(model, x, *, sigma: float, gmax, levels: int = 128, cov: str = "
     power : also compute the expected power (Eqs. 16-21), ``r`` is the TIA feedback resistance (Ω).
     dtype : computation dtype.
     batch_chunk : process the batch in chunks of this size (bounds memory in exact mode).
+    plans : the plans of an earlier prediction of the same model and settings (``MSEPrediction.plans``): the
+        layers are not mapped again (see :func:`memcim.analysis.predict.predict`).
 
     Returns
     -------
@@ -949,13 +1059,19 @@ def predict_mse(model, x, *, sigma: float, gmax, levels: int = 128, cov: str = "
         from memcim.analysis.memse_sim import memse_hardware
         from memcim.analysis.predict import predict
 
-        hws = [memse_hardware(float(g), float(sigma), int(levels)) for g in gm]
+        made = {}      # one config per distinct G_max (building one is not free)
+        for g in gm:
+            if float(g) not in made:
+                made[float(g)] = memse_hardware(float(g), float(sigma), int(levels))
+        hws = [made[float(g)] for g in gm]
         p = predict(layers, x, hws, cov=cov, rank=rank, max_factors=max_factors, full_below=full_below,
                     act_method=act_method, taylor_order=taylor_order, dtype=dtype, batch_chunk=batch_chunk,
-                    on_crossbar=acc)
+                    on_crossbar=acc, plans=plans)
         return MSEPrediction(p.mean, p.var, p.reference, p.per_output, p.mse_mean, p.mse_max,
-                             acc.result(gmax_layers=gm, layers=layers) if power else None, cfg)
+                             acc.result(gmax_layers=gm, layers=layers) if power else None, cfg, plans=p.plans)
     # per-column G_max (one max|w| per matrix, a G_max per column) is not a HardwareConfig: MemSE's own step
+    if plans is not None:
+        raise ValueError("plans: only for one G_max per layer (per-column G_max is not mapped with a plan)")
     means, vars_ = [], []
     for s in range(0, x.shape[0], batch_chunk):
         xb = x[s:s + batch_chunk]

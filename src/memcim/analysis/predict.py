@@ -71,7 +71,10 @@ Limits (documented approximations; ``tests/agreement`` measures them against the
 * The partial sums are Gaussian for the ADC; the cross-tile covariance after clipping uses the
   mean slope.
 * Offset mapping: the reference column is shared by every output of an array; its noise enters
-  each output's variance exactly but not the covariance between outputs that later layers see.
+  each output's variance exactly, and, for a linear layer, the covariance between the array's outputs
+  that later layers see (its programming noise: one factor per array, :meth:`_HardwareStep._reference_factors`).
+  Not carried: the covariance from its read (thermal/shot) noise, and in a convolution (the reference
+  noise is then common to every channel and position of the array's reads).
 * Per-weight noise variance (relative, table, stuck) is exact in every variance; a convolution's
   cross-position covariance uses each channel's input-weighted mean of it.
 * Activations, pooling and the covariance representation: as in :mod:`memcim.analysis.moments`.
@@ -128,6 +131,8 @@ class LayerHardware:
     bitline_mean, bitline_var : (n_row_tiles, tile_rows, bit lines) mean and variance [S, S^2] of every
         device over chips, G+ (or weight) columns then G- (or reference) columns (the read power).
     t : the read time [s] these moments describe (``device.drift_t0``: right after programming).
+    ref_var : offset mapping: (n_row_tiles, tile_rows, n_col_tiles) variance [S^2] of every reference device over
+        chips; one reference column per array, subtracted from all its outputs, so its noise is common to them.
     """
 
     hw: HardwareConfig
@@ -143,6 +148,7 @@ class LayerHardware:
     bitline_var: torch.Tensor | None = None
     t: float | None = None
     sliced: object | None = None    # bit slicing: the slices' views (memcim.analysis.slicing.SlicedHardware)
+    ref_var: torch.Tensor | None = None
 
     @property
     def uniform_s2(self) -> float | None:
@@ -190,6 +196,7 @@ def layer_hardware(W, hw: HardwareConfig, *, calib_inputs=None, calib_seed: int 
     mp, vp = conductance_moments(plan.g_pos, plan.level_pos, plan.mask_pos, dev, t=t)
     mn, vn = conductance_moments(plan.g_neg, plan.level_neg, plan.mask_neg, dev, t=t)
     bl_mean, bl_var = torch.cat([mp, mn], -1), torch.cat([vp, vn], -1)
+    ref_var = vn.to(torch.float64) if plan.scheme == "offset" else None
     mn, vn = plan.expand_neg(mn), plan.expand_neg(vn)
     gd_target = plan.g_pos - plan.expand_neg(plan.g_neg)
 
@@ -202,7 +209,8 @@ def layer_hardware(W, hw: HardwareConfig, *, calib_inputs=None, calib_seed: int 
     gs = (mp + mn) / (c3 * c3)
     fs = plan.full_scale.to(torch.float64) / (hw.array.r_tia * hw.array.v_read) / scale
     return LayerHardware(hw=hw, plan=plan, weight=weight, s2=s2, gs_c2=crop(gs), gsum_c2=gs.sum(1)[:, :m],
-                         fs=fs[:, :m], tile_rows=R, n_row_tiles=nrt, bitline_mean=bl_mean, bitline_var=bl_var, t=t)
+                         fs=fs[:, :m], tile_rows=R, n_row_tiles=nrt, bitline_mean=bl_mean, bitline_var=bl_var, t=t,
+                         ref_var=ref_var)
 
 
 def _persistent_covariances(plan, dev, t: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -341,20 +349,24 @@ def _is_deterministic(st: mo.Moments) -> bool:
         return False
     if st.factors is not None and bool(torch.any(st.factors != 0)):
         return False
+    if st.local is not None and bool(torch.any(st.local != 0)):
+        return False
     return st.cov is None or not bool(torch.any(st.cov != 0))
 
 
 def _through_slope(mean: torch.Tensor, var: torch.Tensor, out: mo.Moments, slope: torch.Tensor) -> mo.Moments:
     """Moments after a quantizer of mean slope ``slope``: ``mean`` and ``var`` as computed, the factors and the
     off-diagonal covariance of ``out`` scaled by the slope (Stein's lemma), the diagonal replaced by ``var``."""
-    cov, fac = out.cov, out.factors
+    cov, fac, loc = out.cov, out.factors, out.local
     if fac is not None:
         fac = fac * slope.unsqueeze(1)
+    if loc is not None:
+        loc = loc * slope.unsqueeze(1)
     if cov is not None:
         sl = slope.reshape(slope.shape[0], -1)
         cov = cov * sl.unsqueeze(-1) * sl.unsqueeze(-2)
         cov = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2)) + torch.diag_embed(var.reshape(var.shape[0], -1))
-    return mo.Moments(mean, var, out.mode, cov, fac)
+    return mo.Moments(mean, var, out.mode, cov, fac, local=loc)
 
 
 class _HardwareStep:
@@ -363,6 +375,7 @@ class _HardwareStep:
     def __init__(self, lh: LayerHardware, layer: mo.CrossbarLayer, rank: int, max_factors: int,
                  on_crossbar: Callable | None, index: int, power: bool = False, reference_inputs=None):
         self.lh, self.layer, self.rank, self.max_factors = lh, layer, rank, max_factors
+        self.keep_local = False    # may leave channel-local factors (moments.Moments.local): predict()'s own steps
         self.reference_inputs = reference_inputs
         self._k = None
         self.on_crossbar, self.index = on_crossbar, index
@@ -486,7 +499,7 @@ class _HardwareStep:
         if self.lh.sliced is not None:   # bit slicing: the slices' reads, shift-and-add (analysis.slicing)
             from memcim.analysis.slicing import sliced_read
 
-            return sliced_read(self, st)
+            return sliced_read(self, mo.dense(st))
         out = self._read_moments(st)
         comp = self.compensation()
         return out if comp is None else self._compensate(st, out, comp)
@@ -515,18 +528,22 @@ class _HardwareStep:
         mean = k * (y + gA - gB + y * q) + bias
         var = (k * k * (out.var + 2 * y * (gA - gB) + y * y * r)).clamp_min(0.0)
         fac = None if out.factors is None else out.factors * k
+        loc = None if out.local is None else out.local * k
         cov = out.cov
         if cov is not None:
             kf = (k * torch.ones_like(out.mean[0])).reshape(-1)
             cov = cov * kf.unsqueeze(-1) * kf.unsqueeze(-2)
             cov = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2)) + torch.diag_embed(var.reshape(var.shape[0], -1))
-        return mo.Moments(mean, var, out.mode, cov, fac, out.nonzero)
+        return mo.Moments(mean, var, out.mode, cov, fac, out.nonzero, loc)
 
     def _read_moments(self, st: mo.Moments) -> mo.Moments:
         lh, layer = self.lh, self.layer
         hw = lh.hw
         dev, dac, adc = hw.device, hw.dac, hw.adc
         op = _op(layer)
+        if st.local is not None and (self.on_crossbar is not None or self.power is not None or
+                                     (adc.enabled and lh.n_row_tiles > 1)):
+            st = mo.dense(st)      # those read the dense factors
         det = _is_deterministic(st)
         self.last_slope = 1.0                          # the ADC's mean slope (read by analysis.slicing)
         dmean = None                                   # exact DAC rounding of a deterministic input
@@ -537,11 +554,13 @@ class _HardwareStep:
         if self.power is not None:
             self._read_power(st)
         need_read = dev.thermal_noise or dev.shot_noise or (dac.enabled and not det)
-        out = mo._crossbar_step(st, layer, self.W, self.s2, self.rank, self.max_factors)
+        out = mo._crossbar_step(st, layer, self.W, self.s2, self.rank, self.max_factors, keep_local=self.keep_local)
+        if lh.ref_var is not None and layer.kind == "linear" and out.mode != "diagonal":
+            out = self._shared_reference(st, out)
         if not (need_read or adc.enabled):     # MemSE's case: the moments of the noisy weights are all
             if dmean is None:
                 return out
-            return mo.Moments(out.mean + dmean, out.var, out.mode, out.cov, out.factors)
+            return mo.Moments(out.mean + dmean, out.var, out.mode, out.cov, out.factors, local=out.local)
         # the input scale of every read
         if dac.x_range is not None:
             xs = torch.tensor(float(dac.x_range), dtype=st.mean.dtype)
@@ -584,11 +603,11 @@ class _HardwareStep:
             rv = read_var(None)
             mean = out.mean if dmean is None else out.mean + dmean
             if rv is None:
-                return mo.Moments(mean, out.var, out.mode, out.cov, out.factors)
+                return mo.Moments(mean, out.var, out.mode, out.cov, out.factors, local=out.local)
             cov = out.cov
             if cov is not None:
                 cov = cov + torch.diag_embed(rv.expand_as(out.var).reshape(rv.shape[0], -1))
-            return mo.Moments(mean, out.var + rv, out.mode, cov, out.factors)
+            return mo.Moments(mean, out.var + rv, out.mode, cov, out.factors, local=out.local)
         # --- one ADC per array: every row tile's partial sum is quantized on its own
         T = lh.n_row_tiles
         K = adc.steps
@@ -628,6 +647,40 @@ class _HardwareStep:
             vin_total = out.var - op(m2, self.s2_full)
             var = (var + slope * slope * (vin_total - vin_tiles)).clamp_min(0.0)
         return _through_slope(qm + bias, var, out, slope)
+
+    def _reference_factors(self, m2: torch.Tensor) -> torch.Tensor:
+        """Offset mapping, linear layer: the reference columns' programming noise as factors (B, T U, out).
+
+        Array (t, u) (row tile t, column tile u) subtracts its reference column from each of its outputs j, so
+        ``delta_j = sum_{i in t} x_i delta_ref_i / c_tj`` is common to them: ``Cov(y_j, y_k)`` gains
+        ``a_tu / (c_tj c_tk)`` with ``a_tu = sum_{i in t} E[x_i^2] Var(ref_i)``, i.e. the factor
+        ``sqrt(a_tu) / c_tj`` on the outputs of column tile u (each output's variance already holds it)."""
+        lh, plan = self.lh, self.lh.plan
+        nrt, R, nct = lh.ref_var.shape
+        b, n = m2.shape
+        dt = m2.dtype
+        m2p = torch.zeros(b, nrt * R, dtype=dt)
+        m2p[:, :n] = m2
+        a = torch.einsum("btr,tru->btu", m2p.reshape(b, nrt, R), lh.ref_var.to(dt))       # (B, T, U)
+        scale = plan.scale.to(dt)
+        scale = scale.unsqueeze(0).expand(nrt, -1) if scale.dim() == 1 else scale       # (T, out_pad)
+        m = lh.weight.shape[1]
+        inv_c = 1.0 / scale[:, :m]                                                       # (T, out)
+        col_tile = torch.arange(m) // plan.tile_cols                                     # (out,)
+        onehot = (col_tile.unsqueeze(0) == torch.arange(nct).unsqueeze(1)).to(dt)        # (U, out)
+        f = a.sqrt().unsqueeze(-1) * inv_c.reshape(1, nrt, 1, m) * onehot.reshape(1, 1, nct, m)
+        return f.reshape(b, nrt * nct, m)
+
+    def _shared_reference(self, st: mo.Moments, out: mo.Moments) -> mo.Moments:
+        """Add the offset reference columns' common noise to the covariance (or the factors) of a linear
+        layer's outputs; the variances already hold it."""
+        g = self._reference_factors(st.second_moment().reshape(st.mean.shape[0], -1))
+        if out.cov is not None:
+            low = g.transpose(1, 2) @ g
+            cov = out.cov + low - torch.diag_embed(torch.diagonal(low, dim1=1, dim2=2))
+            return mo.Moments(out.mean, out.var, out.mode, cov, out.factors, out.nonzero, out.local)
+        fac = g if out.factors is None else torch.cat([out.factors, g], 1)
+        return mo.Moments(out.mean, out.var, out.mode, None, fac, out.nonzero, out.local)
 
     def _dac_exact(self, st: mo.Moments, op):
         """Round a deterministic input through the DAC exactly.
@@ -718,7 +771,7 @@ def predict(model, x, hw=None, *, calib_data=None, calib_inputs=None, cov: str =
             full_linear: int = 4096, act_method: str = "taylor", taylor_order: int = 2,
             fold_bn: bool = False, dtype: torch.dtype = torch.float64, batch_chunk: int | None = None,
             on_crossbar: Callable | None = None, power: bool = False, t: float | None = None,
-            reference_inputs=None) -> Prediction:
+            reference_inputs=None, plans: list | None = None) -> Prediction:
     """Predict the output mean, variance and MSE of a matrix or a network on crossbars, in closed form.
 
     Parameters
@@ -751,6 +804,9 @@ def predict(model, x, hw=None, *, calib_data=None, calib_inputs=None, cov: str =
     reference_inputs : for a matrix, the (batch, in) inputs of the compensation's reference reads, as
         given to :func:`memcim.simulate.program` (default: its 512 standard normal vectors, seed 0). A
         network's layers use their calibration rows, as :mod:`memcim.nn.analog` programs them.
+    plans : the crossbar layers' plans from an earlier prediction of the same weights on the same hardware
+        (``Prediction.plans``): the mapping is then not repeated (it is deterministic, so the result is the
+        same). Default: map every layer.
 
     Returns
     -------
@@ -807,15 +863,23 @@ def predict(model, x, hw=None, *, calib_data=None, calib_inputs=None, cov: str =
     if reference_inputs is not None and not matrix:
         raise ValueError("reference_inputs: only for a matrix; a network's analog layers read the default reference")
     times = [check_time(t, h.device) for h in hws]
+    if plans is not None:
+        plans = list(plans)
+        if len(plans) != len(xl) or any((getattr(pl, "in_features", None), getattr(pl, "out_features", None)) !=
+                                        (l.weight[0].numel(), l.weight.shape[0]) for pl, l in zip(plans, xl)):
+            raise ValueError(f"plans: expected {len(xl)} plan(s) of these layers' shapes (Prediction.plans of an "
+                             "earlier prediction of the same model and hardware)")
     lhs = []
-    for layer, h, cal, tt in zip(xl, hws, calib, times):
+    for i, (layer, h, cal, tt) in enumerate(zip(xl, hws, calib, times)):
         Wc = layer.weight.reshape(layer.weight.shape[0], -1).t().to(torch.float64)
-        lhs.append(layer_hardware(Wc, h, calib_inputs=cal, t=tt))
+        lhs.append(layer_hardware(Wc, h, calib_inputs=cal, t=tt, plan=None if plans is None else plans[i]))
     # the compensation's reference inputs: a matrix's (default 512 standard normal vectors); a network's
     # analog layers read their calibration rows (memcim.nn.analog), else the default
     refs = [reference_inputs] if matrix else list(calib)
     steps = [_HardwareStep(lh, layer, rank, max_factors, on_crossbar, i, power, reference_inputs=ref)
              for i, (lh, layer, ref) in enumerate(zip(lhs, xl, refs))]
+    for s_ in steps:
+        s_.keep_local = True     # run_layers understands channel-local factors (and returns dense ones)
     bc = batch_chunk or (xt.shape[0] if cov != "exact" else max(1, min(xt.shape[0], 8)))
     means, vars_ = [], []
     for s in range(0, xt.shape[0], bc):
@@ -843,4 +907,4 @@ def predict(model, x, hw=None, *, calib_data=None, calib_inputs=None, cov: str =
                        "lasting one time unit (energy per inference = this times t_read)",
               "per_layer": per_layer}
     return Prediction(mean, var, ref, per, float(per.mean()), float(per.max(1).values.mean()), power=pw, config=cfg,
-                      layers=[dict(lh.summary(), layer=l.name) for lh, l in zip(lhs, xl)])
+                      layers=[dict(lh.summary(), layer=l.name) for lh, l in zip(lhs, xl)], plans=[lh.plan for lh in lhs])
