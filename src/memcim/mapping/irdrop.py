@@ -287,6 +287,7 @@ def round_pairs(gp, gn, alpha, W, E, sens, wires: WiresConfig, dev: DeviceConfig
     lowest ``tr(E^T M E)``, E the exact error of the realized matrix.
     """
     g_min, step, L = dev.g_min, dev.level_step, dev.levels
+    common = min(int(common), L - 1)
     H = np.asarray(M, float)
     d = float(np.mean(np.diag(H)))
     H = H + damp * d * np.eye(H.shape[0]) if d > 0 else np.eye(H.shape[0])   # no input power: Frobenius
