@@ -16,10 +16,11 @@ Issue 17 item 3. Set-up as bench_memse.py (paper 001, Sec. V-A): sigma = 0.01 S,
   At every point: closed-form time, simulator time per chip, the closed form's MSE error against a
   small Monte Carlo (its standard error and z), and the fitted exponent of cost ~ width^a, depth^b
   (least squares in log-log) for the closed form, for one simulated chip (the peer's own growth) and
-  for their ratio. A convolution's forward pass itself costs C_in C_out k^2 P, i.e. width^2; an MLP's
+  for their ratio. A convolution's forward pass itself costs C_in C_out k^2 P, i.e. width^2 (measured: the
+  noise-free float32 forward pass at each width, and the closed form's time in such passes); an MLP's
   first layer reads deterministic inputs, so the layers that carry an input covariance are depth - 1.
 
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/bench_predict_scaling.py [--quick]``
+Timer: process CPU time. Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/bench_predict_scaling.py [--quick]``
 (writes bench/results/predict_scaling.json).
 """
 from __future__ import annotations
@@ -46,9 +47,18 @@ def _predict(layers, x):
 
 
 def _timed(fn):
-    t = time.perf_counter()
+    t = time.process_time()
     out = fn()
-    return time.perf_counter() - t, out
+    return time.process_time() - t, out
+
+
+def forward_s(model, x, reps: int = 5) -> float:
+    """The floor: one noise-free float32 forward pass of the same network on the same inputs (min of ``reps``)."""
+    m = model.float().eval()
+    xf = x.to(torch.float32)
+    with torch.no_grad():
+        m(xf)
+        return min(_timed(lambda: m(xf))[0] for _ in range(reps))
 
 
 def interleaved(model, x, chunks: int, chips_per_chunk: int, seed: int, labels=None, timings: int = 2):
@@ -60,9 +70,10 @@ def interleaved(model, x, chunks: int, chips_per_chunk: int, seed: int, labels=N
     p = _predict(layers, xf)                     # warm-up (and the prediction)
     tp, tmc, mse = [], [], []
     for c in range(chunks):
-        mc = monte_carlo_simulator(model, xf, sigma=SIGMA, gmax=GMAX, levels=LEVELS, trials=chips_per_chunk,
-                                   seed=seed + 1000 * c, labels=labels, progress=False)
-        tmc.append(mc.wall_s / chips_per_chunk)
+        dt, mc = _timed(lambda: monte_carlo_simulator(model, xf, sigma=SIGMA, gmax=GMAX, levels=LEVELS,
+                                                      trials=chips_per_chunk, seed=seed + 1000 * c, labels=labels,
+                                                      progress=False))
+        tmc.append(dt / chips_per_chunk)
         mse.extend(mc.trial_mse.tolist())
         for _ in range(timings):
             tp.append(_timed(lambda: _predict(layers, xf))[0])
@@ -127,8 +138,11 @@ def main(quick: bool = False) -> dict:
     chips = (2, 16) if quick else (4, 32)
     for mult in ([1, 2, 4] if quick else [1, 2, 4, 8]):
         torch.manual_seed(mult)
-        tp, tmc, mse, p = interleaved(cnn(mult), xc, chips[0], chips[1], seed, timings=1)
+        net_w = cnn(mult)
+        tp, tmc, mse, p = interleaved(net_w, xc, chips[0], chips[1], seed, timings=1)
+        fw = forward_s(net_w, xc)
         row = {"channel_multiplier": mult, "predict_s": float(tp.min()), "mc_s_per_chip": float(tmc.min()),
+               "forward_s": fw, "predict_in_forward_passes": float(tp.min()) / fw,
                "predict_in_chips": float(tp.min() / tmc.min()), **error_row(p, mse)}
         sweeps["width"].append(row)
         print(row, flush=True)
@@ -147,6 +161,9 @@ def main(quick: bool = False) -> dict:
                       "mc_per_chip_exponent": fit_exponent(xs, [r["mc_s_per_chip"] for r in rows]),
                       "ratio_exponent": fit_exponent(xs, [r["predict_in_chips"] for r in rows]),
                       "max_abs_rel_err_vs_mc": max(abs(r["rel_err_vs_mc"]) for r in rows)}
+        if kind == "width":   # the floor: the network's own forward pass grows as width^2 (C_in C_out k^2 P)
+            fits[kind]["forward_exponent"] = fit_exponent(xs, [r["forward_s"] for r in rows])
+            fits[kind]["predict_over_forward_exponent"] = fit_exponent(xs, [r["predict_in_forward_passes"] for r in rows])
         if kind == "depth":   # the first layer's input is deterministic (no covariance): the layers that
             r2 = [r for r in rows if r[key] >= 2]     # carry one are depth - 1
             fits[kind]["predict_exponent_vs_covariance_layers"] = fit_exponent([r[key] - 1 for r in r2],
