@@ -515,27 +515,82 @@ class ProgrammedChip:
         self.__post_init__()
 
 
-def _trainable_targets(m: MappedMatrix, weights, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """The plan's targets carrying the gradient of ``weights`` (in, out): value ``m.g_pos``, gradient
-    of ``scale * max(W, 0)`` (differential; ``scale * W`` offset), straight through the level rounding
-    (``dpe``/``representable``: the same linear gradient with each array's own scale)."""
+def _trainable_targets(m: MappedMatrix, weights, dtype) -> torch.Tensor | None:
+    """``[W >= 0]`` and ``[W <= 0]`` of the matrix ``weights`` (in, out), checked, in the plan's tile
+    layout (2, nrt, tile_rows, out_pad), ``dtype``, 0 in the tile padding: which side of each
+    differential pair follows its weight (None for offset plans, whose one device always does)."""
     if not isinstance(weights, torch.Tensor):
         raise TypeError(f"weights: expected a torch tensor (in, out), got {type(weights).__name__}")
     if tuple(weights.shape) != (m.in_features, m.out_features):
         raise ValueError(f"weights: shape {tuple(weights.shape)} does not match the plan's "
                          f"({m.in_features}, {m.out_features})")
-    pad = (0, m.out_pad - m.out_features, 0, m.n_row_tiles * m.tile_rows - m.in_features)
-    wt = torch.nn.functional.pad(weights.to(dtype), pad).reshape(m.n_row_tiles, m.tile_rows, m.out_pad)
-    c = m.scale.to(dtype).unsqueeze(1)
-    if m.scheme == "differential":
-        tp, tn = c * wt.clamp_min(0), c * (-wt).clamp_min(0)
-        return m.g_pos.to(dtype) + (tp - tp.detach()), m.g_neg.to(dtype) + (tn - tn.detach())
-    tp = c * wt
-    return m.g_pos.to(dtype) + (tp - tp.detach()), m.g_neg.to(dtype)
+    if m.scheme != "differential":
+        return None
+    n, k, rows = m.in_features, m.out_features, m.n_row_tiles * m.tile_rows
+    sign = torch.empty((2, rows, m.out_pad), dtype=dtype, device=weights.device)
+    w = weights.detach().contiguous()               # (a comparison reading a transposed W is ~40x slower)
+    torch.ge(w, 0.0, out=sign[0, :n, :k])          # written in place: no padded copy of W
+    torch.le(w, 0.0, out=sign[1, :n, :k])
+    sign[:, n:] = 0.0
+    sign[:, :n, k:] = 0.0
+    return sign.view(2, m.n_row_tiles, m.tile_rows, m.out_pad)
+
+
+class _WeightGradient(torch.autograd.Function):
+    """Programmed conductances ``(G+, G-)`` as functions of the weights W (in, out): ``d G+ / d W =
+    c [W >= 0]`` and ``d G- / d W = -c [W <= 0]`` (differential; offset: ``d G / d W = c``, the
+    reference columns have none), straight through the level rounding, times each device's
+    ``d G / d G_target`` from :func:`memcim.hardware.device.program_devices` (0 where stuck, clipped
+    at 0 S or absent), summed over the chips; ``c`` is the plan's scale (per array for ``dpe`` /
+    ``representable``). The same gradient as the targets ``c max(W, 0)`` carried through the
+    sampling by autograd: the 0/1 factors folded into one per device in the forward pass, ``c``
+    applied once to the summed gradient."""
+
+    @staticmethod
+    def forward(ctx, weights, keep_pos, keep_neg, box):
+        m, sign, g_pos, g_neg = box
+        if m.scheme == "differential":     # d G+ / d W and -d G- / d W over c, in place
+            keep_pos.mul_(sign[0])
+            keep_neg.mul_(sign[1])
+        else:
+            keep_neg = None
+            ctx.mark_non_differentiable(g_neg)
+        ctx.m, ctx.wdtype = m, weights.dtype
+        ctx.save_for_backward(keep_pos, keep_neg)
+        return g_pos, g_neg
+
+    @staticmethod
+    def backward(ctx, grad_pos, grad_neg):
+        m = ctx.m
+        keep_pos, keep_neg = ctx.saved_tensors
+        acc = None
+        if grad_pos is not None:
+            acc = grad_pos * keep_pos
+        if keep_neg is not None and grad_neg is not None:
+            acc = (grad_neg * keep_neg).neg_() if acc is None else acc.addcmul_(grad_neg, keep_neg, value=-1.0)
+        if acc is None:
+            return None, None, None, None
+        acc = acc.sum(0) if acc.shape[0] > 1 else acc[0]
+        acc.mul_(m.scale.to(device=acc.device, dtype=acc.dtype).unsqueeze(1))  # c: (nrt, 1, out_pad)
+        gw = acc.reshape(m.n_row_tiles * m.tile_rows, m.out_pad)[: m.in_features, : m.out_features]
+        return gw.to(ctx.wdtype), None, None, None
+
+
+def _stacked_pair(m: MappedMatrix) -> torch.Tensor | None:
+    """The (2, nrt, R, out_pad) tensor whose two entries are the plan's ``g_pos`` and ``g_neg``
+    (differential plans of :func:`memcim.mapping.crossbar.map_for_training`), else None."""
+    gp, gn = m.g_pos, m.g_neg
+    base = gp._base
+    if (m.scheme != "differential" or base is None or gn._base is not base or base.ndim != 4 or base.shape[0] != 2
+            or not base.is_contiguous() or not gp.is_contiguous() or not gn.is_contiguous()
+            or gp.data_ptr() != base.data_ptr() or gn.data_ptr() != base[1].data_ptr()):
+        return None
+    return base
 
 
 def program(mapped: MappedMatrix, seed: int | None = None, trials: int = 1, *, dtype: torch.dtype = torch.float32,
-            device=None, weights: torch.Tensor | None = None, reference_inputs=None) -> ProgrammedChip:
+            device=None, weights: torch.Tensor | None = None, reference_inputs=None,
+            fast_draws: bool = False) -> ProgrammedChip:
     """Program ``trials`` independent chips with the plan ``mapped``.
 
     Parameters
@@ -550,6 +605,12 @@ def program(mapped: MappedMatrix, seed: int | None = None, trials: int = 1, *, d
         module docstring; read them with ``mvm(x, differentiable=True)``).
     reference_inputs : (batch, in) inputs of the drift compensation's reference reads (default: 512
         standard normal vectors); used only with ``compensation.drift``.
+    fast_draws : the same distribution of chips from fewer random-number calls: the stuck devices by
+        their geometric gaps (``stuck_sampling="sparse"`` of
+        :func:`memcim.hardware.device.program_devices`), and both sides of the differential pairs in
+        one draw when the plan holds them in one tensor (:func:`memcim.mapping.crossbar.map_for_training`
+        does). Another random stream, so other chips for a seed than the default (False), whose chips
+        every other part of memcim reproduces; the training chips of :mod:`memcim.nn.analog` use it.
 
     With drift on (``device.drift_*``), one drift exponent per device is drawn after the programming
     noise, from the same seed. To leave a non-ideality out, program a plan made with ``hw.without(...)``.
@@ -569,12 +630,27 @@ def program(mapped: MappedMatrix, seed: int | None = None, trials: int = 1, *, d
     m = mapped.to(device)
     gen = _generator(seed, device)
     dev = m.hw.device
-    if weights is None:
-        t_pos, t_neg = m.g_pos.to(dtype), m.g_neg.to(dtype)
+    t_pos, t_neg = m.g_pos.to(dtype), m.g_neg.to(dtype)
+    trials = int(trials)
+    kw = dict(stuck_sampling="sparse" if fast_draws else "dense", follows=weights is not None)
+    pair = _stacked_pair(m) if fast_draws else None
+    if pair is not None:    # both sides at once: (trials, 2, nrt, R, out_pad)
+        lv = None if m.level_pos is None else torch.stack([m.level_pos, m.level_neg])
+        out = program_devices(pair.to(dtype), lv, m.mask_pos, dev, trials, gen, **kw)
+        both, keep = out if weights is not None else (out, None)
+        g_pos, g_neg = both[:, 0], both[:, 1]
+        keep_pos, keep_neg = (None, None) if keep is None else (keep[:, 0], keep[:, 1])
+        if trials > 1:
+            g_pos, g_neg = g_pos.contiguous(), g_neg.contiguous()
     else:
-        t_pos, t_neg = _trainable_targets(m, weights.to(device), dtype)
-    g_pos = program_devices(t_pos, m.level_pos, m.mask_pos, dev, int(trials), gen)
-    g_neg = program_devices(t_neg, m.level_neg, m.mask_neg, dev, int(trials), gen)
+        out_pos = program_devices(t_pos, m.level_pos, m.mask_pos, dev, trials, gen, **kw)
+        out_neg = program_devices(t_neg, m.level_neg, m.mask_neg, dev, trials, gen, **kw)
+        (g_pos, keep_pos), (g_neg, keep_neg) = (out_pos, out_neg) if weights is not None else \
+            ((out_pos, None), (out_neg, None))
+    if weights is not None:   # the weights' gradient attached to the same draws (see _WeightGradient)
+        sign = _trainable_targets(m, weights.to(device), dtype)
+        if weights.requires_grad:
+            g_pos, g_neg = _WeightGradient.apply(weights, keep_pos, keep_neg, (m, sign, g_pos, g_neg))
     nu_pos = nu_neg = None
     if dev.has_drift:
         nu_pos = drift_exponents(t_pos, dev, int(trials), gen)
@@ -585,6 +661,105 @@ def program(mapped: MappedMatrix, seed: int | None = None, trials: int = 1, *, d
                               else reference_inputs.detach())
     return ProgrammedChip(mapped=m, g_pos=g_pos, g_neg=g_neg, generator=gen, nu_pos=nu_pos, nu_neg=nu_neg,
                           reference_inputs=ref)
+
+
+def training_read(chip: ProgrammedChip, x: torch.Tensor) -> torch.Tensor:
+    """One training read of one chip: the values of the simulator's read, the gradient of
+    ``chip.mvm(x, differentiable=True)``, for inputs ``x`` (batch, in); returns (1, batch, out).
+
+    The read itself is the simulator's, done in place without autograd: the DAC
+    (:func:`~memcim.hardware.converters.dac_convert`), ``u @ G_d`` per row tile, thermal and shot
+    noise (:func:`~memcim.hardware.device.read_noise_variance`; one standard normal draw of shape
+    (1, batch, row tiles, out_pad) from the chip's generator, then the offset reference columns'),
+    the ADC and the digital rescale (:func:`~memcim.hardware.converters.adc_convert`), the row tiles
+    summed. The gradient is attached in one step (:class:`_TrainingRead`): straight through the DAC
+    rounding (the clip keeps its gradient), the read noise and the ADC's rounding and saturation, as
+    the differentiable read's. The values agree with ``chip.mvm(x, differentiable=True)`` to float
+    rounding (that one forms each rounding as ``v + (q - v)``).
+
+    Chips that read otherwise (several chips, wires, RTN or 1/f noise, drift, drift compensation) are
+    read by ``chip.mvm(x, differentiable=True)``.
+    """
+    m = chip.mapped
+    hw = m.hw
+    dev = hw.device
+    if (chip.trials != 1 or not isinstance(x, torch.Tensor) or x.ndim != 2 or hw.reader != "ideal"
+            or dev.has_rtn or dev.has_read_1f or chip.nu_pos is not None or hw.compensation.drift != "none"):
+        return chip.mvm(x, differentiable=True)
+    xc = chip._check_inputs(x)
+    dt = chip.dtype
+    nrt, R, op, n_out = m.n_row_tiles, m.tile_rows, m.out_pad, m.out_features
+    B = xc.shape[0]
+    gp, gn = chip.g_pos[0], chip.g_neg[0]
+    gd = m.effective_difference(gp, gn)                                     # (nrt, R, op)
+    gdv = gd.detach()
+    with torch.no_grad():
+        u, xs = dac_convert(xc.detach(), hw.dac)
+        pad = nrt * R - m.in_features
+        up = torch.nn.functional.pad(u, (0, pad)) if pad else u
+        ut = up.reshape(B, nrt, R).transpose(0, 1).contiguous()             # (nrt, B, R)
+        j = torch.matmul(ut, gdv)                                           # (nrt, B, op) [S]
+        fs = (m.full_scale / (hw.array.r_tia * hw.array.v_read)).to(device=j.device, dtype=dt).unsqueeze(1)
+        gain = (1.0 / m.scale.to(device=j.device, dtype=dt)).unsqueeze(1)   # (nrt, 1, op)
+        if dev.thermal_noise or dev.shot_noise:
+            v, v2 = hw.array.v_read, hw.array.v_read ** 2
+            g_p, g_n = gp.detach(), gn.detach()
+            gs = g_p + g_n if m.scheme == "differential" else g_p
+            a = ut.abs() if dev.shot_noise else None
+            var = read_noise_variance(gs.sum(dim=1, keepdim=True) / v2,
+                                      None if a is None else torch.matmul(a, gs).div_(v2), v, dev, inplace=True)
+            sd = var.sqrt_() if var.shape == j.shape else var.sqrt().expand_as(j)
+            # drawn as (1, batch, row tiles, out_pad), the order of the simulator's read
+            noise = torch.randn((B, nrt, op), generator=chip.generator, dtype=dt, device=j.device).transpose(0, 1)
+            j.addcmul_(noise, sd)
+            if m.scheme == "offset":   # one reference column per array: its noise is common to the array's outputs
+                var_ref = read_noise_variance(g_n.sum(dim=1, keepdim=True) / v2,
+                                              None if a is None else torch.matmul(a, g_n).div_(v2), v, dev,
+                                              inplace=True)
+                shape = (*j.shape[:-1], m.n_col_tiles)
+                n_ref = torch.randn((B, nrt, m.n_col_tiles), generator=chip.generator, dtype=dt,
+                                    device=j.device).transpose(0, 1)
+                j.sub_(m.expand_neg(n_ref * var_ref.expand(shape).sqrt()))
+        adc_convert(j, fs, hw.adc, inplace=True, gain=gain)
+        y = j.sum(dim=0)[:, :n_out] * xs
+    if not (xc.requires_grad or gd.requires_grad):
+        return y.unsqueeze(0)
+    return _TrainingRead.apply(xc, gd, (y, ut, gdv, xs, gain, m, hw.dac)).unsqueeze(0)
+
+
+class _TrainingRead(torch.autograd.Function):
+    """The gradient of the training read (:func:`training_read`) for its inputs ``x`` and the
+    effective difference ``G_d``: ``d y / d j = x_scale / c`` per row tile and column (straight
+    through noise and ADC), ``j = u @ G_d``, ``d u / d x = 1 / x_scale`` inside the DAC's range."""
+
+    @staticmethod
+    def forward(ctx, x, gd, box):
+        y, ut, gdv, xs, gain, m, dac = box
+        ctx.m, ctx.dac = m, dac
+        ctx.save_for_backward(x, ut, gdv, xs, gain)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, ut, gdv, xs, gain, = ctx.saved_tensors
+        m = ctx.m
+        g = grad * xs
+        if m.out_pad > m.out_features:
+            g = torch.nn.functional.pad(g, (0, m.out_pad - m.out_features))
+        gj = g.unsqueeze(0) * gain                                          # (nrt, B, op)
+        dx = dgd = None
+        if ctx.needs_input_grad[1]:
+            dgd = torch.matmul(ut.transpose(1, 2), gj)                      # (nrt, R, op)
+        if ctx.needs_input_grad[0]:
+            du = torch.matmul(gj, gdv.transpose(1, 2))                      # (nrt, B, R)
+            B = du.shape[1]
+            du = du.transpose(0, 1).reshape(B, m.n_row_tiles * m.tile_rows)[:, : m.in_features]
+            dx = du / xs
+            dac = ctx.dac
+            if dac.enabled and (dac.x_range is not None or not dac.signed):
+                r = x.detach() / xs                                         # the clip passes [lo, 1] only
+                dx = dx * ((r >= (-1.0 if dac.signed else 0.0)) & (r <= 1.0)).to(dx.dtype)
+        return dx, dgd, None
 
 
 def simulate_mvm(W, x, hw: HardwareConfig, trials: int = 1, seed: int | None = 0, *, calib_inputs=None,

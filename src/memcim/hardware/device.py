@@ -50,15 +50,17 @@ def quantize_array(g, dev: DeviceConfig) -> np.ndarray:
 
 def programming_sigma(g_target: torch.Tensor, level: torch.Tensor | None, dev: DeviceConfig) -> torch.Tensor:
     """Standard deviation [S] of the programmed conductance around each target."""
-    var = torch.full_like(g_target, dev.prog_sigma_abs ** 2)
-    if dev.prog_sigma_rel > 0:
-        var = var + (dev.prog_sigma_rel * g_target) ** 2
+    if dev.prog_sigma_rel > 0:      # abs^2 + (rel g)^2, in place on one buffer
+        var = dev.prog_sigma_rel * g_target
+        var = var.mul_(var).add_(dev.prog_sigma_abs ** 2)
+    else:
+        var = torch.full_like(g_target, dev.prog_sigma_abs ** 2)
     if dev.prog_sigma_table is not None and level is not None:
         table = torch.tensor(dev.prog_sigma_table, dtype=g_target.dtype, device=g_target.device)
         var = var + table[level] ** 2
     if dev.prog_sigma_poly is not None:
         var = var + poly_sigma(g_target, dev) ** 2
-    return var.sqrt()
+    return var.sqrt_()
 
 
 def poly_sigma(g: torch.Tensor, dev: DeviceConfig) -> torch.Tensor:
@@ -136,9 +138,16 @@ def flicker_sigma(g: torch.Tensor, t: float, dev: DeviceConfig, g_target: torch.
     return g.clamp_min(0.0) * q * math.sqrt(flicker_span(t, dev))
 
 
+#: how :func:`program_devices` draws the stuck devices: "dense" (one uniform number per device, the
+#: stream every chip of :func:`memcim.simulate.program` is reproducible from) or "sparse" (the same
+#: Bernoulli process drawn by its geometric gaps: about N p numbers for N devices)
+STUCK_SAMPLING = ("dense", "sparse")
+
+
 def program_devices(g_target: torch.Tensor, level: torch.Tensor | None, mask: torch.Tensor | None,
                     dev: DeviceConfig, trials: int, generator: torch.Generator,
-                    programming: bool = True, stuck: bool = True) -> torch.Tensor:
+                    programming: bool = True, stuck: bool = True, *, follows: bool = False,
+                    stuck_sampling: str = "dense"):
     """Sample programmed conductances for ``trials`` independent chips.
 
     Every device gets independent Gaussian programming noise (see :func:`programming_sigma`),
@@ -146,32 +155,143 @@ def program_devices(g_target: torch.Tensor, level: torch.Tensor | None, mask: to
     g_max with probability ``dev.stuck_at_max``. Entries where ``mask`` is False are absent devices
     (tile padding) and stay at 0 S.
 
-    ``g_target`` may carry a gradient (hardware-aware training): the noise is drawn from its
-    detached values, so a programmed device passes the gradient of its target through, and a stuck
-    device passes none. The random numbers drawn, and so the chips, do not depend on it.
+    The noise is drawn from the detached targets: the random numbers drawn, and so the chips, do not
+    depend on whether ``g_target`` carries a gradient. If it does (hardware-aware training), a
+    programmed device passes the gradient of its target through (``d g / d g_target = 1``, 0 where
+    the noise clipped it at 0 S), a stuck or absent device passes none.
+
+    ``follows=True`` also returns that derivative as a tensor of 0s and 1s of the result's shape and
+    dtype (:func:`memcim.simulate.program` attaches the weights' gradient with it).
+
+    ``stuck_sampling`` (:data:`STUCK_SAMPLING`): "dense" draws one uniform number per device (the
+    default; every chip of a seed is reproducible from this stream); "sparse" draws the same
+    independent Bernoulli(p) faults (``p = stuck_at_min + stuck_at_max``) by the geometric gaps
+    between them, then min or max with probabilities ``stuck_at_min / p``, ``stuck_at_max / p``: the
+    same distribution of chips from about ``N p`` random numbers instead of ``N`` (another stream,
+    so other chips for the same seed).
 
     Returns
     -------
-    Tensor of shape ``(trials, *g_target.shape)`` [S].
+    Tensor of shape ``(trials, *g_target.shape)`` [S] (and the derivative with ``follows``).
     """
     shape = (trials, *g_target.shape)
-    g = g_target.unsqueeze(0).expand(shape)
+    target = g_target.detach()
+    dt, device = target.dtype, target.device
+    keep = None
+    follow = follows or g_target.requires_grad       # compute d g / d g_target
     if programming and dev.has_programming_noise:
-        # the noise is detached: a g_target that carries a gradient (training, memcim.simulate.program's
-        # ``weights``) gets d g / d g_target = 1 (0 where clipped at 0 S)
-        sigma = programming_sigma(g_target.detach(), level, dev)
-        noise = torch.randn(shape, generator=generator, dtype=g_target.dtype, device=g_target.device)
-        g = (g + sigma * noise).clamp_min(0.0)
+        sigma = programming_sigma(target, level, dev)
+        g = torch.randn(shape, generator=generator, dtype=dt, device=device)
+        g.mul_(sigma).add_(target)                     # g_target + sigma * noise
+        if follow:
+            keep = torch.ge(g, 0.0, out=torch.empty(shape, dtype=dt, device=device))
+        g.clamp_min_(0.0)
     else:
-        g = g.clone()
-    if stuck and (dev.stuck_at_min > 0 or dev.stuck_at_max > 0):
-        u = torch.rand(shape, generator=generator, dtype=g_target.dtype, device=g_target.device)
-        g = torch.where(u < dev.stuck_at_min, torch.full_like(g, dev.g_min), g)
-        g = torch.where((u >= dev.stuck_at_min) & (u < dev.stuck_at_min + dev.stuck_at_max),
-                        torch.full_like(g, dev.g_max), g)
+        g = target.unsqueeze(0).expand(shape).clone(memory_format=torch.contiguous_format)
+    if stuck_sampling not in STUCK_SAMPLING:
+        raise ValueError(f"stuck_sampling: {stuck_sampling!r} is not allowed; use one of {', '.join(STUCK_SAMPLING)}")
+    if stuck and (dev.stuck_at_min > 0 or dev.stuck_at_max > 0) and stuck_sampling == "sparse":
+        p0, p = dev.stuck_at_min, dev.stuck_at_min + dev.stuck_at_max
+        at = bernoulli_positions(g.numel(), p, generator, device)
+        if at.numel():
+            low = torch.rand(at.numel(), generator=generator, dtype=torch.float64, device=device) < p0 / p
+            g.view(-1)[at] = torch.full((at.numel(),), dev.g_max, dtype=dt, device=device).masked_fill_(low, dev.g_min)
+            if keep is not None:
+                keep.view(-1)[at] = 0.0
+            elif follow:
+                keep = torch.ones(shape, dtype=dt, device=device)
+                keep.view(-1)[at] = 0.0
+    elif stuck and (dev.stuck_at_min > 0 or dev.stuck_at_max > 0):
+        u = torch.rand(shape, generator=generator, dtype=dt, device=device)
+        p0, p1 = dev.stuck_at_min, dev.stuck_at_min + dev.stuck_at_max
+        # in 0/1 arithmetic (comparisons into float buffers are fast, boolean masks are not): a device
+        # with u < p0 is stuck at g_min, one with p0 <= u < p0 + p1 at g_max, the others keep g exactly
+        at_max = torch.lt(u, p1, out=torch.empty(shape, dtype=dt, device=device))
+        at_min = torch.lt(u, p0, out=u) if p0 > 0 else None
+        if keep is not None:
+            keep.sub_(at_max.mul(keep))                  # keep * (1 - stuck)
+        elif follow:
+            keep = 1.0 - at_max
+        g.mul_(1.0 - at_max)
+        if at_min is not None:
+            at_max.sub_(at_min)
+            g.add_(at_min.mul_(dev.g_min))
+        g.add_(at_max.mul_(dev.g_max))
+    if follow and keep is None:
+        keep = torch.ones(shape, dtype=dt, device=device)
     if mask is not None:
-        g = g * mask.to(g.dtype)
-    return g
+        mf, rect = float_mask(mask, dt, rectangle=True)
+        for t in (g, keep) if keep is not None else (g,):
+            if rect is None:
+                t.mul_(mf)
+            else:     # the devices fill a leading block of rows and columns: zero the rest (g * 0)
+                t2 = t.view(-1, rect[2], t.shape[-1])
+                if rect[0] < t2.shape[1]:
+                    t2[:, rect[0]:] = 0.0
+                if rect[1] < t2.shape[2]:
+                    t2[:, :, rect[1]:] = 0.0
+    if g_target.requires_grad:
+        g = _Follow.apply(g_target, keep, [g])
+    return (g, keep) if follows else g
+
+
+def bernoulli_positions(n: int, p: float, generator: torch.Generator, device=None) -> torch.Tensor:
+    """Indices (int64, increasing) of the successes among ``n`` independent Bernoulli(``p``) trials,
+    drawn by their geometric gaps (about ``n p`` random numbers)."""
+    if n <= 0 or p <= 0:
+        return torch.zeros(0, dtype=torch.int64, device=device)
+    if p >= 1:
+        return torch.arange(n, device=device)
+    mean = n * p
+    chunk = int(mean + 6.0 * math.sqrt(mean) + 16)
+    parts, last = [], -1.0
+    while True:
+        gaps = torch.empty(chunk, dtype=torch.float64, device=device).geometric_(p, generator=generator)
+        pos = gaps.cumsum_(0).add_(last)                 # 0-based positions of the next successes
+        inside = pos[pos < n]
+        parts.append(inside)
+        if inside.numel() < chunk:
+            break
+        last = float(pos[-1])
+    return torch.cat(parts).to(torch.int64)
+
+
+class _Follow(torch.autograd.Function):
+    """Sampled conductances ``box[0]`` as a function of their targets: ``d g / d g_target = keep``
+    (summed over the chips)."""
+
+    @staticmethod
+    def forward(ctx, g_target, keep, box):
+        ctx.save_for_backward(keep)
+        return box[0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (keep,) = ctx.saved_tensors
+        return (grad * keep).sum(0), None, None
+
+
+_MASKS: dict = {}
+
+
+def float_mask(mask: torch.Tensor, dtype: torch.dtype, rectangle: bool = False):
+    """``mask`` as 0s and 1s of ``dtype``, kept for the next call with the same mask tensor (a plan's
+    masks are read by every chip programmed from it). With ``rectangle``, also ``(rows, cols, n_rows)``
+    when the mask, seen as a matrix of ``n_rows`` rows (all but its last dimension flattened) by its
+    last dimension, is True exactly on its first ``rows`` rows and ``cols`` columns (tile padding),
+    else None."""
+    key = (id(mask), dtype)
+    hit = _MASKS.get(key)
+    if hit is None or hit[0] is not mask or hit[1] != mask._version:
+        out = mask.to(dtype)
+        m2 = mask.reshape(-1, mask.shape[-1]) if mask.ndim else mask.reshape(1, 1)
+        m2 = m2 if m2.dtype == torch.bool else m2 != 0
+        r, c = int(m2.any(dim=1).sum()), int(m2.any(dim=0).sum())
+        rect = (r, c, m2.shape[0]) if int(m2.sum()) == r * c and bool(m2[:r, :c].all()) else None
+        if len(_MASKS) >= 32:
+            _MASKS.pop(next(iter(_MASKS)))
+        hit = _MASKS[key] = (mask, mask._version, out, rect)
+    return (hit[2], hit[3]) if rectangle else hit[2]
 
 
 def rtn_factor(shape, dev: DeviceConfig, generator: torch.Generator, *, dtype=torch.float32,

@@ -194,7 +194,12 @@ class MappedMatrix:
         return dataclasses.replace(new, full_scale=_full_scale(new, calib_inputs, calib_seed))
 
     def to(self, device) -> "MappedMatrix":
-        """A copy with every tensor on ``device``."""
+        """A copy with every tensor on ``device`` (the plan itself when they are all there: it is frozen)."""
+        device = torch.device(device)
+        if all(not isinstance(v, torch.Tensor) or v.device == device
+               for v in (self.scale, self.g_pos, self.g_neg, self.level_pos, self.level_neg, self.mask_pos,
+                         self.mask_neg, self.full_scale)):
+            return self
         kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
         return MappedMatrix(**kw)
@@ -395,11 +400,18 @@ def _full_scale(mapped: MappedMatrix, calib_inputs, calib_seed: int, calib_drive
         up[:, : mapped.in_features] = u
         up = up.reshape(u.shape[0], mapped.n_row_tiles, mapped.tile_rows).transpose(0, 1)
         v = k * (up @ gd).abs()  # (nrt, batch, m_pad)
-        if adc.calib_quantile >= 1.0:
-            fs = v.amax(dim=1)
-        else:
-            fs = torch.quantile(v, adc.calib_quantile, dim=1)
-        if adc.granularity == "array" and adc.calib_quantile < 1.0:
+        return _reduce_full_scale(v.amax(dim=1) if adc.calib_quantile >= 1.0 else None, v, mapped)
+    return _reduce_full_scale(fs, None, mapped)
+
+
+def _reduce_full_scale(fs: torch.Tensor | None, v: torch.Tensor | None, mapped: MappedMatrix) -> torch.Tensor:
+    """The full scale [V] from per-column values ``fs`` (row tile, column) or, when ``fs`` is None, from
+    the calibration outputs ``v`` (row tile, sample, column) at ``adc.calib_quantile``: per array or per
+    column (``adc.granularity``), positive."""
+    adc = mapped.hw.adc
+    if fs is None:
+        fs = torch.quantile(v, adc.calib_quantile, dim=1)
+        if adc.granularity == "array":
             # per-array quantile over all samples and columns of the array
             nrt, nct, Cw = mapped.n_row_tiles, mapped.n_col_tiles, mapped.tile_cols
             va = v.reshape(nrt, v.shape[1], nct, Cw).permute(0, 2, 1, 3).reshape(nrt, nct, -1)
@@ -415,3 +427,258 @@ def _positive(fs: torch.Tensor) -> torch.Tensor:
     top = fs.max()
     fill = top if top > 0 else torch.ones_like(top)
     return torch.where(fs > 0, fs, fill)
+
+
+# ------------------------------------------------------------------------------------------------
+# the training mapping: map_matrix in the training dtype, with what does not change between steps kept
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class TrainingLayout:
+    """What :func:`map_for_training` keeps between mini-batches for one matrix shape, hardware,
+    calibration set, dtype and device: the tile geometry, the device masks and the calibration
+    drives (the DAC's conversion of the calibration inputs, padded and cut into row tiles).
+    Build it with :func:`training_layout`."""
+
+    hw: HardwareConfig
+    shape: tuple
+    dtype: torch.dtype
+    device: torch.device
+    calib: object                  # the calibration inputs it was made for (identity is the key)
+    calib_version: int | None
+    tile_rows: int
+    tile_cols: int
+    n_row_tiles: int
+    n_col_tiles: int
+    mask_pos: torch.Tensor
+    mask_neg: torch.Tensor
+    drives: torch.Tensor | None    # (nrt, batch, tile_rows): DAC steps (integers) or drive fractions
+    drive_unit: float              # drive fraction of one unit of ``drives``
+    drives_int8: torch.Tensor | None  # the DAC steps as int8 when they fit (exact integer products)
+    g_ref: torch.Tensor | None     # offset: the reference columns' targets (nrt, tile_rows, nct)
+
+    def matches(self, shape: tuple, dtype: torch.dtype, device, hw: HardwareConfig, calib) -> bool:
+        """Whether this layout is the one of a matrix of ``shape``, ``dtype`` on ``device`` mapped under
+        ``hw`` with the calibration inputs ``calib`` (the same tensor, unchanged)."""
+        return self.shape == tuple(shape) and self.dtype == dtype and self.device == torch.device(device) \
+            and self.calib is calib and self.calib_version == _version(calib) and (self.hw is hw or self.hw == hw)
+
+
+def _version(x):
+    return x._version if isinstance(x, torch.Tensor) else None
+
+
+def training_supported(hw: HardwareConfig) -> bool:
+    """Whether :func:`map_for_training` maps under ``hw`` itself (linear targets, ideal wires, no bit
+    slicing) rather than through :func:`map_matrix` in float64."""
+    return hw.mapping.method == "linear" and hw.reader == "ideal" and not hw.slicing.enabled
+
+
+def training_layout(shape: tuple, hw: HardwareConfig, calib_inputs=None, *, dtype: torch.dtype = torch.float32,
+                    device=None, calib_seed: int = 0) -> TrainingLayout:
+    """The step-independent part of :func:`map_for_training` for a matrix of ``shape`` (in, out)."""
+    n, m = (int(s) for s in shape)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    dev = hw.device
+    R, Cw, nrt, nct = tile_geometry(n, m, hw)
+    m_pad = nct * Cw
+    mask = torch.zeros(nrt * R, m_pad, dtype=torch.bool, device=device)
+    mask[:n, :m] = True
+    mask_pos = mask.reshape(nrt, R, m_pad)
+    g_ref = None
+    if hw.mapping.scheme == "offset":
+        mask_neg = mask_pos.any(dim=2, keepdim=True).expand(nrt, R, nct).clone()
+        gr = (dev.g_min + dev.g_max) / 2
+        gn, _ = quantize_conductance(torch.full((nrt, R, nct), gr, dtype=torch.float64, device=device), dev)
+        g_ref = (gn * mask_neg).to(dtype)
+    else:
+        mask_neg = mask_pos
+    drives, unit, drives_int8 = None, 1.0, None
+    adc = hw.adc
+    if adc.fs_mode == "calibrated":
+        if calib_inputs is None:
+            g = torch.Generator(device="cpu").manual_seed(calib_seed)
+            x = torch.randn(512, n, generator=g, dtype=torch.float64).to(device)
+        else:
+            x = calib_inputs.detach() if isinstance(calib_inputs, torch.Tensor) else torch.as_tensor(calib_inputs)
+            x = x.to(device=device, dtype=torch.float64)
+            if x.ndim != 2 or x.shape[1] != n:
+                raise ValueError(f"calib_inputs: shape {tuple(x.shape)} does not match (batch, {n})")
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError("calib_inputs: contains NaN or inf")
+        u, _ = dac_convert(x, hw.dac)          # float64, as _full_scale converts them
+        if hw.dac.enabled:                      # whole DAC steps: products with whole levels are exact
+            unit = 1.0 / hw.dac.steps
+            u = torch.round(u * hw.dac.steps)
+        up = torch.zeros(u.shape[0], nrt * R, dtype=torch.float64, device=device)
+        up[:, :n] = u
+        drives = up.reshape(u.shape[0], nrt, R).transpose(0, 1).to(dtype).contiguous()
+        if hw.dac.enabled and hw.dac.steps <= 127 and _INT_MM is not None and device.type == "cpu":
+            drives_int8 = drives.to(torch.int8)
+    return TrainingLayout(hw=hw, shape=(n, m), dtype=dtype, device=device, calib=calib_inputs,
+                          calib_version=_version(calib_inputs), tile_rows=R, tile_cols=Cw, n_row_tiles=nrt,
+                          n_col_tiles=nct, mask_pos=mask_pos, mask_neg=mask_neg, drives=drives, drive_unit=unit,
+                          drives_int8=drives_int8, g_ref=g_ref)
+
+
+def map_for_training(W: torch.Tensor, hw: HardwareConfig, calib_inputs=None, *,
+                     layout: TrainingLayout | None = None) -> MappedMatrix:
+    """:func:`map_matrix` for a training step: the same plan, computed in ``W``'s dtype.
+
+    ``W`` (in, out) is the current weight matrix (float32 or float64; its gradient is not used).
+    The tile geometry, the masks and the DAC's conversion of the calibration inputs are taken from
+    ``layout`` (:func:`training_layout`; made here when None or made for another shape, hardware or
+    calibration set). Per step it computes, as ``map_matrix`` does: the scale ``c`` (in float64, from
+    ``max|W|``), the level of every target ``round(clip(c W / step, 0, levels - 1))``, the targets
+    ``g_min + level * step`` and the ADC full scale on the calibration inputs. In float64 the targets
+    and scale are those of ``map_matrix``; in float32 they agree up to float32 rounding (a weight
+    within float32 rounding of a half level may take the other level; the full scale is the product
+    of whole DAC steps and whole levels, exact in float32, times one float64 factor).
+
+    The level indices are left out (``level_pos = level_neg = None``) unless the programming noise
+    depends on them (``device.prog_sigma_table``): a training plan is programmed once and dropped.
+
+    Falls back to ``map_matrix(W.double(), hw, calib_inputs)`` when :func:`training_supported` is
+    False (IR-drop-aware targets, wires, bit slicing).
+    """
+    if not isinstance(W, torch.Tensor) or W.ndim != 2 or W.dtype not in (torch.float32, torch.float64):
+        raise TypeError("W: expected a float32 or float64 torch tensor (in, out)")
+    if not training_supported(hw):
+        return map_matrix(W.detach().to(torch.float64), hw, calib_inputs=calib_inputs)
+    W = W.detach()
+    if layout is None or not layout.matches(W.shape, W.dtype, W.device, hw, calib_inputs):
+        layout = training_layout(tuple(W.shape), hw, calib_inputs, dtype=W.dtype, device=W.device)
+    L = layout
+    n, m = L.shape
+    R, Cw, nrt, nct = L.tile_rows, L.tile_cols, L.n_row_tiles, L.n_col_tiles
+    m_pad = nct * Cw
+    dev = hw.device
+    dt = W.dtype
+    Wc = W.t() if not W.is_contiguous() and W.t().is_contiguous() else W    # the entries in memory order
+    lo, hi = torch.aminmax(Wc)
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError("W: contains NaN or inf; all entries must be finite")
+    window = dev.g_max - dev.g_min
+    offset = hw.mapping.scheme == "offset"
+    if offset:
+        window = window / 2
+    if hw.mapping.scale == "matrix":
+        wmax = max(-lo, hi, 0.0)
+        c = torch.full((m_pad,), float(window / wmax) if wmax > 0 else 1.0, dtype=torch.float64, device=W.device)
+    else:
+        colmax = torch.zeros(m_pad, dtype=torch.float64, device=W.device)
+        colmax[:m] = Wc.abs().amax(dim=1) if Wc is not W else W.abs().amax(dim=0)
+        c = torch.where(colmax > 0, window / colmax.clamp_min(1e-300), torch.ones_like(colmax))
+    scale = c.unsqueeze(0).expand(nrt, m_pad).clone()
+    levels = dev.levels
+    if dt == torch.float64 or levels is None:
+        Wt = torch.nn.functional.pad(W, (0, m_pad - m, 0, nrt * R - n)).reshape(nrt, R, m_pad)
+    lp = ln = d = None
+    g_ref = (dev.g_min + dev.g_max) / 2
+    if dt == torch.float64 or levels is None:   # map_matrix's own operations: the same targets, bit for bit
+        if offset:
+            gp, lp = quantize_conductance(g_ref + c * Wt, dev)
+        else:
+            gp, lp = quantize_conductance(dev.g_min + c * Wt.clamp_min(0), dev)
+            gn, ln = quantize_conductance(dev.g_min + c * (-Wt).clamp_min(0), dev)
+            if levels is not None:
+                d = (lp - ln).to(dt)
+        if offset:
+            gp, gn = gp.to(dt), None
+        else:       # both sides in one tensor, as below
+            pair = torch.stack([gp.to(dt), gn.to(dt)])
+            gp, gn = pair[0], pair[1]
+    else:                                         # float32: the level of every weight in one rounding
+        top = float(levels - 1)
+        a = torch.empty((nrt * R, m_pad), dtype=dt, device=W.device)     # the weight in level steps, padded
+        torch.mul(W, (c[:m] / dev.level_step).to(dt), out=a[:n, :m])
+        a[n:] = 0.0
+        a[:n, m:] = 0.0
+        a = a.view(nrt, R, m_pad)
+        if offset:
+            lv = a.add_((g_ref - dev.g_min) / dev.level_step).clamp_(0.0, top).round_()
+            if dev.prog_sigma_table is not None:
+                lp = lv.to(torch.int64)
+            gp = lv.mul_(dev.level_step).add_(dev.g_min)
+        else:
+            d = a.clamp_(-top, top).round_()      # level of G+ minus level of G- (one of them is 0)
+            # both sides in one tensor (2, nrt, R, m_pad): simulate.program(fast_draws=True) draws them at once
+            pair = torch.empty((2, *d.shape), dtype=dt, device=d.device)
+            torch.clamp_min(d, 0.0, out=pair[0])
+            torch.neg(d, out=pair[1]).clamp_min_(0.0)
+            if dev.prog_sigma_table is not None:
+                lv = pair.to(torch.int64)
+                lp, ln = lv[0], lv[1]
+            pair.mul_(dev.level_step).add_(dev.g_min)
+            gp, gn = pair[0], pair[1]
+    # tile padding holds no device: 0 S
+    if offset:
+        _zero_padding(gp, n, m)
+        gn = L.g_ref
+        if lp is not None:
+            ln = level_index(torch.full_like(L.g_ref, (dev.g_min + dev.g_max) / 2, dtype=torch.float64), dev)
+    elif gp._base is not None and gp._base is gn._base:
+        _zero_padding(gp._base, n, m)
+    else:
+        _zero_padding(gp, n, m)
+        _zero_padding(gn, n, m)
+    mapped = MappedMatrix(hw=hw, in_features=n, out_features=m, tile_rows=R, tile_cols=Cw, n_row_tiles=nrt,
+                          n_col_tiles=nct, scale=scale, g_pos=gp, g_neg=gn, level_pos=lp, level_neg=ln,
+                          mask_pos=L.mask_pos, mask_neg=L.mask_neg, full_scale=None,
+                          info={"method": "linear", "training": True})
+    if hw.adc.fs_mode == "calibrated":
+        k = hw.array.r_tia * hw.array.v_read
+        if d is not None:
+            _zero_padding(d, n, m)
+            v = _level_products(L, d, levels).abs_()                # whole steps times whole levels
+            if hw.adc.calib_quantile >= 1.0:
+                fs = v.amax(dim=1).to(dt)
+            else:
+                v = fs = v.to(dt)
+            factor = k * L.drive_unit * dev.level_step
+        else:
+            v = torch.matmul(L.drives, mapped.effective_difference()).abs_()
+            fs = v.amax(dim=1) if hw.adc.calib_quantile >= 1.0 else v
+            factor = k * L.drive_unit
+        if hw.adc.calib_quantile >= 1.0 and hw.adc.granularity == "array":    # as _reduce_full_scale
+            fs = _per_array(fs.mul_(factor), mapped)
+            if not float(fs.amin()) > 0:
+                fs = _positive(fs)
+        elif hw.adc.calib_quantile >= 1.0:
+            fs = _reduce_full_scale(fs.mul_(factor), None, mapped)
+        else:
+            fs = _reduce_full_scale(None, v.mul_(factor), mapped)
+    else:
+        fs = _full_scale(mapped, None, 0)
+    return dataclasses.replace(mapped, full_scale=fs)
+
+
+#: torch's int8 matrix product (int32 results), when this torch has it
+_INT_MM = getattr(torch, "_int_mm", None)
+
+
+def _level_products(L: TrainingLayout, d: torch.Tensor, levels: int) -> torch.Tensor:
+    """The calibration drives times the level differences ``d`` (nrt, R, m_pad), per row tile:
+    integers, exact (int8 products into int32 when the DAC steps and levels fit in int8, else in
+    ``d``'s dtype, exact below 2**24)."""
+    if L.drives_int8 is not None and levels <= 128:
+        try:
+            d8 = d.to(torch.int8)
+            q = L.drives_int8
+            v = torch.empty((q.shape[0], q.shape[1], d.shape[2]), dtype=torch.int32, device=d.device)
+            for r in range(q.shape[0]):
+                _INT_MM(q[r], d8[r], out=v[r])
+            return v
+        except RuntimeError:      # a torch without a CPU kernel for these shapes: the float product
+            pass
+    return torch.matmul(L.drives, d)
+
+
+def _zero_padding(g: torch.Tensor, n: int, m: int) -> None:
+    """Set the tile-padding entries of ``g`` (..., nrt, R, m_pad) to 0 in place."""
+    nrt, R, m_pad = g.shape[-3:]
+    if m < m_pad:
+        g[..., m:] = 0.0
+    if n < nrt * R:
+        g.view(-1, nrt * R, m_pad)[:, n:] = 0.0

@@ -49,9 +49,10 @@ from torch import nn
 
 from memcim.config import HardwareConfig
 from memcim.hardware.device import check_time
-from memcim.mapping.crossbar import map_matrix
+from memcim.mapping.crossbar import map_for_training, map_matrix, training_layout, training_supported
 from memcim.simulate import ProgrammedChip
 from memcim.simulate import program as program_chip
+from memcim.simulate import training_read
 
 #: Non-idealities a layer with ``train_noise=False`` leaves out of its training read (it keeps the
 #: levels, the DAC and the ADC, and the wires).
@@ -152,7 +153,12 @@ class _AnalogMixin:
     def train_hardware(self) -> HardwareConfig:
         """The hardware of the training read: the layer's, without :data:`TRAIN_NOISE` when
         ``train_noise`` is False."""
-        return self.hardware if self.train_noise else self.hardware.without(*TRAIN_NOISE)
+        if self.train_noise:
+            return self.hardware
+        memo = getattr(self, "_train_hw_memo", None)
+        if memo is None or memo[0] is not self.hardware:
+            memo = self._train_hw_memo = (self.hardware, self.hardware.without(*TRAIN_NOISE))
+        return memo[1]
 
     def train_chip(self, seed: int | None = None) -> ProgrammedChip:
         """A freshly programmed chip of the current weights whose conductances carry their gradient.
@@ -162,16 +168,32 @@ class _AnalogMixin:
         seed is drawn from the layer's training generator unless given. Read it with
         ``chip.mvm(x, differentiable=True)``.
         """
-        W = self.weight.reshape(self.weight.shape[0], -1).t()
-        mapped = map_matrix(W.detach().to(torch.float64).cpu(), self.train_hardware(), calib_inputs=self._calib)
+        # W (in, out) in memory order once (the weight is stored (out, in)): mapping and programming read it
+        W = self.weight.reshape(self.weight.shape[0], -1).t().contiguous()
+        dtype = torch.float64 if self.weight.dtype == torch.float64 else torch.float32
+        mapped = map_for_training(W.detach().to(dtype).cpu(), self.train_hardware(), self._calib,
+                                  layout=self._layout_for(W, dtype))
         if seed is None:
             seed = int(torch.randint(0, 2 ** 62, (1,), generator=self._train_gen))
-        dtype = torch.float64 if self.weight.dtype == torch.float64 else torch.float32
-        return program_chip(mapped, seed=seed, dtype=dtype, device=self.weight.device, weights=W)
+        return program_chip(mapped, seed=seed, dtype=dtype, device=self.weight.device, weights=W,
+                            fast_draws=True)
+
+    def _layout_for(self, W: torch.Tensor, dtype: torch.dtype):
+        """The training layout (:func:`memcim.mapping.crossbar.training_layout`: tile geometry, masks,
+        calibration drives) of the current shape, training hardware and calibration inputs, kept
+        between mini-batches."""
+        hw = self.train_hardware()
+        memo = getattr(self, "_layout_memo", None)
+        if memo is not None and memo.matches(W.shape, dtype, "cpu", hw, self._calib):
+            return memo
+        if not training_supported(hw):
+            return None
+        self._layout_memo = training_layout(tuple(W.shape), hw, self._calib, dtype=dtype)
+        return self._layout_memo
 
     def _train_mvm(self, x2d: torch.Tensor) -> torch.Tensor:
         chip = self.train_chip()
-        return chip.mvm(x2d, differentiable=True)[0].to(x2d.dtype)
+        return training_read(chip, x2d)[0].to(x2d.dtype)
 
     def _analog_mvm(self, x2d: torch.Tensor) -> torch.Tensor:
         if self.chip is None:
@@ -242,7 +264,8 @@ class _AnalogMixin:
     # -- pickling (torch.save(model), copy.deepcopy) through plain data only --------------------
     def __getstate__(self):
         d = dict(nn.Module.__getstate__(self))
-        for k in ("hardware", "chip", "_train_gen", "programmed_seed", "_weight_version", "_plan_memo"):
+        for k in ("hardware", "chip", "_train_gen", "programmed_seed", "_weight_version", "_plan_memo",
+                  "_layout_memo", "_train_hw_memo"):
             d.pop(k, None)
         d["_memcim_state"] = self.get_extra_state()
         return d
