@@ -606,7 +606,7 @@ def map_for_training(W: torch.Tensor, hw: HardwareConfig, calib_inputs=None, *,
             # both sides in one tensor (2, nrt, R, m_pad): simulate.program(fast_draws=True) draws them at once
             pair = torch.empty((2, *d.shape), dtype=dt, device=d.device)
             torch.clamp_min(d, 0.0, out=pair[0])
-            torch.neg(d, out=pair[1]).clamp_min_(0.0)
+            torch.sub(pair[0], d, out=pair[1])          # max(d, 0) - d = max(-d, 0), exact (whole numbers)
             if dev.prog_sigma_table is not None:
                 lv = pair.to(torch.int64)
                 lp, ln = lv[0], lv[1]

@@ -16,11 +16,13 @@ across positions as on real hardware. Layers that are not ``Linear``/``Conv2d`` 
 
 In **training mode** the analog layers run the simulator's own read in its differentiable mode
 (:meth:`_AnalogMixin.train_chip`): on every forward, i.e. every mini-batch, the current weights are
-mapped (``map_matrix``: the same tiling, scale, levels and ADC full scale, calibrated at mapping time
-on the inputs captured by :func:`calibrate`), a fresh chip is programmed from them
-(``program(plan, seed, weights=W)``: programming noise, stuck devices) and read once with
-``chip.mvm(x, differentiable=True)`` (DAC, read noise, RTN, ADC), straight through the roundings and
-the saturation (see :mod:`memcim.simulate`). Training an analog model is hardware-aware training.
+mapped (``map_for_training``: ``map_matrix``'s tiling, scale, levels and ADC full scale, calibrated at
+mapping time on the inputs captured by :func:`calibrate`, computed in the training dtype with the
+step-independent layout kept), a fresh chip is programmed from them (``program(plan, seed,
+weights=W, fast_draws=True)``: programming noise, stuck devices) and read once with
+``training_read(chip, x)`` (the values of the simulator's read, the gradients of
+``chip.mvm(x, differentiable=True)``: DAC, read noise, RTN, ADC, straight through the roundings and
+the saturation; see :mod:`memcim.simulate`). Training an analog model is hardware-aware training.
 
 **Time.** A programmed model is read at ``device.drift_t0`` (the first read) unless told otherwise:
 ``set_read_time(model, 3600)`` (or ``with read_time(model, 3600): ...``) makes every analog layer
@@ -164,9 +166,11 @@ class _AnalogMixin:
         """A freshly programmed chip of the current weights whose conductances carry their gradient.
 
         The weights are mapped as :meth:`program` maps them (the ADC full scale calibrated at mapping
-        time, never on the batch) and one chip is programmed with ``program(..., weights=W)``; the
-        seed is drawn from the layer's training generator unless given. Read it with
-        ``chip.mvm(x, differentiable=True)``.
+        time, never on the batch; :func:`~memcim.mapping.crossbar.map_for_training`, in the training
+        dtype) and one chip is programmed with ``program(..., weights=W, fast_draws=True)`` (the same
+        distribution of chips as :meth:`program`'s, from fewer random-number calls); the seed is drawn
+        from the layer's training generator unless given. Read it with
+        :func:`memcim.simulate.training_read` or ``chip.mvm(x, differentiable=True)``.
         """
         # W (in, out) in memory order once (the weight is stored (out, in)): mapping and programming read it
         W = self.weight.reshape(self.weight.shape[0], -1).t().contiguous()
