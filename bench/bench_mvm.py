@@ -19,6 +19,15 @@ output size (row tiles x batch x columns, ``normal_``), the ADC's elementwise pa
 the digital sum of the tiles. The floor is two tiled products (signal and shot-noise variance) plus
 the draw with read noise on, one tiled product without; ``floor_ratio`` is floor / matmul and
 ``over_floor`` is memcim / floor.
+
+**Profile.** Each 1-trial case also profiles one read (``torch.profiler``, self CPU time per op),
+reported as each op's share of the read and as that share of the best read time over the matmul.
+
+**Before.** ``--before REV`` also times, in the same subprocess and interleaved, the read of
+``src/memcim/simulate.py`` at git revision ``REV`` (loaded as a module of its own; the rest of
+memcim is the working tree's), on the same mapped matrix and inputs: ``before.ratio``.
+
+    .venv/bin/python bench/bench_mvm.py --before 661ce9e
 """
 from __future__ import annotations
 
@@ -45,7 +54,35 @@ def _hw(variant: str):
     return hw if variant == "generic" else hw.without("thermal", "shot")
 
 
-def _case(n: int, m: int, trials: int, variant: str = "generic") -> dict:
+def _before_module(rev: str):
+    """``memcim.simulate`` as it was at git revision ``rev``, loaded under another module name."""
+    import importlib.util
+    import tempfile
+
+    src = subprocess.run(["git", "show", f"{rev}:src/memcim/simulate.py"], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parent).stdout
+    path = Path(tempfile.mkdtemp()) / "simulate_before.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("memcim._simulate_before", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _profile(chip, x, scale: float) -> dict:
+    """Self CPU time of each op of one read: its share of the read, and that share times ``scale``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as p:
+        chip.mvm(x)
+    ev = [(e.key, e.self_cpu_time_total) for e in p.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(t for _, t in ev)
+    ev.sort(key=lambda kt: -kt[1])
+    return {k: {"share": t / total, "over_matmul": t / total * scale} for k, t in ev[:12]}
+
+
+def _case(n: int, m: int, trials: int, variant: str = "generic", before: str | None = None) -> dict:
     import torch
 
     from memcim.hardware.converters import adc_convert
@@ -76,6 +113,12 @@ def _case(n: int, m: int, trials: int, variant: str = "generic") -> dict:
              "randn_tile_outputs": lambda: J.normal_(generator=gen),
              "adc_elementwise": lambda: adc_convert(J, fs, hw.adc, inplace=True, gain=gain),
              "tile_sum": lambda: J.sum(dim=0)}
+    old = None
+    if before is not None and trials == 1:
+        mod = _before_module(before)
+        old = mod.program(mapped, seed=0, trials=chunk)
+        old.mvm(x[:100])
+        parts["before"] = lambda: old.mvm(x)
     best = {k: float("inf") for k in parts}
     best["memcim"] = float("inf")
     t_prog = 0.0
@@ -84,8 +127,9 @@ def _case(n: int, m: int, trials: int, variant: str = "generic") -> dict:
             if trials > 1 and k != "matmul":
                 continue
             t0 = time.process_time()
-            f()
+            r = f()
             best[k] = min(best[k], time.process_time() - t0)
+            del r
         t_read = 0.0
         done = 0
         while done < trials:
@@ -104,11 +148,15 @@ def _case(n: int, m: int, trials: int, variant: str = "generic") -> dict:
            "memcim": {"seconds": best["memcim"], "seconds_per_trial": best["memcim"] / trials,
                       "program_seconds": t_prog, "map_seconds": t_map},
            "ratio": best["memcim"] / (mm * trials)}
+    if old is not None and trials == 1:
+        out["before"] = {"revision": before, "seconds": best["before"], "ratio": best["before"] / mm,
+                         "speedup": best["before"] / best["memcim"]}
     if trials == 1:
         noisy = hw.device.thermal_noise or hw.device.shot_noise
         floor = (2 if hw.device.shot_noise else 1) * best["tiled_matmul"] + (best["randn_tile_outputs"] if noisy else 0)
-        out["floor"] = {"parts_seconds": {k: best[k] for k in parts if k != "matmul"},
-                        "parts_over_matmul": {k: best[k] / mm for k in parts if k != "matmul"},
+        out["profile"] = _profile(chip, x, best["memcim"] / mm)
+        out["floor"] = {"parts_seconds": {k: best[k] for k in parts if k not in ("matmul", "before")},
+                        "parts_over_matmul": {k: best[k] / mm for k in parts if k not in ("matmul", "before")},
                         "definition": ("2 tiled products + 1 draw of the per-tile outputs" if noisy else
                                        "1 tiled product"),
                         "seconds": floor}
@@ -118,8 +166,10 @@ def _case(n: int, m: int, trials: int, variant: str = "generic") -> dict:
     return out
 
 
-def main(only: str | None = None) -> None:
+def main(only: str | None = None, before: str | None = None) -> None:
     import torch
+
+    from memcim.io import provenance, write_json
 
     path = Path(__file__).parent / "results" / "mvm.json"
     rows = []
@@ -130,27 +180,34 @@ def main(only: str | None = None) -> None:
             continue
         for n, m in SHAPES:
             for trials in trial_counts:
-                p = subprocess.run([sys.executable, __file__, "--case", str(n), str(m), str(trials), variant],
-                                   capture_output=True, text=True, check=True)
+                cmd = [sys.executable, __file__, "--case", str(n), str(m), str(trials), variant]
+                p = subprocess.run(cmd + ([before] if before else []), capture_output=True, text=True, check=True)
                 res = json.loads(p.stdout.strip().splitlines()[-1])
                 rows.append({"variant": variant, "shape": [n, m], "batch": BATCH, "trials": trials, **res})
                 r = rows[-1]
                 fl = f"  floor {r['floor_ratio']:.2f}x, memcim/floor {r['over_floor']:.2f}" if "floor" in r else ""
+                bf = f"  (before {r['before']['ratio']:.2f}x)" if "before" in r else ""
                 print(f"{variant:14s} W {n}x{m} batch {BATCH} trials {trials:3d}: matmul {r['matmul']['seconds']:.3f} s "
-                      f"memcim {r['memcim']['seconds']:.3f} s ({r['peak_rss_mb']:.0f} MB)  ratio {r['ratio']:.2f}x{fl}",
+                      f"memcim {r['memcim']['seconds']:.3f} s ({r['peak_rss_mb']:.0f} MB)  ratio {r['ratio']:.2f}x{fl}{bf}",
                       flush=True)
     out = {"benchmark": "simulated MVM vs torch matmul", "preset": "generic", "dtype": "float32",
            "threads": THREADS, "timer": "process CPU time, min over interleaved repeats",
            "goal": "1 trial: <= 3x the matmul with every non-ideality on, <= 1.5x with read noise off",
-           "torch": str(torch.__version__), "rows": rows}
-    path.write_text(json.dumps(out, indent=2) + "\n")
+           "command": "bench/bench_mvm.py" + (f" --only {only}" if only else "") + (f" --before {before}" if before else ""),
+           "torch": str(torch.__version__), "rows": rows, "provenance": provenance(seed=0)}
+    write_json(path, out)
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
+    import argparse
+
     if len(sys.argv) > 1 and sys.argv[1] == "--case":
-        print(json.dumps(_case(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])))
-    elif len(sys.argv) > 2 and sys.argv[1] == "--only":
-        main(sys.argv[2])
+        print(json.dumps(_case(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5],
+                               sys.argv[6] if len(sys.argv) > 6 else None)))
     else:
-        main()
+        ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+        ap.add_argument("--only", choices=sorted(VARIANTS), help="rerun one variant, merged into the JSON")
+        ap.add_argument("--before", help="git revision whose simulate.py is timed in the same run")
+        a = ap.parse_args()
+        main(a.only, a.before)

@@ -15,7 +15,10 @@ like aihwkit's ``out_noise``, one Gaussian per array output whose variance does 
 input (no ``|u| @ G`` product). Floor: one digital pass (the ratio's denominator). Writes
 bench/results/bench_nn.json.
 
-    .venv/bin/python bench/bench_nn.py [--threads 1] [--repeats 5]
+    .venv/bin/python bench/bench_nn.py [--threads 1] [--repeats 5] [--before REV]
+
+``--before REV`` also times the same programmed chips (all noise; thermal only) read by
+``src/memcim/simulate.py`` as it was at git revision ``REV`` (bench_mvm's loader), in the same run.
 """
 from __future__ import annotations
 
@@ -73,11 +76,39 @@ def aihwkit_model(model):
     return a, None
 
 
+_BEFORE = {}
+
+
+def before_chips(analog, rev):
+    """``analog`` with its chips (the same conductances and read-noise state) read by ``simulate.py``
+    at git revision ``rev``: swaps them in; returns the function that swaps the originals back."""
+    from bench_mvm import _before_module
+    from memcim.nn.analog import analog_layers
+
+    if rev not in _BEFORE:
+        _BEFORE[rev] = _before_module(rev)
+    mod = _BEFORE[rev]
+    kept = []
+    for _, layer in analog_layers(analog):
+        c = layer.chip
+        gen = torch.Generator(device=c.device)
+        gen.set_state(c.generator.get_state())
+        kept.append((layer, c))
+        layer.chip = mod.ProgrammedChip(mapped=c.mapped, g_pos=c.g_pos, g_neg=c.g_neg, generator=gen,
+                                        nu_pos=c.nu_pos, nu_neg=c.nu_neg, reference_inputs=c.reference_inputs)
+
+    def restore():
+        for layer, c in kept:
+            layer.chip = c
+    return restore
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--before", help="git revision whose simulate.py reads the same chips in the same run")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     global CLOCK
@@ -111,6 +142,23 @@ def main() -> int:
     t, out = timed(quiet, x, args.repeats, args.batch)
     record("memcim analog, no read noise", t, out, "programming + stuck, 8-bit DAC/ADC")
 
+    if args.before:   # the same chips read now and at the revision, interleaved repeats
+        for name, net in (("memcim analog", analog), ("memcim analog, thermal read noise", therm)):
+            now, then = [], []
+            with torch.no_grad():
+                for _ in range(args.repeats):
+                    for times in (now, then):
+                        restore = before_chips(net, args.before) if times is then else (lambda: None)
+                        t0 = CLOCK()
+                        out = torch.cat([net(x[i:i + args.batch]) for i in range(0, x.shape[0], args.batch)])
+                        times.append(CLOCK() - t0)
+                        restore()
+            timed.all = then
+            record(f"{name} (before {args.before})", min(then), out, "the same chips read by simulate.py at "
+                   + args.before + ", repeats interleaved with the current read")
+            rows[-1]["interleaved_current_seconds"] = min(now)
+            rows[-1]["speedup_after"] = min(then) / min(now)
+
     aihw, why = aihwkit_model(model)
     if aihw is not None:
         t, out = timed(aihw, x, args.repeats, args.batch)
@@ -130,11 +178,16 @@ def main() -> int:
            "aihwkit_over_memcim_matched": aih["seconds"] / matched["seconds"] if aih else None,
            "timer": "process CPU time" if args.threads == 1 else "wall time",
            "goal": "memcim (all noise) <= 3x digital; aihwkit / memcim (matched) >= 2.5",
-           "aihwkit_skipped": why, "torch": str(torch.__version__), "provenance": provenance(seed=0)}
+           "aihwkit_skipped": why, "torch": str(torch.__version__), "before": args.before,
+           "command": " ".join(["bench/bench_nn.py"] + sys.argv[1:]), "provenance": provenance(seed=0)}
     write_json(OUT, doc)
     print(f"{'variant':34s} {'seconds':>9s} {'x digital':>10s} {'accuracy':>9s}")
     for r in rows:
         print(f"{r['variant']:34s} {r['seconds']:9.4f} {r['ratio_to_digital']:10.2f} {r['accuracy'] * 100:8.2f}%")
+    for r in rows:
+        if "speedup_after" in r:
+            print(f"{r['variant']}: current read {r['speedup_after']:.2f}x faster (interleaved: "
+                  f"{r['interleaved_current_seconds'] / t_dig:.2f}x digital now, {r['ratio_to_digital']:.2f}x before)")
     if aih:
         print(f"aihwkit / memcim time: {doc['aihwkit_over_memcim']:.2f} (all noise), "
               f"{doc['aihwkit_over_memcim_matched']:.2f} (matched: thermal read noise only)")

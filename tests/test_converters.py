@@ -53,3 +53,22 @@ def test_dac_no_clip_rejects_out_of_range():
     dac = DACConfig(enabled=True, bits=4, x_range=1.0, clip=False)
     with pytest.raises(ValueError, match="dac.clip"):
         dac_convert(torch.tensor([[1.5]]), dac)
+
+
+def test_dac_into_a_buffer_by_hand():
+    """``out=``: the drives written into a given (strided) buffer are the values computed by hand,
+    3 bits (K = 3) with each vector's own range; a buffer of another shape is refused."""
+    import pytest
+
+    x = torch.tensor([[0.5, -1.0, 0.2], [0.0, 0.0, 0.0], [3.0, 1.4, -0.6]], dtype=torch.float64)
+    dac = DACConfig(enabled=True, bits=3)
+    buf = torch.full((3, 5), 7.0, dtype=torch.float64)
+    u, scale = dac_convert(x, dac, out=buf[:, :3])
+    want = [[2 / 3, -1.0, 1 / 3], [0.0, 0.0, 0.0], [1.0, 1 / 3, -1 / 3]]   # round(3 x / max|x|) / 3
+    torch.testing.assert_close(buf[:, :3], torch.tensor(want, dtype=torch.float64), rtol=0, atol=1e-15)
+    assert u.data_ptr() == buf.data_ptr() and scale.flatten().tolist() == [1.0, 1.0, 3.0]
+    assert (buf[:, 3:] == 7.0).all()                         # the rest of the buffer untouched
+    with pytest.raises(ValueError, match="out"):
+        dac_convert(x, dac, out=torch.empty(3, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="out"):
+        dac_convert(x, dac, ste=True, out=torch.empty(3, 3, dtype=torch.float64))

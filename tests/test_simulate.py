@@ -218,8 +218,9 @@ def test_with_hardware_keeps_targets_and_refuses_what_changes_them():
 
 @pytest.mark.parametrize("case", ["generic", "batch_not_16", "offset", "thermal", "quiet", "trials_3d", "rtn"])
 def test_blocked_read_equals_one_block_read(case):
-    """A large read runs block by block (chip, row tile, rows) with the noise drawn in the order of one
-    draw for the whole read: every value equals the one-block read's, bit for bit."""
+    """A read runs block by block (chip, a few inputs, every row tile) with the noise drawn in the
+    order of one draw for the whole read, (trials, batch, row tiles, columns): every value is
+    independent of the block size, bit for bit."""
     g = preset("generic")
     hw, batch, trials = {"generic": (g, 608, 1), "batch_not_16": (g, 601, 1),
                          "offset": (g.replace(mapping={"scheme": "offset"}), 600, 2),
@@ -230,7 +231,58 @@ def test_blocked_read_equals_one_block_read(case):
                                                                    else (batch, 300)))
     m = map_matrix(w, hw)
     blocked, one = program(m, seed=5, trials=trials), program(m, seed=5, trials=trials)
-    blocked._SMALL_READ, blocked._BLOCK_ELEMS = 1, 4096      # many blocks
-    one._SMALL_READ = 1 << 62                                # one block
+    blocked._BLOCK_ELEMS = 4096                              # many blocks (16 inputs each)
+    one._BLOCK_ELEMS = 1 << 40                               # one block
     for _ in range(2):   # the generators stay in step
         assert torch.equal(blocked.mvm(x), one.mvm(x))
+
+
+@pytest.mark.parametrize("scheme", ["differential", "offset"])
+def test_read_noise_statistics_match_the_closed_form(scheme):
+    """Thermal and shot noise of every tile, input and column, against the physics written out by
+    hand from the chip's conductances (ADC off, so the read is linear in the noise): each output's
+    mean and variance over 4,000 copies of 6 inputs, and the variance of a weighted sum of all
+    outputs of a copy (independent noise per tile, input and column; offset: plus the reference
+    column's noise, common to the outputs of its array). Tolerances: 4.5 sigma of the sample
+    statistic (Bonferroni over the 780 outputs at 1e-3)."""
+    hw = preset("generic").replace(adc={"enabled": False}, device={"bandwidth": 1e10},
+                                   mapping={"scheme": scheme})
+    w = np.random.default_rng(4).standard_normal((300, 130))
+    x0 = np.random.default_rng(5).standard_normal((6, 300))
+    x0[:, :20] = 0.0                                        # some rows not driven
+    N = 4000
+    chip = program(map_matrix(w, hw), seed=9, dtype=torch.float64)
+    y = chip.mvm(np.tile(x0, (N, 1)))[0].numpy().reshape(N, 6, 130)
+    # by hand: 8-bit DAC with each vector's own range, j = u @ G per tile over v_read
+    m = chip.mapped
+    nrt, R, op, Cw = m.n_row_tiles, m.tile_rows, m.out_pad, m.tile_cols
+    xs = np.abs(x0).max(axis=1, keepdims=True)
+    u = np.round(np.clip(x0 / xs, -1, 1) * 127) / 127
+    u = np.pad(u, ((0, 0), (0, nrt * R - 300))).reshape(6, nrt, R).transpose(1, 0, 2)       # (nrt, 6, R)
+    gp, gn = chip.g_pos[0].numpy(), chip.g_neg[0].numpy()
+    gn_cols = gn if scheme == "differential" else np.repeat(gn, Cw, axis=-1)
+    gs = gp + gn if scheme == "differential" else gp
+    dev, v = hw.device, hw.array.v_read
+    kT4, q2 = 4 * 1.380649e-23 * dev.temperature * dev.bandwidth, 2 * 1.602176634e-19 * dev.bandwidth
+    var = (kT4 * gs.sum(1)[:, None, :] + q2 * v * np.einsum("tbr,trc->tbc", np.abs(u), gs)) / v ** 2   # (nrt, 6, op)
+    c = m.scale.numpy()[:, None, :]                        # (nrt, 1, op)
+    mean = (np.einsum("tbr,trc->tbc", u, gp - gn_cols) / c).sum(0) * xs
+    vy = (var / c ** 2).sum(0) * xs ** 2
+    if scheme == "offset":
+        var_ref = (kT4 * gn.sum(1)[:, None, :] + q2 * v * np.einsum("tbr,trk->tbk", np.abs(u), gn)) / v ** 2
+        vy += (np.repeat(var_ref, Cw, axis=-1) / c ** 2).sum(0) * xs ** 2
+    mean, vy = mean[:, :130], vy[:, :130]
+    z = 4.5
+    assert np.all(np.abs(y.mean(0) - mean) < z * np.sqrt(vy / N))
+    assert np.all(np.abs(y.var(0, ddof=1) / vy - 1) < z * math.sqrt(2 / (N - 1)))
+    # a weighted sum of a copy's outputs: its variance is the sum of the outputs' only if their noise
+    # is independent (offset: plus the covariance the shared reference column gives, by hand)
+    wts = 1 / np.sqrt(vy)
+    s = ((y - mean) * wts).sum(axis=(1, 2))
+    wpad = np.zeros((6, op))
+    wpad[:, :130] = wts * xs
+    var_s = float((wpad ** 2 * (var / c ** 2)).sum())
+    if scheme == "offset":
+        per_array = (wpad[None] / c).reshape(nrt, 6, -1, Cw).sum(-1)           # (nrt, 6, n_col_tiles)
+        var_s += float((var_ref * per_array ** 2).sum())
+    assert abs(s.var(ddof=1) / var_s - 1) < 4 * math.sqrt(2 / (N - 1))

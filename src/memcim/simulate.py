@@ -14,8 +14,11 @@ and one RTN snapshot, and with ``compensation.drift`` the outputs are rescaled b
 reference read at ``t0`` to one at ``t`` (global, or per column), as a chip's digital periphery does.
 
 Trials are the leading dimension of every output. Everything runs on the tensors' device (CPU or
-CUDA) and is reproducible from the seeds. A large CPU read keeps its partial-sum buffer for the next
-read (one buffer per thread, the largest read's; :func:`release_workspace` frees it).
+CUDA) and is reproducible from the seeds. The read noise of one call is one standard normal draw of
+shape (trials, batch, row tiles, out_pad) (offset mapping: then one of (trials, batch, row tiles,
+column tiles) for the reference columns), whatever the block size the read runs in. A CPU read keeps
+its buffers (the DAC's drives, the outputs summed over the row tiles, the noise when drawn at once)
+for the next read (one set per thread, the largest read's; :func:`release_workspace` frees them).
 
 **Differentiable read (hardware-aware training).** ``program(plan, seed, weights=W)`` programs the
 same chip as ``program(plan, seed)`` (the same random numbers, the same conductances), but its
@@ -59,23 +62,28 @@ from memcim.mapping.slicing import SlicedPlan
 _WORK = threading.local()
 
 
-def _workspace(shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An uninitialised buffer for the partial sums of one large CPU read, kept (one per thread, the
-    largest asked for) and reused by the next read: a fresh allocation of that size costs about as
-    much as the read's matrix product in page faults. :func:`release_workspace` frees it."""
+def _workspace(shape: tuple, dtype: torch.dtype, device: torch.device, key: str = "sums") -> torch.Tensor:
+    """An uninitialised buffer of a CPU read, kept (one per thread and ``key``, the largest asked
+    for) and reused by the next read: a fresh allocation costs more in page faults than the passes
+    over it (reads keep "drives", the DAC's outputs; "sums", the outputs summed over the row
+    tiles; "noise", a read's noise when it is drawn at once; "block", one block's currents, variance,
+    drive magnitudes and noise). :func:`release_workspace` frees them."""
     if device.type != "cpu":   # CUDA's caching allocator already reuses memory
         return torch.empty(shape, dtype=dtype, device=device)
     n = int(np.prod(shape))
-    buf = getattr(_WORK, "buf", None)
+    bufs = getattr(_WORK, "bufs", None)
+    if bufs is None:
+        _WORK.bufs = bufs = {}
+    buf = bufs.get(key)
     if buf is None or buf.dtype != dtype or buf.numel() < n:
-        _WORK.buf = None
-        _WORK.buf = buf = torch.empty(n, dtype=dtype)
+        bufs[key] = None
+        bufs[key] = buf = torch.empty(n, dtype=dtype)
     return buf[:n].view(shape)
 
 
 def release_workspace() -> None:
-    """Free this thread's read workspace (the partial-sum buffer the largest CPU read keeps)."""
-    _WORK.buf = None
+    """Free this thread's read workspace (the buffers the largest CPU reads keep)."""
+    _WORK.bufs = None
 
 
 def _generator(seed: int | None, device) -> torch.Generator:
@@ -304,25 +312,43 @@ class ProgrammedChip:
         """The read of checked inputs ``x`` at time ``t`` (no compensation); with ``xscale``, ``x`` are
         drive fractions that bypass the DAC."""
         m = self.mapped
+        hw = m.hw
         self._goto(t)
         prepared = self._prepared()
-        u, xscale = dac_convert(x, m.hw.dac, ste=differentiable) if xscale is None else (x, xscale)
         pad = m.n_row_tiles * m.tile_rows - m.in_features
-        if pad:
-            u = torch.nn.functional.pad(u, (0, pad))
+        # the in-place read (:meth:`_read`): the drives go to a kept buffer, zero in the padding rows
+        inplace = not differentiable and not (hw.reader == "circuit" and not hw.cell.linear
+                                              and hw.cell.solve == "newton")
+        if inplace:
+            u = _workspace((*x.shape[:-1], m.n_row_tiles * m.tile_rows), self.dtype, self.device, "drives")
+            if pad:
+                u[..., m.in_features:].zero_()
+            if xscale is None:   # (the in-place read carries no gradient: differentiable=True does)
+                _, xscale = dac_convert(x.detach(), hw.dac, out=u[..., : m.in_features])
+            else:
+                u[..., : m.in_features].copy_(x.detach())
+                xscale = xscale.detach()
+        else:
+            u, xscale = dac_convert(x, hw.dac, ste=differentiable) if xscale is None else (x, xscale)
+            if pad:
+                u = torch.nn.functional.pad(u, (0, pad))
         B = u.shape[-2]
         # bound the working set: about 2**26 partial sums per chunk of trials
         per_trial = m.n_row_tiles * B * m.out_pad
         chunk = max(1, (1 << 26) // max(per_trial, 1))
         if self.trials <= chunk:
             return self._read(u, xscale, slice(None), prepared, gen, differentiable)
-        parts = []
+        parts = [] if not inplace else torch.empty((self.trials, B, m.out_features), dtype=self.dtype,
+                                                   device=self.device)
         for t0 in range(0, self.trials, chunk):
             sl = slice(t0, min(t0 + chunk, self.trials))
             ui = u[sl] if u.ndim == 3 else u
             xi = xscale[sl] if xscale.ndim == 3 else xscale
-            parts.append(self._read(ui, xi, sl, prepared, gen, differentiable))
-        return torch.cat(parts, dim=0)
+            if inplace:
+                self._read(ui, xi, sl, prepared, gen, out=parts[sl])
+            else:
+                parts.append(self._read(ui, xi, sl, prepared, gen, differentiable))
+        return parts if inplace else torch.cat(parts, dim=0)
 
     def _currents(self, ut, trials: slice, gd, differentiable: bool = False) -> torch.Tensor:
         """The reader: noise-free column currents over v_read, ``j`` [S], (T, nrt, B, out_pad)."""
@@ -341,28 +367,63 @@ class ProgrammedChip:
             return j
         return torch.matmul(ut, gd)
 
-    #: partial sums in one block of the blocked read (:meth:`_read`): a block's currents, shot-noise
-    #: variance and noise stay in cache through every pass over them
+    #: inputs per block of the read (:meth:`_read`) times out_pad: a block's currents, variance and
+    #: partial-sum accumulator stay in cache through every pass over them
     _BLOCK_ELEMS = 1 << 18
-    #: reads with fewer partial sums than this (32 MiB in float32) run as one block: their buffers come
-    #: back from the heap without page faults, and one block is faster (784-500-300 MLP, batch 1000:
-    #: 4.0x digital one block, 4.5x blocked)
-    _SMALL_READ = 1 << 23
 
-    def _read(self, u, xscale, trials: slice, prepared, gen, differentiable: bool = False) -> torch.Tensor:
-        """The analog read for the chips ``trials``: (T, batch, out).
-
-        Large reads run block by block (one chip, one row tile, a few hundred inputs at a time): a
-        block's two products, noise, ADC and rescale are done while it is in cache, in place on its
-        slice of the partial sums (T, n_row_tiles, batch, out_pad), and the row tiles are added at
-        the end. The blocks follow the order of the partial sums, so the noise is drawn in the same
-        stream order as one draw for the whole read and every value equals the one-block read's.
-        Small reads, the training read (out of place, noise statistics detached) and the Newton
-        reader run as one block."""
+    def _folded(self, gd, gs, gsum, g_neg, gn_sum, fs, gain):
+        """The read's per-column constants folded into its two products, in the units of ADC steps
+        (computed in float64, rounded once): ``gd / step``; ``gs * shot / step^2`` and the thermal
+        variance ``th / step^2`` (shot-noise product and its bias: the variance in one ``addmm``),
+        or the thermal std ``sqrt(th) / step`` without shot noise; the offset reference columns'
+        ``g_neg * shot`` and thermal variance (their noise is per array, in the units of ``j``);
+        ``1 / step``; and ``step * gain``, the factor each tile's ADC codes are summed with.
+        ``step = fs / K`` with the ADC on, 1 without."""
         m = self.mapped
         hw = m.hw
         dev = hw.device
-        gd, scale, fs, gs, gsum_th = prepared
+        dt = gd.dtype
+        v = hw.array.v_read
+        f64 = torch.float64
+        step = (fs.to(f64) / hw.adc.steps) if hw.adc.enabled else torch.ones_like(fs, dtype=f64)
+        inv = (1.0 / step).unsqueeze(-2)                       # (nrt, 1, op)
+        gdf = (gd.detach().to(f64) * inv).to(dt)
+        gsf = thf = sdf = gnf = thr = None
+        if gs is not None:
+            if dev.thermal_noise:
+                thf = dev.thermal_psd * gsum.detach().to(f64) / v ** 2 * inv ** 2
+            if dev.shot_noise:
+                gsf = (gs.detach().to(f64) * (dev.shot_psd / v) * inv ** 2).to(dt)
+                thf = None if thf is None else thf.to(dt)
+            elif thf is not None:
+                sdf, thf = thf.sqrt().to(dt), None
+            if m.scheme == "offset":
+                if dev.shot_noise:
+                    gnf = (g_neg.detach().to(f64) * (dev.shot_psd / v)).to(dt)
+                if dev.thermal_noise:
+                    thr = (dev.thermal_psd * gn_sum.detach().to(f64) / v ** 2).to(dt)
+        sg = (step * gain.to(f64)).to(dt)                       # (nrt, op)
+        return gdf, gsf, thf, sdf, gnf, thr, inv.squeeze(-2).to(dt), sg
+
+    def _read(self, u, xscale, trials: slice, prepared, gen, differentiable: bool = False,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+        """The analog read for the chips ``trials``: (T, batch, out).
+
+        The read runs block by block (one chip, a few hundred inputs, every row tile): a tile's
+        product ``u @ (G_d / step)`` (in ADC steps), its read-noise std (``addmm`` of ``|u|`` with
+        the shot-noise weights and the thermal bias, one square root), the noise, the ADC's
+        rounding and clamp are done in place while the block is in cache, and the codes are summed
+        over the row tiles with their ``step / c`` into the block's outputs (no partial-sum buffer).
+        The noise of a read is one standard normal draw of shape (T, batch, row tiles, out_pad)
+        (offset: then one of (T, batch, row tiles, column tiles) for the reference columns), drawn
+        block by block in that order when every block is a multiple of 16 values (the stream of one
+        draw), else at once: every value is independent of the block size. The training read (out
+        of place, noise statistics detached) and the Newton reader run as one block
+        (:meth:`_noise_adc`), with the same draw."""
+        m = self.mapped
+        hw = m.hw
+        dev = hw.device
+        gd, scale, fs, gs, gsum_th = prepared[:5]
         gd = gd[trials]
         g_neg = self.conductances()[1][trials]
         if dev.has_rtn or dev.has_read_1f:  # one telegraph / 1/f snapshot per read call
@@ -373,13 +434,12 @@ class ProgrammedChip:
         elif gs is not None:
             gs, gsum_th = gs[trials], gsum_th[trials]
         gn_sum = g_neg.sum(dim=2, keepdim=True) if gs is not None and m.scheme == "offset" else None
-        R, nrt, op = m.tile_rows, m.n_row_tiles, m.out_pad
-        lead = u.shape[:-2]
+        R, nrt, op, nct = m.tile_rows, m.n_row_tiles, m.out_pad, m.n_col_tiles
         B = u.shape[-2]
         T = gd.shape[0]
-        fs, gain = fs.unsqueeze(1), 1.0 / scale.unsqueeze(1)   # per row tile and column: (nrt, 1, out_pad)
         newton = hw.reader == "circuit" and not hw.cell.linear and hw.cell.solve == "newton"
-        if differentiable or newton or T * nrt * B * op < self._SMALL_READ:
+        if differentiable or newton:
+            lead = u.shape[:-2]
             ut = u.reshape(*lead, B, nrt, R).transpose(-3, -2)  # (..., nrt, B, R)
             if len(lead) == 0:
                 ut = ut.unsqueeze(0)
@@ -387,38 +447,87 @@ class ProgrammedChip:
             a = None
             if gs is not None and dev.shot_noise:
                 a = (ut.detach() if differentiable else ut).abs()
-            j = self._noise_adc(j, a, gs, gsum_th, g_neg, gn_sum, fs, gain, gen, differentiable)
+            fsb, gain = fs.unsqueeze(1), 1.0 / scale.unsqueeze(1)   # per row tile and column: (nrt, 1, out_pad)
+            j = self._noise_adc(j, a, gs, gsum_th, g_neg, gn_sum, fsb, gain, gen, differentiable)
             return j.sum(dim=1)[..., : m.out_features] * xscale
-        rows = max(1, self._BLOCK_ELEMS // op)
-        stream = m.scheme == "differential" and (B * op) % 16 == 0
-        if stream:   # every block draws a multiple of 16 normals: the stream of one draw for the whole read
-            rows = max(16, rows - rows % 16)
+        if dev.has_rtn or dev.has_read_1f:
+            folded = self._folded(gd, gs, gsum_th, g_neg, gn_sum, fs, 1.0 / scale)
+        else:   # static conductances: the folded constants are kept with the chip's other read state
+            if len(self._cache) == 5:
+                c = self._cache
+                gn_all = self.conductances()[1]
+                self._cache = (*c, self._folded(c[0], c[3], c[4], gn_all, gn_all.sum(dim=2, keepdim=True)
+                                                if c[3] is not None and m.scheme == "offset" else None, fs, 1.0 / scale))
+            folded = tuple(f if f is None or k >= 6 else f[trials] for k, f in enumerate(self._cache[5]))
+        gdf, gsf, thf, sdf, gnf, thr, inv, sg = folded
+        noisy = gs is not None
+        offset = noisy and m.scheme == "offset"
+        ks = float(hw.adc.steps) if hw.adc.enabled and hw.adc.saturate else None
+        rounding = hw.adc.enabled
+        rows = max(16, (self._BLOCK_ELEMS // op) // 16 * 16)
+        stream = noisy and not offset and (B * nrt * op) % 16 == 0
         noise = n_ref = None
-        if gs is not None and not stream:   # the whole read's noise (offset: then the reference columns')
-            noise = torch.randn((T, nrt, B, op), generator=gen, dtype=gd.dtype, device=gd.device)
-            if m.scheme == "offset":
-                n_ref = torch.randn((T, nrt, B, m.n_col_tiles), generator=gen, dtype=gd.dtype, device=gd.device)
-        j = _workspace((T, nrt, B, op), gd.dtype, gd.device)
-        a = u.abs() if gs is not None and dev.shot_noise else None
-        blocks = [slice(b0, min(b0 + rows, B)) for b0 in range(0, B, rows)]
+        if noisy and not stream:     # the whole read's noise at once (offset: then the reference columns')
+            noise = _workspace((T, B, nrt, op), gd.dtype, gd.device, "noise").normal_(generator=gen)
+            if offset:
+                n_ref = torch.randn((T, B, nrt, nct), generator=gen, dtype=gd.dtype, device=gd.device)
+        if out is None:
+            out = torch.empty((T, B, m.out_features), dtype=gd.dtype, device=gd.device)
+        # the outputs are summed in place where they have no padding columns
+        y = out if op == m.out_features else _workspace((T, B, op), gd.dtype, gd.device)
+        # one block's buffers, carved from one kept buffer: currents, variance, |u|, noise
+        nb = min(rows, B)
+        sizes = [nb * op, nb * op if gsf is not None else 0,
+                 nb * nrt * R if gsf is not None or gnf is not None else 0, nb * nrt * op if stream else 0]
+        blk = _workspace((sum(sizes),), gd.dtype, gd.device, "block").split(sizes)
+        jb = blk[0].view(nb, op)
+        vb = blk[1].view(nb, op) if sizes[1] else None
+        ab = blk[2].view(nb, nrt * R) if sizes[2] else None
+        zb = blk[3].view(nb, nrt, op) if sizes[3] else None
+        tiles = range(nrt)
+        cols = [slice(t * R, (t + 1) * R) for t in tiles]
+        sgt, invt = sg.unbind(0), inv.unbind(0)
         for i in range(T):
             ui = u[i] if u.ndim == 3 else u
-            ai = None if a is None else (a[i] if a.ndim == 3 else a)
-            for t in range(nrt):
-                cols = slice(t * R, (t + 1) * R)
-                gdt, jt, fst, gaint = gd[i, t], j[i, t], fs[t], gain[t]
-                if gs is None:
-                    for r in blocks:
-                        adc_convert(torch.mm(ui[r, cols], gdt, out=jt[r]), fst, hw.adc, inplace=True, gain=gaint)
-                    continue
-                gst, gsumt, gnt = gs[i, t], gsum_th[i, t], g_neg[i, t]
-                gnst = None if gn_sum is None else gn_sum[i, t]
-                at = None if ai is None else ai[:, cols]
-                for r in blocks:
-                    self._noise_adc(torch.mm(ui[r, cols], gdt, out=jt[r]), None if at is None else at[r], gst, gsumt,
-                                    gnt, gnst, fst, gaint, gen, False, None if noise is None else noise[i, t, r],
-                                    None if n_ref is None else n_ref[i, t, r])
-        return j.sum(dim=1)[..., : m.out_features] * xscale
+            gdi = gdf[i].unbind(0)
+            gsi = None if gsf is None else gsf[i].unbind(0)
+            thi = None if thf is None else thf[i].unbind(0)
+            sdi = None if sdf is None else sdf[i].unbind(0)
+            for b0 in range(0, B, rows):
+                r = slice(b0, min(b0 + rows, B))
+                n = r.stop - r.start
+                ub, yb, jt = ui[r], y[i, r], jb[:n]
+                vt = None if vb is None else vb[:n]
+                if ab is not None:
+                    at = torch.abs(ub, out=ab[:n])
+                if stream:
+                    z = zb[:n].normal_(generator=gen)
+                elif noisy:
+                    z = noise[i, r]
+                for t in tiles:
+                    torch.mm(ub[:, cols[t]], gdi[t], out=jt)                # u @ G_d in ADC steps
+                    if gsi is not None:                                     # + z sqrt(thermal + shot)
+                        if thi is None:
+                            torch.mm(at[:, cols[t]], gsi[t], out=vt)
+                        else:
+                            torch.addmm(thi[t], at[:, cols[t]], gsi[t], out=vt)
+                        jt.addcmul_(z[:, t], vt.sqrt_())
+                    elif sdi is not None:                                   # + z sqrt(thermal)
+                        jt.addcmul_(z[:, t], sdi[t])
+                    if offset:   # the array's reference column: one noise per array, common to its outputs
+                        vr = thr[i, t] if gnf is None else (torch.mm(at[:, cols[t]], gnf[i, t]) if thr is None else
+                                                           torch.addmm(thr[i, t], at[:, cols[t]], gnf[i, t]))
+                        nr = n_ref[i, r, t] * vr.sqrt()
+                        jt.addcmul_(m.expand_neg(nr), invt[t], value=-1.0)
+                    if rounding:                                            # ADC codes
+                        jt.round_()
+                        if ks is not None:
+                            jt.clamp_(-ks, ks)
+                    if t == 0:                                              # summed with step / c
+                        torch.mul(jt, sgt[t], out=yb)
+                    else:
+                        yb.addcmul_(jt, sgt[t])
+        return out.mul_(xscale) if y is out else torch.mul(y[..., : m.out_features], xscale, out=out)
 
     def _noise_adc(self, j, a, gs, gsum, g_neg, gn_sum, fs, gain, gen, differentiable: bool, noise=None, n_ref=None):
         """Read noise, ADC and digital rescale of the noise-free currents ``j`` (..., rows, out_pad) of
@@ -442,7 +551,10 @@ class ProgrammedChip:
                                       inplace=True)
             sd = var.sqrt_() if var.shape == j.shape else var.sqrt().expand_as(j)
             if noise is None:
-                noise = torch.randn(j.shape, generator=gen, dtype=j.dtype, device=j.device)
+                # drawn as (T, batch, row tiles, out_pad), the order of the blocked read (:meth:`_read`)
+                T_, nrt_, B_, op_ = j.shape
+                noise = torch.randn((T_, B_, nrt_, op_), generator=gen, dtype=j.dtype,
+                                    device=j.device).transpose(1, 2)
             if differentiable:
                 j = j + noise * sd
             else:
@@ -454,7 +566,8 @@ class ProgrammedChip:
                                               dev, inplace=True)
                 shape = (*j.shape[:-1], m.n_col_tiles)
                 if n_ref is None:
-                    n_ref = torch.randn(shape, generator=gen, dtype=j.dtype, device=j.device)
+                    n_ref = torch.randn((shape[0], shape[2], shape[1], shape[3]), generator=gen, dtype=j.dtype,
+                                        device=j.device).transpose(1, 2)
                 n_ref = n_ref * var_ref.expand(shape).sqrt()
                 j = j - m.expand_neg(n_ref) if differentiable else j.sub_(m.expand_neg(n_ref))
         # ADC (fs is in the units of j) and the digital rescale 1/c in one pass

@@ -15,7 +15,8 @@ import torch
 from memcim.config import ADCConfig, DACConfig
 
 
-def dac_convert(x: torch.Tensor, dac: DACConfig, *, ste: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def dac_convert(x: torch.Tensor, dac: DACConfig, *, ste: bool = False,
+                out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Convert inputs to word-line drive fractions.
 
     Parameters
@@ -25,6 +26,8 @@ def dac_convert(x: torch.Tensor, dac: DACConfig, *, ste: bool = False) -> tuple[
     ste : straight-through rounding for training: the same values, with the gradient of the
         clipped, unrounded ``u`` (the clip keeps its true gradient, 0 outside the range) and a
         detached ``scale``.
+    out : optional buffer of ``x``'s shape (not with ``ste``) that receives ``u`` (the same values;
+        no allocation of the size of ``x``, whose page faults cost more than the conversion).
 
     Returns
     -------
@@ -34,14 +37,17 @@ def dac_convert(x: torch.Tensor, dac: DACConfig, *, ste: bool = False) -> tuple[
         vector's own largest magnitude when ``x_range`` is None (all-zero vectors get 1).
         The ideal reconstruction is ``u * scale``.
     """
+    if out is not None and (ste or out.shape != x.shape):
+        raise ValueError(f"out: a buffer of shape {tuple(x.shape)} without ste is allowed, got "
+                         f"{tuple(out.shape)}{' with ste' if ste else ''}")
     if dac.x_range is None:
-        scale = x.abs().amax(dim=-1, keepdim=True)
+        scale = (x.abs() if out is None else torch.abs(x, out=out)).amax(dim=-1, keepdim=True)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     else:
         scale = torch.full_like(x[..., :1], dac.x_range)
     if ste:  # the range is a setting of the read, not a function to differentiate
         scale = scale.detach()
-    u = x / scale
+    u = x / scale if out is None else torch.div(x, scale, out=out)
     if not dac.enabled:
         return u, scale
     lo = -1.0 if dac.signed else 0.0

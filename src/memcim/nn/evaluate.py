@@ -174,10 +174,16 @@ def batchable(analog: nn.Module) -> bool:
 def chips_per_pass_auto(analog: nn.Module, x: torch.Tensor, chips: int, batch_size: int,
                         dtype: torch.dtype = torch.float32) -> int:
     """Chips per forward pass that fit :func:`memcim.validate.memory_limit`: half the limit over an
-    estimate of one chip's working set (its conductances twice, and per analog layer the input rows,
-    three partial-sum buffers of the row tiles and the outputs of one batch; the largest layer),
-    at most ``chips`` and 64; 1 when the model cannot be batched."""
+    estimate of one chip's working set, as :meth:`memcim.simulate.ProgrammedChip.mvm` reads: its
+    conductances twice (the programmed pairs, the read's kept difference, noise-carrying sum and
+    their copies in ADC steps), and per batch the read's buffers, each the largest over the analog
+    layers: the DAC's drives (rows x row tiles x tile rows, kept), the outputs summed over the row
+    tiles (rows x padded columns, kept), the read noise when it is drawn at once (rows x row tiles x
+    padded columns: offset mapping, or a read whose noise is not a multiple of 16 values; kept), one
+    block's buffers (kept) and the layer's outputs; at most ``chips`` and 64; 1 when the model cannot
+    be batched."""
     from memcim.mapping.crossbar import tile_geometry
+    from memcim.simulate import ProgrammedChip
     from memcim.validate import memory_limit
 
     if not batchable(analog):
@@ -193,14 +199,24 @@ def chips_per_pass_auto(analog: nn.Module, x: torch.Tensor, chips: int, batch_si
             h.remove()
     item = torch.empty((), dtype=dtype).element_size()
     b = min(int(batch_size), int(x.shape[0]))
-    work = cond = 0
+    cond = 0
+    drives = sums = noise = block = outs = 0
     for name, m in analog_layers(analog):
         n_in, n_out = m.crossbar_weight().shape
-        R, Cw, nrt, nct = tile_geometry(int(n_in), int(n_out), m.hardware)
-        cond += 2 * 2 * nrt * R * nct * Cw * item
+        hw = m.hardware
+        R, Cw, nrt, nct = tile_geometry(int(n_in), int(n_out), hw)
+        op = nct * Cw
+        cond += 2 * 2 * nrt * R * op * item
         r = rows.get(name, 1) * b
-        work = max(work, r * (nrt * R + 3 * nrt * nct * Cw + n_out) * item)
-    per_chip = 2 * cond + work
+        drives = max(drives, r * nrt * R * item)
+        sums = max(sums, r * op * item if op != n_out else 0)
+        if (hw.device.thermal_noise or hw.device.shot_noise) and (
+                hw.mapping.scheme == "offset" or (r * nrt * op) % 16):
+            noise = max(noise, r * nrt * op * item)
+        outs = max(outs, r * n_out * item)
+        nb = min(r, max(16, (ProgrammedChip._BLOCK_ELEMS // op) // 16 * 16))
+        block = max(block, nb * (2 * op + nrt * R + nrt * op) * item)
+    per_chip = 2 * cond + drives + sums + noise + block + outs
     limit, _ = memory_limit()
     return int(max(1, min(int(chips), 64, (limit // 2) // max(per_chip, 1))))
 
