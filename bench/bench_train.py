@@ -10,7 +10,8 @@ to the 60,000-image epoch (every mini-batch costs the same). Variants:
     differentiable read: 128x128 arrays, 8-bit DAC and ADC, 64 levels, programming noise, stuck
     devices, thermal and shot read noise; the ``generic`` preset). The mapping runs in float32 with
     the ADC calibration as an exact int8 product (``map_for_training``), the chip is drawn with
-    ``program(..., fast_draws=True)`` and read by ``simulate.training_read`` (issue 17 item 6);
+    ``program(..., fast_draws=True)`` and read by ``chip.mvm(x, differentiable=True)`` (the
+    inference read's values with the straight-through gradient attached; issue 17 item 6);
   * memcim noise-aware fine-tuning (:func:`memcim.nn.noise_aware.noise_aware_network`: the same chip
     per mini-batch, the read's mean and variance into the noise-aware activations);
   * aihwkit-lightning 2.1.0's ``TorchInferenceRPUConfig`` at matched settings: 128x128 tiles, 8-bit

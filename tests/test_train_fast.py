@@ -1,8 +1,9 @@
 """The fast hardware-aware training path (issue 17 item 6): the training mapping in the training
-dtype, the programming with fewer draws, the attached weight gradient and the lean training read,
+dtype, the programming with fewer draws, the attached weight gradient and the differentiable read,
 each against an independent reference: ``map_matrix`` (the inference mapping, float64), the
 previous programming code written out here (explicit ``torch.where`` stuck devices, autograd
-through the targets), ``chip.mvm(x, differentiable=True)`` and the binomial law of stuck devices.
+through the targets), the inference read ``chip.mvm(x)`` and autograd through the read's plain
+formula, and the binomial law of stuck devices.
 """
 import math
 
@@ -13,7 +14,7 @@ from scipy.stats import chi2, norm
 from memcim.config import preset
 from memcim.hardware.device import bernoulli_positions, program_devices, programming_sigma
 from memcim.mapping.crossbar import map_for_training, map_matrix, training_layout
-from memcim.simulate import program, training_read
+from memcim.simulate import program
 
 F64 = torch.float64
 
@@ -202,38 +203,92 @@ def test_fast_draws_program_the_same_distribution_and_pairs():
         assert torch.equal((ga == 0).all(0), (gb == 0).all(0))           # padding: no device on either
 
 
-@pytest.mark.parametrize("name", ["generic", "offset", "unsigned-dac-arrays", "continuous", "no-dac"])
-@pytest.mark.parametrize("noise", [False, True])
-def test_training_read_is_the_differentiable_read(name, noise):
-    """training_read gives chip.mvm(x, differentiable=True)'s gradients for x and W, and without read
-    noise its values (to float rounding; with read noise the two draw the same distribution, in the
-    order of their own reads: tests/agreement/test_training_read.py compares it with the simulator);
-    configurations it does not handle fall back to it."""
-    hw = _configs()[name]
-    if not noise:
-        hw = hw.without("thermal", "shot")
+def _plain_read(chip, x):
+    """The read's straight-through value written out with plain torch ops (ideal wires): the DAC's
+    levels (straight through their rounding, the clip's gradient kept), ``u @ (G+ - G-)`` per row
+    tile over that tile's scale, times the input scale; no read noise, no ADC. Autograd through it
+    is the straight-through gradient."""
+    m, hw = chip.mapped, chip.mapped.hw
+    gp, gn = chip.g_pos, chip.g_neg
+    if m.scheme == "offset":             # one reference column per array, subtracted from its columns
+        gn = gn.repeat_interleave(m.tile_cols, dim=-1)
+    T, nrt, R, op = gp.shape
+    w = (gp - gn).reshape(T, nrt * R, op) / m.scale.repeat_interleave(R, dim=0)
+    w = w[:, : m.in_features, : m.out_features]
+    xs = x.detach().abs().amax(-1, keepdim=True) if hw.dac.x_range is None else torch.full_like(x[..., :1],
+                                                                                                hw.dac.x_range)
+    u = x / xs
+    if hw.dac.enabled:                   # the DAC's levels, with the gradient of the clip
+        u = u.clamp(-1.0 if hw.dac.signed else 0.0, 1.0)
+        k = hw.dac.steps
+        u = u + (torch.round(u.detach() * k) / k - u.detach())
+    return torch.matmul(u, w) * xs
+
+
+@pytest.mark.parametrize("name", ["generic", "offset", "unsigned-dac-arrays", "continuous", "no-dac", "x-range"])
+@pytest.mark.parametrize("trials,xdim", [(1, 2), (3, 2), (2, 3)])
+def test_differentiable_read_is_the_read_with_its_gradient(name, trials, xdim):
+    """chip.mvm(x, differentiable=True): its values are those of chip.mvm(x) of the same chip from the
+    same generator state, bit for bit (read noise on); its gradients for x and W are autograd's
+    through the read's plain formula (:func:`_plain_read`: no rounding, no noise), for one chip or
+    several, inputs shared or per chip, and inputs the DAC clips."""
+    hw = _configs()[name] if name != "x-range" else preset("generic").replace(dac={"x_range": 2.0})
     W, x = _data(3, 300, 70, 9)
     x[0, :5] = -3 * x.abs().max()          # negative drives: the unsigned DAC clips them (no gradient)
+    x[1, :5] = 2.5                         # above x_range: clipped
     plan = map_matrix(W, hw, calib_inputs=x)
-    out = []
-    for read in (lambda c, v: c.mvm(v, differentiable=True), training_read):
-        Wg, xg = W.clone().requires_grad_(), x.clone().requires_grad_()
-        chip = program(plan, seed=3, dtype=F64, weights=Wg)
-        y = read(chip, xg)
+    xin = x if xdim == 2 else x * torch.linspace(0.5, 1.5, trials, dtype=F64).view(-1, 1, 1)
+    grads = []
+    for read in ("mvm", "plain"):
+        Wg, xg = W.clone().requires_grad_(), xin.clone().requires_grad_()
+        chip = program(plan, seed=3, trials=trials, dtype=F64, weights=Wg)
+        if read == "mvm":
+            ref = program(plan, seed=3, trials=trials, dtype=F64)
+            y = chip.mvm(xg, differentiable=True)
+            assert y.requires_grad and torch.equal(y.detach(), ref.mvm(xin))
+        else:
+            y = _plain_read(chip, xg)
+            if xdim == 2:
+                y = y.expand(trials, *y.shape[-2:]) if y.shape[0] == 1 else y
         go = torch.randn(y.shape, dtype=F64, generator=torch.Generator().manual_seed(5))
         (y * go).sum().backward()
-        out.append((y.detach(), xg.grad, Wg.grad))
-    (y1, gx1, gw1), (y2, gx2, gw2) = out
-    if not noise:
-        torch.testing.assert_close(y2, y1, rtol=0, atol=1e-9 * float(y1.abs().max()))
-    else:
-        assert float((y2 - y1).abs().max()) < 0.5 * float(y1.abs().max())    # the same read, other noise
-    torch.testing.assert_close(gx2, gx1, rtol=1e-12, atol=1e-12 * float(gx1.abs().max()))
-    torch.testing.assert_close(gw2, gw1, rtol=1e-12, atol=1e-12 * float(gw1.abs().max()))
-    rtn = preset("generic").replace(device={"rtn_amplitude": 0.1, "rtn_probability": 0.3})
-    chip = program(map_matrix(W, rtn, calib_inputs=x), seed=1, dtype=F64)
-    ref = program(map_matrix(W, rtn, calib_inputs=x), seed=1, dtype=F64)
-    assert torch.equal(training_read(chip, x), ref.mvm(x, differentiable=True))
+        grads.append((xg.grad, Wg.grad))
+    (gx1, gw1), (gx2, gw2) = grads
+    torch.testing.assert_close(gx1, gx2, rtol=1e-12, atol=1e-12 * float(gx2.abs().max()))
+    torch.testing.assert_close(gw1, gw2, rtol=1e-12, atol=1e-12 * float(gw2.abs().max()))
+    if name == "unsigned-dac-arrays":
+        assert float(gx1[..., 0, :5].abs().max()) == 0.0 and float(gx1[..., 1, 5:].abs().max()) > 0
+
+
+def test_differentiable_read_with_rtn_and_1f_is_the_read():
+    """With RTN and 1/f noise (one snapshot of the conductances per read) the differentiable read's
+    values are the read's, bit for bit, and its gradient for W is autograd's through the plain read of
+    the noise-free chip times each device's telegraph factor of that read (1/f noise is additive: no
+    factor): every weight's gradient over the noise-free one is 1 or 1 - amplitude, and the number of
+    reads in the low state follows the binomial law (400 reads, probability 0.3; z at 1 % over every
+    weight)."""
+    hw = preset("generic").without("thermal", "shot", "programming", "stuck").replace(
+        device={"rtn_amplitude": 0.1, "rtn_probability": 0.3, "read_1f_q": 1e-3})
+    W, x = _data(6, 40, 6, 3)
+    plan = map_matrix(W, hw, calib_inputs=x)
+    Wg = W.clone().requires_grad_()
+    chip = program(plan, seed=1, dtype=F64, weights=Wg)
+    ref = program(plan, seed=1, dtype=F64)
+    n = 400
+    gs = []
+    for _ in range(n):
+        y = chip.mvm(x, differentiable=True)
+        assert torch.equal(y.detach(), ref.mvm(x))
+        (gw,) = torch.autograd.grad(y.sum(), Wg, retain_graph=True)   # the chip is read again
+        gs.append(gw)
+    Wp = W.clone().requires_grad_()
+    plain = program(plan, seed=1, dtype=F64, weights=Wp)
+    (g0,) = torch.autograd.grad(_plain_read(plain, x).sum(), Wp)
+    r = torch.stack(gs) / g0
+    low = (r - 0.9).abs() < 1e-9
+    assert bool((low | ((r - 1.0).abs() < 1e-9)).all())
+    z = (low.double().sum(0) - n * 0.3).abs() / math.sqrt(n * 0.3 * 0.7)
+    assert float(z.max()) < norm.ppf(1 - 0.01 / (2 * W.numel()))
 
 
 def test_analog_layer_trains_on_the_fast_path():

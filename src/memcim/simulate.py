@@ -24,13 +24,17 @@ for the next read (one set per thread, the largest read's; :func:`release_worksp
 same chip as ``program(plan, seed)`` (the same random numbers, the same conductances), but its
 conductances carry the gradient of ``W``: ``d G / d W = c`` (the plan's scale; straight through the
 rounding to levels; programming noise and stuck devices are drawn from detached values, a stuck
-device passes no gradient). ``chip.mvm(x, differentiable=True)`` then runs the same read out of
-place, with straight-through DAC rounding and ADC rounding and saturation (``dac_convert`` /
-``adc_convert`` with ``ste=True``), read noise and RTN drawn as in the simulator (detached), the
-plan's ADC full scale (fixed at mapping time, not from the batch), so gradients reach ``x`` and
-``W``. The circuit reader has no gradient of its own: its forward result is used, with the
-gradient of the ideal-wire reader (``u @ (G+ - G-)``). With the same seeds the values equal the
-simulator's read exactly.
+device passes no gradient). ``chip.mvm(x, differentiable=True)`` is the same read as ``chip.mvm(x)``
+(the same code, the same values bit for bit from the same generator state, the plan's ADC full
+scale fixed at mapping time) with the straight-through gradient attached in one step
+(:class:`_ReadGradient`): straight through the DAC's rounding (its clip keeps its gradient), the
+read noise and the ADC's rounding and saturation, so gradients reach ``x`` and ``W``. The gradient
+is that of the ideal reader ``u @ G_d`` with the ``G_d`` the read used: with RTN or 1/f noise the
+read's snapshot (its gradient through the snapshot), with drift the drifted conductances, with the
+circuit reader its realized matrix carrying the gradient of ``G+ - G-`` (the Newton reader of
+non-linear cells: Newton's result, the gradient of the ideal reader); drift compensation multiplies
+by its (detached) factor. Every case is one code path: the values of the in-place read, then the
+gradient.
 
 Examples
 --------
@@ -95,6 +99,25 @@ def _generator(seed: int | None, device) -> torch.Generator:
             raise ValueError(f"seed: {seed!r} is not allowed; use a non-negative integer")
         g.manual_seed(int(seed))
     return g
+
+
+def _fold(x: torch.Tensor, factors: tuple, dt: torch.dtype, key: str | None = None) -> torch.Tensor:
+    """``x`` (trials, ...) times ``factors`` in turn (float64 tensors that broadcast to one chip, or
+    numbers), computed in float64 and rounded once to ``dt``: the values of
+    ``(x.to(float64) * f1 * f2).to(dt)``, chip by chip in a kept float64 buffer of one chip (no
+    float64 copy of every chip; in-place passes of one dtype each, which vectorize, where a product of
+    two dtypes does not). ``key``: the result in that kept buffer (:func:`_workspace`), else a new one."""
+    f64 = torch.float64
+    x = x.detach()
+    out = torch.empty(x.shape, dtype=dt, device=x.device) if key is None else _workspace(x.shape, dt, x.device, key)
+    for i in range(x.shape[0]):
+        buf = out[i] if dt == f64 else _workspace(x.shape[1:], f64, x.device, "fold")
+        buf.copy_(x[i])
+        for f in factors:
+            buf.mul_(f)
+        if dt != f64:
+            out[i].copy_(buf)
+    return out
 
 
 @dataclass(eq=False)
@@ -207,7 +230,10 @@ class ProgrammedChip:
             # the ADC full scale in units of u @ G [S]
             fs = (m.full_scale / (hw.array.r_tia * hw.array.v_read)).to(device=self.device, dtype=self.dtype)
             gs = gsum_th = None
-            if hw.device.thermal_noise or hw.device.shot_noise:
+            # a chip whose conductances carry a gradient (a training chip, read about once) keeps none
+            # of its noise state: it is computed per read in kept buffers (see _read)
+            self._lean = gp_t.requires_grad or gn_t.requires_grad
+            if (hw.device.thermal_noise or hw.device.shot_noise) and not self._lean:
                 if m.scheme == "differential":
                     gs = (gp_t + gn_t).contiguous()
                 else:
@@ -241,9 +267,9 @@ class ProgrammedChip:
         ----------
         x : inputs (batch, in), shared by all chips, or (trials, batch, in); numpy or torch.
         seed, generator : the read-noise source; by default the chip's own generator.
-        differentiable : the training read: the same values, out of place and straight through
-            the converters, so gradients reach ``x`` and (with ``program(..., weights=W)``) ``W``
-            (see the module docstring). Default False: the in-place, memory-lean read.
+        differentiable : the training read: the same read and values, with the straight-through
+            gradient attached, so gradients reach ``x`` and (with ``program(..., weights=W)``) ``W``
+            (see the module docstring). It keeps the DAC's drives (batch, in) for the backward pass.
         t : read time [s] after programming (default ``device.drift_t0``; see the module docstring).
 
         Returns
@@ -310,75 +336,62 @@ class ProgrammedChip:
     def _mvm_at(self, x: torch.Tensor, t: float, gen: torch.Generator, differentiable: bool,
                 xscale: torch.Tensor | None = None) -> torch.Tensor:
         """The read of checked inputs ``x`` at time ``t`` (no compensation); with ``xscale``, ``x`` are
-        drive fractions that bypass the DAC."""
+        drive fractions that bypass the DAC. The values are always those of the in-place read
+        (:meth:`_read`); with ``differentiable`` the straight-through gradient is attached to them in
+        one step (:class:`_ReadGradient`)."""
         m = self.mapped
         hw = m.hw
         self._goto(t)
         prepared = self._prepared()
         pad = m.n_row_tiles * m.tile_rows - m.in_features
-        # the in-place read (:meth:`_read`): the drives go to a kept buffer, zero in the padding rows
-        inplace = not differentiable and not (hw.reader == "circuit" and not hw.cell.linear
-                                              and hw.cell.solve == "newton")
-        if inplace:
-            u = _workspace((*x.shape[:-1], m.n_row_tiles * m.tile_rows), self.dtype, self.device, "drives")
-            if pad:
-                u[..., m.in_features:].zero_()
-            if xscale is None:   # (the in-place read carries no gradient: differentiable=True does)
-                _, xscale = dac_convert(x.detach(), hw.dac, out=u[..., : m.in_features])
-            else:
-                u[..., : m.in_features].copy_(x.detach())
-                xscale = xscale.detach()
+        # the drives: a kept buffer, zero in the padding rows (a fresh one when the gradient keeps them)
+        shape = (*x.shape[:-1], m.n_row_tiles * m.tile_rows)
+        u = torch.empty(shape, dtype=self.dtype, device=self.device) if differentiable else \
+            _workspace(shape, self.dtype, self.device, "drives")
+        if pad:
+            u[..., m.in_features:].zero_()
+        if xscale is None:
+            _, xscale = dac_convert(x.detach(), hw.dac, out=u[..., : m.in_features])
         else:
-            u, xscale = dac_convert(x, hw.dac, ste=differentiable) if xscale is None else (x, xscale)
-            if pad:
-                u = torch.nn.functional.pad(u, (0, pad))
+            u[..., : m.in_features].copy_(x.detach())
+            xscale = xscale.detach()
         B = u.shape[-2]
+        # the effective difference of every chip read, as the read used it (carrying the gradient of the
+        # conductances): the chip's own, or each read's RTN / 1/f snapshot
+        gds = [] if differentiable else None
         # bound the working set: about 2**26 partial sums per chunk of trials
         per_trial = m.n_row_tiles * B * m.out_pad
         chunk = max(1, (1 << 26) // max(per_trial, 1))
         if self.trials <= chunk:
-            return self._read(u, xscale, slice(None), prepared, gen, differentiable)
-        parts = [] if not inplace else torch.empty((self.trials, B, m.out_features), dtype=self.dtype,
-                                                   device=self.device)
-        for t0 in range(0, self.trials, chunk):
-            sl = slice(t0, min(t0 + chunk, self.trials))
-            ui = u[sl] if u.ndim == 3 else u
-            xi = xscale[sl] if xscale.ndim == 3 else xscale
-            if inplace:
-                self._read(ui, xi, sl, prepared, gen, out=parts[sl])
-            else:
-                parts.append(self._read(ui, xi, sl, prepared, gen, differentiable))
-        return parts if inplace else torch.cat(parts, dim=0)
-
-    def _currents(self, ut, trials: slice, gd, differentiable: bool = False) -> torch.Tensor:
-        """The reader: noise-free column currents over v_read, ``j`` [S], (T, nrt, B, out_pad)."""
-        hw = self.mapped.hw
-        if hw.reader == "circuit" and not hw.cell.linear and hw.cell.solve == "newton":
-            if hw.device.has_rtn:
-                raise ValueError("device.rtn_amplitude: random telegraph noise with cell.solve = 'newton' is not "
-                                 "supported (every read would rebuild the non-linear tiles); use cell.solve = "
-                                 "'linearized' or switch RTN off")
-            if self._newton is None:
-                self._newton = NewtonTiles(self.mapped, *self.conductances())
-            j = self._newton.currents(ut, range(self.trials)[trials])
-            if differentiable:  # Newton's result, the gradient of the ideal reader
-                lin = torch.matmul(ut, gd)
-                j = lin + (j - lin.detach())
-            return j
-        return torch.matmul(ut, gd)
+            y = self._read(u, xscale, slice(None), prepared, gen, keep=gds)
+        else:
+            y = torch.empty((self.trials, B, m.out_features), dtype=self.dtype, device=self.device)
+            for t0 in range(0, self.trials, chunk):
+                sl = slice(t0, min(t0 + chunk, self.trials))
+                ui = u[sl] if u.ndim == 3 else u
+                xi = xscale[sl] if xscale.ndim == 3 else xscale
+                self._read(ui, xi, sl, prepared, gen, out=y[sl], keep=gds)
+        if not differentiable:
+            return y
+        gd = gds[0] if len(gds) == 1 else torch.cat(gds, dim=0)
+        if not (x.requires_grad or gd.requires_grad):
+            return y
+        gain = 1.0 / prepared[1].unsqueeze(1)                       # 1/c: (nrt, 1, out_pad)
+        return _ReadGradient.apply(x, gd, (y, u, gd.detach(), xscale, gain, m, hw.dac))
 
     #: inputs per block of the read (:meth:`_read`) times out_pad: a block's currents, variance and
     #: partial-sum accumulator stay in cache through every pass over them
     _BLOCK_ELEMS = 1 << 18
 
-    def _folded(self, gd, gs, gsum, g_neg, gn_sum, fs, gain):
+    def _folded(self, gd, gs, gsum, g_neg, gn_sum, fs, gain, kept: bool = False):
         """The read's per-column constants folded into its two products, in the units of ADC steps
         (computed in float64, rounded once): ``gd / step``; ``gs * shot / step^2`` and the thermal
         variance ``th / step^2`` (shot-noise product and its bias: the variance in one ``addmm``),
         or the thermal std ``sqrt(th) / step`` without shot noise; the offset reference columns'
         ``g_neg * shot`` and thermal variance (their noise is per array, in the units of ``j``);
         ``1 / step``; and ``step * gain``, the factor each tile's ADC codes are summed with.
-        ``step = fs / K`` with the ADC on, 1 without."""
+        ``step = fs / K`` with the ADC on, 1 without. ``kept``: the large ones in this thread's kept
+        buffers (valid until the next read; a training chip's, not cached)."""
         m = self.mapped
         hw = m.hw
         dev = hw.device
@@ -387,27 +400,29 @@ class ProgrammedChip:
         f64 = torch.float64
         step = (fs.to(f64) / hw.adc.steps) if hw.adc.enabled else torch.ones_like(fs, dtype=f64)
         inv = (1.0 / step).unsqueeze(-2)                       # (nrt, 1, op)
-        gdf = (gd.detach().to(f64) * inv).to(dt)
+        inv2 = inv ** 2
+        gdf = _fold(gd, (inv,), dt, "fold_gd" if kept else None)
         gsf = thf = sdf = gnf = thr = None
         if gs is not None:
             if dev.thermal_noise:
-                thf = dev.thermal_psd * gsum.detach().to(f64) / v ** 2 * inv ** 2
+                thf = dev.thermal_psd * gsum.detach().to(f64) / v ** 2 * inv2
             if dev.shot_noise:
-                gsf = (gs.detach().to(f64) * (dev.shot_psd / v) * inv ** 2).to(dt)
+                gsf = _fold(gs, (dev.shot_psd / v, inv2), dt, "fold_gs" if kept else None)
                 thf = None if thf is None else thf.to(dt)
             elif thf is not None:
                 sdf, thf = thf.sqrt().to(dt), None
             if m.scheme == "offset":
                 if dev.shot_noise:
-                    gnf = (g_neg.detach().to(f64) * (dev.shot_psd / v)).to(dt)
+                    gnf = _fold(g_neg, (dev.shot_psd / v,), dt, "fold_gn" if kept else None)
                 if dev.thermal_noise:
                     thr = (dev.thermal_psd * gn_sum.detach().to(f64) / v ** 2).to(dt)
         sg = (step * gain.to(f64)).to(dt)                       # (nrt, op)
         return gdf, gsf, thf, sdf, gnf, thr, inv.squeeze(-2).to(dt), sg
 
-    def _read(self, u, xscale, trials: slice, prepared, gen, differentiable: bool = False,
-              out: torch.Tensor | None = None) -> torch.Tensor:
-        """The analog read for the chips ``trials``: (T, batch, out).
+    def _read(self, u, xscale, trials: slice, prepared, gen, out: torch.Tensor | None = None,
+              keep: list | None = None) -> torch.Tensor:
+        """The analog read for the chips ``trials``: (T, batch, out), with ``u`` the DAC's drives
+        (padded to the row tiles).
 
         The read runs block by block (one chip, a few hundred inputs, every row tile): a tile's
         product ``u @ (G_d / step)`` (in ADC steps), its read-noise std (``addmm`` of ``|u|`` with
@@ -417,41 +432,65 @@ class ProgrammedChip:
         The noise of a read is one standard normal draw of shape (T, batch, row tiles, out_pad)
         (offset: then one of (T, batch, row tiles, column tiles) for the reference columns), drawn
         block by block in that order when every block is a multiple of 16 values (the stream of one
-        draw), else at once: every value is independent of the block size. The training read (out
-        of place, noise statistics detached) and the Newton reader run as one block
-        (:meth:`_noise_adc`), with the same draw."""
+        draw), else at once: every value is independent of the block size. The Newton reader runs
+        as one block (:meth:`_noise_adc`), with the same draw. ``keep`` (a list) receives the
+        effective difference the read used, (T, nrt, R, out_pad), with the conductances' gradient
+        (the chip's, or this read's RTN / 1/f snapshot): the differentiable read's gradient."""
         m = self.mapped
         hw = m.hw
         dev = hw.device
         gd, scale, fs, gs, gsum_th = prepared[:5]
         gd = gd[trials]
         g_neg = self.conductances()[1][trials]
+        noisy = dev.thermal_noise or dev.shot_noise
         if dev.has_rtn or dev.has_read_1f:  # one telegraph / 1/f snapshot per read call
             g_pos, g_neg, gd = self._snapshot(trials, gen)
-            if gs is not None:
+            if noisy:
                 gs = (g_pos + g_neg) if m.scheme == "differential" else g_pos
+        elif noisy and self._lean:         # a training chip: its noise weights in a kept buffer
+            g_pos = self.conductances()[0][trials].detach()
+            gs = g_pos if m.scheme != "differential" else \
+                torch.add(g_pos, g_neg.detach(), out=_workspace(g_pos.shape, g_pos.dtype, g_pos.device, "gs"))
+        if keep is not None:
+            keep.append(gd)
+        with torch.no_grad():    # the values: the gradient, when asked for, is attached by _mvm_at
+            return self._read_values(u, xscale, trials, gd.detach(), scale, fs, gs, gsum_th, g_neg.detach(),
+                                     gen, out)
+
+    def _read_values(self, u, xscale, trials, gd, scale, fs, gs, gsum_th, g_neg, gen, out):
+        m = self.mapped
+        hw = m.hw
+        dev = hw.device
+        lean = self._lean and not (dev.has_rtn or dev.has_read_1f)
+        if gs is not None:
+            if dev.has_rtn or dev.has_read_1f or lean:
+                gs = gs.detach()
                 gsum_th = gs.sum(dim=2, keepdim=True)
-        elif gs is not None:
-            gs, gsum_th = gs[trials], gsum_th[trials]
+            else:
+                gs, gsum_th = gs[trials].detach(), gsum_th[trials].detach()
         gn_sum = g_neg.sum(dim=2, keepdim=True) if gs is not None and m.scheme == "offset" else None
         R, nrt, op, nct = m.tile_rows, m.n_row_tiles, m.out_pad, m.n_col_tiles
         B = u.shape[-2]
         T = gd.shape[0]
-        newton = hw.reader == "circuit" and not hw.cell.linear and hw.cell.solve == "newton"
-        if differentiable or newton:
+        if hw.reader == "circuit" and not hw.cell.linear and hw.cell.solve == "newton":
+            if dev.has_rtn:
+                raise ValueError("device.rtn_amplitude: random telegraph noise with cell.solve = 'newton' is not "
+                                 "supported (every read would rebuild the non-linear tiles); use cell.solve = "
+                                 "'linearized' or switch RTN off")
+            if self._newton is None:
+                self._newton = NewtonTiles(self.mapped, *(g.detach() for g in self.conductances()))
             lead = u.shape[:-2]
             ut = u.reshape(*lead, B, nrt, R).transpose(-3, -2)  # (..., nrt, B, R)
             if len(lead) == 0:
                 ut = ut.unsqueeze(0)
-            j = self._currents(ut, trials, gd, differentiable)  # (T, nrt, B, out_pad): column current / v_read [S]
-            a = None
-            if gs is not None and dev.shot_noise:
-                a = (ut.detach() if differentiable else ut).abs()
+            j = self._newton.currents(ut, range(self.trials)[trials])  # (T, nrt, B, out_pad): current / v_read [S]
+            a = ut.abs() if gs is not None and dev.shot_noise else None
             fsb, gain = fs.unsqueeze(1), 1.0 / scale.unsqueeze(1)   # per row tile and column: (nrt, 1, out_pad)
-            j = self._noise_adc(j, a, gs, gsum_th, g_neg, gn_sum, fsb, gain, gen, differentiable)
-            return j.sum(dim=1)[..., : m.out_features] * xscale
-        if dev.has_rtn or dev.has_read_1f:
-            folded = self._folded(gd, gs, gsum_th, g_neg, gn_sum, fs, 1.0 / scale)
+            j = self._noise_adc(j, a, gs, gsum_th, g_neg, gn_sum, fsb, gain, gen)
+            y = j.sum(dim=1)[..., : m.out_features]
+            return torch.mul(y, xscale) if out is None else torch.mul(y, xscale, out=out)
+        if dev.has_rtn or dev.has_read_1f or lean:
+            folded = self._folded(gd, gs, gsum_th, g_neg, gn_sum, fs, 1.0 / scale, kept=lean)
         else:   # static conductances: the folded constants are kept with the chip's other read state
             if len(self._cache) == 5:
                 c = self._cache
@@ -529,9 +568,9 @@ class ProgrammedChip:
                         yb.addcmul_(jt, sgt[t])
         return out.mul_(xscale) if y is out else torch.mul(y[..., : m.out_features], xscale, out=out)
 
-    def _noise_adc(self, j, a, gs, gsum, g_neg, gn_sum, fs, gain, gen, differentiable: bool, noise=None, n_ref=None):
+    def _noise_adc(self, j, a, gs, gsum, g_neg, gn_sum, fs, gain, gen, noise=None, n_ref=None):
         """Read noise, ADC and digital rescale of the noise-free currents ``j`` (..., rows, out_pad) of
-        one block: in place, or out of place when ``differentiable`` (the noise statistics detached).
+        one block (the Newton reader's), in place.
 
         ``a``: the block's drive magnitudes ``|u|`` (..., rows, tile_rows), None without shot noise;
         ``gs``, ``gsum``: the conductances that carry read noise and their column sums; ``g_neg``,
@@ -542,9 +581,6 @@ class ProgrammedChip:
         dev = hw.device
         if gs is not None:
             v, v2 = hw.array.v_read, hw.array.v_read ** 2
-            if differentiable:
-                gs, gsum, g_neg = gs.detach(), gsum.detach(), g_neg.detach()
-                gn_sum = None if gn_sum is None else gn_sum.detach()
             # read-noise variance [A^2] (device.read_noise_variance) over v_read^2, in the units of j;
             # computed in place on the shot-noise product (one pass, no extra buffer)
             var = read_noise_variance(gsum / v2, None if a is None else torch.matmul(a, gs).div_(v2), v, dev,
@@ -555,10 +591,7 @@ class ProgrammedChip:
                 T_, nrt_, B_, op_ = j.shape
                 noise = torch.randn((T_, B_, nrt_, op_), generator=gen, dtype=j.dtype,
                                     device=j.device).transpose(1, 2)
-            if differentiable:
-                j = j + noise * sd
-            else:
-                j.addcmul_(noise, sd)
+            j.addcmul_(noise, sd)
             if m.scheme == "offset":
                 # the reference column of each array is one physical column: its noise is common to
                 # every output of that array, so it is drawn once per array and subtracted from all
@@ -569,9 +602,9 @@ class ProgrammedChip:
                     n_ref = torch.randn((shape[0], shape[2], shape[1], shape[3]), generator=gen, dtype=j.dtype,
                                         device=j.device).transpose(1, 2)
                 n_ref = n_ref * var_ref.expand(shape).sqrt()
-                j = j - m.expand_neg(n_ref) if differentiable else j.sub_(m.expand_neg(n_ref))
+                j.sub_(m.expand_neg(n_ref))
         # ADC (fs is in the units of j) and the digital rescale 1/c in one pass
-        return adc_convert(j, fs, hw.adc, inplace=not differentiable, gain=gain, ste=differentiable)
+        return adc_convert(j, fs, hw.adc, inplace=True, gain=gain)
 
     def _check_inputs(self, x) -> torch.Tensor:
         m = self.mapped
@@ -776,101 +809,46 @@ def program(mapped: MappedMatrix, seed: int | None = None, trials: int = 1, *, d
                           reference_inputs=ref)
 
 
-def training_read(chip: ProgrammedChip, x: torch.Tensor) -> torch.Tensor:
-    """One training read of one chip: the values of the simulator's read, the gradient of
-    ``chip.mvm(x, differentiable=True)``, for inputs ``x`` (batch, in); returns (1, batch, out).
-
-    The read itself is the simulator's, done in place without autograd: the DAC
-    (:func:`~memcim.hardware.converters.dac_convert`), ``u @ G_d`` per row tile, thermal and shot
-    noise (:func:`~memcim.hardware.device.read_noise_variance`; one standard normal draw of shape
-    (1, batch, row tiles, out_pad) from the chip's generator, then the offset reference columns'),
-    the ADC and the digital rescale (:func:`~memcim.hardware.converters.adc_convert`), the row tiles
-    summed. The gradient is attached in one step (:class:`_TrainingRead`): straight through the DAC
-    rounding (the clip keeps its gradient), the read noise and the ADC's rounding and saturation, as
-    the differentiable read's. The values agree with ``chip.mvm(x, differentiable=True)`` to float
-    rounding (that one forms each rounding as ``v + (q - v)``).
-
-    Chips that read otherwise (several chips, wires, RTN or 1/f noise, drift, drift compensation) are
-    read by ``chip.mvm(x, differentiable=True)``.
-    """
-    m = chip.mapped
-    hw = m.hw
-    dev = hw.device
-    if (chip.trials != 1 or not isinstance(x, torch.Tensor) or x.ndim != 2 or hw.reader != "ideal"
-            or dev.has_rtn or dev.has_read_1f or chip.nu_pos is not None or hw.compensation.drift != "none"):
-        return chip.mvm(x, differentiable=True)
-    xc = chip._check_inputs(x)
-    dt = chip.dtype
-    nrt, R, op, n_out = m.n_row_tiles, m.tile_rows, m.out_pad, m.out_features
-    B = xc.shape[0]
-    gp, gn = chip.g_pos[0], chip.g_neg[0]
-    gd = m.effective_difference(gp, gn)                                     # (nrt, R, op)
-    gdv = gd.detach()
-    with torch.no_grad():
-        u, xs = dac_convert(xc.detach(), hw.dac)
-        pad = nrt * R - m.in_features
-        up = torch.nn.functional.pad(u, (0, pad)) if pad else u
-        ut = up.reshape(B, nrt, R).transpose(0, 1).contiguous()             # (nrt, B, R)
-        j = torch.matmul(ut, gdv)                                           # (nrt, B, op) [S]
-        fs = (m.full_scale / (hw.array.r_tia * hw.array.v_read)).to(device=j.device, dtype=dt).unsqueeze(1)
-        gain = (1.0 / m.scale.to(device=j.device, dtype=dt)).unsqueeze(1)   # (nrt, 1, op)
-        if dev.thermal_noise or dev.shot_noise:
-            v, v2 = hw.array.v_read, hw.array.v_read ** 2
-            g_p, g_n = gp.detach(), gn.detach()
-            gs = g_p + g_n if m.scheme == "differential" else g_p
-            a = ut.abs() if dev.shot_noise else None
-            var = read_noise_variance(gs.sum(dim=1, keepdim=True) / v2,
-                                      None if a is None else torch.matmul(a, gs).div_(v2), v, dev, inplace=True)
-            sd = var.sqrt_() if var.shape == j.shape else var.sqrt().expand_as(j)
-            # drawn as (1, batch, row tiles, out_pad), the order of the simulator's read
-            noise = torch.randn((B, nrt, op), generator=chip.generator, dtype=dt, device=j.device).transpose(0, 1)
-            j.addcmul_(noise, sd)
-            if m.scheme == "offset":   # one reference column per array: its noise is common to the array's outputs
-                var_ref = read_noise_variance(g_n.sum(dim=1, keepdim=True) / v2,
-                                              None if a is None else torch.matmul(a, g_n).div_(v2), v, dev,
-                                              inplace=True)
-                shape = (*j.shape[:-1], m.n_col_tiles)
-                n_ref = torch.randn((B, nrt, m.n_col_tiles), generator=chip.generator, dtype=dt,
-                                    device=j.device).transpose(0, 1)
-                j.sub_(m.expand_neg(n_ref * var_ref.expand(shape).sqrt()))
-        adc_convert(j, fs, hw.adc, inplace=True, gain=gain)
-        y = j.sum(dim=0)[:, :n_out] * xs
-    if not (xc.requires_grad or gd.requires_grad):
-        return y.unsqueeze(0)
-    return _TrainingRead.apply(xc, gd, (y, ut, gdv, xs, gain, m, hw.dac)).unsqueeze(0)
-
-
-class _TrainingRead(torch.autograd.Function):
-    """The gradient of the training read (:func:`training_read`) for its inputs ``x`` and the
-    effective difference ``G_d``: ``d y / d j = x_scale / c`` per row tile and column (straight
-    through noise and ADC), ``j = u @ G_d``, ``d u / d x = 1 / x_scale`` inside the DAC's range."""
+class _ReadGradient(torch.autograd.Function):
+    """The straight-through gradient of a read (``mvm(x, differentiable=True)``), attached in one step
+    to the values of the in-place read: for the inputs ``x`` (batch, in) or (trials, batch, in) and
+    the effective difference ``G_d`` (trials, nrt, R, out_pad) the read used. Per row tile and column
+    ``d y / d j = x_scale / c`` (straight through the read noise and the ADC's rounding and
+    saturation), ``j = u @ G_d`` (the ideal reader's product, with the values of ``G_d`` the read
+    used; a circuit reader's ``G_d`` carries the gradient of ``G+ - G-``), and ``d u / d x =
+    1 / x_scale`` inside the DAC's range (straight through its rounding; ``x_scale`` is a setting of
+    the read, not differentiated)."""
 
     @staticmethod
     def forward(ctx, x, gd, box):
-        y, ut, gdv, xs, gain, m, dac = box
-        ctx.m, ctx.dac = m, dac
-        ctx.save_for_backward(x, ut, gdv, xs, gain)
+        y, u, gdv, xs, gain, m, dac = box
+        ctx.m, ctx.dac, ctx.xdim = m, dac, x.ndim
+        ctx.save_for_backward(x, u, gdv, xs, gain)
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        x, ut, gdv, xs, gain, = ctx.saved_tensors
+        x, u, gdv, xs, gain = ctx.saved_tensors
         m = ctx.m
-        g = grad * xs
+        nrt, R = m.n_row_tiles, m.tile_rows
+        g = grad * xs                                                        # (T, B, out)
         if m.out_pad > m.out_features:
             g = torch.nn.functional.pad(g, (0, m.out_pad - m.out_features))
-        gj = g.unsqueeze(0) * gain                                          # (nrt, B, op)
+        gj = g.unsqueeze(-3) * gain                                          # (T, nrt, B, op)
+        B = u.shape[-2]
+        ut = u.view(*u.shape[:-1], nrt, R).transpose(-3, -2)                 # (..., nrt, B, R)
         dx = dgd = None
         if ctx.needs_input_grad[1]:
-            dgd = torch.matmul(ut.transpose(1, 2), gj)                      # (nrt, R, op)
+            dgd = torch.matmul(ut.transpose(-1, -2), gj)                     # (T, nrt, R, op)
         if ctx.needs_input_grad[0]:
-            du = torch.matmul(gj, gdv.transpose(1, 2))                      # (nrt, B, R)
-            B = du.shape[1]
-            du = du.transpose(0, 1).reshape(B, m.n_row_tiles * m.tile_rows)[:, : m.in_features]
+            du = torch.matmul(gj, gdv.transpose(-1, -2))                     # (T, nrt, B, R)
+            if ctx.xdim == 2:      # inputs shared by the chips
+                du = du.sum(0) if du.shape[0] > 1 else du[0]
+            du = du.transpose(-3, -2).reshape(*du.shape[:-3], B, nrt * R)[..., : m.in_features]
             dx = du / xs
             dac = ctx.dac
             if dac.enabled and (dac.x_range is not None or not dac.signed):
-                r = x.detach() / xs                                         # the clip passes [lo, 1] only
+                r = x.detach() / xs                                          # the clip passes [lo, 1] only
                 dx = dx * ((r >= (-1.0 if dac.signed else 0.0)) & (r <= 1.0)).to(dx.dtype)
         return dx, dgd, None
 

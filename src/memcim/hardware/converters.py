@@ -62,22 +62,13 @@ def dac_convert(x: torch.Tensor, dac: DACConfig, *, ste: bool = False,
 
 
 def adc_convert(v: torch.Tensor, full_scale: torch.Tensor | float, adc: ADCConfig, *,
-                inplace: bool = False, gain: torch.Tensor | float = 1.0, ste: bool = False) -> torch.Tensor:
+                inplace: bool = False, gain: torch.Tensor | float = 1.0) -> torch.Tensor:
     """Quantize TIA output voltages ``v`` [V] with full scale ``full_scale`` [V] (broadcastable).
 
     ``inplace=True`` overwrites ``v`` (saves memory and time on large batches); the result is
-    multiplied by ``gain`` in the same pass (the digital rescale that follows the ADC).
-    ``ste=True`` (training) computes the same values out of place, straight through: the gradient
-    is that of ``v * gain``, through the rounding and the saturation alike.
+    multiplied by ``gain`` in the same pass (the digital rescale that follows the ADC). (The
+    training read's straight-through gradient is attached by :mod:`memcim.simulate`.)
     """
-    if ste:
-        if not adc.enabled:
-            return v * gain
-        step = full_scale / adc.steps
-        q = torch.round(v.detach() / step)
-        if adc.saturate:
-            q = q.clamp(-float(adc.steps), float(adc.steps))
-        return (v + (q * step - v.detach())) * gain
     if not adc.enabled:
         q = v if inplace else v.clone()
         return q.mul_(gain) if not (isinstance(gain, float) and gain == 1.0) else q

@@ -20,9 +20,9 @@ mapped (``map_for_training``: ``map_matrix``'s tiling, scale, levels and ADC ful
 mapping time on the inputs captured by :func:`calibrate`, computed in the training dtype with the
 step-independent layout kept), a fresh chip is programmed from them (``program(plan, seed,
 weights=W, fast_draws=True)``: programming noise, stuck devices) and read once with
-``training_read(chip, x)`` (the values of the simulator's read, the gradients of
-``chip.mvm(x, differentiable=True)``: DAC, read noise, RTN, ADC, straight through the roundings and
-the saturation; see :mod:`memcim.simulate`). Training an analog model is hardware-aware training.
+``chip.mvm(x, differentiable=True)`` (the simulator's read, its values, with the straight-through
+gradient attached: DAC, read noise, RTN, ADC, straight through the roundings and the saturation;
+see :mod:`memcim.simulate`). Training an analog model is hardware-aware training.
 
 **Time.** A programmed model is read at ``device.drift_t0`` (the first read) unless told otherwise:
 ``set_read_time(model, 3600)`` (or ``with read_time(model, 3600): ...``) makes every analog layer
@@ -54,7 +54,6 @@ from memcim.hardware.device import check_time
 from memcim.mapping.crossbar import map_for_training, map_matrix, training_layout, training_supported
 from memcim.simulate import ProgrammedChip
 from memcim.simulate import program as program_chip
-from memcim.simulate import training_read
 
 #: Non-idealities a layer with ``train_noise=False`` leaves out of its training read (it keeps the
 #: levels, the DAC and the ADC, and the wires).
@@ -169,8 +168,7 @@ class _AnalogMixin:
         time, never on the batch; :func:`~memcim.mapping.crossbar.map_for_training`, in the training
         dtype) and one chip is programmed with ``program(..., weights=W, fast_draws=True)`` (the same
         distribution of chips as :meth:`program`'s, from fewer random-number calls); the seed is drawn
-        from the layer's training generator unless given. Read it with
-        :func:`memcim.simulate.training_read` or ``chip.mvm(x, differentiable=True)``.
+        from the layer's training generator unless given. Read it with ``chip.mvm(x, differentiable=True)``.
         """
         # W (in, out) in memory order once (the weight is stored (out, in)): mapping and programming read it
         W = self.weight.reshape(self.weight.shape[0], -1).t().contiguous()
@@ -197,7 +195,7 @@ class _AnalogMixin:
 
     def _train_mvm(self, x2d: torch.Tensor) -> torch.Tensor:
         chip = self.train_chip()
-        return training_read(chip, x2d)[0].to(x2d.dtype)
+        return chip.mvm(x2d, differentiable=True)[0].to(x2d.dtype)
 
     def _analog_mvm(self, x2d: torch.Tensor) -> torch.Tensor:
         if self.chip is None:
