@@ -278,6 +278,133 @@ def _map_irdrop_tiles_uncached(Wt, mask_pos, hw: HardwareConfig, nct: int, Cw: i
     return gp, gn, scale, infos
 
 
+def _geometry(n: int, m: int, hw: HardwareConfig, device, dtype: torch.dtype):
+    """The tiling of a matrix (n inputs, m outputs) as both mappings lay it out: ``(tile_rows,
+    tile_cols, n_row_tiles, n_col_tiles, mask_pos, mask_neg, g_ref, l_ref)``; the masks say which
+    positions hold a device; offset: ``g_ref`` the reference columns' programmed targets (nrt, R,
+    nct) in ``dtype`` and ``l_ref`` their levels (None without levels), else both None."""
+    R, Cw, nrt, nct = tile_geometry(n, m, hw)
+    m_pad = nct * Cw
+    mask = torch.zeros(nrt * R, m_pad, dtype=torch.bool, device=device)
+    mask[:n, :m] = True
+    mask_pos = mask.reshape(nrt, R, m_pad)
+    g_ref = l_ref = None
+    if hw.mapping.scheme == "offset":
+        dev = hw.device
+        mask_neg = mask_pos.any(dim=2, keepdim=True).expand(nrt, R, nct).clone()   # rows in use
+        g_ref, l_ref = quantize_conductance(torch.full((nrt, R, nct), (dev.g_min + dev.g_max) / 2,
+                                                       dtype=torch.float64, device=device), dev)
+        g_ref = (g_ref * mask_neg).to(dtype)
+    else:
+        mask_neg = mask_pos
+    return R, Cw, nrt, nct, mask_pos, mask_neg, g_ref, l_ref
+
+
+def _linear_scale(W: torch.Tensor, hw: HardwareConfig, m_pad: int, weight_max: float | None = None) -> torch.Tensor:
+    """The linear mapping's scale ``c`` per output column (m_pad,), float64: the window over the
+    weight magnitude that spans it (``weight_max``, else ``max|W|`` of the matrix or of each column,
+    ``hw.mapping.scale``; 1 for an all-zero matrix or column and the padding columns)."""
+    dev = hw.device
+    window = dev.g_max - dev.g_min
+    if hw.mapping.scheme == "offset":
+        window = window / 2
+    if weight_max is not None:
+        return torch.full((m_pad,), float(window / weight_max), dtype=torch.float64, device=W.device)
+    m = W.shape[1]
+    Wc = W.t() if not W.is_contiguous() and W.t().is_contiguous() else W    # the entries in memory order
+    if hw.mapping.scale == "matrix":
+        lo, hi = torch.aminmax(Wc)
+        if not math.isfinite(float(lo) + float(hi)):
+            raise ValueError("W: contains NaN or inf; all entries must be finite")
+        wmax = torch.tensor(max(-float(lo), float(hi), 0.0), dtype=torch.float64)
+        # (window / wmax as torch divides a number by a tensor: times the reciprocal)
+        return torch.full((m_pad,), float(window / wmax) if wmax > 0 else 1.0, dtype=torch.float64, device=W.device)
+    colmax = torch.zeros(m_pad, dtype=torch.float64, device=W.device)
+    colmax[:m] = Wc.abs().amax(dim=1) if Wc is not W else W.abs().amax(dim=0)
+    if not bool(torch.isfinite(colmax).all()):
+        raise ValueError("W: contains NaN or inf; all entries must be finite")
+    return torch.where(colmax > 0, window / colmax.clamp_min(1e-300), torch.ones_like(colmax))
+
+
+def _linear_targets(W: torch.Tensor, hw: HardwareConfig, c: torch.Tensor, shape: tuple, dtype: torch.dtype,
+                    levels: bool):
+    """The linear mapping's programmed targets of ``W`` (n, m) with scale ``c`` (m_pad,), in the
+    tile layout ``shape`` (nrt, R, m_pad) and ``dtype``: the one implementation :func:`map_matrix`
+    (float64) and :func:`map_for_training` (the training dtype) share.
+
+    Differential: ``G = g_min + c |W|`` on the side of the weight's sign (``g_min`` on the other),
+    clipped to the window and rounded to the nearest level, ``g_min + level * step``; offset: ``G =
+    g_ref + c W``, clipped and rounded. The operations are those of
+    :func:`memcim.hardware.device.quantize_conductance` in this order (so float64 gives its
+    results bit for bit), in place on one buffer; a differential pair's levels are formed once, on
+    ``|W|`` (the other side's level is 0), signed as the weight: ``d = level+ - level-``.
+
+    Returns ``(g_pos, g_neg, level_pos, level_neg, d)``: differential ``g_pos`` and ``g_neg`` are the
+    two entries of one (2, nrt, R, m_pad) tensor (:func:`memcim.simulate.program` draws both at
+    once from it); offset ``g_neg = level_neg = None`` (the reference columns: :func:`_geometry`).
+    Tile padding holds 0 S; its levels are those of a zero weight. Levels (int64) only when
+    ``levels`` is True and the device has levels; ``d`` (``dtype``, 0 in the padding) only for
+    differential plans with levels.
+    """
+    dev = hw.device
+    nrt, R, m_pad = shape
+    n, m = W.shape
+    top = None if dev.levels is None else float(dev.levels - 1)
+    a = torch.empty((nrt * R, m_pad), dtype=dtype, device=W.device)
+    w = a[:n, :m]
+    offset = hw.mapping.scheme == "offset"
+    if offset:
+        w.copy_(W)
+    else:
+        torch.abs(W, out=w) if W.dtype == dtype else w.copy_(W).abs_()
+    a[n:] = 0.0
+    a[:n, m:] = 0.0
+    a.mul_(c.to(dtype))                                                   # c W (c |W|)
+    a.add_((dev.g_min + dev.g_max) / 2 if offset else dev.g_min).clamp_(dev.g_min, dev.g_max)
+    if top is not None:                                                   # the level of every target
+        a.sub_(dev.g_min).div_(dev.level_step).round_().clamp_(0.0, top)
+    a = a.view(nrt, R, m_pad)
+    lp = ln = d = None
+    if offset:
+        if top is not None and levels:
+            lp = a.to(torch.int64)
+        gp = a if top is None else a.mul_(dev.level_step).add_(dev.g_min)
+        _zero_padding(gp, n, m)
+        return gp, None, lp, None, None
+    pair = torch.empty((2, nrt, R, m_pad), dtype=dtype, device=W.device)
+    if top is None:                       # continuous: the target on the weight's side, g_min on the other
+        pair[0].copy_(a)
+        pair[1].copy_(a)
+        pair[0].view(nrt * R, m_pad)[:n, :m].masked_fill_(W < 0, dev.g_min)
+        pair[1].view(nrt * R, m_pad)[:n, :m].masked_fill_(W > 0, dev.g_min)
+    else:
+        d = a
+        torch.copysign(w, W, out=w)                                       # level+ - level- (one of them is 0)
+        torch.clamp_min(d, 0.0, out=pair[0])
+        torch.sub(pair[0], d, out=pair[1])          # max(d, 0) - d = max(-d, 0), exact (whole numbers)
+        if levels:
+            lv = pair.to(torch.int64)
+            lp, ln = lv[0], lv[1]
+        pair.mul_(dev.level_step).add_(dev.g_min)
+    _zero_padding(pair, n, m)
+    return pair[0], pair[1], lp, ln, d
+
+
+def _calibration_inputs(calib_inputs, n: int, calib_seed: int, device) -> torch.Tensor:
+    """The ADC calibration's inputs (batch, n), float64, checked: ``calib_inputs``, else 512 standard
+    normal vectors seeded by ``calib_seed``."""
+    if calib_inputs is None:
+        g = torch.Generator(device="cpu").manual_seed(calib_seed)
+        return torch.randn(512, n, generator=g, dtype=torch.float64).to(device)
+    x = calib_inputs.detach() if isinstance(calib_inputs, torch.Tensor) else torch.as_tensor(calib_inputs)
+    x = x.to(device=device, dtype=torch.float64)
+    if x.ndim != 2 or x.shape[1] != n:
+        raise ValueError(f"calib_inputs: shape {tuple(x.shape)} does not match (batch, {n})")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("calib_inputs: contains NaN or inf")
+    return x
+
+
 def map_matrix(W, hw: HardwareConfig, calib_inputs=None, *, calib_seed: int = 0, second_moment=None,
                progress: bool = False, weight_max: float | None = None, calib_drives=None) -> MappedMatrix:
     """Map ``W`` (in x out) onto crossbar conductances: the one mapping entry point.
@@ -309,17 +436,14 @@ def map_matrix(W, hw: HardwareConfig, calib_inputs=None, *, calib_seed: int = 0,
     W = as_matrix(W)
     n, m = W.shape
     dev = hw.device
-    R, Cw, nrt, nct = tile_geometry(n, m, hw)
+    R, Cw, nrt, nct, mask_pos, mask_neg, g_ref, l_ref = _geometry(n, m, hw, W.device, torch.float64)
     m_pad = nct * Cw
-    Wp = torch.zeros(nrt * R, m_pad, dtype=torch.float64, device=W.device)
-    Wp[:n, :m] = W
-    mask = torch.zeros_like(Wp, dtype=torch.bool)
-    mask[:n, :m] = True
-    Wt = Wp.reshape(nrt, R, m_pad)
-    mask_pos = mask.reshape(nrt, R, m_pad)
     info: dict = {"method": hw.mapping.method}
 
     if hw.mapping.method != "linear":
+        Wp = torch.zeros(nrt * R, m_pad, dtype=torch.float64, device=W.device)
+        Wp[:n, :m] = W
+        Wt = Wp.reshape(nrt, R, m_pad)
         if second_moment is not None:
             second_moment = np.asarray(second_moment, dtype=float)
             if second_moment.shape != (n, n) or not np.all(np.isfinite(second_moment)):
@@ -329,33 +453,14 @@ def map_matrix(W, hw: HardwareConfig, calib_inputs=None, *, calib_seed: int = 0,
         gp, gn = gp * mask_pos, gn * mask_pos
         lp, ln = level_index(gp, dev), level_index(gn, dev)
         mask_neg = mask_pos
-    else:
-        window = dev.g_max - dev.g_min
-        if hw.mapping.scheme == "offset":
-            window = window / 2
-        if weight_max is not None:
-            c = torch.full((m_pad,), float(window / weight_max), dtype=torch.float64, device=W.device)
-        elif hw.mapping.scale == "matrix":
-            wmax = W.abs().max()
-            c = torch.full((m_pad,), float(window / wmax) if wmax > 0 else 1.0, dtype=torch.float64,
-                           device=W.device)
-        else:
-            colmax = Wp.abs().amax(dim=0)
-            c = torch.where(colmax > 0, window / colmax.clamp_min(1e-300), torch.ones_like(colmax))
-        scale = c.unsqueeze(0).expand(nrt, m_pad).clone()
-        if hw.mapping.scheme == "differential":
-            gp, lp = quantize_conductance(dev.g_min + c * Wt.clamp_min(0), dev)
-            gn, ln = quantize_conductance(dev.g_min + c * (-Wt).clamp_min(0), dev)
-            mask_neg = mask_pos
-        else:
-            g_ref = (dev.g_min + dev.g_max) / 2
-            gp, lp = quantize_conductance(g_ref + c * Wt, dev)
-            row_used = mask_pos.any(dim=2, keepdim=True)  # (nrt, R, 1)
-            mask_neg = row_used.expand(nrt, R, nct).clone()
-            gn, ln = quantize_conductance(torch.full((nrt, R, nct), g_ref, dtype=torch.float64, device=W.device),
-                                          dev)
-        gp = gp * mask_pos
-        gn = gn * mask_neg
+    else:   # the linear targets: the one core map_for_training shares (_linear_targets)
+        scale = _linear_scale(W, hw, m_pad, weight_max).unsqueeze(0).expand(nrt, m_pad).clone()
+        gp, gn, lp, ln, _ = _linear_targets(W, hw, scale[0], (nrt, R, m_pad), torch.float64, levels=True)
+        if gn is None:             # offset: the reference columns
+            gn, ln = g_ref, l_ref
+        else:                      # the two sides as tensors of their own, as before the shared core
+            gp, gn = gp.clone(), gn.clone()
+            lp, ln = (None, None) if lp is None else (lp.clone(), ln.clone())
     mapped = MappedMatrix(hw=hw, in_features=n, out_features=m, tile_rows=R, tile_cols=Cw, n_row_tiles=nrt,
                           n_col_tiles=nct, scale=scale, g_pos=gp, g_neg=gn, level_pos=lp, level_neg=ln,
                           mask_pos=mask_pos, mask_neg=mask_neg,
@@ -384,17 +489,7 @@ def _full_scale(mapped: MappedMatrix, calib_inputs, calib_seed: int, calib_drive
     elif calib_drives is not None:
         u = torch.as_tensor(calib_drives, dtype=torch.float64).to(gd.device)
     else:
-        if calib_inputs is None:
-            g = torch.Generator(device="cpu").manual_seed(calib_seed)
-            x = torch.randn(512, mapped.in_features, generator=g, dtype=torch.float64).to(gd.device)
-        else:
-            x = calib_inputs.detach() if isinstance(calib_inputs, torch.Tensor) else torch.as_tensor(calib_inputs)
-            x = x.to(device=gd.device, dtype=torch.float64)
-            if x.ndim != 2 or x.shape[1] != mapped.in_features:
-                raise ValueError(f"calib_inputs: shape {tuple(x.shape)} does not match (batch, {mapped.in_features})")
-            if not bool(torch.isfinite(x).all()):
-                raise ValueError("calib_inputs: contains NaN or inf")
-        u, _ = dac_convert(x, hw.dac)
+        u, _ = dac_convert(_calibration_inputs(calib_inputs, mapped.in_features, calib_seed, gd.device), hw.dac)
     if adc.fs_mode == "calibrated":
         up = torch.zeros(u.shape[0], mapped.n_row_tiles * mapped.tile_rows, dtype=torch.float64, device=gd.device)
         up[:, : mapped.in_features] = u
@@ -479,33 +574,11 @@ def training_layout(shape: tuple, hw: HardwareConfig, calib_inputs=None, *, dtyp
     """The step-independent part of :func:`map_for_training` for a matrix of ``shape`` (in, out)."""
     n, m = (int(s) for s in shape)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    dev = hw.device
-    R, Cw, nrt, nct = tile_geometry(n, m, hw)
-    m_pad = nct * Cw
-    mask = torch.zeros(nrt * R, m_pad, dtype=torch.bool, device=device)
-    mask[:n, :m] = True
-    mask_pos = mask.reshape(nrt, R, m_pad)
-    g_ref = None
-    if hw.mapping.scheme == "offset":
-        mask_neg = mask_pos.any(dim=2, keepdim=True).expand(nrt, R, nct).clone()
-        gr = (dev.g_min + dev.g_max) / 2
-        gn, _ = quantize_conductance(torch.full((nrt, R, nct), gr, dtype=torch.float64, device=device), dev)
-        g_ref = (gn * mask_neg).to(dtype)
-    else:
-        mask_neg = mask_pos
+    R, Cw, nrt, nct, mask_pos, mask_neg, g_ref, _ = _geometry(n, m, hw, device, dtype)
     drives, unit, drives_int8 = None, 1.0, None
     adc = hw.adc
     if adc.fs_mode == "calibrated":
-        if calib_inputs is None:
-            g = torch.Generator(device="cpu").manual_seed(calib_seed)
-            x = torch.randn(512, n, generator=g, dtype=torch.float64).to(device)
-        else:
-            x = calib_inputs.detach() if isinstance(calib_inputs, torch.Tensor) else torch.as_tensor(calib_inputs)
-            x = x.to(device=device, dtype=torch.float64)
-            if x.ndim != 2 or x.shape[1] != n:
-                raise ValueError(f"calib_inputs: shape {tuple(x.shape)} does not match (batch, {n})")
-            if not bool(torch.isfinite(x).all()):
-                raise ValueError("calib_inputs: contains NaN or inf")
+        x = _calibration_inputs(calib_inputs, n, calib_seed, device)
         u, _ = dac_convert(x, hw.dac)          # float64, as _full_scale converts them
         if hw.dac.enabled:                      # whole DAC steps: products with whole levels are exact
             unit = 1.0 / hw.dac.steps
@@ -528,12 +601,15 @@ def map_for_training(W: torch.Tensor, hw: HardwareConfig, calib_inputs=None, *,
     ``W`` (in, out) is the current weight matrix (float32 or float64; its gradient is not used).
     The tile geometry, the masks and the DAC's conversion of the calibration inputs are taken from
     ``layout`` (:func:`training_layout`; made here when None or made for another shape, hardware or
-    calibration set). Per step it computes, as ``map_matrix`` does: the scale ``c`` (in float64, from
-    ``max|W|``), the level of every target ``round(clip(c W / step, 0, levels - 1))``, the targets
-    ``g_min + level * step`` and the ADC full scale on the calibration inputs. In float64 the targets
-    and scale are those of ``map_matrix``; in float32 they agree up to float32 rounding (a weight
-    within float32 rounding of a half level may take the other level; the full scale is the product
-    of whole DAC steps and whole levels, exact in float32, times one float64 factor).
+    calibration set). Per step it runs ``map_matrix``'s own code for the scale (:func:`_linear_scale`,
+    float64) and the levels and targets (:func:`_linear_targets`, in ``W``'s dtype), then the ADC full
+    scale on the calibration inputs. In float64 the targets and scale are ``map_matrix``'s bit for
+    bit; in float32 they agree up to float32 rounding (a weight within float32 rounding of a half
+    level may take the other level). The full scale is the product of whole DAC steps and whole
+    levels, exact (an int8 product), times one float64 factor: ``map_matrix``'s float64 product of
+    drive fractions and conductance differences agrees with it to float64 rounding, not bit for bit
+    (``(g_min + l+ step) - (g_min + l- step)`` is not ``(l+ - l-) step`` in floating point), so the two
+    calibrations stay two computations of one quantity.
 
     The level indices are left out (``level_pos = level_neg = None``) unless the programming noise
     depends on them (``device.prog_sigma_table``): a training plan is programmed once and dropped.
@@ -554,75 +630,15 @@ def map_for_training(W: torch.Tensor, hw: HardwareConfig, calib_inputs=None, *,
     m_pad = nct * Cw
     dev = hw.device
     dt = W.dtype
-    Wc = W.t() if not W.is_contiguous() and W.t().is_contiguous() else W    # the entries in memory order
-    lo, hi = torch.aminmax(Wc)
-    lo, hi = float(lo), float(hi)
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError("W: contains NaN or inf; all entries must be finite")
-    window = dev.g_max - dev.g_min
-    offset = hw.mapping.scheme == "offset"
-    if offset:
-        window = window / 2
-    if hw.mapping.scale == "matrix":
-        wmax = max(-lo, hi, 0.0)
-        c = torch.full((m_pad,), float(window / wmax) if wmax > 0 else 1.0, dtype=torch.float64, device=W.device)
-    else:
-        colmax = torch.zeros(m_pad, dtype=torch.float64, device=W.device)
-        colmax[:m] = Wc.abs().amax(dim=1) if Wc is not W else W.abs().amax(dim=0)
-        c = torch.where(colmax > 0, window / colmax.clamp_min(1e-300), torch.ones_like(colmax))
-    scale = c.unsqueeze(0).expand(nrt, m_pad).clone()
+    scale = _linear_scale(W, hw, m_pad).unsqueeze(0).expand(nrt, m_pad).clone()    # (checks W is finite)
     levels = dev.levels
-    if dt == torch.float64 or levels is None:
-        Wt = torch.nn.functional.pad(W, (0, m_pad - m, 0, nrt * R - n)).reshape(nrt, R, m_pad)
-    lp = ln = d = None
-    g_ref = (dev.g_min + dev.g_max) / 2
-    if dt == torch.float64 or levels is None:   # map_matrix's own operations: the same targets, bit for bit
-        if offset:
-            gp, lp = quantize_conductance(g_ref + c * Wt, dev)
-        else:
-            gp, lp = quantize_conductance(dev.g_min + c * Wt.clamp_min(0), dev)
-            gn, ln = quantize_conductance(dev.g_min + c * (-Wt).clamp_min(0), dev)
-            if levels is not None:
-                d = (lp - ln).to(dt)
-        if offset:
-            gp, gn = gp.to(dt), None
-        else:       # both sides in one tensor, as below
-            pair = torch.stack([gp.to(dt), gn.to(dt)])
-            gp, gn = pair[0], pair[1]
-    else:                                         # float32: the level of every weight in one rounding
-        top = float(levels - 1)
-        a = torch.empty((nrt * R, m_pad), dtype=dt, device=W.device)     # the weight in level steps, padded
-        torch.mul(W, (c[:m] / dev.level_step).to(dt), out=a[:n, :m])
-        a[n:] = 0.0
-        a[:n, m:] = 0.0
-        a = a.view(nrt, R, m_pad)
-        if offset:
-            lv = a.add_((g_ref - dev.g_min) / dev.level_step).clamp_(0.0, top).round_()
-            if dev.prog_sigma_table is not None:
-                lp = lv.to(torch.int64)
-            gp = lv.mul_(dev.level_step).add_(dev.g_min)
-        else:
-            d = a.clamp_(-top, top).round_()      # level of G+ minus level of G- (one of them is 0)
-            # both sides in one tensor (2, nrt, R, m_pad): simulate.program(fast_draws=True) draws them at once
-            pair = torch.empty((2, *d.shape), dtype=dt, device=d.device)
-            torch.clamp_min(d, 0.0, out=pair[0])
-            torch.sub(pair[0], d, out=pair[1])          # max(d, 0) - d = max(-d, 0), exact (whole numbers)
-            if dev.prog_sigma_table is not None:
-                lv = pair.to(torch.int64)
-                lp, ln = lv[0], lv[1]
-            pair.mul_(dev.level_step).add_(dev.g_min)
-            gp, gn = pair[0], pair[1]
-    # tile padding holds no device: 0 S
-    if offset:
-        _zero_padding(gp, n, m)
+    # map_matrix's core in W's dtype; the level indices only where the programming noise needs them
+    gp, gn, lp, ln, d = _linear_targets(W, hw, scale[0], (nrt, R, m_pad), dt,
+                                        levels=dev.prog_sigma_table is not None)
+    if gn is None:     # offset: the layout's reference columns
         gn = L.g_ref
         if lp is not None:
             ln = level_index(torch.full_like(L.g_ref, (dev.g_min + dev.g_max) / 2, dtype=torch.float64), dev)
-    elif gp._base is not None and gp._base is gn._base:
-        _zero_padding(gp._base, n, m)
-    else:
-        _zero_padding(gp, n, m)
-        _zero_padding(gn, n, m)
     mapped = MappedMatrix(hw=hw, in_features=n, out_features=m, tile_rows=R, tile_cols=Cw, n_row_tiles=nrt,
                           n_col_tiles=nct, scale=scale, g_pos=gp, g_neg=gn, level_pos=lp, level_neg=ln,
                           mask_pos=L.mask_pos, mask_neg=L.mask_neg, full_scale=None,
@@ -630,7 +646,6 @@ def map_for_training(W: torch.Tensor, hw: HardwareConfig, calib_inputs=None, *,
     if hw.adc.fs_mode == "calibrated":
         k = hw.array.r_tia * hw.array.v_read
         if d is not None:
-            _zero_padding(d, n, m)
             v = _level_products(L, d, levels).abs_()                # whole steps times whole levels
             if hw.adc.calib_quantile >= 1.0:
                 fs = v.amax(dim=1).to(dt)
