@@ -149,6 +149,7 @@ class ProgrammedChip:
         self._cache = None
         self._newton = None
         self._gd = None      # the reader's effective difference: depends on conductances, wires, cells only
+        self._lean = False   # conductances that carry a gradient: no noise state kept (see _prepared)
         self._t = self.mapped.hw.device.drift_t0   # the read time the caches hold
         self._g_t = None     # (g_pos, g_neg) drifted to self._t, or None at t0
         self._comp = {}      # read time -> drift-compensation factor
