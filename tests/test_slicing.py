@@ -80,7 +80,6 @@ def test_coarse_adc_warns_with_the_saturation_probability():
 def test_coarse_calibrated_adc_records_but_does_not_warn():
     """The same coarse ADC with its full scale calibrated on the reads (quantile 1): no calibration read
     saturates, so the slices are recorded (lossless bits, probability 0) without a warning."""
-    import warnings
 
     W = np.random.default_rng(0).normal(size=(128, 8))
     hw = preset("generic").set({"slicing.weight_bits_per_slice": [3, 3], "adc.bits": 6,

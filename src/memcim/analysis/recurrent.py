@@ -64,7 +64,6 @@ Not supported (one-line ``ValueError``): ``proj_size > 0``, an initial state, ``
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -244,7 +243,7 @@ class _Joint:
         """``out = gain (W~ x + dW x) + eta`` through the hardware step; ``own = (offset, coef (B, m, r))``:
         the shared-noise latents of this matrix, ``dW_j . x ~= sum_k coef_jk zeta_(offset + j r + k)``."""
         ix = self.idx(x)
-        B, n = self.mean.shape[0], ix.numel()
+        B = self.mean.shape[0]
         mu, cxx = self.mu(x), self.rows(x)[:, :, ix]
         st = mo.Moments(mu, torch.diagonal(cxx, dim1=1, dim2=2).clamp_min(0.0).clone(), "exact",
                         0.5 * (cxx + cxx.transpose(1, 2)))

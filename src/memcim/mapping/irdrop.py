@@ -361,7 +361,6 @@ def map_representable(W, wires: WiresConfig, dev: DeviceConfig, v_cal=None, seco
         for _ in range(iters):
             gp, gn, F, E, st = tuner.run(gp, gn, a, W, 1, state=st)
             Fs.append(F)
-        E = st[1]
         qp, qn = quantize_array(gp, dev), quantize_array(gn, dev)
         # quantized error by linearization through the diagonal sensitivities of the last
         # gradient evaluation (saves one circuit evaluation per alpha; the final plan is exact)
