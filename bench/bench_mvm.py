@@ -55,19 +55,32 @@ def _hw(variant: str):
 
 
 def _before_module(rev: str):
-    """``memcim.simulate`` as it was at git revision ``rev``, loaded under another module name."""
+    """``memcim.simulate`` as it was at git revision ``rev``, loaded under another module name, with
+    the converters and device modules of that revision (the read calls them; their signatures move
+    with it)."""
     import importlib.util
     import tempfile
 
-    src = subprocess.run(["git", "show", f"{rev}:src/memcim/simulate.py"], capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).resolve().parent).stdout
-    path = Path(tempfile.mkdtemp()) / "simulate_before.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("memcim._simulate_before", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    def show(path):
+        return subprocess.run(["git", "show", f"{rev}:src/memcim/{path}"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).resolve().parent).stdout
+
+    tmp = Path(tempfile.mkdtemp())
+
+    def load(name, src):
+        for dep in ("converters", "device"):   # the revision's own helpers
+            src = src.replace(f"memcim.hardware.{dep}", f"memcim._before_{dep}")
+        path = tmp / f"{name}.py"
+        path.write_text(src)
+        spec = importlib.util.spec_from_file_location(f"memcim.{name}", path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod
+        spec.loader.exec_module(mod)
+        return mod
+
+    load("_before_converters", show("hardware/converters.py"))
+    load("_before_device", show("hardware/device.py"))
+    return load("_simulate_before", show("simulate.py"))
 
 
 def _profile(chip, x, scale: float) -> dict:
