@@ -71,6 +71,33 @@ def _loop(model, params, x, y, make_opt=None):
     return time.process_time() - t0, total / -(-x.shape[0] // BATCH)
 
 
+def _profile(model, x, y, batches: int = 10) -> dict:
+    """Self CPU time per op over ``batches`` training steps of ``model`` (torch profiler): ms per
+    step and share, the 12 largest; ``normal_draws_per_step`` counts the normal samples a step draws."""
+    from torch.profiler import ProfilerActivity, profile
+
+    n = batches * BATCH
+    with profile(activities=[ProfilerActivity.CPU]) as p:
+        _loop(model, list(model.parameters()), x[:n], y[:n])
+    ev = sorted(((e.key, e.self_cpu_time_total) for e in p.key_averages() if e.self_cpu_time_total > 0),
+                key=lambda kt: -kt[1])
+    total = sum(t for _, t in ev)
+    out = {"ms_per_step": total / 1e3 / batches,
+           "ops": {k: {"ms_per_step": t / 1e3 / batches, "share": t / total} for k, t in ev[:12]}}
+    # normal samples per step: programming (both devices of every weight) and the read noise (one per
+    # row tile, output and input)
+    from memcim.mapping.crossbar import tile_geometry
+
+    prog = read = 0
+    for mod in model.modules():
+        if hasattr(mod, "plan") and hasattr(mod, "in_features") and hasattr(mod, "out_features"):
+            _, Cw, nrt, nct = tile_geometry(mod.in_features, mod.out_features, mod.hardware)
+            prog += 2 * mod.in_features * mod.out_features
+            read += BATCH * nrt * nct * Cw
+    out["normal_draws_per_step"] = {"programming": prog, "read_noise": read}
+    return out
+
+
 def aihwkit_lightning_model(model):
     try:
         from aihwkit_lightning.nn.conversion import convert_to_analog as lightning_convert
@@ -153,6 +180,7 @@ def main(argv=None) -> int:
            "lightning_over_memcim": lit["seconds_per_epoch"] / memcim["seconds_per_epoch"] if lit else None,
            "lightning_over_memcim_matched": lit["seconds_per_epoch"] / mm["seconds_per_epoch"] if lit else None,
            "lightning_skipped": why, "torch": str(torch.__version__), "provenance": provenance(seed=0)}
+    doc["profile_matched"] = _profile(variants["memcim hardware-aware training, matched"][0], x, y)
     write_json(a.out, doc)
     print(f"{'variant':50s} {'s/epoch':>9s} {'x digital':>10s}")
     for r in rows:
