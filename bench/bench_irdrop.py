@@ -168,14 +168,43 @@ def _print(name, row):
              if "max_output_error_data_dpe_over_representable" in r else ""), flush=True)
 
 
+def scale_check(factors=(1.0, 1.1, 1.2), seed: int = 0) -> dict:
+    """Representable mapping at fixed scales above DPE's (clipping the largest weights for finer levels)
+    on the first trained block (mnist-mlp-500-300 fc1, 64x64 centre): Frobenius and max output error
+    per factor of DPE's scale, errors from the circuit (``--scale-check``)."""
+    from memcim.experiments.irdrop_figs import _with_targets
+    from memcim.mapping.irdrop import map_block
+
+    case = next(trained_cases(64, seed=seed, cnn=False))
+    W = case["W"]
+    hw = HW.set({"mapping.method": "representable", "array.rows": 64, "array.cols": 64})
+    template = map_matrix(W, hw.set("mapping.method", "linear"))
+    a_dpe = map_case(W, (64, 64), "dpe")["alpha"]
+    rows = []
+    for f in factors:
+        gp, gn, _, _ = map_block(W, hw.wires, hw.device, hw.mapping, alpha=f * a_dpe)
+        Wr = _with_targets(template, gp, gn, f * a_dpe).realized().numpy()
+        rows.append({"factor_of_dpe_scale": f, **_errors(W, Wr)})
+        print(f"{case['name']}: alpha = {f:.2f} x DPE's  Frobenius {rows[-1]['frobenius_error']:.4f}  "
+              f"max output {rows[-1]['max_output_error']:.4f}")
+    return {"block": case["name"], "alpha_dpe": a_dpe, "rows": rows}
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--scale-check", action="store_true",
+                    help="only: representable at 1.0/1.1/1.2x DPE's scale on one trained block "
+                         "(bench/results/irdrop_scale.json)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--random", type=int, default=2, help="uniform random matrices per size")
     ap.add_argument("--quick", action="store_true", help="64 only, one random matrix, MLP blocks only")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "irdrop.json"))
     a = ap.parse_args()
+    if a.scale_check:
+        doc = {"provenance": provenance(seed=a.seed), "hardware": HW.to_dict(), **scale_check(seed=a.seed)}
+        print("wrote", write_json(os.path.join(os.path.dirname(a.out), "irdrop_scale.json"), doc))
+        return
     if a.quick:
         a.sizes, a.random = [64], 1
     res = {"provenance": provenance(seed=a.seed, load_average=os.getloadavg(), cpus=os.cpu_count()),

@@ -47,9 +47,9 @@ all IR drop (its unrounded plan has the same error). After tuning, the continuou
 representable 3.2-7.0x on 64x64 blocks, 3.5-9.1x on 128x128 blocks (``"aware"``: 1.7-3.5x), i.e. as
 low as or lower than the pure quantization floor of the same levels on ideal wires (nearest level, best
 scale: 3.2-7.3x on 64x64). The sum of the programmed conductances (read power in the array) is
-0.9-1.3x DPE's. Scales above DPE's (clipping the largest weights for finer levels) lose on every block
-measured: the value-range errors rise steeply (500-300 fc1 64x64: Frobenius 0.035 at 1.0x DPE's
-scale, 0.085 at 1.1x, 0.15 at 1.2x). Error feedback across columns cannot help the outputs (output j
+0.9-1.3x DPE's. Scales above DPE's (clipping the largest weights for finer levels) lose: the
+value-range errors rise steeply (500-300 fc1 64x64, fixed alpha: Frobenius 0.039 at 1.0x DPE's scale,
+0.105 at 1.1x, 0.187 at 1.2x; ``bench/bench_irdrop.py --scale-check``). Error feedback across columns cannot help the outputs (output j
 sees column j's errors only); it runs over the rows.
 
 Conversion of the ideal-conductor plan to memristor states for non-linear cells is
