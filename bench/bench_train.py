@@ -10,7 +10,7 @@ to the 60,000-image epoch (every mini-batch costs the same). Variants:
     differentiable read: 128x128 arrays, 8-bit DAC and ADC, 64 levels, programming noise, stuck
     devices, thermal and shot read noise; the ``generic`` preset). The mapping runs in float32 with
     the ADC calibration as an exact int8 product (``map_for_training``), the chip is drawn with
-    ``program(..., fast_draws=True)`` and read by ``chip.mvm(x, differentiable=True)`` (the
+    ``program(..., weights=W)`` and read by ``chip.mvm(x, differentiable=True)`` (the
     inference read's values with the straight-through gradient attached; issue 17 item 6);
   * memcim hardware-aware training at settings matched to lightning's noise: the same without shot
     noise and stuck devices (lightning models neither; its ``out_noise`` is memcim's thermal noise,

@@ -745,8 +745,7 @@ def _stacked_pair(m: MappedMatrix) -> torch.Tensor | None:
 
 
 def program(mapped: MappedMatrix, seed: int | None = None, trials: int = 1, *, dtype: torch.dtype = torch.float32,
-            device=None, weights: torch.Tensor | None = None, reference_inputs=None,
-            fast_draws: bool = False) -> ProgrammedChip:
+            device=None, weights: torch.Tensor | None = None, reference_inputs=None) -> ProgrammedChip:
     """Program ``trials`` independent chips with the plan ``mapped``.
 
     Parameters
@@ -761,12 +760,9 @@ def program(mapped: MappedMatrix, seed: int | None = None, trials: int = 1, *, d
         module docstring; read them with ``mvm(x, differentiable=True)``).
     reference_inputs : (batch, in) inputs of the drift compensation's reference reads (default: 512
         standard normal vectors); used only with ``compensation.drift``.
-    fast_draws : the same distribution of chips from fewer random-number calls: the stuck devices by
-        their geometric gaps (``stuck_sampling="sparse"`` of
-        :func:`memcim.hardware.device.program_devices`), and both sides of the differential pairs in
-        one draw when the plan holds them in one tensor (:func:`memcim.mapping.crossbar.map_for_training`
-        does). Another random stream, so other chips for a seed than the default (False), whose chips
-        every other part of memcim reproduces; the training chips of :mod:`memcim.nn.analog` use it.
+    The two sides of differential pairs are drawn in one call when the plan holds them in one tensor
+    (:func:`memcim.mapping.crossbar.map_for_training` does), else one side after the other; the stuck
+    devices by their geometric gaps (:func:`memcim.hardware.device.program_devices`).
 
     With drift on (``device.drift_*``), one drift exponent per device is drawn after the programming
     noise, from the same seed. To leave a non-ideality out, program a plan made with ``hw.without(...)``.
@@ -788,8 +784,8 @@ def program(mapped: MappedMatrix, seed: int | None = None, trials: int = 1, *, d
     dev = m.hw.device
     t_pos, t_neg = m.g_pos.to(dtype), m.g_neg.to(dtype)
     trials = int(trials)
-    kw = dict(stuck_sampling="sparse" if fast_draws else "dense", follows=weights is not None)
-    pair = _stacked_pair(m) if fast_draws else None
+    kw = dict(follows=weights is not None)
+    pair = _stacked_pair(m)
     if pair is not None:    # both sides at once: (trials, 2, nrt, R, out_pad)
         lv = None if m.level_pos is None else torch.stack([m.level_pos, m.level_neg])
         out = program_devices(pair.to(dtype), lv, m.mask_pos, dev, trials, gen, **kw)

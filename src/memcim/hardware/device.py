@@ -138,16 +138,9 @@ def flicker_sigma(g: torch.Tensor, t: float, dev: DeviceConfig, g_target: torch.
     return g.clamp_min(0.0) * q * math.sqrt(flicker_span(t, dev))
 
 
-#: how :func:`program_devices` draws the stuck devices: "dense" (one uniform number per device, the
-#: stream every chip of :func:`memcim.simulate.program` is reproducible from) or "sparse" (the same
-#: Bernoulli process drawn by its geometric gaps: about N p numbers for N devices)
-STUCK_SAMPLING = ("dense", "sparse")
-
-
 def program_devices(g_target: torch.Tensor, level: torch.Tensor | None, mask: torch.Tensor | None,
                     dev: DeviceConfig, trials: int, generator: torch.Generator,
-                    programming: bool = True, stuck: bool = True, *, follows: bool = False,
-                    stuck_sampling: str = "dense"):
+                    programming: bool = True, stuck: bool = True, *, follows: bool = False):
     """Sample programmed conductances for ``trials`` independent chips.
 
     Every device gets independent Gaussian programming noise (see :func:`programming_sigma`),
@@ -163,12 +156,10 @@ def program_devices(g_target: torch.Tensor, level: torch.Tensor | None, mask: to
     ``follows=True`` also returns that derivative as a tensor of 0s and 1s of the result's shape and
     dtype (:func:`memcim.simulate.program` attaches the weights' gradient with it).
 
-    ``stuck_sampling`` (:data:`STUCK_SAMPLING`): "dense" draws one uniform number per device (the
-    default; every chip of a seed is reproducible from this stream); "sparse" draws the same
-    independent Bernoulli(p) faults (``p = stuck_at_min + stuck_at_max``) by the geometric gaps
-    between them, then min or max with probabilities ``stuck_at_min / p``, ``stuck_at_max / p``: the
-    same distribution of chips from about ``N p`` random numbers instead of ``N`` (another stream,
-    so other chips for the same seed).
+    The stuck devices are the independent Bernoulli(p) faults (``p = stuck_at_min + stuck_at_max``),
+    drawn by the geometric gaps between them (:func:`bernoulli_positions`: about ``N p`` random numbers
+    for ``N`` devices, not ``N``), each then at g_min or g_max with probabilities ``stuck_at_min / p``
+    and ``stuck_at_max / p``.
 
     Returns
     -------
@@ -188,9 +179,7 @@ def program_devices(g_target: torch.Tensor, level: torch.Tensor | None, mask: to
         g.clamp_min_(0.0)
     else:
         g = target.unsqueeze(0).expand(shape).clone(memory_format=torch.contiguous_format)
-    if stuck_sampling not in STUCK_SAMPLING:
-        raise ValueError(f"stuck_sampling: {stuck_sampling!r} is not allowed; use one of {', '.join(STUCK_SAMPLING)}")
-    if stuck and (dev.stuck_at_min > 0 or dev.stuck_at_max > 0) and stuck_sampling == "sparse":
+    if stuck and (dev.stuck_at_min > 0 or dev.stuck_at_max > 0):
         p0, p = dev.stuck_at_min, dev.stuck_at_min + dev.stuck_at_max
         at = bernoulli_positions(g.numel(), p, generator, device)
         if at.numel():
@@ -201,22 +190,6 @@ def program_devices(g_target: torch.Tensor, level: torch.Tensor | None, mask: to
             elif follow:
                 keep = torch.ones(shape, dtype=dt, device=device)
                 keep.view(-1)[at] = 0.0
-    elif stuck and (dev.stuck_at_min > 0 or dev.stuck_at_max > 0):
-        u = torch.rand(shape, generator=generator, dtype=dt, device=device)
-        p0, p1 = dev.stuck_at_min, dev.stuck_at_min + dev.stuck_at_max
-        # in 0/1 arithmetic (comparisons into float buffers are fast, boolean masks are not): a device
-        # with u < p0 is stuck at g_min, one with p0 <= u < p0 + p1 at g_max, the others keep g exactly
-        at_max = torch.lt(u, p1, out=torch.empty(shape, dtype=dt, device=device))
-        at_min = torch.lt(u, p0, out=u) if p0 > 0 else None
-        if keep is not None:
-            keep.sub_(at_max.mul(keep))                  # keep * (1 - stuck)
-        elif follow:
-            keep = 1.0 - at_max
-        g.mul_(1.0 - at_max)
-        if at_min is not None:
-            at_max.sub_(at_min)
-            g.add_(at_min.mul_(dev.g_min))
-        g.add_(at_max.mul_(dev.g_max))
     if follow and keep is None:
         keep = torch.ones(shape, dtype=dt, device=device)
     if mask is not None:

@@ -19,7 +19,7 @@ In **training mode** the analog layers run the simulator's own read in its diffe
 mapped (``map_for_training``: ``map_matrix``'s tiling, scale, levels and ADC full scale, calibrated at
 mapping time on the inputs captured by :func:`calibrate`, computed in the training dtype with the
 step-independent layout kept), a fresh chip is programmed from them (``program(plan, seed,
-weights=W, fast_draws=True)``: programming noise, stuck devices) and read once with
+weights=W)``: programming noise, stuck devices) and read once with
 ``chip.mvm(x, differentiable=True)`` (the simulator's read, its values, with the straight-through
 gradient attached: DAC, read noise, RTN, ADC, straight through the roundings and the saturation;
 see :mod:`memcim.simulate`). Training an analog model is hardware-aware training.
@@ -166,8 +166,8 @@ class _AnalogMixin:
 
         The weights are mapped as :meth:`program` maps them (the ADC full scale calibrated at mapping
         time, never on the batch; :func:`~memcim.mapping.crossbar.map_for_training`, in the training
-        dtype) and one chip is programmed with ``program(..., weights=W, fast_draws=True)`` (the same
-        distribution of chips as :meth:`program`'s, from fewer random-number calls); the seed is drawn
+        dtype) and one chip is programmed with ``program(..., weights=W)`` (both sides of the pairs in one
+        draw); the seed is drawn
         from the layer's training generator unless given. Read it with ``chip.mvm(x, differentiable=True)``.
         """
         # W (in, out) in memory order once (the weight is stored (out, in)): mapping and programming read it
@@ -177,8 +177,7 @@ class _AnalogMixin:
                                   layout=self._layout_for(W, dtype))
         if seed is None:
             seed = int(torch.randint(0, 2 ** 62, (1,), generator=self._train_gen))
-        return program_chip(mapped, seed=seed, dtype=dtype, device=self.weight.device, weights=W,
-                            fast_draws=True)
+        return program_chip(mapped, seed=seed, dtype=dtype, device=self.weight.device, weights=W)
 
     def _layout_for(self, W: torch.Tensor, dtype: torch.dtype):
         """The training layout (:func:`memcim.mapping.crossbar.training_layout`: tile geometry, masks,
