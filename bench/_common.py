@@ -9,6 +9,25 @@ import numpy as np
 import torch
 
 
+def peer_args(ap, *, chips: int, n: int, out: str) -> None:
+    """The options every chip-over-chip peer comparison takes: --chips, --n (MNIST test images),
+    --seed, --threads and --out."""
+    ap.add_argument("--chips", type=int, default=chips)
+    ap.add_argument("--n", type=int, default=n, help=f"MNIST test images (default {n})")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=out)
+
+
+def mnist_test(n: int):
+    """The first ``n`` MNIST test images and 256 calibration images of the same spec, the way both
+    peer comparisons read them: (dataset, calibration inputs)."""
+    from memcim.data.spec import calibration_data, load_data
+
+    spec = f"mnist:test:{n}"
+    return load_data(spec), calibration_data(spec, 256)
+
+
 def summary(v) -> dict:
     """Mean, sample std, count and values of a list of per-chip figures."""
     v = np.asarray(v, dtype=np.float64)

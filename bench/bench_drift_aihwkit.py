@@ -56,7 +56,8 @@ NAMES = {20.0: "t0 = 20 s", 3600.0: "1 hour", 86400.0: "1 day", 3.15e7: "1 year"
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import difference as _difference, outputs as _outputs, pcm_rpu_config, read as _read, summary as _summary  # noqa: E402,E501
+from _common import (difference as _difference, mnist_test, outputs as _outputs, pcm_rpu_config, peer_args,  # noqa: E402
+                     read as _read, summary as _summary)
 
 
 def run_memcim(model, x, y, ref, calib, hw, chips, seed, one_hot_reference, batch):
@@ -117,12 +118,8 @@ def compare(m, a, me, ae):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--chips", type=int, default=20)
-    ap.add_argument("--n", type=int, default=5000, help="MNIST test images (default 5000)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
+    peer_args(ap, chips=20, n=5000, out=str(ROOT / "bench" / "results" / "drift_aihwkit.json"))
     ap.add_argument("--setups", default="tiles128,matched,matched-no-1f")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "drift_aihwkit.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -130,14 +127,12 @@ def main(argv=None) -> int:
     import aihwkit
 
     from memcim.config import preset
-    from memcim.data.spec import calibration_data, load_data
     from memcim.io import provenance
     from memcim.nn.loading import fit_input
     from memcim.nn.models import get_reference_model
 
     spec = f"mnist:test:{args.n}"
-    ds = load_data(spec)
-    calib = calibration_data(spec, 256)
+    ds, calib = mnist_test(args.n)
     model = fit_input(get_reference_model("mnist-mlp-256-128"), ds.input_shape).float().eval()
     x, y = ds.x, ds.y
     ref = _outputs(model, x, 1000)

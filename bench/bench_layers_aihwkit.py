@@ -59,7 +59,8 @@ T0 = 20.0
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import difference as _difference, outputs as _outputs, pcm_rpu_config, read as _read, summary as _summary  # noqa: E402,E501
+from _common import (difference as _difference, mnist_test, outputs as _outputs, pcm_rpu_config, peer_args,  # noqa: E402
+                     read as _read, summary as _summary)
 
 
 # ------------------------------------------------------------------ memcim
@@ -162,14 +163,10 @@ def compare(m, a):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--chips", type=int, default=10)
-    ap.add_argument("--n", type=int, default=500, help="MNIST test images (default 500)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
+    peer_args(ap, chips=10, n=500, out=str(ROOT / "bench" / "results" / "layers_aihwkit.json"))
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--setups", default="tiles128,tile1024")
     ap.add_argument("--models", default="mnist-lstm-row,mnist-resnet-small")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "layers_aihwkit.json"))
     ap.add_argument("--update", action="store_true",
                     help="merge the setups run now into --out (its other models/setups and table lines kept)")
     args = ap.parse_args(argv)
@@ -179,14 +176,12 @@ def main(argv=None) -> int:
     import aihwkit
 
     from memcim.config import preset
-    from memcim.data.spec import calibration_data, load_data
     from memcim.io import provenance
     from memcim.nn.loading import fit_input
     from memcim.nn.models import get_reference_model
 
     spec = f"mnist:test:{args.n}"
-    ds = load_data(spec)
-    calib = calibration_data(spec, 256)
+    ds, calib = mnist_test(args.n)
     x, y = ds.x, ds.y
     pcm = preset("pcm")
     assert pcm.compensation.drift == "global" and pcm.device.drift_t0 == T0
