@@ -48,6 +48,7 @@ torch.Size([4, 16, 100])
 """
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
@@ -74,7 +75,7 @@ def _workspace(shape: tuple, dtype: torch.dtype, device: torch.device, key: str 
     drive magnitudes and noise). :func:`release_workspace` frees them."""
     if device.type != "cpu":   # CUDA's caching allocator already reuses memory
         return torch.empty(shape, dtype=dtype, device=device)
-    n = int(np.prod(shape))
+    n = math.prod(shape)
     bufs = getattr(_WORK, "bufs", None)
     if bufs is None:
         _WORK.bufs = bufs = {}
@@ -385,7 +386,9 @@ class ProgrammedChip:
         gd = gds[0] if len(gds) == 1 else torch.cat(gds, dim=0)
         if not (x.requires_grad or gd.requires_grad):
             return y
-        gain = 1.0 / prepared[1].unsqueeze(1)                       # 1/c: (nrt, 1, out_pad)
+        scale = prepared[1]
+        # 1/c: (nrt, 1, out_pad), or (1, 1, out_pad) when every row tile has the same (the linear mapping)
+        gain = 1.0 / (scale[:1] if m.n_row_tiles == 1 or torch.equal(scale[1:], scale[:-1]) else scale).unsqueeze(1)
         return _ReadGradient.apply(x, gd, (y, u, gd.detach(), xscale, gain, m, hw.dac))
 
     #: inputs per block of the read (:meth:`_read`) times out_pad: a block's currents, variance and
@@ -408,6 +411,8 @@ class ProgrammedChip:
         dt = gd.dtype
         v = hw.array.v_read
         f64 = torch.float64
+        if kept and dt != f64:
+            return self._folded_lean(gd, gs, gsum, g_neg, gn_sum, fs, gain)
         step = (fs.to(f64) / hw.adc.steps) if hw.adc.enabled else torch.ones_like(fs, dtype=f64)
         inv = (1.0 / step).unsqueeze(-2)                       # (nrt, 1, op)
         inv2 = inv ** 2
@@ -428,6 +433,36 @@ class ProgrammedChip:
                     thr = (dev.thermal_psd * gn_sum.detach().to(f64) / v ** 2).to(dt)
         sg = (step * gain.to(f64)).to(dt)                       # (nrt, op)
         return gdf, gsf, thf, sdf, gnf, thr, inv.squeeze(-2).to(dt), sg
+
+    def _folded_lean(self, gd, gs, gsum, g_neg, gn_sum, fs, gain):
+        """:meth:`_folded` of a training chip in its own dtype (float32): the same constants, each
+        factor rounded to the dtype (within a few roundings of the float64 fold), in fewer operations
+        on the small per-column tensors (they are folded again at every read)."""
+        m = self.mapped
+        hw = m.hw
+        dev = hw.device
+        dt = gd.dtype
+        v = hw.array.v_read
+        step = fs / hw.adc.steps if hw.adc.enabled else torch.ones_like(fs)      # (nrt, op)
+        inv = torch.reciprocal(step)
+        invb = inv.unsqueeze(-2)                                                 # (nrt, 1, op)
+        gdf = torch.mul(gd, invb, out=_workspace(gd.shape, dt, gd.device, "fold_gd"))
+        gsf = thf = sdf = gnf = thr = None
+        if gs is not None:
+            if dev.thermal_noise:
+                thf = gsum.detach() * (dev.thermal_psd / v ** 2)
+                thf.mul_(invb).mul_(invb)
+            if dev.shot_noise:
+                gsf = torch.mul(gs, dev.shot_psd / v, out=_workspace(gs.shape, dt, gs.device, "fold_gs"))
+                gsf.mul_(invb * invb)
+            elif thf is not None:
+                sdf, thf = thf.sqrt_(), None
+            if m.scheme == "offset":
+                if dev.shot_noise:
+                    gnf = torch.mul(g_neg, dev.shot_psd / v, out=_workspace(g_neg.shape, dt, g_neg.device, "fold_gn"))
+                if dev.thermal_noise:
+                    thr = gn_sum.detach() * (dev.thermal_psd / v ** 2)
+        return gdf, gsf, thf, sdf, gnf, thr, inv, step * gain
 
     def _read(self, u, xscale, trials: slice, prepared, gen, out: torch.Tensor | None = None,
               keep: list | None = None) -> torch.Tensor:
@@ -450,7 +485,7 @@ class ProgrammedChip:
         hw = m.hw
         dev = hw.device
         gd, scale, fs, gs, gsum_th = prepared[:5]
-        gd = gd[trials]
+        gd = gd if trials == slice(None) else gd[trials]   # (a view of all would carry a copy back)
         g_neg = self.conductances()[1][trials]
         noisy = dev.thermal_noise or dev.shot_noise
         if dev.has_rtn or dev.has_read_1f:  # one telegraph / 1/f snapshot per read call
@@ -693,37 +728,50 @@ def _trainable_targets(m: MappedMatrix, weights, dtype) -> torch.Tensor | None:
 
 
 class _WeightGradient(torch.autograd.Function):
-    """Programmed conductances ``(G+, G-)`` as functions of the weights W (in, out): ``d G+ / d W =
-    c [W >= 0]`` and ``d G- / d W = -c [W <= 0]`` (differential; offset: ``d G / d W = c``, the
-    reference columns have none), straight through the level rounding, times each device's
-    ``d G / d G_target`` from :func:`memcim.hardware.device.program_devices` (0 where stuck, clipped
-    at 0 S or absent), summed over the chips; ``c`` is the plan's scale (per array for ``dpe`` /
-    ``representable``). The same gradient as the targets ``c max(W, 0)`` carried through the
-    sampling by autograd: the 0/1 factors folded into one per device in the forward pass, ``c``
-    applied once to the summed gradient."""
+    """Programmed conductances ``(G+, G-)`` and the ideal reader's difference ``G_d = G+ - G-`` as
+    functions of the weights W (in, out): ``d G+ / d W = c [W >= 0]`` and ``d G- / d W = -c [W <= 0]``
+    (differential; offset: ``d G / d W = c``, the reference columns have none), straight through the
+    level rounding, times each device's ``d G / d G_target`` from
+    :func:`memcim.hardware.device.program_devices` (0 where stuck, clipped at 0 S or absent), summed
+    over the chips; ``c`` is the plan's scale (per array for ``dpe`` / ``representable``). The same
+    gradient as the targets ``c max(W, 0)`` carried through the sampling by autograd.
+
+    ``G_d`` (the third output; :meth:`ProgrammedChip.effective_difference` of the ideal reader, the
+    values of ``G+ - expand(G-)``) carries the pair's gradient folded into one factor per weight in
+    the forward pass, ``f = keep+ [W >= 0] + keep- [W <= 0]`` (offset: ``keep``), so a read's
+    gradient reaches W in one pass (``c f dL/dG_d``); ``G+`` and ``G-`` carry theirs too (used
+    when a read goes through them: drift, RTN, 1/f snapshots)."""
 
     @staticmethod
     def forward(ctx, weights, keep_pos, keep_neg, box):
         m, sign, g_pos, g_neg = box
-        if m.scheme == "differential":     # d G+ / d W and -d G- / d W over c, in place
-            keep_pos.mul_(sign[0])
-            keep_neg.mul_(sign[1])
+        ctx.set_materialize_grads(False)     # an output the loss does not use passes None, not zeros
+        gd = g_pos - m.expand_neg(g_neg)
+        if m.scheme == "differential":     # the pair's factor per weight: keep+ [W >= 0] + keep- [W <= 0]
+            f = torch.mul(keep_pos, sign[0])
+            f.addcmul_(keep_neg, sign[1])
         else:
-            keep_neg = None
+            f, keep_neg, sign = keep_pos, None, None
             ctx.mark_non_differentiable(g_neg)
         ctx.m, ctx.wdtype = m, weights.dtype
-        ctx.save_for_backward(keep_pos, keep_neg)
-        return g_pos, g_neg
+        ctx.save_for_backward(keep_pos, keep_neg, sign, f)
+        return g_pos, g_neg, gd
 
     @staticmethod
-    def backward(ctx, grad_pos, grad_neg):
+    def backward(ctx, grad_pos, grad_neg, grad_d):
         m = ctx.m
-        keep_pos, keep_neg = ctx.saved_tensors
+        keep_pos, keep_neg, sign, f = ctx.saved_tensors
         acc = None
+        if grad_d is not None:
+            acc = grad_d * f
         if grad_pos is not None:
-            acc = grad_pos * keep_pos
+            gp = grad_pos * keep_pos
+            if sign is not None:
+                gp.mul_(sign[0])
+            acc = gp if acc is None else acc.add_(gp)
         if keep_neg is not None and grad_neg is not None:
-            acc = (grad_neg * keep_neg).neg_() if acc is None else acc.addcmul_(grad_neg, keep_neg, value=-1.0)
+            gn = (grad_neg * keep_neg).mul_(sign[1])
+            acc = gn.neg_() if acc is None else acc.sub_(gn)
         if acc is None:
             return None, None, None, None
         acc = acc.sum(0) if acc.shape[0] > 1 else acc[0]
@@ -799,10 +847,11 @@ def program(mapped: MappedMatrix, seed: int | None = None, trials: int = 1, *, d
         out_neg = program_devices(t_neg, m.level_neg, m.mask_neg, dev, trials, gen, **kw)
         (g_pos, keep_pos), (g_neg, keep_neg) = (out_pos, out_neg) if weights is not None else \
             ((out_pos, None), (out_neg, None))
+    gd = None
     if weights is not None:   # the weights' gradient attached to the same draws (see _WeightGradient)
         sign = _trainable_targets(m, weights.to(device), dtype)
         if weights.requires_grad:
-            g_pos, g_neg = _WeightGradient.apply(weights, keep_pos, keep_neg, (m, sign, g_pos, g_neg))
+            g_pos, g_neg, gd = _WeightGradient.apply(weights, keep_pos, keep_neg, (m, sign, g_pos, g_neg))
     nu_pos = nu_neg = None
     if dev.has_drift:
         nu_pos = drift_exponents(t_pos, dev, int(trials), gen)
@@ -811,8 +860,11 @@ def program(mapped: MappedMatrix, seed: int | None = None, trials: int = 1, *, d
     if reference_inputs is not None:
         ref = torch.as_tensor(np.asarray(reference_inputs) if not isinstance(reference_inputs, torch.Tensor)
                               else reference_inputs.detach())
-    return ProgrammedChip(mapped=m, g_pos=g_pos, g_neg=g_neg, generator=gen, nu_pos=nu_pos, nu_neg=nu_neg,
+    chip = ProgrammedChip(mapped=m, g_pos=g_pos, g_neg=g_neg, generator=gen, nu_pos=nu_pos, nu_neg=nu_neg,
                           reference_inputs=ref)
+    if gd is not None and m.hw.reader == "ideal":   # the ideal reader's difference, with the folded gradient
+        chip._gd = gd
+    return chip
 
 
 class _ReadGradient(torch.autograd.Function):
@@ -840,17 +892,28 @@ class _ReadGradient(torch.autograd.Function):
         g = grad * xs                                                        # (T, B, out)
         if m.out_pad > m.out_features:
             g = torch.nn.functional.pad(g, (0, m.out_pad - m.out_features))
-        gj = g.unsqueeze(-3) * gain                                          # (T, nrt, B, op)
         B = u.shape[-2]
-        ut = u.view(*u.shape[:-1], nrt, R).transpose(-3, -2)                 # (..., nrt, B, R)
         dx = dgd = None
-        if ctx.needs_input_grad[1]:
-            dgd = torch.matmul(ut.transpose(-1, -2), gj)                     # (T, nrt, R, op)
+        if gain.shape[0] == 1:   # one gain for every row tile: each product over all the tiles at once
+            gj = g * gain[0]                                                 # (T, B, op)
+            if ctx.needs_input_grad[1]:
+                dgd = torch.matmul(u.transpose(-1, -2), gj).view(gj.shape[0], nrt, R, m.out_pad)
+            if ctx.needs_input_grad[0]:
+                du = torch.matmul(gj, gdv.reshape(gdv.shape[0], nrt * R, m.out_pad).transpose(-1, -2))  # (T, B, nrt R)
+                if ctx.xdim == 2:      # inputs shared by the chips
+                    du = du.sum(0) if du.shape[0] > 1 else du[0]
+                du = du[..., : m.in_features]
+        else:
+            gj = g.unsqueeze(-3) * gain                                      # (T, nrt, B, op)
+            ut = u.view(*u.shape[:-1], nrt, R).transpose(-3, -2)             # (..., nrt, B, R)
+            if ctx.needs_input_grad[1]:
+                dgd = torch.matmul(ut.transpose(-1, -2), gj)                 # (T, nrt, R, op)
+            if ctx.needs_input_grad[0]:
+                du = torch.matmul(gj, gdv.transpose(-1, -2))                 # (T, nrt, B, R)
+                if ctx.xdim == 2:      # inputs shared by the chips
+                    du = du.sum(0) if du.shape[0] > 1 else du[0]
+                du = du.transpose(-3, -2).reshape(*du.shape[:-3], B, nrt * R)[..., : m.in_features]
         if ctx.needs_input_grad[0]:
-            du = torch.matmul(gj, gdv.transpose(-1, -2))                     # (T, nrt, B, R)
-            if ctx.xdim == 2:      # inputs shared by the chips
-                du = du.sum(0) if du.shape[0] > 1 else du[0]
-            du = du.transpose(-3, -2).reshape(*du.shape[:-3], B, nrt * R)[..., : m.in_features]
             dx = du / xs
             dac = ctx.dac
             if dac.enabled and (dac.x_range is not None or not dac.signed):
