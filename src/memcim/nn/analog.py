@@ -41,6 +41,7 @@ import copy
 import dataclasses
 import fnmatch
 import math
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -50,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memcim.config import HardwareConfig
+from memcim.hardware.converters import dac_convert
 from memcim.hardware.device import check_time
 from memcim.mapping.crossbar import map_for_training, map_matrix, training_layout, training_supported
 from memcim.simulate import ProgrammedChip
@@ -60,6 +62,33 @@ from memcim.simulate import program as program_chip
 TRAIN_NOISE = ("programming", "stuck", "rtn", "thermal", "shot")
 
 _MAX_CALIB_ROWS = 4096
+
+_WORK = threading.local()
+
+
+def _workspace(shape: tuple, dtype: torch.dtype, device: torch.device, key: str) -> torch.Tensor:
+    """An uninitialised buffer of an eval read's digital side (the unfolded patches of a convolution,
+    the DAC's drives shared by batched chips), kept (one per thread and ``key``, the largest asked for)
+    and reused by the next read: the read consumes it at once, and a fresh allocation of this size
+    costs more in page faults than the copy that fills it. CUDA: a new tensor (its caching allocator
+    already reuses memory). :func:`release_workspace` frees them."""
+    if torch.device(device).type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device)
+    n = math.prod(shape)
+    bufs = getattr(_WORK, "bufs", None)
+    if bufs is None:
+        _WORK.bufs = bufs = {}
+    buf = bufs.get(key)
+    if buf is None or buf.dtype != dtype or buf.numel() < n:
+        bufs[key] = None
+        bufs[key] = buf = torch.empty(n, dtype=dtype)
+    return buf[:n].view(shape)
+
+
+def release_workspace() -> None:
+    """Free this thread's kept buffers of the analog layers' eval reads (the convolutions' patches,
+    the shared drives of batched chips); :func:`memcim.nn.evaluate.chip_outputs` frees them when it ends."""
+    _WORK.bufs = None
 
 
 def layer_seed(seed: int, index: int) -> int:
@@ -196,6 +225,32 @@ class _AnalogMixin:
         chip = self.train_chip()
         return chip.mvm(x2d, differentiable=True)[0].to(x2d.dtype)
 
+    @torch.no_grad()
+    def forward_chips(self, x: torch.Tensor, chips):
+        """This layer's eval outputs on ``x`` read by each of ``chips`` in turn (programmed chips of its
+        plan, the one-chip chips of a Monte Carlo, say; a chip of ``trials=T`` gives T outputs, chip-major):
+        a generator that yields each chip's outputs, exactly those of :meth:`forward` with that chip
+        programmed (and no gradient), before it reads the next. The rows (a convolution's patches) are
+        unfolded once and converted by the DAC once for all the chips: each chip reads those drives with
+        ``mvm_drives``, which gives the values of ``mvm`` (:func:`memcim.nn.evaluate.chip_outputs` with
+        batched chips reads its first analog layer this way)."""
+        n_in = int(math.prod(self.weight.shape[1:]))
+        if not chips or any(ch.mapped.in_features != n_in or ch.mapped.hw.dac != chips[0].mapped.hw.dac
+                            for ch in chips):
+            raise ValueError(f"chips: give one or more chips of this layer's matrix ({n_in} inputs), all with "
+                             "the same DAC")
+        if self._weight_version is not None and self._weight_version != self.weight._version:
+            raise RuntimeError(f"{type(self).__name__}: the weights changed after programming; call "
+                               "memcim.nn.analog.program(model, seed) again")
+        rows, ctx = self._eval_rows(x, "shared_rows")
+        c0 = chips[0]
+        xc = c0._check_inputs(rows)
+        u, xscale = dac_convert(xc, c0.mapped.hw.dac, out=_workspace(tuple(xc.shape), xc.dtype, xc.device, "drives"))
+        t = getattr(self, "_read_time", None)
+        for ch in chips:
+            y = ch.mvm_drives(u, xscale, t=t)
+            yield self._eval_outputs(y.reshape(-1, y.shape[-1]).to(rows.dtype), ctx, y.shape[0])
+
     def _analog_mvm(self, x2d: torch.Tensor) -> torch.Tensor:
         if self.chip is None:
             raise RuntimeError(f"{type(self).__name__} is not programmed; call "
@@ -316,6 +371,17 @@ class AnalogLinear(_AnalogMixin, nn.Linear):
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
 
+    def _eval_rows(self, x: torch.Tensor, key: str):
+        if x.ndim < 2:
+            raise ValueError(f"x: shape {tuple(x.shape)}; reading several chips needs a batch, (N, ..., "
+                             f"{self.in_features})")
+        return x.detach().reshape(-1, self.in_features), x.shape[:-1]
+
+    def _eval_outputs(self, y: torch.Tensor, lead, trials: int) -> torch.Tensor:
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(trials * lead[0], *lead[1:], self.out_features)
+
     def calib_rows(self, x: torch.Tensor) -> torch.Tensor:
         return x.detach().reshape(-1, self.in_features)
 
@@ -352,22 +418,45 @@ class AnalogConv2d(_AnalogMixin, nn.Conv2d):
                   train_noise=train_noise, device=layer.weight.device, dtype=layer.weight.dtype)
         return _copy_params(new, layer)
 
-    def _patches(self, x: torch.Tensor):
+    def _patches(self, x: torch.Tensor, kept: str | None = None):
+        """The unfolded patches (N * H_out * W_out, C_in * kh * kw), rows in (image, position) order and
+        columns in the (channel, kernel row, kernel column) order of ``weight.reshape(out, -1)``, and
+        H_out, W_out. An input that carries a gradient is unfolded by ``F.unfold`` (differentiable);
+        otherwise the patches are copied straight into their row layout, one strided copy per kernel
+        offset (the same values, no (N, C*kh*kw, L) intermediate and no transposing copy), into this
+        thread's kept buffer ``kept`` (:func:`_workspace`; an eval read consumes the patches at once),
+        else a new tensor."""
+        kh, kw = self.kernel_size
+        dh, dw = self.dilation
+        sh, sw = self.stride
         if isinstance(self.padding, str):
             if self.padding == "valid":
-                pad = (0, 0)
+                pad = (0, 0, 0, 0)
             else:  # "same" with stride 1
-                kh, kw = self.kernel_size
-                dh, dw = self.dilation
                 th, tw = dh * (kh - 1), dw * (kw - 1)
-                x = F.pad(x, (tw // 2, tw - tw // 2, th // 2, th - th // 2))
-                pad = (0, 0)
+                pad = (tw // 2, tw - tw // 2, th // 2, th - th // 2)
         else:
-            pad = self.padding
-        h_out = (x.shape[-2] + 2 * pad[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
-        w_out = (x.shape[-1] + 2 * pad[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
-        cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=pad, stride=self.stride)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1]), h_out, w_out
+            pad = (self.padding[1], self.padding[1], self.padding[0], self.padding[0])
+        h_out = (x.shape[-2] + pad[2] + pad[3] - dh * (kh - 1) - 1) // sh + 1
+        w_out = (x.shape[-1] + pad[0] + pad[1] - dw * (kw - 1) - 1) // sw + 1
+        if x.requires_grad and torch.is_grad_enabled():
+            if isinstance(self.padding, str):
+                x, pad = (F.pad(x, pad) if any(pad) else x), (0, 0, 0, 0)
+            cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=(pad[2], pad[0]), stride=self.stride)
+            return cols.transpose(1, 2).reshape(-1, cols.shape[1]), h_out, w_out
+        if any(pad):
+            x = F.pad(x, pad)
+        n, c = x.shape[0], x.shape[1]
+        shape = (n, h_out, w_out, c, kh, kw)
+        rows = _workspace(shape, x.dtype, x.device, kept) if kept else \
+            torch.empty(shape, dtype=x.dtype, device=x.device)
+        if h_out > 0 and w_out > 0:
+            xt = x.permute(0, 2, 3, 1)      # (N, H, W, C): the rows' order, a view
+            for i in range(kh):
+                for j in range(kw):
+                    rows[..., i, j].copy_(xt[:, i * dh: i * dh + sh * (h_out - 1) + 1: sh,
+                                             j * dw: j * dw + sw * (w_out - 1) + 1: sw])
+        return rows.view(-1, c * kh * kw), h_out, w_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._digital:
@@ -375,13 +464,34 @@ class AnalogConv2d(_AnalogMixin, nn.Conv2d):
         unbatched = x.ndim == 3
         if unbatched:
             x = x.unsqueeze(0)
-        n = x.shape[0]
-        rows, h_out, w_out = self._patches(x)
+        reading = not self.training          # an eval read: the patches are consumed by the chip at once
+        rows, h_out, w_out = self._patches(x, kept="patches" if reading else None)
         y = self._matmul(rows)                                   # (n*L, C_out)
-        if self.bias is not None:
-            y = y + self.bias
-        y = y.reshape(n, h_out * w_out, self.out_channels).transpose(1, 2).reshape(n, self.out_channels, h_out, w_out)
+        if reading:   # a new tensor from the chip: the bias is added in place
+            y = self._eval_outputs(y, (x.shape[0], h_out, w_out), 1)
+        else:
+            y = self._outputs(y, x.shape[0], h_out, w_out)
         return y[0] if unbatched else y
+
+    def _outputs(self, y: torch.Tensor, n: int, h_out: int, w_out: int, bias: bool = True) -> torch.Tensor:
+        """(n*L, C_out) -> (n, C_out, H_out, W_out), the bias added (unless ``bias`` is False)."""
+        if bias and self.bias is not None:
+            y = y + self.bias
+        return y.reshape(n, h_out * w_out, self.out_channels).transpose(1, 2).reshape(n, self.out_channels, h_out, w_out)
+
+    def _eval_rows(self, x: torch.Tensor, key: str):
+        if x.ndim != 4:
+            raise ValueError(f"x: shape {tuple(x.shape)}; reading several chips needs a batch, (N, C, H, W)")
+        rows, h_out, w_out = self._patches(x.detach(), kept=key)
+        return rows, (x.shape[0], h_out, w_out)
+
+    def _eval_outputs(self, y: torch.Tensor, ctx, trials: int) -> torch.Tensor:
+        """An eval read's outputs (trials*n*L, C_out), a new tensor without gradient: the bias added in
+        place (the same values as ``y + bias``), then (trials*n, C_out, H_out, W_out)."""
+        n, h_out, w_out = ctx
+        if self.bias is not None and not (torch.is_grad_enabled() and self.bias.requires_grad):
+            return self._outputs(y.add_(self.bias), trials * n, h_out, w_out, bias=False)
+        return self._outputs(y, trials * n, h_out, w_out)
 
     def calib_rows(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 3:

@@ -38,6 +38,7 @@ from memcim.nn.analog import (
     layer_seed,
     program,
     read_time,
+    release_workspace,
 )
 from memcim.nn.train import predict
 from memcim.simulate import ProgrammedChip
@@ -72,8 +73,7 @@ def chip_outputs(model: nn.Module, x: torch.Tensor, hardware: HardwareConfig, *,
         :func:`memcim.validate.memory_limit`. See *Chips batched* below.
     reads : how a batched pass reads its chips (``chips_per_pass > 1`` only):
         ``"exact"`` (default): each chip keeps its own programmed state and read-noise generator and
-        reads its own rows, so chip ``c`` gives exactly the outputs of the one-at-a-time loop (the
-        digital layers, the im2col and the per-layer dispatch run once for all chips);
+        reads its own rows, so chip ``c`` gives exactly the outputs of the one-at-a-time loop;
         ``"stacked"``: the K chips' conductances (exactly those of the loop) are stacked into one
         ``ProgrammedChip`` of ``trials=K`` read by one ``mvm`` call, so its read noise comes from one
         generator shared by the K chips: chip ``c`` equals chip ``c`` of the loop *in distribution*
@@ -89,6 +89,16 @@ def chip_outputs(model: nn.Module, x: torch.Tensor, hardware: HardwareConfig, *,
     LSTM/GRU, attention: their digital math may mix the leading dimension) and ``on_program`` fall
     back to one chip at a time. In a batched pass ``analog`` holds the group's chips.
 
+    *What the chips share.* In a flat ``nn.Sequential`` (each child an analog layer or free of them,
+    as the reference models) the input of the first analog layer is the same for every chip: the
+    modules before it run once on the batch, and its chips all read the same rows, unfolded once
+    (a convolution's patches) and, with ``reads="exact"``, converted by the DAC once
+    (:meth:`ProgrammedChip.mvm_drives` per chip: the same values as ``mvm``). On CPU the layers after
+    it then run chip by chip on each chip's rows (one chip's working set stays in cache; measured
+    faster than one chip-major pass of K times the rows, ``bench/bench_chips_batched.py``), so each
+    chip's digital modules see exactly the batch they see in the loop; elsewhere (CUDA, stacked
+    reads) they run once on the chip-major rows. Other models repeat the input for each chip.
+
     Yields
     ------
     (c, analog, out): the chip index, the analog model (programmed as chip ``c``) and its outputs
@@ -103,6 +113,14 @@ def chip_outputs(model: nn.Module, x: torch.Tensor, hardware: HardwareConfig, *,
     k = _chips_per_pass(chips_per_pass, analog, x, chips, batch_size, dtype)
     if k > 1 and (on_program is not None or not batchable(analog)):
         k = 1
+    try:
+        yield from _chip_loop(analog, x, chips, seed, batch_size, dtype, progress, desc, on_program, k, reads)
+    finally:
+        release_workspace()     # the analog layers' kept buffers (patches, shared drives)
+
+
+def _chip_loop(analog, x, chips, seed, batch_size, dtype, progress, desc, on_program, k, reads):
+    """The loop of :func:`chip_outputs` over its converted model ``analog``, ``k`` chips per pass."""
     if k == 1:
         for c in tqdm(range(int(chips)), desc=desc, disable=None if progress is None else not progress):
             program(analog, layer_seed(seed, c), dtype=dtype)
@@ -112,6 +130,10 @@ def chip_outputs(model: nn.Module, x: torch.Tensor, hardware: HardwareConfig, *,
             yield c, analog, out
         return
     layers = [m for _, m in analog_layers(analog)]
+    first = _shared_first_layer(analog)
+    # on CPU the layers after the shared one run chip by chip (the working set of one chip stays in cache;
+    # measured faster than one chip-major pass, bench/bench_chips_batched.py); a stacked read is one call
+    per_chip_tail = reads == "exact" and x.device.type == "cpu"
     bar = tqdm(total=int(chips), desc=desc, disable=None if progress is None else not progress)
     for c0 in range(0, int(chips), k):
         group = range(c0, min(c0 + k, int(chips)))
@@ -124,14 +146,18 @@ def chip_outputs(model: nn.Module, x: torch.Tensor, hardware: HardwareConfig, *,
         if n > 1:   # (a last group of one chip is read as the loop reads it)
             for m, chs in zip(layers, per_layer):
                 m.chip = _stack(chs) if reads == "stacked" else _ChipBatch(chs)
-        outs = []
+        outs = [[] for _ in group]
         for i in range(0, x.shape[0], batch_size):
             xb = x[i:i + batch_size]
-            y = analog(xb.unsqueeze(0).expand(n, *xb.shape).reshape(n * xb.shape[0], *xb.shape[1:]))
-            outs.append(y.reshape(n, xb.shape[0], *y.shape[1:]))
-        out = torch.cat(outs, dim=1)
-        for j, c in enumerate(group):
-            yield c, analog, out[j]
+            if n > 1 and first is not None:
+                ys = _shared_pass(analog, first, xb, layers, per_layer, reads, per_chip_tail)
+            else:
+                y = analog(xb.unsqueeze(0).expand(n, *xb.shape).reshape(n * xb.shape[0], *xb.shape[1:]))
+                ys = y.reshape(n, xb.shape[0], *y.shape[1:]).unbind(0)
+            for o, y in zip(outs, ys):
+                o.append(y)
+        for o, c in zip(outs, group):
+            yield c, analog, o[0] if len(o) == 1 else torch.cat(o)
             bar.update(1)
     bar.close()
 
@@ -150,6 +176,63 @@ class _ChipBatch:
 
     def mvm(self, x, t=None):
         return torch.cat([ch.mvm(x[c], t=t) for c, ch in enumerate(self.chips)])
+
+
+def _shared_pass(analog: nn.Sequential, first: nn.Module, xb: torch.Tensor, layers: list, per_layer: list,
+                 reads: str, per_chip_tail: bool):
+    """One batch ``xb`` (B, ...) through the batched chips of a flat sequential ``analog`` whose first
+    analog layer is ``first``: the modules before it run once, and its chips read the same rows, unfolded
+    and converted by the DAC once (:meth:`~memcim.nn.analog._AnalogMixin.forward_chips`); with
+    ``per_chip_tail`` the rest runs chip by chip on each chip's outputs (each layer's chip set to that
+    chip's, ``per_layer``), else once on the chip-major outputs. Returns each chip's outputs (B, ...)."""
+    mods = list(analog)
+    idx = next(i for i, m in enumerate(mods) if m is first)
+    h = xb
+    for m in mods[:idx]:
+        h = m(h)
+    b = xb.shape[0]
+
+    def tail(h):
+        for m in mods[idx + 1:]:
+            h = m(h)
+        return h
+
+    chips = per_layer[layers.index(first)] if reads == "exact" else [first.chip]
+    if not per_chip_tail:
+        h = torch.cat(list(first.forward_chips(h, chips)))
+        y = tail(h)
+        n = len(per_layer[0])
+        if y.shape[0] != n * b:
+            raise RuntimeError(f"model: its output has {y.shape[0]} rows for {n} batched chips of {b} inputs; "
+                               "it must hold every chip's outputs, chip-major")
+        return y.reshape(n, b, *y.shape[1:]).unbind(0)
+    batch = [m.chip for m in layers]
+    try:
+        ys = []
+        for j, hj in enumerate(first.forward_chips(h, chips)):
+            for m, chs in zip(layers, per_layer):
+                m.chip = chs[j]
+            ys.append(tail(hj))
+    finally:
+        for m, ch in zip(layers, batch):
+            m.chip = ch
+    return ys
+
+
+def _shared_first_layer(analog: nn.Module):
+    """The first analog layer of a flat ``nn.Sequential`` (its own ``forward``; each child an analog
+    layer or free of them),
+    whose input is the same for every batched chip (see :func:`chip_outputs`); None for other models
+    (their input is repeated for each chip)."""
+    if not isinstance(analog, nn.Sequential) or type(analog).forward is not nn.Sequential.forward:
+        return None
+    first = None
+    for m in analog:
+        if type(m) in (AnalogLinear, AnalogConv2d):
+            first = m if first is None else first
+        elif analog_layers(m):
+            return None
+    return first
 
 
 def _stack(chips) -> ProgrammedChip:
