@@ -18,7 +18,9 @@ interleaved so they see the same machine load), and the ratio is reported in the
   monte_carlo_simulator, i.e. once per chunk of hundreds of chips, < 0.1 % of its time).
 
 Also: accuracy of each covariance mode against that MC, the prediction's state memory, a cProfile of the
-default prediction, and its time vs network width and depth. Single thread for both sides.
+default prediction, the torch calls one prediction makes (``torch_calls``: every call through torch's function
+dispatch, tensor methods and operators included, counted with a TorchFunctionMode), and its time vs network
+width and depth. Single thread for both sides.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/bench_memse.py [--quick]`` (writes bench/results/bench_memse.json).
 """
@@ -45,8 +47,9 @@ from memcim.nn.loading import load_model
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_predict_revisions import installed, load_revision  # noqa: E402
 
-#: the closed form before issue 17 item 3's second pass, timed against the same Monte Carlo in the same run
-OLD_REVISION = "830ba0d"
+#: the closed form before issue 17 item 3's third pass (b8bbaa5: the second pass), timed against the same Monte
+#: Carlo in the same run
+OLD_REVISION = "b8bbaa5"
 
 
 def cpu_time(fn):
@@ -67,9 +70,33 @@ def state_bytes(layers, x, **kw):
     _, states = propagate(layers, x, return_all=True, **kw)
     peak = 0
     for s in states:
-        n = sum(t.numel() * t.element_size() for t in (s.mean, s.var, s.cov, s.factors, s.local) if t is not None)
+        n = sum(t.numel() * t.element_size() for t in (s.mean, s.var, s.cov, s.factors, s.local,
+                                                        getattr(s, "resid", None)) if t is not None)
         peak = max(peak, n)
     return peak
+
+
+def torch_calls(fn) -> dict:
+    """The torch calls ``fn()`` makes (functions, tensor methods, operators and attribute reads that go through
+    torch's function dispatch), by name: the per-call overhead the small tensors of a prediction pay."""
+    import collections
+
+    from torch.overrides import TorchFunctionMode
+
+    class _Count(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.n = collections.Counter()
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.n[getattr(func, "__name__", str(func))] += 1
+            return func(*args, **(kwargs or {}))
+
+    with _Count() as c:
+        fn()
+    attrs = sum(v for k, v in c.n.items() if k in ("__get__", "__set__"))
+    return {"total": int(sum(c.n.values())), "attribute_reads": int(attrs),
+            "top": {k: int(v) for k, v in c.n.most_common(12)}}
 
 
 def profile_rows(fn, reps: int = 5, top: int = 15) -> list:
@@ -150,6 +177,8 @@ def main(quick: bool = False) -> dict:
                      "mc": "T chips through the simulator (programming, reads), its reference output and one "
                            "mapping per chunk of %d chips" % per}}
     res["profile_default_prediction"] = profile_rows(lambda: predict_mse(layers32, x32, **kw))
+    res["torch_calls"] = {"standalone": torch_calls(lambda: predict_mse(layers32, x32, **kw)),
+                          "shared_mapping": torch_calls(lambda: predict_mse(layers32, x32, **kw, plans=plans))}
     # --- every covariance mode against the same Monte Carlo
     rows = []
     modes = [("lowrank", torch.float32, {}), ("lowrank", torch.float64, {}), ("diagonal", torch.float32, {}),
@@ -208,6 +237,8 @@ def main(quick: bool = False) -> dict:
           f"{shared * 1e3:.2f} ms -> {cf['speedup_shared_mapping']:.0f}x; MSE {p_def.mse_mean:.4g} "
           f"({100 * cf['rel_err_vs_mc']:+.2f} %, z = {cf['z_vs_mc']:+.2f}); before ({OLD_REVISION}) {before * 1e3:.2f} ms "
           f"-> {cf['speedup_standalone_old']:.0f}x")
+    print(f"torch calls per prediction: standalone {res['torch_calls']['standalone']['total']}, shared mapping "
+          f"{res['torch_calls']['shared_mapping']['total']}")
     for r in res["profile_default_prediction"][:10]:
         print(f"  {100 * r['tottime_share']:5.1f} %  {r['function']}")
     print(f"{'cov':9s} {'dtype':8s} {'extra':10s} {'cpu ms':>9s} {'vs sim':>8s} {'err mean':>9s} {'state MB':>8s}")

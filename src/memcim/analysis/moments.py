@@ -112,22 +112,26 @@ class PoolLayer:
             y = _block_mean(x, kh, kw)     # non-overlapping windows: strided adds (avg_pool2d is slower on CPU)
         else:
             y = F.avg_pool2d(x, self.kernel, self.stride, self.padding, count_include_pad=True)
-        return y / (kh * kw) if square else y
+        return y.div_(kh * kw) if square else y      # y is a fresh tensor
 
 
 def _block_mean(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
     """``avg_pool2d(x, (kh, kw))`` with stride = kernel and no padding (floor mode), as sums of strided views."""
     *lead, h, w = x.shape
     ho, wo = h // kh, w // kw
-    y = x[..., : ho * kh, : wo * kw].reshape(*lead, ho, kh, wo * kw)
-    acc = y[..., 0, :]
+    if h != ho * kh or w != wo * kw:
+        x = x[..., : ho * kh, : wo * kw]
+    rows = x.reshape(*lead, ho, kh, wo * kw).unbind(-2)
+    acc = rows[0]
     for i in range(1, kh):
-        acc = acc + y[..., i, :]
-    acc = acc.reshape(*lead, ho, wo, kw)
-    out = acc[..., 0]
+        acc = acc + rows[i]
+    cols = acc.reshape(*lead, ho, wo, kw).unbind(-1)
+    if kh * kw == 1:
+        return cols[0] * 1.0
+    out = cols[0]
     for j in range(1, kw):
-        out = out + acc[..., j]
-    return out * (1.0 / (kh * kw))
+        out = out + cols[j] if j == 1 else out.add_(cols[j])
+    return out.mul_(1.0 / (kh * kw))       # in place on the sums (a fresh tensor: fewer large allocations)
 
 
 @dataclass
@@ -292,6 +296,11 @@ def resolve_gmax(gmax, layers: list, dtype=torch.float64) -> list[torch.Tensor]:
     a sequence whose items are floats or 1-D arrays of length ``out`` (per column).
     """
     xl = crossbar_layers(layers)
+    if isinstance(gmax, (int, float, np.floating, np.integer)) and xl:
+        g = float(gmax)      # one number for the network: checked once
+        if not (math.isfinite(g) and g > 0):
+            raise ValueError(f"gmax: values must be finite and > 0 S, got {g!r} for layer {xl[0].name}")
+        return [torch.tensor(g, dtype=dtype) for _ in xl]
     if isinstance(gmax, torch.Tensor) and gmax.dim() == 0:
         gmax = gmax.reshape(1).expand(len(xl))
     elif isinstance(gmax, (int, float, np.floating, np.integer)):
@@ -351,6 +360,14 @@ def _derivs(kind: str, beta: float, mu: torch.Tensor, nmax: int) -> list[torch.T
             out.append(2.0 * 2.0 ** n * _polyval(_sigmoid_poly(n), s))
         return out
     raise ValueError(f"activation {kind!r}: no Taylor expansion")
+
+
+def _derivs2(kind: str, beta: float, mu: torch.Tensor) -> list[torch.Tensor]:
+    """``_derivs(kind, beta, mu, 2)`` for softplus, the same values with fewer operations: ``f' = s``,
+    ``f'' = beta (1 - s) s`` (``s = sigmoid(beta mu)``; the polynomials' Horner steps with their zero terms dropped)."""
+    s = torch.sigmoid(beta * mu if beta != 1.0 else mu)
+    d2 = (1.0 - s) * s
+    return [F.softplus(mu, beta=beta, threshold=20.0), s, d2 if beta == 1.0 else beta * d2]
 
 
 def _fn(kind: str, beta: float):
@@ -426,8 +443,8 @@ def activation_moments(kind: str, mu: torch.Tensor, var: torch.Tensor, *, beta: 
         raise ValueError(f"taylor_order: {order} is not allowed; use an even integer >= 2")
     K = order // 2
     if K == 1:   # the paper's Eqs. 8-10 in closed form: f + f'' var/2, f'^2 var, f' (the series below at
-        d = _derivs(kind, beta, mu, 2)      # order 2, without its cancelling f f'' terms)
-        return d[0] + (0.5 * var) * d[2], (d[1] * d[1]) * var, d[1]
+        d = _derivs2(kind, beta, mu) if kind == "softplus" else _derivs(kind, beta, mu, 2)   # order 2, without
+        return d[0] + (0.5 * var) * d[2], (d[1] * d[1]) * var, d[1]                          # its cancelling f f'' terms)
     d = _derivs(kind, beta, mu, 2 * K + 1)
     # E[h(X)] = sum_k h^(2k)(mu) var^k / (2^k k!)
     a = [d[2 * k] / (2 ** k * math.factorial(k)) for k in range(K + 1)]
@@ -460,6 +477,12 @@ class Moments:
     factors, until the next convolution mixes the channels). It stands for ``C r`` dense factors appended
     after ``factors`` (index ``c r + j``) at ``1/C`` of their size; only :func:`run_layers` with
     ``keep_local`` crossbar steps creates it, and :func:`dense` turns it into plain factors.
+
+    ``resid`` (B, *shape), lowrank mode only, optional: the variance the factors (and ``local``) do not carry,
+    ``var - sum F^2`` clamped at 0, as the step that made the state computed it (a convolution: the mapped
+    residual plus its own noise, without the cancellation of recomputing it from ``var``). The steps of
+    :func:`run_layers` pass it on; None (any other state) means it is computed from ``var`` and the factors.
+    A state whose ``var`` or factors change must not keep it (build a new ``Moments``).
     """
 
     mean: torch.Tensor
@@ -469,6 +492,7 @@ class Moments:
     factors: torch.Tensor | None = None
     nonzero: torch.Tensor | None = None
     local: torch.Tensor | None = None
+    resid: torch.Tensor | None = None
 
     @property
     def shape(self):
@@ -499,6 +523,13 @@ def dense(st: Moments) -> Moments:
 def _sumsq(f: torch.Tensor | None):
     """Sum over the factors (dim 1) of their squares: their part of every unit's variance (0 without)."""
     return 0.0 if f is None else (f * f).sum(1)
+
+
+def _residual(st: Moments) -> torch.Tensor:
+    """The variance not carried by the factors: ``st.resid``, or ``var - sum F^2`` clamped at 0."""
+    if st.resid is not None:
+        return st.resid
+    return (st.var - _sumsq(st.factors) - _sumsq(st.local)).clamp_min(0)
 
 
 def _apply_lin(x: torch.Tensor, fn, shape) -> torch.Tensor:
@@ -532,16 +563,17 @@ def _linear_step(st: Moments, fn, fn_sq, per_channel: bool = False) -> Moments:
         else:
             c1 = _apply_lin(st.cov, fn, shape).reshape(b, d, -1)        # (B, D_in, D_out)
             c2 = _apply_lin(c1.transpose(1, 2), fn, shape).reshape(b, c1.shape[2], -1)
-        c2 = 0.5 * (c2 + c2.transpose(1, 2))
+        c2 = (c2 + c2.transpose(1, 2)).mul_(0.5)
         return Moments(mean, torch.diagonal(c2, dim1=1, dim2=2).reshape(mean.shape), "exact", c2)
     if st.mode == "diagonal" or (st.factors is None and st.local is None):
         return Moments(mean, fn_sq(st.var), st.mode, None, None)
     fac, loc = st.factors, st.local
-    res = (st.var - _sumsq(fac) - _sumsq(loc)).clamp_min(0)
+    res = _residual(st)
     fo = None if fac is None else _apply_lin(fac, fn, shape)
     lo = None if loc is None else _apply_lin(loc, fn, shape)
-    var = fn_sq(res) + _sumsq(fo) + _sumsq(lo)
-    return Moments(mean, var, st.mode, None, fo, local=lo)
+    rq = fn_sq(res)
+    var = rq + _sumsq(fo) + _sumsq(lo)
+    return Moments(mean, var, st.mode, None, fo, local=lo, resid=rq)
 
 
 def _lin_var(st: Moments, fn, fn_sq) -> torch.Tensor:
@@ -549,11 +581,40 @@ def _lin_var(st: Moments, fn, fn_sq) -> torch.Tensor:
     return _linear_step(st, fn, fn_sq).var
 
 
+def _unfold(x: torch.Tensor, kernel: tuple, dilation: tuple, padding: tuple, stride: tuple) -> torch.Tensor:
+    """``F.unfold(x, kernel, dilation, padding, stride)`` (B, C kh kw, P) of a 4-D ``x``, the same values.
+
+    Maps of at least ``_STRIDED_UNFOLD`` output positions copy one strided view of the padded input
+    (torch's im2col loops over the batch and costs several times more there); smaller ones use ``F.unfold``."""
+    kh, kw = kernel
+    n, c, h, w = x.shape
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    if ho * wo < _STRIDED_UNFOLD or ho <= 0 or wo <= 0:
+        return F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+    xp = F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if tuple(padding) != (0, 0) else x.contiguous()
+    s0, s1, s2, s3 = xp.stride()
+    v = xp.as_strided((n, c, kh, kw, ho, wo), (s0, s1, dilation[0] * s2, dilation[1] * s3, stride[0] * s2, stride[1] * s3),
+                      xp.storage_offset())
+    return v.reshape(n, c * kh * kw, ho * wo)
+
+
+#: output positions from which :func:`_unfold` copies a strided view instead of calling ``F.unfold``
+_STRIDED_UNFOLD = 48
+
+
 def _patch_index(layer: CrossbarLayer, h: int, w: int, device) -> torch.Tensor:
-    """(kh*kw, P) indices into a (H*W + 1) vector whose entry 0 is a zero pad."""
+    """(kh*kw, P) indices into a (H*W + 1) vector whose entry 0 is a zero pad (read-only: cached per geometry)."""
     kh, kw = layer.weight.shape[2:]
+    return _patch_index_of(int(kh), int(kw), tuple(layer.dilation), tuple(layer.padding), tuple(layer.stride),
+                           int(h), int(w), torch.device(device))
+
+
+@functools.lru_cache(maxsize=128)
+def _patch_index_of(kh: int, kw: int, dilation: tuple, padding: tuple, stride: tuple, h: int, w: int,
+                    device: torch.device) -> torch.Tensor:
     idx = (torch.arange(h * w, dtype=torch.float64, device=device) + 1).reshape(1, 1, h, w)
-    u = F.unfold(idx, (kh, kw), dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
+    u = F.unfold(idx, (kh, kw), dilation=dilation, padding=padding, stride=stride)
     return u[0].round().long()
 
 
@@ -576,6 +637,38 @@ def _top_eig(gram: torch.Tensor, r: int, *, iters: int = 2, oversample: int = 8)
     q = torch.linalg.qr(g @ om)[0]
     for _ in range(iters):
         q = torch.linalg.qr(g @ q)[0]
+    t = q.transpose(-1, -2) @ g @ q
+    _, u = torch.linalg.eigh(0.5 * (t + t.transpose(-1, -2)))
+    return q @ u[..., l - r:]
+
+
+#: the spatial factors' eigen-directions (:func:`_top_eig_spatial`): directions sampled beyond the kept ones,
+#: and the Gram matrices small enough for a plain ``eigh``
+_SPATIAL_OVERSAMPLE = 4
+_SPATIAL_EIGH_BELOW = 12
+
+
+@functools.lru_cache(maxsize=64)
+def _sketch(n: int, l: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The fixed Gaussian test matrix (n, l) of the randomized range finders (seed 0; read-only)."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    return torch.randn(n, l, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+def _top_eig_spatial(gram: torch.Tensor, r: int) -> torch.Tensor:
+    """Top ``r`` eigenvectors (B, n, r) of the batch of patch Gram matrices (B, n, n) of a convolution's
+    shared noise, detached: ``eigh`` up to ``_SPATIAL_EIGH_BELOW``; larger ones through the range of
+    ``G^2 Omega`` (a fixed Gaussian ``Omega`` of ``r + _SPATIAL_OVERSAMPLE`` columns: one power step, one QR;
+    Halko, Martinsson & Tropp 2011, Alg. 4.3 with q = 1) and the Rayleigh-Ritz eigenvectors of the projected
+    matrix. Cost ``n^2 l`` plus one small ``eigh`` instead of ``eigh``'s ``n^3``; the variance a direction
+    misses stays on the exactly tracked diagonal (measured on the small CNN: MSE -8e-5 relative against
+    ``eigh``, bench/bench_memse.py)."""
+    g = gram.detach()
+    n = g.shape[-1]
+    l = r + _SPATIAL_OVERSAMPLE
+    if n <= max(_SPATIAL_EIGH_BELOW, l):
+        return torch.linalg.eigh(g)[1][..., n - r:]
+    q = torch.linalg.qr(g @ (g @ _sketch(n, l, g.dtype, g.device)))[0]                 # (B, n, l)
     t = q.transpose(-1, -2) @ g @ q
     _, u = torch.linalg.eigh(0.5 * (t + t.transpose(-1, -2)))
     return q @ u[..., l - r:]
@@ -669,26 +762,35 @@ def _conv_out_hw(layer: CrossbarLayer, h: int, w: int) -> tuple[int, int]:
                  zip((h, w), layer.padding, layer.dilation, (kh, kw), layer.stride))
 
 
-def _conv_factors(st: Moments, conv, wq: torch.Tensor, layer: CrossbarLayer) -> Moments:
+def _conv_factors(st: Moments, conv, wq: torch.Tensor, layer: CrossbarLayer,
+                  patches: torch.Tensor | None = None) -> Moments:
     """:func:`_linear_step` of a lowrank state with channel-local factors through the convolution ``conv``
     (weights ``wq``): a local factor of channel ``c`` meets only ``wq[:, c]`` (one single-channel convolution
     per input channel: ``1/C`` of the dense factors' multiply-adds; oneDNN's grouped convolution is slower
-    at these sizes); the result is the dense factors ``[conv(factors), conv(local as c r + j)]``."""
+    at these sizes); the result is the dense factors ``[conv(factors), conv(local as c r + j)]``. ``patches``: the
+    unfolded input mean (B, C k^2, P) when the caller has it (the mean is then one matrix product)."""
     fac, loc = st.factors, st.local
     b, rl, c = loc.shape[:3]
     cout = wq.shape[0]
-    res = (st.var - _sumsq(fac) - _sumsq(loc)).clamp_min(0)
-    mean = conv(st.mean)
+    res = _residual(st)
+    if patches is not None:
+        ho, wo = _conv_out_hw(layer, *st.mean.shape[2:])
+        mean = (wq.reshape(cout, -1) @ patches).reshape(b, cout, ho, wo)
+    else:
+        mean = conv(st.mean)
     ho, wo = mean.shape[2:]
     k0 = 0 if fac is None else fac.shape[1]
     fo = mean.new_empty(b, k0 + c * rl, cout, ho, wo)
     if fac is not None:
         fo[:, :k0] = _apply_lin(fac, conv, st.shape)
     new = fo[:, k0:].reshape(b, c, rl, cout, ho, wo)                           # a view: factor (c, j) at k0 + c rl + j
-    for ci in range(c):
-        new[:, ci] = conv(loc[:, :, ci].reshape(b * rl, 1, *loc.shape[3:]), wq[:, ci:ci + 1]).reshape(b, rl, cout, ho, wo)
-    var = conv(res, wq * wq) + (fo * fo).sum(1)
-    return Moments(mean, var, st.mode, None, fo)
+    wt = wq.transpose(0, 1).contiguous()                                       # (C, Cout, kh, kw): one per input channel
+    lt = loc.transpose(1, 2).contiguous()                                      # (B, C, r, H, W)
+    for ci in range(c):     # dense operands (a strided view costs oneDNN a reorder per call)
+        new[:, ci] = conv(lt[:, ci].reshape(b * rl, 1, *loc.shape[3:]), wt[ci].unsqueeze(1)).reshape(b, rl, cout, ho, wo)
+    rq = conv(res, wq * wq)
+    var = rq + (fo * fo).sum(1)
+    return Moments(mean, var, st.mode, None, fo, resid=rq)
 
 
 def _crossbar_step(st: Moments, layer: CrossbarLayer, wq: torch.Tensor, s2: torch.Tensor,
@@ -726,14 +828,14 @@ def _crossbar_step(st: Moments, layer: CrossbarLayer, wq: torch.Tensor, s2: torc
     cout, _, kh, kw = wq.shape
     u = None
     if st.mode != "exact" and not (st.mode == "diagonal" or rank == 0):   # the patches of the input mean (factors)
-        u = F.unfold(st.mean, (kh, kw), dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
+        u = _unfold(st.mean, (kh, kw), layer.dilation, layer.padding, layer.stride)
     det = st.factors is None and st.local is None and st.cov is None and not bool(torch.any(st.var != 0))
     if det and u is not None:   # a deterministic input (the network's): its patches give the mean and E[x^2] sums
         ho, wo = _conv_out_hw(layer, h, w)
         om = (wq.reshape(cout, -1) @ u).reshape(b, cout, ho, wo)
-        out = Moments(om, torch.zeros_like(om), st.mode, None, None)
+        out = Moments(om, torch.zeros_like(om), st.mode, None, None, resid=torch.zeros_like(om))
     elif st.local is not None and st.mode == "lowrank":
-        out = _conv_factors(st, conv, wq, layer)
+        out = _conv_factors(st, conv, wq, layer, patches=u)
         ho, wo = out.mean.shape[2:]
     else:
         out = _linear_step(st, conv, lambda v: conv(v, wq * wq))
@@ -749,7 +851,8 @@ def _crossbar_step(st: Moments, layer: CrossbarLayer, wq: torch.Tensor, s2: torc
     else:
         diag_noise = conv(m2, torch.ones(1, cin, kh, kw, dtype=m2.dtype))  # (B, 1, Ho, Wo)
     mean = out.mean + layer.bias.reshape(-1, 1, 1)
-    var = out.var + (exact_noise if per_weight else diag_noise * s2c)
+    noise = exact_noise if per_weight else diag_noise * s2c
+    var = out.var + noise
     if st.mode == "exact":
         p = ho * wo
         idx = _patch_index(layer, h, w, m2.device)                     # (k2, P)
@@ -764,12 +867,10 @@ def _crossbar_step(st: Moments, layer: CrossbarLayer, wq: torch.Tensor, s2: torc
             ik = idx[k]
             nsp = nsp + sec[:, ik][:, :, ik]
         d_out = cout * p
-        cov = out.cov if out.cov is not None else torch.zeros(b, d_out, d_out, dtype=m2.dtype)
-        cov = cov.reshape(b, cout, p, cout, p)
+        cov = out.cov if out.cov is not None else torch.zeros(b, d_out, d_out, dtype=m2.dtype)   # a fresh tensor
         s2v = s2 * torch.ones(cout, dtype=m2.dtype) if s2.dim() == 0 else s2
-        eye = torch.diag_embed(s2v)                                    # (cout, cout)
-        cov = cov + eye.reshape(1, cout, 1, cout, 1) * nsp.reshape(b, 1, p, 1, p)
-        cov = cov.reshape(b, d_out, d_out)
+        # the shared noise correlates the positions of one output channel: s2_c nsp on the channel-diagonal blocks
+        torch.diagonal(cov.view(b, cout, p, cout, p), dim1=1, dim2=3).add_(nsp.unsqueeze(-1) * s2v)
         if per_weight:  # the diagonal exact, the cross terms with the channel mean of s2
             fix = (exact_noise - diag_noise * s2c).reshape(b, -1)
             cov = cov + torch.diag_embed(fix)
@@ -780,19 +881,22 @@ def _crossbar_step(st: Moments, layer: CrossbarLayer, wq: torch.Tensor, s2: torc
     r = min(rank, u.shape[1], u.shape[2])
     if u.shape[2] <= u.shape[1]:   # eigen-decompose the smaller Gram matrix: here (P, P)
         gram = u.transpose(1, 2) @ u
-        vec = _top_eig(gram, r)                                        # (B, P, r)
+        vec = _top_eig_spatial(gram, r)                                # (B, P, r)
         # project the (differentiable) Gram matrix on the fixed eigenvectors
         lam_r = ((gram @ vec) * vec).sum(1).clamp_min(0)                # (B, r)
         sp = (vec * torch.sqrt(lam_r).unsqueeze(1)).transpose(1, 2).reshape(b, r, ho, wo)
     else:
         gram = u @ u.transpose(1, 2)
-        vec = _top_eig(gram, r)                                        # (B, Ck2, r)
+        vec = _top_eig_spatial(gram, r)                                # (B, Ck2, r)
         sp = (vec.transpose(1, 2) @ u).reshape(b, r, ho, wo)            # (B, r, Ho, Wo)
     s = torch.sqrt(s2 * torch.ones(cout, dtype=m2.dtype)) if s2.dim() == 0 else torch.sqrt(s2)
     k0 = 0 if out.factors is None else out.factors.shape[1]
     if keep_local and k0 + cout * r <= 2 * max_factors:
         loc = s.reshape(1, 1, cout, 1, 1) * sp.reshape(b, r, 1, ho, wo)
-        return Moments(mean, var, st.mode, None, out.factors, local=loc)
+        res = None
+        if out.resid is not None:      # the new factors' variance s_c^2 sum_j sp_j^2 (one spatial map per input)
+            res = (out.resid + noise - (s * s).reshape(1, cout, 1, 1) * (sp * sp).sum(1, keepdim=True)).clamp_min(0)
+        return Moments(mean, var, st.mode, None, out.factors, local=loc, resid=res)
     return Moments(mean, var, st.mode, None, _add_channel_factors(out.factors, s, sp, max_factors))
 
 
@@ -813,7 +917,14 @@ def _elementwise_step(st: Moments, layer: ElementwiseLayer, method: str, order: 
         return Moments(m, v, "exact", cov, nonzero=nz)
     fac = None if st.factors is None else st.factors * slope.unsqueeze(1)
     loc = None if st.local is None else st.local * slope.unsqueeze(1)
-    return Moments(m, v, st.mode, None, fac, nonzero=nz, local=loc)
+    res = None
+    if st.resid is not None and (fac is not None or loc is not None):
+        s2 = slope * slope
+        if layer.kind == "affine" or (method == "taylor" and order == 2 and layer.kind in ("softplus", "sigmoid", "tanh")):
+            res = s2 * st.resid            # v = f'^2 var with slope f': the residual scales as the variance
+        else:
+            res = (v - s2 * (st.var - st.resid)).clamp_min(0)
+    return Moments(m, v, st.mode, None, fac, nonzero=nz, local=loc, resid=res)
 
 
 def _flatten_step(st: Moments) -> Moments:
@@ -821,18 +932,32 @@ def _flatten_step(st: Moments) -> Moments:
     b = st.mean.shape[0]
     fac = None if st.factors is None else st.factors.reshape(b, st.factors.shape[1], -1)
     nz = None if st.nonzero is None else st.nonzero.reshape(b, -1)
-    return Moments(st.mean.reshape(b, -1), st.var.reshape(b, -1), st.mode, st.cov, fac, nz)
+    res = None if st.resid is None else st.resid.reshape(b, -1)
+    return Moments(st.mean.reshape(b, -1), st.var.reshape(b, -1), st.mode, st.cov, fac, nz, resid=res)
 
 
 def _to_full(st: Moments) -> Moments:
-    """Low-rank state -> full covariance ``F^T F + diag(residual)`` (same second moments)."""
-    st = dense(st)
+    """Low-rank state -> full covariance ``F^T F + diag(residual)`` (same second moments).
+
+    Channel-local factors (``Moments.local``) add their channel-diagonal blocks ``sum_j l_cj l_cj^T`` (the dense
+    factors they stand for are zero outside their channel: no product with zeros, no written-out factors)."""
     b = st.mean.shape[0]
     var = st.var.reshape(b, -1)
-    if st.factors is None:
+    if st.factors is None and st.local is None:
         return Moments(st.mean, st.var, "exact", torch.diag_embed(var))
-    f = st.factors.reshape(b, st.factors.shape[1], -1)
-    low = f.transpose(1, 2) @ f
+    d = var.shape[1]
+    if st.factors is not None:
+        f = st.factors.reshape(b, st.factors.shape[1], -1)
+        low = f.transpose(1, 2) @ f
+    else:
+        low = var.new_zeros(b, d, d)
+    if st.local is not None:
+        loc = st.local
+        c = loc.shape[2]
+        p = loc[0, 0, 0].numel()
+        lf = loc.reshape(b, loc.shape[1], c, p).transpose(1, 2)                       # (B, C, r, P)
+        blocks = lf.transpose(2, 3) @ lf                                              # (B, C, P, P)
+        torch.diagonal(low.view(b, c, p, c, p), dim1=1, dim2=3).add_(blocks.permute(0, 2, 3, 1))
     res = (var - torch.diagonal(low, dim1=1, dim2=2)).clamp_min(0)
     return Moments(st.mean, st.var, "exact", low + torch.diag_embed(res))
 
@@ -1004,6 +1129,14 @@ class Prediction:
 MSEPrediction = Prediction
 
 
+@functools.lru_cache(maxsize=256)
+def _memse_config(gmax: float, sigma: float, levels: int):
+    """:func:`memcim.analysis.memse_sim.memse_hardware` (a frozen config: built once per setting)."""
+    from memcim.analysis.memse_sim import memse_hardware
+
+    return memse_hardware(gmax, sigma, levels)
+
+
 def _as_layers(model, dtype):
     return model if isinstance(model, list) else parse_model(model, dtype)
 
@@ -1056,14 +1189,9 @@ def predict_mse(model, x, *, sigma: float, gmax, levels: int = 128, cov: str = "
            "taylor_order": taylor_order, "batch": int(x.shape[0]), "r": r}
     if all(g.dim() == 0 and not g.requires_grad for g in gm):
         # the general closed form on the memse preset (paper 001's semantics as a HardwareConfig)
-        from memcim.analysis.memse_sim import memse_hardware
         from memcim.analysis.predict import predict
 
-        made = {}      # one config per distinct G_max (building one is not free)
-        for g in gm:
-            if float(g) not in made:
-                made[float(g)] = memse_hardware(float(g), float(sigma), int(levels))
-        hws = [made[float(g)] for g in gm]
+        hws = [_memse_config(float(g), float(sigma), int(levels)) for g in gm]
         p = predict(layers, x, hws, cov=cov, rank=rank, max_factors=max_factors, full_below=full_below,
                     act_method=act_method, taylor_order=taylor_order, dtype=dtype, batch_chunk=batch_chunk,
                     on_crossbar=acc, plans=plans)

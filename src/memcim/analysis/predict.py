@@ -193,8 +193,15 @@ def layer_hardware(W, hw: HardwareConfig, *, calib_inputs=None, calib_seed: int 
     scale = plan.scale.to(torch.float64)
     scale = scale.unsqueeze(0).expand(nrt, m_pad) if scale.dim() == 1 else scale      # (nrt, out_pad)
     c3 = scale.unsqueeze(1)                                                           # (nrt, 1, out_pad)
-    mp, vp = conductance_moments(plan.g_pos, plan.level_pos, plan.mask_pos, dev, t=t)
-    mn, vn = conductance_moments(plan.g_neg, plan.level_neg, plan.mask_neg, dev, t=t)
+    if (plan.g_pos.shape == plan.g_neg.shape and plan.mask_pos.shape == plan.mask_neg.shape
+            and plan.mask_pos.dtype == plan.mask_neg.dtype and (plan.level_pos is None) == (plan.level_neg is None)):
+        # both sides in one call (the moments are elementwise: the same values, half the operations)
+        lv = None if plan.level_pos is None else torch.stack([plan.level_pos, plan.level_neg])
+        (mp, mn), (vp, vn) = conductance_moments(torch.stack([plan.g_pos, plan.g_neg]), lv,
+                                                 torch.stack([plan.mask_pos, plan.mask_neg]), dev, t=t)
+    else:
+        mp, vp = conductance_moments(plan.g_pos, plan.level_pos, plan.mask_pos, dev, t=t)
+        mn, vn = conductance_moments(plan.g_neg, plan.level_neg, plan.mask_neg, dev, t=t)
     bl_mean, bl_var = torch.cat([mp, mn], -1), torch.cat([vp, vn], -1)
     ref_var = vn.to(torch.float64) if plan.scheme == "offset" else None
     mn, vn = plan.expand_neg(mn), plan.expand_neg(vn)
@@ -320,7 +327,7 @@ def quantizer_moments(m: torch.Tensor, v: torch.Tensor, step: torch.Tensor, adc)
 
 def _torch_layout(t: torch.Tensor, layer: mo.CrossbarLayer) -> torch.Tensor:
     """(in, out) crossbar orientation -> the layer's weight layout (out, in[, kh, kw])."""
-    return t.t().reshape(layer.weight.shape).to(layer.weight.dtype)
+    return t.t().reshape(layer.weight.shape).to(layer.weight.dtype, memory_format=torch.contiguous_format)
 
 
 def _op(layer: mo.CrossbarLayer):
@@ -380,18 +387,37 @@ class _HardwareStep:
         self._k = None
         self.on_crossbar, self.index = on_crossbar, index
         self.power = [0.0, 0.0, 0] if power else None
+        self._gs = self._masks = None
         dt = layer.weight.dtype
         self.W = _torch_layout(lh.weight, layer)
         us2 = lh.uniform_s2
         self.s2_full = _torch_layout(lh.s2, layer)
+        if us2 is None and dt != lh.s2.dtype:
+            # one value in the computation dtype (float32: the clipped Gaussian's per-device variances differ by
+            # ~1e-12 relative, below its resolution): the scalar path, as for an exactly uniform variance
+            v = self.s2_full.reshape(-1)
+            us2 = float(v[0]) if bool((v == v[0]).all()) else None
         self.s2 = torch.tensor(us2, dtype=dt) if us2 is not None else self.s2_full
-        self.gs = _torch_layout(lh.gs_c2, layer)
-        n = lh.weight.shape[0]
-        self.masks = []
-        for t in range(lh.n_row_tiles):
-            mk = torch.zeros(n, dtype=dt)
-            mk[t * lh.tile_rows:(t + 1) * lh.tile_rows] = 1.0
-            self.masks.append(mk.reshape(1, *layer.weight.shape[1:]))
+
+    @property
+    def gs(self) -> torch.Tensor:
+        """``E[G_s]/c^2`` in the layer's weight layout (thermal and shot noise; built on first use)."""
+        if self._gs is None:
+            self._gs = _torch_layout(self.lh.gs_c2, self.layer)
+        return self._gs
+
+    @property
+    def masks(self) -> list:
+        """Per row tile, the 0/1 mask of its inputs in the layer's weight layout (built on first use)."""
+        if self._masks is None:
+            lh, layer = self.lh, self.layer
+            n = lh.weight.shape[0]
+            self._masks = []
+            for t in range(lh.n_row_tiles):
+                mk = torch.zeros(n, dtype=layer.weight.dtype)
+                mk[t * lh.tile_rows:(t + 1) * lh.tile_rows] = 1.0
+                self._masks.append(mk.reshape(1, *layer.weight.shape[1:]))
+        return self._masks
 
     def _bitlines(self):
         """Every bit line of every array as a (L, *weight.shape[1:]) weight over the layer's inputs
@@ -560,7 +586,8 @@ class _HardwareStep:
         if not (need_read or adc.enabled):     # MemSE's case: the moments of the noisy weights are all
             if dmean is None:
                 return out
-            return mo.Moments(out.mean + dmean, out.var, out.mode, out.cov, out.factors, local=out.local)
+            return mo.Moments(out.mean + dmean, out.var, out.mode, out.cov, out.factors, local=out.local,
+                              resid=out.resid)
         # the input scale of every read
         if dac.x_range is not None:
             xs = torch.tensor(float(dac.x_range), dtype=st.mean.dtype)
@@ -697,7 +724,7 @@ class _HardwareStep:
             xq = (u * sc).reshape(x.shape)
             return mo.Moments(xq, st.var, st.mode, st.cov, st.factors, (xq != 0).to(x.dtype)), None
         kh, kw = layer.weight.shape[2:]
-        cols = F.unfold(x, (kh, kw), dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
+        cols = mo._unfold(x, (kh, kw), layer.dilation, layer.padding, layer.stride)
         rows = cols.transpose(1, 2)                                     # (B, P, in)
         u, sc = dac_convert(rows, dac)
         d = u * sc - rows
