@@ -215,15 +215,13 @@ def test_graph_moments_match_monte_carlo(data, name, cov):
 # ------------------------------------------------------------------------------------------------
 # the shipped issue-15 models (slow)
 
-# Known limit: on mnist-vit-tiny the low-rank form predicts about 0.65x the Monte Carlo MSE (0.86x with
-# max_factors=256): attention's A V mixes V's residual over the tokens (now kept as top-rank factors per
-# channel), and the compression to max_factors=64 drops most of that token-coherent noise again
-# (docs/predict_graph.md, per-node diagnosis).
-_VIT = pytest.mark.xfail(strict=False, reason="compression of token-correlated noise to 64 factors: ~0.65x MC")
+# mnist-vit-tiny was a known limit (0.65x the Monte Carlo MSE) until the walker kept attention's
+# token-coherent noise through compression (docs/predict_graph.md): the mixing of the residuals on both
+# sides of Q K^T and A V, token states compressed to E*rank directions plus per-channel token blocks.
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["mnist-resnet-small", pytest.param("mnist-vit-tiny", marks=_VIT)])
+@pytest.mark.parametrize("name", ["mnist-resnet-small", "mnist-vit-tiny"])
 @pytest.mark.parametrize("pre", ["generic", "noisy"])
 def test_shipped_graph_models_mse(name, pre):
     from memcim.data.datasets import load_dataset

@@ -28,6 +28,11 @@ the mean weight and the ADC's mean slope) and appends its own new ones under fre
 * **Compression**: factors whose ids no other live tensor holds are private and may be compressed
   to their top ``max_factors`` principal directions (lowrank) as the sequential closed form does;
   shared factors are never rotated, so branch correlations survive until the branches merge.
+  In a model with attention, a token state (B, T, E) keeps at least ``E * rank`` directions, and
+  what the compression drops (a positive semi-definite covariance) is not all sent to the per-unit
+  residual: its (T, T) block of every channel keeps its top ``rank`` directions as channel-local
+  factors (the rows of the attention scores likewise, over their columns), so noise that attention
+  spread over the tokens stays coherent across them. The per-unit variance is exact either way.
 
 Covariance modes (``cov=``): ``"lowrank"`` (default) as the sequential form: ``rank`` new
 directions per conv matrix, at most ``max_factors`` private factors on maps larger than
@@ -64,8 +69,11 @@ Layers and their approximations
 * ``MultiheadAttention`` (batch_first, self-attention, no masks), ``TransformerEncoderLayer`` and
   ``TransformerEncoder``: projections on crossbars (token-wise), scores and weighted sum by the
   product rule, softmax as above; digital as in :class:`memcim.nn.analog.AnalogMultiheadAttention`.
-  ``A V`` mixes V's per-unit residual over the tokens (``A diag(r_d) A^T`` at channel ``d``): its top
-  ``rank`` eigen-directions per channel are kept as factors (fresh ids), the rest as residual.
+  A product ``a @ b`` spreads each side's per-unit residual: b's over the rows of a column
+  (``a diag(r_b[:, d]) a^T``: ``A V`` mixes V's residual over the tokens), a's over the columns of a
+  row (``b^T diag(r_a[t]) b``: Q's residual is shared along a row of the scores, A's over the
+  channels of a head). The top ``rank`` eigen-directions of each block are kept as factors (fresh
+  ids), the rest as residual.
 * ``LSTM``/``GRU``: :func:`memcim.analysis.recurrent.propagate_recurrent` (the output's factors get
   fresh ids: its correlation with a skip path around the recurrent layer is not tracked).
 
@@ -368,7 +376,7 @@ def _tup(v, n):
 
 class _Walker:
     def __init__(self, gm, units, hw, t, calib, *, cov, rank, max_factors, full_below, full_linear,
-                 act_method, taylor_order, on_crossbar, dtype):
+                 act_method, taylor_order, on_crossbar, dtype, token_rank=None):
         self.gm, self.units, self.hw, self.t, self.calib = gm, units, hw, t, calib
         self.cov = cov
         self.rank = _BIG if cov == "exact" else rank
@@ -378,6 +386,11 @@ class _Walker:
         self.act_method, self.taylor_order = act_method, taylor_order
         self.on_crossbar, self.dtype = on_crossbar, dtype
         self.modules = dict(gm.named_modules())
+        # token states (B, T, E) of a model with attention: at least E * rank factors, and what compression
+        # drops is kept per channel over the tokens (_block_remainder): token_rank directions per channel
+        attn = any(isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer)) for m in self.modules.values())
+        self.tokens = cov == "lowrank" and attn
+        self.token_rank = 0 if not self.tokens else (rank if token_rank is None else token_rank)
         self.steps: dict = {}                  # (path, key) -> (_HardwareStep, LayerHardware)
         self.order: list = []
         self._ids = itertools.count()
@@ -402,26 +415,71 @@ class _Walker:
         out = GraphState(s.mean, s.var, fac, ids, s.nonzero, True, s.layer_first)
         return self.compress(out, others, d)
 
-    def compress(self, s: GraphState, others: set, limit: int) -> GraphState:
+    def compress(self, s: GraphState, others: set, limit: int, within: int | None = None) -> GraphState:
         if s.fac is None:
             return s
         priv = [n for n, i in enumerate(s.ids) if i not in others]
         if len(priv) <= limit:
             return s
         shared = [n for n, i in enumerate(s.ids) if i in others]
+        if within is not None and len(priv) <= limit + self.block_slack(s, within, limit):
+            return s
         fp = mo._compress(s.fac[:, priv], limit)
+        if within is not None:
+            fp = torch.cat([fp, self._block_remainder(s.fac[:, priv], fp, within)], 1)
         fac = torch.cat([s.fac[:, shared], fp], 1) if shared else fp
         return GraphState(s.mean, s.var, fac, tuple(s.ids[n] for n in shared) + self.fresh(fp.shape[1]),
                           s.nonzero, s.full, s.layer_first)
 
-    def tidy(self, s: GraphState, others: set) -> GraphState:
+    def block_slack(self, s: GraphState, within: int, limit: int) -> int:
+        """Private factors a state compressed by blocks may carry before it is compressed again: its
+        block factors (``token_rank`` per block) plus ``max_factors`` new ones."""
+        w = s.shape[within]
+        return (s.mean[0].numel() // w) * min(self.token_rank, w) + limit
+
+    def _block_remainder(self, f: torch.Tensor, kept: torch.Tensor, within: int) -> torch.Tensor:
+        """What the compression of the factors ``f`` (B, K, *shape) to ``kept`` drops, the covariance
+        ``f^T f - kept^T kept`` (positive semi-definite: ``kept`` is an orthogonal projection of ``f``),
+        kept in blocks along dimension ``within`` of the shape: the (W, W) block of every index of the
+        other dimensions (a channel of a token state, over its tokens; a row of attention scores, over
+        its columns), as its top ``token_rank`` eigen-directions, each a factor on its block only
+        (fresh ids). The cross-block part is dropped, as the per-unit residual drops it; the rest of
+        each block stays in the per-unit residual (the state's variance is unchanged). Noise that
+        attention spreads over the tokens (or a row of scores) then stays coherent across them."""
+        b = f.shape[0]
+        shape = f.shape[2:]
+        d = 2 + within % len(shape)
+
+        def blocks(t):
+            t = t.movedim(d, -1)
+            return t.reshape(t.shape[0], t.shape[1], -1, t.shape[-1]), t.shape[2:]
+        fb, moved = blocks(f)
+        kb, _ = blocks(kept)
+        G, W = fb.shape[2:]
+        k = min(self.token_rank, W)
+        m = torch.einsum("bkgw,bkgv->bgwv", fb, fb) - torch.einsum("bkgw,bkgv->bgwv", kb, kb)
+        lam, vec = torch.linalg.eigh(0.5 * (m + m.transpose(-1, -2)))
+        lam, vec = lam[..., -k:].clamp_min(0.0), vec[..., -k:]            # (B, G, k), (B, G, W, k)
+        g = (vec * lam.sqrt().unsqueeze(-2)).permute(0, 1, 3, 2)          # (B, G, k, W)
+        eye = torch.eye(G, dtype=f.dtype).reshape(1, G, 1, G, 1)
+        new = (g.unsqueeze(-2) * eye).reshape(b, G * k, *moved)
+        return new.movedim(-1, d)
+
+    def tidy(self, s: GraphState, others: set, within: int | None = None) -> GraphState:
         """After every node: full maps stay full (residual -> factors), others are compressed."""
         if self.cov == "diagonal":
             return s
         d = s.mean[0].numel()
         if s.full or d <= self.full_below:
             return self.densify(s, others)
-        return self.compress(s, others, self.max_factors)
+        limit = self.max_factors
+        if self.tokens and s.mean.dim() == 3:
+            # a token state (B, T, E): attention's weighted sum adds `rank` token-coherent directions per
+            # channel (_mix_residual); keep as many (blocks over the tokens of each channel beyond them)
+            limit = max(limit, s.mean.shape[2] * min(self.rank, s.mean.shape[1]))
+            if within is None:
+                within = 0
+        return self.compress(s, others, limit, within if self.token_rank > 0 else None)
 
     # ---------------------------------------------------------------- crossbars
     def _step(self, path: str, key, weight: torch.Tensor, clayer: mo.CrossbarLayer, conv_rows: bool):
@@ -563,19 +621,23 @@ class _Walker:
 
         Q, K, V = (_index_map(proj[n], heads) for n in "qkv")
         Q = _affine(Q, 1.0 / math.sqrt(dh))
-        S = _product(Q, _index_map(K, lambda t: t.transpose(-2, -1)), torch.matmul)
-        A = _softmax(self.tidy(S, live | set(V.ids)), -1)
+        Kt = _index_map(K, lambda t: t.transpose(-2, -1))
+        S = _product(Q, Kt, torch.matmul)
+        # the residuals of Q (shared along a row of the scores) and K (along a column), as factors
+        S = self._mix_residual(self._mix_left(S, Q.residual(), Kt.mean), Q.mean, Kt.residual())
+        A = _softmax(self.tidy(S, live | set(V.ids), within=-1), -1)      # blocks: the rows softmax acts on
         O = _product(A, V, torch.matmul)
-        O = self._mix_residual(O, A.mean, V.residual())
+        O = self._mix_left(self._mix_residual(O, A.mean, V.residual()), A.residual(), V.mean)
         O = _index_map(O, lambda t: t.transpose(1, 2).reshape(t.shape[0], t.shape[2], E))
         O = self.tidy(O, others)
         return self.linear(path, m.out_proj, O, others, key="out", weight=m.out_proj.weight, bias=m.out_proj.bias)
 
     def _mix_residual(self, O: GraphState, a: torch.Tensor, r: torch.Tensor) -> GraphState:
-        """``O = A V`` mixes V's residual (independent per unit) over the tokens: at channel ``d`` of
-        a head it adds ``M_d = A diag(r_d) A^T`` (tokens x tokens) to O's covariance, which the
-        per-unit residual would drop. Keep its top ``k`` eigen-directions per channel as factors under
-        fresh ids (their variance moves out of the residual; the rest stays independent)."""
+        """``O = a @ b`` mixes b's residual (independent per unit) over a's rows: at column ``d``
+        (``A V``: channel ``d`` of a head; ``Q K^T``: token ``d``'s column of scores) it adds
+        ``M_d = a diag(r_d) a^T`` (rows x rows) to O's covariance, which the per-unit residual would
+        drop. Keep its top ``rank`` eigen-directions per column as factors under fresh ids (their
+        variance moves out of the residual; the rest stays independent)."""
         if self.cov == "diagonal":
             return O
         k = min(self.rank, a.shape[-2])
@@ -589,6 +651,25 @@ class _Walker:
         # factor (h, d, j) lives on channel (h, d) only: (B, H*dh*k, H, T, dh)
         eye = torch.eye(h * dh, dtype=f.dtype).repeat_interleave(k, 0).reshape(1, h * dh * k, h, 1, dh)
         new = f.permute(0, 1, 2, 4, 3).reshape(b, h * dh * k, 1, T, 1) * eye
+        fac = new if O.fac is None else torch.cat([O.fac, new], 1)
+        return GraphState(O.mean, O.var, fac, O.ids + self.fresh(new.shape[1]), O.nonzero, O.full)
+
+    def _mix_left(self, O: GraphState, ra: torch.Tensor, bm: torch.Tensor) -> GraphState:
+        """``O = a @ b`` mixes a's residual (independent per unit) over b's columns: row ``t`` of
+        ``O`` gets ``b^T diag(r_a[t]) b`` (columns x columns), which the per-unit residual would drop.
+        Its top ``rank`` eigen-directions per row become factors (fresh ids) on that row only."""
+        if self.cov == "diagonal":
+            return O
+        k = min(self.rank, bm.shape[-1])
+        if k <= 0:
+            return O
+        m = torch.einsum("...sd,...ts,...se->...tde", bm, ra, bm)       # (B, H, T, D, D)
+        lam, vec = torch.linalg.eigh(m)
+        lam, vec = lam[..., -k:].clamp_min(0.0), vec[..., -k:]          # (B, H, T, k), (B, H, T, D, k)
+        f = vec * lam.sqrt().unsqueeze(-2)                              # (B, H, T, D, k)
+        b, h, T, D, _ = f.shape
+        eye = torch.eye(h * T, dtype=f.dtype).repeat_interleave(k, 0).reshape(1, h * T * k, h, T, 1)
+        new = f.permute(0, 1, 2, 4, 3).reshape(b, h * T * k, 1, 1, D) * eye
         fac = new if O.fac is None else torch.cat([O.fac, new], 1)
         return GraphState(O.mean, O.var, fac, O.ids + self.fresh(new.shape[1]), O.nonzero, O.full)
 
