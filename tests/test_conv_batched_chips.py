@@ -74,6 +74,9 @@ def test_eval_outputs_do_not_share_the_kept_buffer():
     a(torch.randn(4, 2, 6, 6))
     assert torch.equal(y1, keep)
     torch.testing.assert_close(y1, conv(x), rtol=1e-5, atol=1e-5)   # ideal hardware: the digital conv
+    program(a, 0, dtype=torch.float64)
+    with torch.no_grad():         # the bias written in the outputs' layout in one pass: the same values
+        assert torch.equal(a(x), y1)
 
 
 def _outs(model, x, hw, **kw):
