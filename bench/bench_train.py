@@ -17,7 +17,11 @@ to the 60,000-image epoch (every mini-batch costs the same). Variants:
     one input-independent Gaussian per array output): the goal's comparison;
   * memcim noise-aware fine-tuning (:func:`memcim.nn.noise_aware.noise_aware_network`: the same chip
     per mini-batch, the read's mean and variance into the noise-aware activations);
-  * aihwkit-lightning 2.1.0's ``TorchInferenceRPUConfig`` at matched settings: 128x128 tiles, 8-bit
+  * aihwkit-lightning 2.1.0's ``TorchInferenceRPUConfig`` at matched settings (checked against its
+    source: the same balanced split of the inputs into 7 / 4 / 3 slices of at most 128 rows as
+    memcim's tiles, one out_noise draw per slice output and batch row as memcim's thermal noise, one
+    weight-noise draw per weight where memcim draws both devices of each pair; the JSON's profile
+    counts both): 128x128 tiles, 8-bit
     inputs (``inp_res``) and outputs (``out_res``, ``out_bound``), output noise (``out_noise``),
     Gaussian weight noise per mini-batch (``ADD_NORMAL`` modifier) and 64-level weights
     (``DISCRETIZE_ADD_NORMAL``), weights clipped (``LAYER_GAUSSIAN``), inputs scaled by their own
@@ -88,13 +92,21 @@ def _profile(model, x, y, batches: int = 10) -> dict:
     # row tile, output and input)
     from memcim.mapping.crossbar import tile_geometry
 
-    prog = read = 0
+    prog = read = lw = lout = 0
     for mod in model.modules():
         if hasattr(mod, "plan") and hasattr(mod, "in_features") and hasattr(mod, "out_features"):
             _, Cw, nrt, nct = tile_geometry(mod.in_features, mod.out_features, mod.hardware)
             prog += 2 * mod.in_features * mod.out_features
             read += BATCH * nrt * nct * Cw
+            lw += mod.in_features * mod.out_features
+            lout += BATCH * nrt * mod.out_features
     out["normal_draws_per_step"] = {"programming": prog, "read_noise": read}
+    # aihwkit-lightning at the bench's settings draws one weight-noise sample per weight (randn_like of
+    # each input slice) and one out_noise sample per tile output; its slices are the same balanced
+    # 128-row split as memcim's tiles (get_split_sizes): the read noise counts agree (up to memcim's padding
+    # columns, 504 for 500) and memcim draws
+    # the second device of every pair on top (the physics of the differential pair)
+    out["lightning_normal_draws_per_step"] = {"weight_noise": lw, "out_noise": lout}
     return out
 
 

@@ -494,8 +494,13 @@ class ProgrammedChip:
                 gs = (g_pos + g_neg) if m.scheme == "differential" else g_pos
         elif noisy and self._lean:         # a training chip: its noise weights in a kept buffer
             g_pos = self.conductances()[0][trials].detach()
-            gs = g_pos if m.scheme != "differential" else \
-                torch.add(g_pos, g_neg.detach(), out=_workspace(g_pos.shape, g_pos.dtype, g_pos.device, "gs"))
+            if m.scheme == "differential" and not dev.shot_noise and g_pos.dtype != torch.float64:
+                # thermal noise only needs the column sums of G+ + G-: summed side by side (float32:
+                # within its rounding of the sum of the added pair, without writing the pair's sum)
+                gs, gsum_th = g_pos, g_pos.sum(dim=2, keepdim=True).add_(g_neg.detach().sum(dim=2, keepdim=True))
+            else:
+                gs = g_pos if m.scheme != "differential" else \
+                    torch.add(g_pos, g_neg.detach(), out=_workspace(g_pos.shape, g_pos.dtype, g_pos.device, "gs"))
         if keep is not None:
             keep.append(gd)
         with torch.no_grad():    # the values: the gradient, when asked for, is attached by _mvm_at
@@ -508,9 +513,11 @@ class ProgrammedChip:
         dev = hw.device
         lean = self._lean and not (dev.has_rtn or dev.has_read_1f)
         if gs is not None:
-            if dev.has_rtn or dev.has_read_1f or lean:
+            if dev.has_rtn or dev.has_read_1f or (lean and gsum_th is None):
                 gs = gs.detach()
                 gsum_th = gs.sum(dim=2, keepdim=True)
+            elif lean:                    # the column sums the read gave (see _read)
+                gs = gs.detach()
             else:
                 gs, gsum_th = gs[trials].detach(), gsum_th[trials].detach()
         gn_sum = g_neg.sum(dim=2, keepdim=True) if gs is not None and m.scheme == "offset" else None

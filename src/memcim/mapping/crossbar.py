@@ -336,8 +336,10 @@ def _linear_targets(W: torch.Tensor, hw: HardwareConfig, c: torch.Tensor, shape:
     clipped to the window and rounded to the nearest level, ``g_min + level * step``; offset: ``G =
     g_ref + c W``, clipped and rounded. The operations are those of
     :func:`memcim.hardware.device.quantize_conductance` in this order (so float64 gives its
-    results bit for bit), in place on one buffer; a differential pair's levels are formed once, on
-    ``|W|`` (the other side's level is 0), signed as the weight: ``d = level+ - level-``.
+    results bit for bit; a float32 differential map with levels takes the level as
+    ``round(|W| (c / step))`` clipped to the levels, the same up to float32 rounding), in place on
+    one buffer; a differential pair's levels are formed once, on ``|W|`` (the other side's level is
+    0), signed as the weight: ``d = level+ - level-``.
 
     Returns ``(g_pos, g_neg, level_pos, level_neg, d)``: differential ``g_pos`` and ``g_neg`` are the
     two entries of one (2, nrt, R, m_pad) tensor (:func:`memcim.simulate.program` draws both at
@@ -359,10 +361,15 @@ def _linear_targets(W: torch.Tensor, hw: HardwareConfig, c: torch.Tensor, shape:
         torch.abs(W, out=w) if W.dtype == dtype else w.copy_(W).abs_()
     a[n:] = 0.0
     a[:n, m:] = 0.0
-    a.mul_(c.to(dtype))                                                   # c W (c |W|)
-    a.add_((dev.g_min + dev.g_max) / 2 if offset else dev.g_min).clamp_(dev.g_min, dev.g_max)
-    if top is not None:                                                   # the level of every target
-        a.sub_(dev.g_min).div_(dev.level_step).round_().clamp_(0.0, top)
+    if top is not None and not offset and dtype != torch.float64:
+        # a training map (float32): the level of c |W| in one scaling, its rounding and the clip to the
+        # levels (the float64 path's steps up to float32 rounding: a level differs only at a tie)
+        a.mul_((c / dev.level_step).to(dtype)).round_().clamp_(0.0, top)
+    else:
+        a.mul_(c.to(dtype))                                               # c W (c |W|)
+        a.add_((dev.g_min + dev.g_max) / 2 if offset else dev.g_min).clamp_(dev.g_min, dev.g_max)
+        if top is not None:                                               # the level of every target
+            a.sub_(dev.g_min).div_(dev.level_step).round_().clamp_(0.0, top)
     a = a.view(nrt, R, m_pad)
     lp = ln = d = None
     if offset:
