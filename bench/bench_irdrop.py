@@ -17,12 +17,21 @@ not used for the second moment). Methods: ``dpe`` (Hu et al., DAC 2016), ``repre
 one-device rounding ``"aware"``, the default before the pair rounding: the before/after of one run) and
 ``representable+M`` (pairs, tuned on the second moment E[x^T x] of 2000 training inputs of that block,
 i.e. the expected output error on the data). ``floor``: the pure quantization floor (ideal wires, the
-same 8-bit levels, nearest level, best scale: :func:`quantization_floor`). ``conductance_sum``: the
+same 8-bit levels, nearest level, best scale: :func:`quantization_floor`); ``floor/at_representable_alpha``
+the same at the representable mapping's own alpha (the scale the IR drop leaves it: one device per weight
+cannot get below it, the pair vernier can). Per-column scale (a digital gain per output column after the
+ADC; ``--no-columns`` leaves it out): ``dpe/column`` (each column's own DPE range), ``representable/column``
+(``map_block(..., column_scale=True)``: every column's own scale search) and ``floor/column`` (each column
+at its own best scale); ratios against DPE's one-scale plan (the stronger DPE: per-column ranges raise
+the currents and DPE's IR-drop error) and against ``dpe/column``. ``conductance_sum``: the
 sum of all programmed conductances, a proxy of the array's read power (ratios against DPE's plan).
 Summary: min and geometric mean of every ratio over all blocks and per block class.
 
 Times: wall ``time_s`` and the process's CPU time ``cpu_s`` (on the shared 2-core machine the wall time
-follows the load of other jobs; the CPU time is what one free core would take, up to cache effects).
+follows the load of other jobs; the CPU time is what one free core would take, up to cache effects, which
+grow with the load: the same 128 x 128 mapping measured 4.5 s at load 3 and 6.3 s at load 5). ``timing``:
+the mapping of one random n x n array, ``--time-repeats`` interleaved rounds of DPE (the peer),
+representable and representable/column, median and min CPU time (:func:`timing`).
 """
 from __future__ import annotations
 
@@ -114,6 +123,45 @@ def map_case(W, array, method, second_moment=None, X_eval=None, rounding="pairs"
     return out
 
 
+def map_case_columns(W, array, method, second_moment=None, X_eval=None):
+    """``method`` with one scale per output column (``map_block(..., column_scale=True)``: a digital gain
+    per column after the ADC). ``map_matrix`` takes one alpha per array from ``map_block``, so the tiles
+    (``map_matrix``'s balanced tiling) are mapped here and put into a linear plan of the same layout
+    with their per-column scales; the errors are from that plan's ``realized()`` (the nodal solve)."""
+    import dataclasses
+
+    from memcim.mapping.irdrop import map_block
+
+    hw = HW.set({"mapping.method": method, "array.rows": array[0], "array.cols": array[1]})
+    t0, c0 = time.perf_counter(), time.process_time()
+    template = map_matrix(W, hw.set("mapping.method", "linear"))
+    nrt, R, m_pad = template.g_pos.shape
+    Cw = template.tile_cols
+    gp = torch.zeros_like(template.g_pos)
+    gn = torch.zeros_like(template.g_neg)
+    scale = torch.ones_like(template.scale)
+    n, m = W.shape
+    for r in range(nrt):
+        rows = slice(r * R, min((r + 1) * R, n))
+        for k in range(template.n_col_tiles):
+            cols = slice(k * Cw, min((k + 1) * Cw, m))
+            M = None if second_moment is None else second_moment[rows, rows]
+            p, q, a, _ = map_block(W[rows, cols], hw.wires, hw.device, hw.mapping, second_moment=M,
+                                   column_scale=True)
+            nr, nc = p.shape
+            gp[r, :nr, cols] = torch.from_numpy(p)
+            gn[r, :nr, cols] = torch.from_numpy(q)
+            scale[r, cols] = torch.as_tensor(np.broadcast_to(a, (nc,)).copy(), dtype=torch.float64)
+    plan = dataclasses.replace(template, g_pos=gp, g_neg=gn, level_pos=None, level_neg=None, scale=scale)
+    Wr = plan.realized().numpy()
+    t, cpu = time.perf_counter() - t0, time.process_time() - c0
+    out = {"time_s": t, "cpu_s": cpu, "alpha_median": float(torch.median(scale[:, :m])),
+           "alpha_min": float(scale[:, :m].min()), "alpha_max": float(scale[:, :m].max()),
+           "conductance_sum": float(gp.sum() + gn.sum())}
+    out.update(_errors(W, Wr, X_eval))
+    return out
+
+
 def _errors(W, Wr, X_eval=None) -> dict:
     rep = error_report(W, Wr)
     out = {"frobenius_error": rep["frobenius_error"], "relative_error": rep["relative_error"],
@@ -125,42 +173,96 @@ def _errors(W, Wr, X_eval=None) -> dict:
     return out
 
 
-def quantization_floor(W, X_eval=None, factors=np.linspace(0.5, 3.0, 126)) -> dict:
+def _floor_realized(W, a):
+    """One device of each pair at g_min, the other at the nearest level of ``a max(+-W, 0)`` (a: one scale
+    or one per column), ideal wires: the realized matrix."""
+    dev = HW.device
+    step, top = dev.level_step, dev.levels - 1
+    kp = np.clip(np.rint(a * np.maximum(W, 0) / step), 0, top)
+    kn = np.clip(np.rint(a * np.maximum(-W, 0) / step), 0, top)
+    return (kp - kn) * step / a
+
+
+def quantization_floor(W, X_eval=None, factors=np.linspace(0.5, 3.0, 126), column=False) -> dict:
     """The pure quantization floor: ideal wires, the same device levels, one device of each pair at g_min
     and the other at the nearest level of ``alpha max(+-W, 0)``, at the scale alpha (from half to three
     times the full-range scale ``(g_max - g_min) / max|W|``, above it the largest weights clip) with the
     lowest Frobenius error. No wires means no IR drop to compensate and no pair vernier (both devices
-    of a pair move their weight by exactly one level step)."""
+    of a pair move their weight by exactly one level step, so joint programming of the pair adds no
+    finer values: the levels of ``kp - kn`` are those of one device). With ideal wires and one scale,
+    the nearest level is also the Frobenius-optimal rounding element by element, so this is the least
+    Frobenius error any mapping reaches on these levels at one scale without IR drop.
+    ``column``: one scale per output column (each column's best factor of its own full-range scale)."""
     dev = HW.device
-    step, top = dev.level_step, dev.levels - 1
+    if column:
+        cm = np.max(np.abs(W), axis=0)
+        a_full = (dev.g_max - dev.g_min) / np.where(cm > 0, cm, np.max(np.abs(W)))
+        errs = np.array([np.sum((_floor_realized(W, f * a_full) - W) ** 2, axis=0) for f in factors])
+        f = factors[np.argmin(errs, axis=0)]
+        out = {"alpha_over_full_range_median": float(np.median(f))}
+        out.update(_errors(W, _floor_realized(W, f * a_full), X_eval))
+        return out
     a_full = (dev.g_max - dev.g_min) / np.max(np.abs(W))
-
-    def realized(a):
-        kp = np.clip(np.rint(a * np.maximum(W, 0) / step), 0, top)
-        kn = np.clip(np.rint(a * np.maximum(-W, 0) / step), 0, top)
-        return (kp - kn) * step / a
-
-    f = min(factors, key=lambda f: np.linalg.norm(realized(f * a_full) - W))
+    f = min(factors, key=lambda f: np.linalg.norm(_floor_realized(W, f * a_full) - W))
     out = {"alpha_over_full_range": float(f), "alpha": float(f * a_full)}
-    out.update(_errors(W, realized(f * a_full), X_eval))
+    out.update(_errors(W, _floor_realized(W, f * a_full), X_eval))
     return out
 
 
-def _ratios(row, ref="dpe", methods=("representable", "representable+M", "representable/aware", "floor")):
+def floor_at_scale(W, alpha, X_eval=None) -> dict:
+    """The one-device floor (as :func:`quantization_floor`, ideal wires, nearest level) at a given scale:
+    at the representable mapping's own alpha it is what one device per weight could reach at the scale the
+    IR drop leaves (the pair vernier is what gets below it)."""
+    out = {"alpha": float(alpha)}
+    out.update(_errors(W, _floor_realized(W, alpha), X_eval))
+    return out
+
+
+METHODS_VS_DPE = ("representable", "representable+M", "representable/aware", "floor", "representable/column",
+                  "floor/column", "floor/at_representable_alpha")
+
+
+def _ratios(row, ref="dpe", methods=METHODS_VS_DPE):
     keys = ("frobenius_error", "max_output_error", "max_output_error_data", "rms_output_error_data")
     out = {f"{k}_{ref}_over_{m}": row[ref][k] / row[m][k] for m in methods if m in row for k in keys
            if k in row[m] and row[m][k] > 0}
-    for m in ("representable", "representable+M"):     # read power in the array, relative to DPE's plan
-        if m in row:
+    for m in ("representable", "representable+M", "representable/column"):   # read power in the array,
+        if m in row and "conductance_sum" in row[m] and "conductance_sum" in row[ref]:   # relative to DPE's
             out[f"conductance_sum_{m}_over_{ref}"] = row[m]["conductance_sum"] / row[ref]["conductance_sum"]
     return out
+
+
+def _all_ratios(row):
+    out = _ratios(row)
+    if "dpe/column" in row:         # the per-column peer: DPE with its own per-column scales
+        out.update(_ratios(row, ref="dpe/column", methods=("representable/column",)))
+        # and the better DPE of the two, error by error (per-column ranges help DPE only where the IR drop
+        # is negligible: the CNN's 9 x 2 conv1)
+        best = {k: min(row["dpe"][k], row["dpe/column"][k]) for k in row["dpe"]
+                if k.endswith("_error") or k.endswith("_error_data")}
+        out.update(_ratios({**row, "dpe/best": best}, ref="dpe/best", methods=("representable/column",)))
+    return out
+
+
+def _add_columns(row, W, array, X_eval=None):
+    """The per-column-scale variants of one block (``--no-columns`` leaves them out)."""
+    row["dpe/column"] = map_case_columns(W, array, "dpe", X_eval=X_eval)
+    row["representable/column"] = map_case_columns(W, array, "representable", X_eval=X_eval)
+    row["floor/column"] = quantization_floor(W, X_eval=X_eval, column=True)
 
 
 def _print(name, row):
     r = row["ratios"]
     fro = r.get("frobenius_error_dpe_over_representable", 0)
     print(f"{name:<38} cpu_rep {row['representable']['cpu_s']:5.2f}s  fro x{fro:5.1f}"
-          f" (floor x{r.get('frobenius_error_dpe_over_floor', 0):5.1f})"
+          f" (floor x{r.get('frobenius_error_dpe_over_floor', 0):5.1f}"
+          f", at its alpha x{r.get('frobenius_error_dpe_over_floor/at_representable_alpha', 0):4.1f})"
+          + (f"  column: fro x{r.get('frobenius_error_dpe_over_representable/column', 0):5.1f}"
+             f" maxout x{r.get('max_output_error_dpe_over_representable/column', 0):5.1f}"
+             f" (floor x{r.get('frobenius_error_dpe_over_floor/column', 0):5.1f},"
+             f" vs dpe/column x{r.get('frobenius_error_dpe/column_over_representable/column', 0):5.1f})"
+             if "representable/column" in row else "")
+          + f""
           f"  maxout x{r.get('max_output_error_dpe_over_representable', 0):5.1f}"
           + (f"  data-maxout x{r['max_output_error_data_dpe_over_representable']:5.1f}"
              f" (+M x{r.get('max_output_error_data_dpe_over_representable+M', 0):5.1f}, fro x"
@@ -190,6 +292,33 @@ def scale_check(factors=(1.0, 1.1, 1.2), seed: int = 0) -> dict:
     return {"block": case["name"], "alpha_dpe": a_dpe, "rows": rows}
 
 
+def timing(sizes, repeats: int = 3, seed: int = 0, columns: bool = True) -> dict:
+    """CPU time of one array's mapping (``map_block``, not memoised) on a uniform random n x n matrix per
+    size, ``repeats`` rounds interleaving the methods (DPE, the peer, first): median and min per method.
+    The per-block ``cpu_s`` of the tables is one measurement each and follows the other jobs' load."""
+    from memcim.mapping.irdrop import map_block
+
+    rng = np.random.default_rng(seed + 1)
+    out = {}
+    for n in sizes:
+        W = rng.uniform(-1, 1, (n, n))
+        hw = HW.set({"array.rows": n, "array.cols": n})
+        variants = [("dpe", "dpe", {}), ("representable", "representable", {})]
+        if columns:
+            variants.append(("representable/column", "representable", {"column_scale": True}))
+        ts = {name: [] for name, _, _ in variants}
+        for _ in range(repeats):
+            for name, method, kw in variants:
+                c0 = time.process_time()
+                map_block(W, hw.wires, hw.device, hw.set("mapping.method", method).mapping, **kw)
+                ts[name].append(time.process_time() - c0)
+        out[f"{n}x{n}"] = {name: {"cpu_s_median": float(np.median(v)), "cpu_s_min": float(np.min(v)), "cpu_s": v}
+                           for name, v in ts.items()}
+        print(f"timing {n}x{n}: " + "  ".join(f"{k} {np.median(v):.2f}s (min {np.min(v):.2f})"
+                                              for k, v in ts.items()), flush=True)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--scale-check", action="store_true",
@@ -198,7 +327,11 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--random", type=int, default=2, help="uniform random matrices per size")
     ap.add_argument("--quick", action="store_true", help="64 only, one random matrix, MLP blocks only")
+    ap.add_argument("--no-columns", dest="columns", action="store_false",
+                    help="leave out the per-column-scale variants (dpe/column, representable/column, floor/column)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--time-repeats", type=int, default=3,
+                    help="interleaved repeats of the mapping-time measurement (0: leave it out)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "irdrop.json"))
     a = ap.parse_args()
     if a.scale_check:
@@ -218,7 +351,10 @@ def main():
                 row[m] = map_case(W, (n, n), m)
             row["representable/aware"] = map_case(W, (n, n), "representable", rounding="aware")
             row["floor"] = quantization_floor(W)
-            row["ratios"] = _ratios(row)
+            row["floor/at_representable_alpha"] = floor_at_scale(W, row["representable"]["alpha"])
+            if a.columns:
+                _add_columns(row, W, (n, n))
+            row["ratios"] = _all_ratios(row)
             _print(row["name"], row)
             res["random"].append(row)
     for n in a.sizes:
@@ -233,9 +369,14 @@ def main():
             row["representable+M"] = map_case(W, case["array"], "representable", second_moment=M,
                                               X_eval=case["X_eval"])
             row["floor"] = quantization_floor(W, X_eval=case["X_eval"])
-            row["ratios"] = _ratios(row)
+            row["floor/at_representable_alpha"] = floor_at_scale(W, row["representable"]["alpha"], case["X_eval"])
+            if a.columns:
+                _add_columns(row, W, case["array"], X_eval=case["X_eval"])
+            row["ratios"] = _all_ratios(row)
             _print(row["name"], row)
             res["trained"].append(row)
+    if a.time_repeats:
+        res["timing"] = timing(a.sizes, a.time_repeats, a.seed, a.columns)
     s = res["summary"]
     for group in ("random", "trained"):
         rows = res[group]
@@ -254,11 +395,16 @@ def main():
                 s[f"{cname}/{key}/geomean"] = float(np.exp(np.mean(np.log(vals))))
         for n in a.sizes:
             for key in ("time_s", "cpu_s"):
-                ts = [r["representable"][key] for r in rows if r["size"] == [n, n]]
-                if ts:
-                    s[f"{group}/representable_{key}/{n}x{n}/max"] = float(np.max(ts))
+                for m in ("representable", "representable/column"):
+                    ts = [r[m][key] for r in rows if r["size"] == [n, n] and m in r]
+                    if ts:
+                        s[f"{group}/{m}_{key}/{n}x{n}/max"] = float(np.max(ts))
+    for size, row in res.get("timing", {}).items():
+        for m, v in row.items():
+            s[f"timing/{m}_cpu_s_median/{size}"] = v["cpu_s_median"]
     for k, v in s.items():
         print(f"{k:<80} {v:8.3f}")
+    res["load_average_end"] = list(os.getloadavg())
     print("wrote", write_json(a.out, res))
 
 
