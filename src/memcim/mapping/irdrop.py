@@ -70,8 +70,9 @@ DPE, and the bench also gives them against the better DPE of the two (``dpe/best
 mapping from DPE's one scale and from DPE's per-column scales and keeps the lower exact error (twice the
 time): DPE / representable Frobenius 4.8-12.1x on the 64x64 MLP blocks, 6.0-11.8x at 128x128 (the
 fc1 block above: 3.5x -> 7.6x, its one-scale floor 5.3x, per-column floor 13.2x), CNN 2.4-7.4x; max
-output error 3.0-10.8x on the MLP blocks (one scale: 2.7-8.2x; the per-column plan lowers it on most
-blocks and raises it on three, the objective being the Frobenius norm). The CNN's small layers (conv1,
+output error 2.96-10.8x on the MLP blocks (one scale: 2.7-8.2x; the per-column plan lowers it on 17 of
+24 blocks and raises it on 7, the objective being the Frobenius norm: most on the 128x128 fc1 centre
+blocks, 4.6x -> 3.0x (500-300) and 7.7x -> 3.5x (256-128)). The CNN's small layers (conv1,
 9x2: per-column floor 1.2x DPE) carry little IR drop: there DPE is at the floor and the levels are the
 limit. ``map_matrix`` takes one alpha per array from ``map_block`` (``mapping.scale`` does not reach
 ``dpe`` / ``representable`` yet), so the bench puts the per-column tiles into a plan itself.
