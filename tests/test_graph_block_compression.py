@@ -98,3 +98,17 @@ def test_mix_left_and_right_are_the_product_covariance():
     off = ~torch.eye(n, dtype=torch.bool)
     torch.testing.assert_close(got[off], want[off])
     assert bool((got.diagonal() >= want.diagonal() - 1e-12).all())
+
+
+def test_wide_token_state_gets_no_blocks():
+    """More channels than the block budget (8 max_factors) allows: the plain compression, whose kept
+    factors are the top principal directions (their covariance's trace is the top eigenvalues')."""
+    torch.manual_seed(3)
+    b, k, T, E = 1, 30, 3, 20
+    fac = torch.randn(b, k, T, E, dtype=torch.float64)
+    s = G.GraphState(torch.zeros(b, T, E, dtype=torch.float64), (fac * fac).sum(1), fac, tuple(range(k)))
+    w = _walker(max_factors=2)
+    out = w.compress(s, set(), 2, within=0)
+    assert out.fac.shape[1] == 2
+    lam = torch.linalg.eigvalsh(_dense(s)[0] - torch.diag_embed(s.residual().reshape(1, -1))[0])
+    torch.testing.assert_close((out.fac ** 2).sum(), lam[-2:].sum())

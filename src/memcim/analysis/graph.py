@@ -28,7 +28,8 @@ the mean weight and the ADC's mean slope) and appends its own new ones under fre
 * **Compression**: factors whose ids no other live tensor holds are private and may be compressed
   to their top ``max_factors`` principal directions (lowrank) as the sequential closed form does;
   shared factors are never rotated, so branch correlations survive until the branches merge.
-  In a model with attention, a token state (B, T, E) keeps at least ``E * rank`` directions, and
+  In a model with attention, a token state (B, T, E) keeps at least ``E * rank`` directions (at most
+  ``4 max_factors``; block factors at most ``8 max_factors`` in all), and
   what the compression drops (a positive semi-definite covariance) is not all sent to the per-unit
   residual: its (T, T) block of every channel keeps its top ``rank`` directions as channel-local
   factors (the rows of the attention scores likewise, over their columns), so noise that attention
@@ -100,6 +101,8 @@ from memcim.analysis import moments as mo
 __all__ = ["predict_graph", "trace_model", "GraphState"]
 
 _BIG = 1 << 40
+_TOKEN_LIMIT = 4       # a token state keeps E * rank private factors, at most this many times max_factors
+_BLOCK_BUDGET = 8      # and at most this many times max_factors block factors (_block_remainder)
 _NEG = -1e30           # max pooling's padding value (a finite "minus infinity")
 
 
@@ -423,6 +426,8 @@ class _Walker:
         if len(priv) <= limit:
             return s
         shared = [n for n, i in enumerate(s.ids) if i in others]
+        if within is not None and self.block_rank(s.mean[0].numel() // s.shape[within], s.shape[within]) <= 0:
+            within = None
         if within is not None and len(priv) <= limit + self.block_slack(s, within, limit):
             return s
         fp = mo._compress(s.fac[:, priv], limit)
@@ -436,7 +441,13 @@ class _Walker:
         """Private factors a state compressed by blocks may carry before it is compressed again: its
         block factors (``token_rank`` per block) plus ``max_factors`` new ones."""
         w = s.shape[within]
-        return (s.mean[0].numel() // w) * min(self.token_rank, w) + limit
+        g = s.mean[0].numel() // w
+        return g * self.block_rank(g, w) + limit
+
+    def block_rank(self, blocks: int, w: int) -> int:
+        """Directions kept per block: ``token_rank``, at most ``w``, and at most ``8 max_factors`` block
+        factors in all (a wide model gets fewer per block, or none)."""
+        return min(self.token_rank, w, (_BLOCK_BUDGET * self.max_factors) // max(blocks, 1))
 
     def _block_remainder(self, f: torch.Tensor, kept: torch.Tensor, within: int) -> torch.Tensor:
         """What the compression of the factors ``f`` (B, K, *shape) to ``kept`` drops, the covariance
@@ -457,7 +468,7 @@ class _Walker:
         fb, moved = blocks(f)
         kb, _ = blocks(kept)
         G, W = fb.shape[2:]
-        k = min(self.token_rank, W)
+        k = self.block_rank(G, W)
         m = torch.einsum("bkgw,bkgv->bgwv", fb, fb) - torch.einsum("bkgw,bkgv->bgwv", kb, kb)
         lam, vec = torch.linalg.eigh(0.5 * (m + m.transpose(-1, -2)))
         lam, vec = lam[..., -k:].clamp_min(0.0), vec[..., -k:]            # (B, G, k), (B, G, W, k)
@@ -477,7 +488,7 @@ class _Walker:
         if self.tokens and s.mean.dim() == 3:
             # a token state (B, T, E): attention's weighted sum adds `rank` token-coherent directions per
             # channel (_mix_residual); keep as many (blocks over the tokens of each channel beyond them)
-            limit = max(limit, s.mean.shape[2] * min(self.rank, s.mean.shape[1]))
+            limit = max(limit, min(s.mean.shape[2] * min(self.rank, s.mean.shape[1]), _TOKEN_LIMIT * self.max_factors))
             if within is None:
                 within = 0
         return self.compress(s, others, limit, within if self.token_rank > 0 else None)
