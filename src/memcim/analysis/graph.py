@@ -1167,7 +1167,9 @@ def predict_graph(model: nn.Module, x, hw=None, *, calib_data=None, cov: str = "
     stacks; the parameters are its own, except ``full_forks`` (this function only): with ``True`` the
     input of every ``TransformerEncoderLayer`` has its residual made explicit (one factor per unit), so
     the attention and feed-forward branches stay correlated with the skip path through it (the
-    ``J_ii r_i`` terms); exact for that fork, about 2x the time on mnist-vit-tiny. ``model`` may be digital (``hw`` required; ``calib_data``
+    ``J_ii r_i`` terms); exact for that fork, about 2x the time on mnist-vit-tiny.
+
+    ``model`` may be digital (``hw`` required; ``calib_data``
     calibrates the ADCs as :func:`memcim.nn.analog.convert_to_analog` does) or converted (its layers'
     hardware and calibration are used when ``hw`` is None).
 
