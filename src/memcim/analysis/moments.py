@@ -619,27 +619,75 @@ def _patch_index_of(kh: int, kw: int, dilation: tuple, padding: tuple, stride: t
 
 
 def _top_eig(gram: torch.Tensor, r: int, *, iters: int = 2, oversample: int = 8) -> torch.Tensor:
-    """Top ``r`` eigenvectors (B, n, r) of a batch of symmetric PSD matrices (B, n, n), detached.
+    """Top ``r`` eigenvectors (B, n, r) of a batch of symmetric PSD matrices (B, n, n).
 
-    Small matrices (``n <= 2 (r + oversample)``): ``torch.linalg.eigh``. Larger ones: a randomized
-    range finder with ``iters`` steps of subspace iteration (Halko, Martinsson & Tropp 2011,
-    Alg. 4.4; fixed seed, so the result is deterministic) and the Rayleigh-Ritz eigenvectors of
+    Small matrices (``n <= max(2 (r + oversample), _TOP_EIGH_BELOW)``): ``torch.linalg.eigh``. Larger
+    ones: a randomized range finder with ``iters`` steps of subspace iteration (Halko, Martinsson & Tropp
+    2011, Alg. 4.4; fixed seed, so the result is deterministic) and the Rayleigh-Ritz eigenvectors of
     the projected (r + oversample)-square matrix: cost ``n^2 (r + oversample)`` per step instead
     of ``n^3``. The discarded directions' variance stays on the exactly tracked diagonal.
+
+    Differentiable in ``gram`` (:class:`_TopSubspace`): the gradient carries the rotation of the kept
+    subspace against the discarded directions only, the part that changes the kept covariance; the
+    rotation within the kept subspace (basis choice, ill-conditioned for near-equal kept eigenvalues)
+    changes no covariance and is left out.
     """
-    g = gram.detach()
-    n = g.shape[-1]
-    l = r + oversample
-    if n <= 2 * l:
-        return torch.linalg.eigh(g)[1][..., n - r:]
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    om = torch.randn(n, l, generator=gen, dtype=torch.float64).to(device=g.device, dtype=g.dtype)
-    q = torch.linalg.qr(g @ om)[0]
-    for _ in range(iters):
-        q = torch.linalg.qr(g @ q)[0]
-    t = q.transpose(-1, -2) @ g @ q
-    _, u = torch.linalg.eigh(0.5 * (t + t.transpose(-1, -2)))
-    return q @ u[..., l - r:]
+    return _TopSubspace.apply(gram, r, iters, oversample)
+
+
+#: below this size :func:`_top_eig` always takes the exact ``eigh`` (a small ``max_factors`` otherwise sends
+#: small Gram matrices to the randomized finder, whose fixed sketch is not invariant to the arbitrary signs of
+#: the incoming factors: its approximation error then jumped with 1e-6 changes of ``G_max``)
+_TOP_EIGH_BELOW = 128
+
+
+class _TopSubspace(torch.autograd.Function):
+    """:func:`_top_eig` with the gradient of the kept eigenprojector ``P = V V^T``.
+
+    For kept ``i`` and discarded ``j``: ``dv_i = sum_j v_j (v_j^T dG v_i) / (l_i - l_j)`` (first-order
+    perturbation; the terms between kept directions only rotate the basis, which no downstream covariance
+    sees), so ``dL/dG = sym(sum_ij (v_j^T g_i) / (l_i - l_j) v_j v_i^T)`` with ``g_i = dL/dv_i``. Randomized
+    case: the sampled (Ritz) directions beyond the kept ones enter with their Ritz values, the unsampled
+    complement with eigenvalue 0 (``(I - Q Q^T) g_i / l_i``). Eigenvalues tied across the cut (no gap)
+    contribute nothing (the kept subspace is then not differentiable)."""
+
+    @staticmethod
+    def forward(ctx, gram, r, iters, oversample):
+        g = gram.detach()
+        n = g.shape[-1]
+        l = r + oversample
+        if n <= max(2 * l, _TOP_EIGH_BELOW):
+            lam, vec = torch.linalg.eigh(g)
+            full = True
+        else:
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            om = torch.randn(n, l, generator=gen, dtype=torch.float64).to(device=g.device, dtype=g.dtype)
+            q = torch.linalg.qr(g @ om)[0]
+            for _ in range(iters):
+                q = torch.linalg.qr(g @ q)[0]
+            t = q.transpose(-1, -2) @ g @ q
+            lam, u = torch.linalg.eigh(0.5 * (t + t.transpose(-1, -2)))
+            vec = q @ u
+            full = False
+        k = vec.shape[-1] - r
+        v, vd = vec[..., k:], vec[..., :k]
+        ctx.save_for_backward(v, vd, lam[..., k:], lam[..., :k])
+        ctx.full = full
+        return v
+
+    @staticmethod
+    def backward(ctx, gv):
+        v, vd, lk, ld = ctx.saved_tensors
+        gap = lk.unsqueeze(-2) - ld.unsqueeze(-1)                                     # (B, n - r, r): l_i - l_j
+        a = vd.transpose(-1, -2) @ gv
+        coef = torch.where(gap > 0, a / torch.where(gap > 0, gap, torch.ones_like(gap)), torch.zeros_like(a))
+        x = vd @ coef @ v.transpose(-1, -2)
+        if not ctx.full:
+            rest = gv - v @ (v.transpose(-1, -2) @ gv) - vd @ a
+            lks = torch.where(lk > 0, lk, torch.ones_like(lk))
+            x = x + torch.where(lk > 0, torch.ones_like(lk), torch.zeros_like(lk)).unsqueeze(-2) * (rest / lks.unsqueeze(-2)) \
+                @ v.transpose(-1, -2)
+        return 0.5 * (x + x.transpose(-1, -2)), None, None, None
 
 
 #: the spatial factors' eigen-directions (:func:`_top_eig_spatial`): directions sampled beyond the kept ones,
@@ -739,21 +787,45 @@ def _add_channel_factors(old: torch.Tensor | None, s: torch.Tensor, sp: torch.Te
     p = ho * wo
     spf = sp.reshape(b, r, p)
     ss = spf @ spf.transpose(1, 2)                                                   # (B, r, r)
+    if old is None:
+        return _top_channel_factors(s, spf, ss, max_factors).reshape(b, max_factors, cout, ho, wo)
     s2d = torch.diag(s * s)
     gnn = (s2d.reshape(1, cout, 1, cout, 1) * ss.reshape(b, 1, r, 1, r)).reshape(b, cout * r, cout * r)
-    if old is not None:
-        fo = old.reshape(b, k0, cout, p)
-        goo = fo.reshape(b, k0, -1) @ fo.reshape(b, k0, -1).transpose(1, 2)
-        gon = (torch.einsum("bkcp,bjp->bkcj", fo, spf) * s.reshape(1, 1, cout, 1)).reshape(b, k0, cout * r)
-        gram = torch.cat([torch.cat([goo, gon], 2), torch.cat([gon.transpose(1, 2), gnn], 2)], 1)
-    else:
-        gram = gnn
+    fo = old.reshape(b, k0, cout, p)
+    goo = fo.reshape(b, k0, -1) @ fo.reshape(b, k0, -1).transpose(1, 2)
+    gon = (torch.einsum("bkcp,bjp->bkcj", fo, spf) * s.reshape(1, 1, cout, 1)).reshape(b, k0, cout * r)
+    gram = torch.cat([torch.cat([goo, gon], 2), torch.cat([gon.transpose(1, 2), gnn], 2)], 1)
     vec = _top_eig(gram, max_factors)                                                # (B, K, m)
     vn = vec[:, k0:].reshape(b, cout, r, max_factors) * s.reshape(1, cout, 1, 1)
     out = torch.einsum("bcjm,bjp->bmcp", vn, spf)
-    if old is not None:
-        out = out + (vec[:, :k0].transpose(1, 2) @ fo.reshape(b, k0, -1)).reshape(b, max_factors, cout, p)
+    out = out + (vec[:, :k0].transpose(1, 2) @ fo.reshape(b, k0, -1)).reshape(b, max_factors, cout, p)
     return out.reshape(b, max_factors, cout, ho, wo)
+
+
+def _top_channel_factors(s: torch.Tensor, spf: torch.Tensor, ss: torch.Tensor, max_factors: int) -> torch.Tensor:
+    """The top ``max_factors`` principal directions (B, m, C, P) of a convolution's new factors alone,
+    ``e_c s_c sp_j`` (channel ``c``, spatial factor ``j``; ``spf`` (B, r, P), ``ss = spf spf^T``).
+
+    Their Gram matrix is ``diag(s^2) (x) ss``: its eigenpairs are ``s_c^2 mu_j`` with the channel-pure
+    eigenvectors ``e_c (x) w_j`` (``ss w_j = mu_j w_j``, an r x r ``eigh``), so each kept factor is
+    ``s_c w_j^T spf`` on channel ``c`` alone. With one noise level for every channel (a scalar ``s2``) the
+    ``C`` directions of each ``j`` tie exactly; a ``(C r)``-square ``eigh`` then resolves the tie by rounding,
+    so the kept channel (and the value) jumped between channels under a 1e-6 change of ``G_max`` and the
+    ``G_max`` gradient disagreed with finite differences at small ``max_factors``. Here ties go to the lower
+    channel index (a stable sort), and the gradient flows through ``s`` and ``spf`` (``w`` detached, as the
+    other eigen-directions)."""
+    b, r, p = spf.shape
+    cout = s.shape[0]
+    _, w = torch.linalg.eigh(ss.detach())                                            # (B, r, r), ascending
+    w = w.flip(-1)
+    rot = w.transpose(1, 2) @ spf                                                    # (B, r, P): rows w_j^T spf
+    mu = (rot.detach() ** 2).sum(-1)                                                 # (B, r)
+    score = (mu.unsqueeze(-1) * (s.detach() ** 2).reshape(1, 1, cout)).reshape(b, r * cout)   # index j C + c
+    idx = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :max_factors]
+    jj, cc = idx // cout, idx % cout                                                 # (B, m)
+    vals = torch.gather(rot, 1, jj.unsqueeze(-1).expand(b, max_factors, p)) * s[cc].unsqueeze(-1)
+    out = vals.new_zeros(b, max_factors, cout, p)
+    return out.scatter(2, cc.reshape(b, max_factors, 1, 1).expand(b, max_factors, 1, p), vals.unsqueeze(2))
 
 
 def _conv_out_hw(layer: CrossbarLayer, h: int, w: int) -> tuple[int, int]:
