@@ -69,7 +69,9 @@ Limits (documented approximations; ``tests/agreement`` measures them against the
 * Dynamic DAC range: ``xs`` of a random input is taken at ``max_i sqrt(E[x_i^2])`` of the read; a
   fixed-range DAC's clipping of random inputs is not modelled (deterministic inputs: exact).
 * The partial sums are Gaussian for the ADC; the cross-tile covariance after clipping uses the
-  mean slope.
+  mean slope. After an earlier coarse ADC a partial sum is a sum of few-level values, heavier-tailed
+  than a Gaussian of its variance: two 5-bit worst-case ADCs in a row over-predict the MSE by about
+  8 % (``tests/agreement/test_predict_network.py``, ``cnn-convex_cim-None``).
 * Offset mapping: the reference column is shared by every output of an array; its noise enters
   each output's variance exactly, and, for a linear layer, the covariance between the array's outputs
   that later layers see (its programming noise: one factor per array, :meth:`_HardwareStep._reference_factors`).
