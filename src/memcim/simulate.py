@@ -388,7 +388,8 @@ class ProgrammedChip:
             return y
         scale = prepared[1]
         # 1/c: (nrt, 1, out_pad), or (1, 1, out_pad) when every row tile has the same (the linear mapping)
-        gain = 1.0 / (scale[:1] if m.n_row_tiles == 1 or torch.equal(scale[1:], scale[:-1]) else scale).unsqueeze(1)
+        shared = m.n_row_tiles == 1 or m.info.get("rows_share_scale") or torch.equal(scale[1:], scale[:-1])
+        gain = 1.0 / (scale[:1] if shared else scale).unsqueeze(1)
         return _ReadGradient.apply(x, gd, (y, u, gd.detach(), xscale, gain, m, hw.dac))
 
     #: inputs per block of the read (:meth:`_read`) times out_pad: a block's currents, variance and
@@ -568,11 +569,16 @@ class ProgrammedChip:
         y = out if op == m.out_features else _workspace((T, B, op), gd.dtype, gd.device)
         # one block's buffers, carved from one kept buffer: currents, variance, |u|, noise
         nb = min(rows, B)
-        sizes = [nb * op, nb * op if gsf is not None else 0,
+        # a training chip (read about once) reads all the row tiles of a block together: their noise, ADC
+        # rounding and clamp are one pass each over (row tiles, rows, out_pad), not one per tile (the same
+        # values: elementwise, in the same order)
+        tiled = lean and not offset and u.ndim == 2 and hw.reader == "ideal"
+        nj = nrt if tiled else 1
+        sizes = [nj * nb * op, nj * nb * op if gsf is not None else 0,
                  nb * nrt * R if gsf is not None or gnf is not None else 0, nb * nrt * op if stream else 0]
         blk = _workspace((sum(sizes),), gd.dtype, gd.device, "block").split(sizes)
-        jb = blk[0].view(nb, op)
-        vb = blk[1].view(nb, op) if sizes[1] else None
+        jb = blk[0][: nb * op].view(nb, op)
+        vb = blk[1][: nb * op].view(nb, op) if sizes[1] else None
         ab = blk[2].view(nb, nrt * R) if sizes[2] else None
         zb = blk[3].view(nb, nrt, op) if sizes[3] else None
         tiles = range(nrt)
@@ -595,6 +601,11 @@ class ProgrammedChip:
                     z = zb[:n].normal_(generator=gen)
                 elif noisy:
                     z = noise[i, r]
+                if tiled:
+                    self._block_tiles(ub, yb, blk, n, z if noisy else None, at if ab is not None else None,
+                                      gdf[i], gsi, thi, sdf[i] if sdf is not None else None, sgt, cols,
+                                      rounding, ks)
+                    continue
                 for t in tiles:
                     torch.mm(ub[:, cols[t]], gdi[t], out=jt)                # u @ G_d in ADC steps
                     if gsi is not None:                                     # + z sqrt(thermal + shot)
@@ -619,6 +630,39 @@ class ProgrammedChip:
                     else:
                         yb.addcmul_(jt, sgt[t])
         return out.mul_(xscale) if y is out else torch.mul(y[..., : m.out_features], xscale, out=out)
+
+    @staticmethod
+    def _block_tiles(ub, yb, blk, n, z, at, gdc, gsi, thi, sdc, sgt, cols, rounding, ks):
+        """One block of :meth:`_read` with every row tile at once (a training chip's read): the tiles'
+        products ``u @ (G_d / step)`` into one (nrt, n, out_pad) buffer, then the noise, the ADC's
+        rounding and clamp in one pass each, and the codes summed over the tiles with ``step / c`` in
+        the tiles' order (the values of the per-tile loop)."""
+        nrt, _, op = gdc.shape
+        ja = blk[0][: nrt * n * op].view(nrt, n, op)
+        jt = ja.unbind(0)
+        if n * gdc.shape[1] * op >= 400:      # (a product as large as this one runs BLAS's gemm per tile, as mm)
+            torch.bmm(ub.view(n, nrt, -1).transpose(0, 1), gdc, out=ja)    # u @ G_d in ADC steps, per tile
+        else:
+            for t, gt in enumerate(gdc.unbind(0)):
+                torch.mm(ub[:, cols[t]], gt, out=jt[t])
+        if gsi is not None:                                         # + z sqrt(thermal + shot)
+            va = blk[1][: nrt * n * op].view(nrt, n, op)
+            vt = va.unbind(0)
+            for t in range(nrt):
+                if thi is None:
+                    torch.mm(at[:, cols[t]], gsi[t], out=vt[t])
+                else:
+                    torch.addmm(thi[t], at[:, cols[t]], gsi[t], out=vt[t])
+            ja.addcmul_(z.transpose(0, 1), va.sqrt_())
+        elif sdc is not None:                                       # + z sqrt(thermal)
+            ja.addcmul_(z.transpose(0, 1), sdc)
+        if rounding:                                                # ADC codes
+            ja.round_()
+            if ks is not None:
+                ja.clamp_(-ks, ks)
+        torch.mul(jt[0], sgt[0], out=yb)                           # summed with step / c
+        for t in range(1, nrt):
+            yb.addcmul_(jt[t], sgt[t])
 
     def _noise_adc(self, j, a, gs, gsum, g_neg, gn_sum, fs, gain, gen, noise=None, n_ref=None):
         """Read noise, ADC and digital rescale of the noise-free currents ``j`` (..., rows, out_pad) of
@@ -670,7 +714,7 @@ class ProgrammedChip:
         if x.ndim == 3 and x.shape[0] != self.trials:
             raise ValueError(f"x: leading dimension {x.shape[0]} must equal the number of trials ({self.trials})")
         x = x.to(device=self.device, dtype=self.dtype)
-        if x.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(x))).all()):  # one pass; NaN propagates
+        if x.numel() and not all(map(math.isfinite, torch.stack(torch.aminmax(x)).tolist())):  # one pass; NaN propagates
             raise ValueError("x: contains NaN or inf; all inputs must be finite")
         return x
 
@@ -729,8 +773,8 @@ def _trainable_targets(m: MappedMatrix, weights, dtype) -> torch.Tensor | None:
     w = weights.detach().contiguous()               # (a comparison reading a transposed W is ~40x slower)
     torch.ge(w, 0.0, out=sign[0, :n, :k])          # written in place: no padded copy of W
     torch.le(w, 0.0, out=sign[1, :n, :k])
-    sign[:, n:] = 0.0
-    sign[:, :n, k:] = 0.0
+    sign[:, n:].zero_()
+    sign[:, :n, k:].zero_()
     return sign.view(2, m.n_row_tiles, m.tile_rows, m.out_pad)
 
 
@@ -903,6 +947,14 @@ class _ReadGradient(torch.autograd.Function):
         dx = dgd = None
         if gain.shape[0] == 1:   # one gain for every row tile: each product over all the tiles at once
             gj = g * gain[0]                                                 # (T, B, op)
+            if gj.shape[0] == 1 and u.ndim == 2 and ctx.xdim == 2:   # one chip: two plain products
+                g2 = gj[0]
+                if ctx.needs_input_grad[1]:
+                    dgd = torch.mm(u.t(), g2).view(1, nrt, R, m.out_pad)
+                if ctx.needs_input_grad[0]:
+                    dx = torch.mm(g2, gdv.view(nrt * R, m.out_pad).t())[:, : m.in_features].div_(xs)
+                    return _ReadGradient.dac_clip(ctx, x, xs, dx), dgd, None
+                return None, dgd, None
             if ctx.needs_input_grad[1]:
                 dgd = torch.matmul(u.transpose(-1, -2), gj).view(gj.shape[0], nrt, R, m.out_pad)
             if ctx.needs_input_grad[0]:
@@ -921,12 +973,18 @@ class _ReadGradient(torch.autograd.Function):
                     du = du.sum(0) if du.shape[0] > 1 else du[0]
                 du = du.transpose(-3, -2).reshape(*du.shape[:-3], B, nrt * R)[..., : m.in_features]
         if ctx.needs_input_grad[0]:
-            dx = du / xs
-            dac = ctx.dac
-            if dac.enabled and (dac.x_range is not None or not dac.signed):
-                r = x.detach() / xs                                          # the clip passes [lo, 1] only
-                dx = dx * ((r >= (-1.0 if dac.signed else 0.0)) & (r <= 1.0)).to(dx.dtype)
+            dx = _ReadGradient.dac_clip(ctx, x, xs, du / xs)
         return dx, dgd, None
+
+    @staticmethod
+    def dac_clip(ctx, x, xs, dx):
+        """``dx`` where the DAC passes the gradient: 0 outside its clip range ``[lo, 1]`` of ``x / xs``
+        (with ``x_range`` or an unsigned DAC; a signed DAC scaled by each vector's abs-max clips none)."""
+        dac = ctx.dac
+        if dac.enabled and (dac.x_range is not None or not dac.signed):
+            r = x.detach() / xs                                              # the clip passes [lo, 1] only
+            dx = dx * ((r >= (-1.0 if dac.signed else 0.0)) & (r <= 1.0)).to(dx.dtype)
+        return dx
 
 
 def simulate_mvm(W, x, hw: HardwareConfig, trials: int = 1, seed: int | None = 0, *, calib_inputs=None,

@@ -42,7 +42,7 @@ def dac_convert(x: torch.Tensor, dac: DACConfig, *, ste: bool = False,
                          f"{tuple(out.shape)}{' with ste' if ste else ''}")
     if dac.x_range is None:
         scale = (x.abs() if out is None else torch.abs(x, out=out)).amax(dim=-1, keepdim=True)
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        scale = torch.where(scale > 0, scale, 1.0)
     else:
         scale = torch.full_like(x[..., :1], dac.x_range)
     if ste:  # the range is a setting of the read, not a function to differentiate

@@ -300,25 +300,24 @@ def _geometry(n: int, m: int, hw: HardwareConfig, device, dtype: torch.dtype):
     return R, Cw, nrt, nct, mask_pos, mask_neg, g_ref, l_ref
 
 
+def _window(hw: HardwareConfig) -> float:
+    """The conductance window a weight magnitude spans: ``g_max - g_min`` (offset: half of it)."""
+    window = hw.device.g_max - hw.device.g_min
+    return window / 2 if hw.mapping.scheme == "offset" else window
+
+
 def _linear_scale(W: torch.Tensor, hw: HardwareConfig, m_pad: int, weight_max: float | None = None) -> torch.Tensor:
     """The linear mapping's scale ``c`` per output column (m_pad,), float64: the window over the
     weight magnitude that spans it (``weight_max``, else ``max|W|`` of the matrix or of each column,
     ``hw.mapping.scale``; 1 for an all-zero matrix or column and the padding columns)."""
-    dev = hw.device
-    window = dev.g_max - dev.g_min
-    if hw.mapping.scheme == "offset":
-        window = window / 2
+    window = _window(hw)
     if weight_max is not None:
         return torch.full((m_pad,), float(window / weight_max), dtype=torch.float64, device=W.device)
     m = W.shape[1]
     Wc = W.t() if not W.is_contiguous() and W.t().is_contiguous() else W    # the entries in memory order
     if hw.mapping.scale == "matrix":
-        lo, hi = torch.aminmax(Wc)
-        if not math.isfinite(float(lo) + float(hi)):
-            raise ValueError("W: contains NaN or inf; all entries must be finite")
-        wmax = torch.tensor(max(-float(lo), float(hi), 0.0), dtype=torch.float64)
-        # (window / wmax as torch divides a number by a tensor: times the reciprocal)
-        return torch.full((m_pad,), float(window / wmax) if wmax > 0 else 1.0, dtype=torch.float64, device=W.device)
+        c = _matrix_scale(Wc, window)
+        return torch.full((m_pad,), c, dtype=torch.float64, device=W.device)
     colmax = torch.zeros(m_pad, dtype=torch.float64, device=W.device)
     colmax[:m] = Wc.abs().amax(dim=1) if Wc is not W else W.abs().amax(dim=0)
     if not bool(torch.isfinite(colmax).all()):
@@ -326,8 +325,19 @@ def _linear_scale(W: torch.Tensor, hw: HardwareConfig, m_pad: int, weight_max: f
     return torch.where(colmax > 0, window / colmax.clamp_min(1e-300), torch.ones_like(colmax))
 
 
+def _matrix_scale(W: torch.Tensor, window: float) -> float:
+    """The matrix-wide scale ``window / max|W|`` (1 for an all-zero matrix) as a number, read with one
+    synchronisation (both ends at once); checks W is finite. (``window * (1 / wmax)``:
+    the value torch gives when it divides a number by a float64 tensor, times the reciprocal.)"""
+    lo, hi = torch.stack((W.amin(), W.amax())).tolist()     # (faster than aminmax)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError("W: contains NaN or inf; all entries must be finite")
+    wmax = max(-lo, hi, 0.0)
+    return window * (1.0 / wmax) if wmax > 0 else 1.0
+
+
 def _linear_targets(W: torch.Tensor, hw: HardwareConfig, c: torch.Tensor, shape: tuple, dtype: torch.dtype,
-                    levels: bool):
+                    levels: bool, c_value: float | None = None):
     """The linear mapping's programmed targets of ``W`` (n, m) with scale ``c`` (m_pad,), in the
     tile layout ``shape`` (nrt, R, m_pad) and ``dtype``: the one implementation :func:`map_matrix`
     (float64) and :func:`map_for_training` (the training dtype) share.
@@ -344,7 +354,8 @@ def _linear_targets(W: torch.Tensor, hw: HardwareConfig, c: torch.Tensor, shape:
     Returns ``(g_pos, g_neg, level_pos, level_neg, d)``: differential ``g_pos`` and ``g_neg`` are the
     two entries of one (2, nrt, R, m_pad) tensor (:func:`memcim.simulate.program` draws both at
     once from it); offset ``g_neg = level_neg = None`` (the reference columns: :func:`_geometry`).
-    Tile padding holds 0 S; its levels are those of a zero weight. Levels (int64) only when
+    ``c_value``: the one value of ``c`` when every column has it (a matrix-wide scale: scaled by a
+    number, not a broadcast row). Tile padding holds 0 S; its levels are those of a zero weight. Levels (int64) only when
     ``levels`` is True and the device has levels; ``d`` (``dtype``, 0 in the padding) only for
     differential plans with levels.
     """
@@ -359,12 +370,13 @@ def _linear_targets(W: torch.Tensor, hw: HardwareConfig, c: torch.Tensor, shape:
         w.copy_(W)
     else:
         torch.abs(W, out=w) if W.dtype == dtype else w.copy_(W).abs_()
-    a[n:] = 0.0
-    a[:n, m:] = 0.0
+    a[n:].zero_()
+    a[:n, m:].zero_()
     if top is not None and not offset and dtype != torch.float64:
         # a training map (float32): the level of c |W| in one scaling, its rounding and the clip to the
         # levels (the float64 path's steps up to float32 rounding: a level differs only at a tie)
-        a.mul_((c / dev.level_step).to(dtype)).round_().clamp_(0.0, top)
+        a.mul_((c / dev.level_step).to(dtype) if c_value is None else c_value / dev.level_step)
+        a.round_().clamp_(0.0, top)
     else:
         a.mul_(c.to(dtype))                                               # c W (c |W|)
         a.add_((dev.g_min + dev.g_max) / 2 if offset else dev.g_min).clamp_(dev.g_min, dev.g_max)
@@ -557,6 +569,7 @@ class TrainingLayout:
     drives: torch.Tensor | None    # (nrt, batch, tile_rows): DAC steps (integers) or drive fractions
     drive_unit: float              # drive fraction of one unit of ``drives``
     drives_int8: torch.Tensor | None  # the DAC steps as int8 when they fit (exact integer products)
+    drives_int8_tiles: tuple | None   # its row tiles (views), unbound once
     g_ref: torch.Tensor | None     # offset: the reference columns' targets (nrt, tile_rows, nct)
 
     def matches(self, shape: tuple, dtype: torch.dtype, device, hw: HardwareConfig, calib) -> bool:
@@ -598,7 +611,8 @@ def training_layout(shape: tuple, hw: HardwareConfig, calib_inputs=None, *, dtyp
     return TrainingLayout(hw=hw, shape=(n, m), dtype=dtype, device=device, calib=calib_inputs,
                           calib_version=_version(calib_inputs), tile_rows=R, tile_cols=Cw, n_row_tiles=nrt,
                           n_col_tiles=nct, mask_pos=mask_pos, mask_neg=mask_neg, drives=drives, drive_unit=unit,
-                          drives_int8=drives_int8, g_ref=g_ref)
+                          drives_int8=drives_int8, g_ref=g_ref,
+                          drives_int8_tiles=None if drives_int8 is None else drives_int8.unbind(0))
 
 
 def map_for_training(W: torch.Tensor, hw: HardwareConfig, calib_inputs=None, *,
@@ -637,11 +651,16 @@ def map_for_training(W: torch.Tensor, hw: HardwareConfig, calib_inputs=None, *,
     m_pad = nct * Cw
     dev = hw.device
     dt = W.dtype
-    scale = _linear_scale(W, hw, m_pad).unsqueeze(0).expand(nrt, m_pad).clone()    # (checks W is finite)
+    cval = None
+    if hw.mapping.scale == "matrix":       # one number (checks W is finite)
+        cval = _matrix_scale(W.t() if not W.is_contiguous() and W.t().is_contiguous() else W, _window(hw))
+        scale = torch.full((nrt, m_pad), cval, dtype=torch.float64, device=W.device)
+    else:
+        scale = _linear_scale(W, hw, m_pad).unsqueeze(0).expand(nrt, m_pad).clone()    # (checks W is finite)
     levels = dev.levels
     # map_matrix's core in W's dtype; the level indices only where the programming noise needs them
     gp, gn, lp, ln, d = _linear_targets(W, hw, scale[0], (nrt, R, m_pad), dt,
-                                        levels=dev.prog_sigma_table is not None)
+                                        levels=dev.prog_sigma_table is not None, c_value=cval)
     if gn is None:     # offset: the layout's reference columns
         gn = L.g_ref
         if lp is not None:
@@ -649,11 +668,12 @@ def map_for_training(W: torch.Tensor, hw: HardwareConfig, calib_inputs=None, *,
     mapped = MappedMatrix(hw=hw, in_features=n, out_features=m, tile_rows=R, tile_cols=Cw, n_row_tiles=nrt,
                           n_col_tiles=nct, scale=scale, g_pos=gp, g_neg=gn, level_pos=lp, level_neg=ln,
                           mask_pos=L.mask_pos, mask_neg=L.mask_neg, full_scale=None,
-                          info={"method": "linear", "training": True})
+                          info={"method": "linear", "training": True, "rows_share_scale": True})
     if hw.adc.fs_mode == "calibrated":
         k = hw.array.r_tia * hw.array.v_read
         if d is not None:
-            v = _level_products(L, d, levels).abs_()                # whole steps times whole levels
+            v = _level_products(L, d, levels)                       # whole steps times whole levels
+            v.abs_()
             if hw.adc.calib_quantile >= 1.0:
                 fs = v.amax(dim=1).to(dt)
             else:
@@ -689,8 +709,8 @@ def _level_products(L: TrainingLayout, d: torch.Tensor, levels: int) -> torch.Te
             d8 = d.to(torch.int8)
             q = L.drives_int8
             v = torch.empty((q.shape[0], q.shape[1], d.shape[2]), dtype=torch.int32, device=d.device)
-            for r in range(q.shape[0]):
-                _INT_MM(q[r], d8[r], out=v[r])
+            for qr, dr, vr in zip(L.drives_int8_tiles, d8.unbind(0), v.unbind(0)):
+                _INT_MM(qr, dr, out=vr)
             return v
         except RuntimeError:      # a torch without a CPU kernel for these shapes: the float product
             pass
