@@ -77,7 +77,8 @@ def _loop(model, params, x, y, make_opt=None):
 
 def _profile(model, x, y, batches: int = 10) -> dict:
     """Self CPU time per op over ``batches`` training steps of ``model`` (torch profiler): ms per
-    step and share, the 12 largest; ``normal_draws_per_step`` counts the normal samples a step draws."""
+    step and share, the 12 largest; the profiler's events per step (all, and the 12 most frequent
+    names); ``normal_draws_per_step`` counts the normal samples a step draws."""
     from torch.profiler import ProfilerActivity, profile
 
     n = batches * BATCH
@@ -86,8 +87,12 @@ def _profile(model, x, y, batches: int = 10) -> dict:
     ev = sorted(((e.key, e.self_cpu_time_total) for e in p.key_averages() if e.self_cpu_time_total > 0),
                 key=lambda kt: -kt[1])
     total = sum(t for _, t in ev)
+    counts = sorted(((e.key, e.count) for e in p.key_averages()), key=lambda kc: -kc[1])
     out = {"ms_per_step": total / 1e3 / batches,
-           "ops": {k: {"ms_per_step": t / 1e3 / batches, "share": t / total} for k, t in ev[:12]}}
+           "ops": {k: {"ms_per_step": t / 1e3 / batches, "share": t / total} for k, t in ev[:12]},
+           # profiler events per step (every op, nested ones included: the dispatch overhead's count)
+           "events_per_step": sum(c for _, c in counts) / batches,
+           "events_per_step_by_name": {k: c / batches for k, c in counts[:12]}}
     # normal samples per step: programming (both devices of every weight) and the read noise (one per
     # row tile, output and input)
     from memcim.mapping.crossbar import tile_geometry
