@@ -424,7 +424,10 @@ class MappingConfig(_Section):
     pair : where a differential pair sits: "columns" (G+ and G- on adjacent columns of one array:
         an array holds rows x cols//2 weights) or "arrays" (G+ and G- in a pair of arrays of the
         same size, as in paper 002: each array holds rows x cols weights). Ignored by "offset".
-    scale : one scale factor c per matrix ("matrix") or per output column ("column").
+    scale : one scale factor c per matrix ("matrix") or per output column ("column"). With "dpe" and
+        "representable" the scale is already one per array; "column" gives one per array column (a
+        digital gain after the ADC), which lowers the 8-bit quantization floor on trained weights whose
+        columns differ in range (``bench/bench_irdrop.py``), at about twice the mapping time.
     tiling : how a matrix larger than one array is cut. "balanced" (default) uses the fewest arrays
         and spreads rows and columns evenly over them (784 rows on 128-row arrays: 7 arrays of 112
         rows), so no array computes on padding; "packed" fills every array but the last completely.

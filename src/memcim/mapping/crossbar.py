@@ -253,6 +253,7 @@ def _map_irdrop_tiles_uncached(Wt, mask_pos, hw: HardwareConfig, nct: int, Cw: i
     gn = torch.zeros_like(Wt)
     scale = torch.ones(nrt, m_pad, dtype=torch.float64, device=Wt.device)
     infos = []
+    column = {"column_scale": True} if hw.mapping.scale == "column" else {}
     pairs = [(r, k) for r in range(nrt) for k in range(nct)]
     it = pairs
     if progress and len(pairs) > 1:
@@ -270,10 +271,14 @@ def _map_irdrop_tiles_uncached(Wt, mask_pos, hw: HardwareConfig, nct: int, Cw: i
         M = None
         if second_moment is not None:
             M = second_moment[r * R:r * R + rows, r * R:r * R + rows]
-        p, q, a, info = map_block(B, hw.wires, hw.device, hw.mapping, second_moment=M)
+        p, q, a, info = map_block(B, hw.wires, hw.device, hw.mapping, second_moment=M, **column)
         gp[r, :rows, k * Cw:k * Cw + cols] = torch.from_numpy(p)
         gn[r, :rows, k * Cw:k * Cw + cols] = torch.from_numpy(q)
-        scale[r, k * Cw:(k + 1) * Cw] = a
+        if np.ndim(a) == 0:
+            scale[r, k * Cw:(k + 1) * Cw] = a
+        else:                   # mapping.scale = "column": one alpha per output column of the array
+            scale[r, k * Cw:k * Cw + cols] = torch.as_tensor(np.asarray(a, dtype=float), device=scale.device)
+            a = np.asarray(a, dtype=float).tolist()
         infos.append({"tile": [r, k], "alpha": a, **{kk: v for kk, v in info.items() if kk != "alpha_trace"}})
     return gp, gn, scale, infos
 
