@@ -73,7 +73,7 @@ def _workspace(shape: tuple, dtype: torch.dtype, device: torch.device, key: str 
     over it (reads keep "drives", the DAC's outputs; "sums", the outputs summed over the row
     tiles; "noise", a read's noise when it is drawn at once; "block", one block's currents, variance,
     drive magnitudes and noise). :func:`release_workspace` frees them."""
-    if device.type != "cpu":   # CUDA's caching allocator already reuses memory
+    if torch.device(device).type != "cpu":   # CUDA's caching allocator already reuses memory
         return torch.empty(shape, dtype=dtype, device=device)
     n = math.prod(shape)
     bufs = getattr(_WORK, "bufs", None)
@@ -86,9 +86,14 @@ def _workspace(shape: tuple, dtype: torch.dtype, device: torch.device, key: str 
     return buf[:n].view(shape)
 
 
-def release_workspace() -> None:
-    """Free this thread's read workspace (the buffers the largest CPU reads keep)."""
-    _WORK.bufs = None
+def release_workspace(keys=None) -> None:
+    """Free this thread's read workspace (the buffers the largest CPU reads keep); with ``keys``, only
+    the buffers kept under those keys (the analog layers keep theirs here too, :mod:`memcim.nn.analog`)."""
+    if keys is None:
+        _WORK.bufs = None
+    elif getattr(_WORK, "bufs", None):
+        for k in keys:
+            _WORK.bufs.pop(k, None)
 
 
 def _generator(seed: int | None, device) -> torch.Generator:

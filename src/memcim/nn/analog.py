@@ -41,7 +41,6 @@ import copy
 import dataclasses
 import fnmatch
 import math
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -54,7 +53,8 @@ from memcim.config import HardwareConfig
 from memcim.hardware.converters import dac_convert
 from memcim.hardware.device import check_time
 from memcim.mapping.crossbar import map_for_training, map_matrix, training_layout, training_supported
-from memcim.simulate import ProgrammedChip
+from memcim.simulate import ProgrammedChip, _workspace
+from memcim.simulate import release_workspace as _release
 from memcim.simulate import program as program_chip
 
 #: Non-idealities a layer with ``train_noise=False`` leaves out of its training read (it keeps the
@@ -63,32 +63,17 @@ TRAIN_NOISE = ("programming", "stuck", "rtn", "thermal", "shot")
 
 _MAX_CALIB_ROWS = 4096
 
-_WORK = threading.local()
-
-
-def _workspace(shape: tuple, dtype: torch.dtype, device: torch.device, key: str) -> torch.Tensor:
-    """An uninitialised buffer of an eval read's digital side (the unfolded patches of a convolution,
-    the DAC's drives shared by batched chips), kept (one per thread and ``key``, the largest asked for)
-    and reused by the next read: the read consumes it at once, and a fresh allocation of this size
-    costs more in page faults than the copy that fills it. CUDA: a new tensor (its caching allocator
-    already reuses memory). :func:`release_workspace` frees them."""
-    if torch.device(device).type != "cpu":
-        return torch.empty(shape, dtype=dtype, device=device)
-    n = math.prod(shape)
-    bufs = getattr(_WORK, "bufs", None)
-    if bufs is None:
-        _WORK.bufs = bufs = {}
-    buf = bufs.get(key)
-    if buf is None or buf.dtype != dtype or buf.numel() < n:
-        bufs[key] = None
-        bufs[key] = buf = torch.empty(n, dtype=dtype)
-    return buf[:n].view(shape)
+#: The kept buffers of the layers' eval reads, in the read's per-thread workspace (memcim.simulate._workspace)
+#: under keys of their own: a convolution's unfolded patches ("patches"), the rows and DAC drives shared by
+#: batched chips ("shared_rows", "shared_drives").
+_KEYS = ("patches", "shared_rows", "shared_drives")
 
 
 def release_workspace() -> None:
     """Free this thread's kept buffers of the analog layers' eval reads (the convolutions' patches,
-    the shared drives of batched chips); :func:`memcim.nn.evaluate.chip_outputs` frees them when it ends."""
-    _WORK.bufs = None
+    the shared drives of batched chips); :func:`memcim.nn.evaluate.chip_outputs` frees them when it ends.
+    The read's own buffers stay (:func:`memcim.simulate.release_workspace` frees those)."""
+    _release(_KEYS)
 
 
 def layer_seed(seed: int, index: int) -> int:
@@ -245,7 +230,7 @@ class _AnalogMixin:
         rows, ctx = self._eval_rows(x, "shared_rows")
         c0 = chips[0]
         xc = c0._check_inputs(rows)
-        u, xscale = dac_convert(xc, c0.mapped.hw.dac, out=_workspace(tuple(xc.shape), xc.dtype, xc.device, "drives"))
+        u, xscale = dac_convert(xc, c0.mapped.hw.dac, out=_workspace(tuple(xc.shape), xc.dtype, xc.device, "shared_drives"))
         t = getattr(self, "_read_time", None)
         for ch in chips:
             y = ch.mvm_drives(u, xscale, t=t)
