@@ -377,6 +377,12 @@ def _tup(v, n):
 
 # ------------------------------------------------------------------------------------ walker
 
+
+def _top_factors(m: torch.Tensor, k: int) -> torch.Tensor:
+    """Factors ``f`` (..., n, k) with ``f f^T`` the top ``k`` eigen-part of the symmetric PSD ``m`` (..., n, n)."""
+    lam, vec = torch.linalg.eigh(m)
+    return vec[..., -k:] * lam[..., -k:].clamp_min(0.0).sqrt().unsqueeze(-2)
+
 class _Walker:
     def __init__(self, gm, units, hw, t, calib, *, cov, rank, max_factors, full_below, full_linear,
                  act_method, taylor_order, on_crossbar, dtype, token_rank=None, full_forks=False):
@@ -655,14 +661,14 @@ class _Walker:
         k = min(self.rank, a.shape[-2])
         if k <= 0:
             return O
-        m = torch.einsum("...ts,...sd,...us->...dtu", a, r, a)          # (B, H, dh, T, T)
-        lam, vec = torch.linalg.eigh(m)
-        lam, vec = lam[..., -k:].clamp_min(0.0), vec[..., -k:]          # (B, H, dh, k), (B, H, dh, T, k)
-        f = vec * lam.sqrt().unsqueeze(-2)                              # (B, H, dh, T, k)
+        f = _top_factors(torch.einsum("...ts,...sd,...us->...dtu", a, r, a), k)    # (B, H, dh, T, k)
         b, h, dh, T, _ = f.shape
         # factor (h, d, j) lives on channel (h, d) only: (B, H*dh*k, H, T, dh)
         eye = torch.eye(h * dh, dtype=f.dtype).repeat_interleave(k, 0).reshape(1, h * dh * k, h, 1, dh)
-        new = f.permute(0, 1, 2, 4, 3).reshape(b, h * dh * k, 1, T, 1) * eye
+        return self._with_factors(O, f.permute(0, 1, 2, 4, 3).reshape(b, h * dh * k, 1, T, 1) * eye)
+
+    def _with_factors(self, O: GraphState, new: torch.Tensor) -> GraphState:
+        """``O`` with the factors ``new`` appended under fresh ids."""
         fac = new if O.fac is None else torch.cat([O.fac, new], 1)
         return GraphState(O.mean, O.var, fac, O.ids + self.fresh(new.shape[1]), O.nonzero, O.full)
 
@@ -675,15 +681,10 @@ class _Walker:
         k = min(self.rank, bm.shape[-1])
         if k <= 0:
             return O
-        m = torch.einsum("...sd,...ts,...se->...tde", bm, ra, bm)       # (B, H, T, D, D)
-        lam, vec = torch.linalg.eigh(m)
-        lam, vec = lam[..., -k:].clamp_min(0.0), vec[..., -k:]          # (B, H, T, k), (B, H, T, D, k)
-        f = vec * lam.sqrt().unsqueeze(-2)                              # (B, H, T, D, k)
+        f = _top_factors(torch.einsum("...sd,...ts,...se->...tde", bm, ra, bm), k)  # (B, H, T, D, k)
         b, h, T, D, _ = f.shape
         eye = torch.eye(h * T, dtype=f.dtype).repeat_interleave(k, 0).reshape(1, h * T * k, h, T, 1)
-        new = f.permute(0, 1, 2, 4, 3).reshape(b, h * T * k, 1, 1, D) * eye
-        fac = new if O.fac is None else torch.cat([O.fac, new], 1)
-        return GraphState(O.mean, O.var, fac, O.ids + self.fresh(new.shape[1]), O.nonzero, O.full)
+        return self._with_factors(O, f.permute(0, 1, 2, 4, 3).reshape(b, h * T * k, 1, 1, D) * eye)
 
     def encoder_layer(self, path: str, m: nn.TransformerEncoderLayer, x: GraphState, others: set) -> GraphState:
         act = m.activation
