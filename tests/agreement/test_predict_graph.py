@@ -241,10 +241,9 @@ def test_shipped_graph_models_mse(name, pre):
 @pytest.mark.slow
 @pytest.mark.parametrize("pre", ["generic", "noisy"])
 def test_vit_full_forks_mse(pre):
-    """``predict_graph(full_forks=True)``: each encoder layer's input has its residual made explicit, so
-    the branches stay correlated with the skip path (the fork's ``J_ii r_i`` terms). Same Monte Carlo,
-    images and tolerance as the shipped-model test."""
-    from memcim.analysis.graph import predict_graph
+    """``predict(..., full_forks=True)`` (passed on to the graph walker): each encoder layer's input has
+    its residual made explicit, so the branches stay correlated with the skip path (the fork's
+    ``J_ii r_i`` terms). Same Monte Carlo, images and tolerance as the shipped-model test."""
     from memcim.data.datasets import load_dataset
     from memcim.nn.models import get_reference_model
 
@@ -252,7 +251,7 @@ def test_vit_full_forks_mse(pre):
     x = load_dataset("mnist", "test", limit=16).x.double()
     cal = load_dataset("mnist", "train", limit=64).x.double()
     hw = preset(pre).without("stuck")
-    pred = predict_graph(net, x, hw, calib_data=cal, full_forks=True).mse_mean
+    pred = predict(net, x, hw, calib_data=cal, full_forks=True).mse_mean
     mc = network_mc(net, x, hw, 60, SEED, calib_data=cal)
     print(f"\nmnist-vit-tiny {pre}, full_forks: predicted {pred:.5g}, Monte Carlo {mc['mse']:.5g} ± {mc['se']:.2g} "
           f"({100 * (pred / mc['mse'] - 1):+.1f} %)")
@@ -299,3 +298,8 @@ def test_sequential_with_new_layers_uses_graph_and_no_noise_is_exact():
     p = predict(net, x, preset("ideal"))
     torch.testing.assert_close(p.mean, net(x).detach(), rtol=1e-9, atol=1e-12)
     assert float(p.var.abs().max()) < 1e-15
+
+
+def test_full_forks_must_be_a_bool():
+    with pytest.raises(ValueError, match="full_forks"):
+        predict(nn.Sequential(nn.Linear(3, 2)), torch.zeros(1, 3), preset("generic"), full_forks="yes")

@@ -1165,7 +1165,7 @@ def predict_graph(model: nn.Module, x, hw=None, *, calib_data=None, cov: str = "
     """Closed-form output mean, variance and MSE of a module graph on crossbars (see the module docstring).
 
     Called by :func:`memcim.analysis.predict.predict` for models that are not plain ``nn.Sequential``
-    stacks; the parameters are its own, except ``full_forks`` (this function only): with ``True`` the
+    stacks, which passes its parameters on (``full_forks`` included): with ``full_forks=True`` the
     input of every ``TransformerEncoderLayer`` has its residual made explicit (one factor per unit), so
     the attention and feed-forward branches stay correlated with the skip path through it (the
     ``J_ii r_i`` terms); exact for that fork, about 2x the time on mnist-vit-tiny.
