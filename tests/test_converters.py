@@ -1,4 +1,5 @@
 """DAC and ADC transfer functions against values computed by hand."""
+import pytest
 import torch
 
 from memcim.config import ADCConfig, DACConfig
@@ -72,3 +73,25 @@ def test_dac_into_a_buffer_by_hand():
         dac_convert(x, dac, out=torch.empty(3, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="out"):
         dac_convert(x, dac, ste=True, out=torch.empty(3, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_signed_dynamic_dac_needs_no_clamp(dtype):
+    """A signed DAC scaled by each vector's own max |x| skips the clamp: brute force over vectors of
+    every magnitude (subnormal to near overflow, ties of the max, one-element rows) gives the clamped,
+    rounded drives bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for e in (-40, -20, -3, 0, 3, 20, 37):
+        rows.append(torch.randn(64, 33, generator=g, dtype=torch.float64) * 10.0 ** e)
+    x = torch.cat(rows).to(dtype)
+    x[0, :] = x[0, 0]                                              # a row of ties
+    x[1, :] = -x[1].abs()                                          # all negative
+    x[2, :] = torch.finfo(dtype).tiny / 3                          # subnormal
+    for bits in (2, 4, 8):
+        dac = DACConfig(enabled=True, bits=bits, x_range=None)
+        assert dac.signed and dac.x_range is None
+        u, s = dac_convert(x.clone(), dac)
+        ref = ((x / s).clamp(-1.0, 1.0) * dac.steps).round() / dac.steps
+        assert torch.equal(u, ref)
+        assert float(u.abs().max()) == 1.0

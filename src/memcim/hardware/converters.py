@@ -58,6 +58,9 @@ def dac_convert(x: torch.Tensor, dac: DACConfig, *, ste: bool = False,
     if ste:
         u = u.clamp(lo, 1.0)
         return u + (torch.round(u.detach() * k) / k - u.detach()), scale
+    if dac.signed and dac.x_range is None:
+        # x / max|x| is already in [-1, 1] (a correctly rounded quotient of |x| <= m by m is <= 1): no clamp
+        return u.mul_(k).round_().div_(k), scale
     return u.clamp_(lo, 1.0).mul_(k).round_().div_(k), scale   # in place on the new u: the same values
 
 
