@@ -10,3 +10,9 @@ nvidia-smi --query-gpu=name,memory.total --format=csv || echo "gpu_check: nvidia
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_simulate.py
 "$PY" bench/bench_gpu.py
+# item 2 on the GPU: 100 chips of the reference CNN over the 10,000 test images, one at a time and batched
+# (bit-identical to the loop for "exact" reads; "stacked" reads one trials=K chip per pass). Not yet run
+# on a GPU: a failure here leaves gpu.json above intact.
+"$PY" bench/bench_chips_batched.py --device cuda --model mnist-cnn-small --chips 100 --images 10000 \
+    --variants 1:exact,10:exact,10:stacked --repeats 1 --out bench/results/chips_batched_cnn_gpu.json \
+    || echo "gpu_check: the batched-chips benchmark failed on this GPU (see above)"
