@@ -15,6 +15,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _nn_helpers import TinyCNN  # noqa: E402
 
 
+def _gradient_and_central_differences(layers, x, u0, objective, max_factors, h=1e-5):
+    """Autograd's gradient of ``mse_objective`` in log G_max at ``u0`` and its central differences."""
+    def f(u):
+        o, _, _ = mo.mse_objective(layers, x, list(torch.exp(u)), sigma=0.01, levels=128, objective=objective,
+                                   max_factors=max_factors)
+        return o
+
+    u = u0.clone().requires_grad_(True)
+    g, = torch.autograd.grad(f(u), u)
+    fd = torch.zeros_like(u0)
+    with torch.no_grad():
+        for i in range(u0.numel()):
+            e = torch.zeros_like(u0)
+            e[i] = h
+            fd[i] = (f(u0 + e) - f(u0 - e)) / (2 * h)
+    return g, fd
+
+
 def _spatial(b=2, r=4, ho=6, wo=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(b, 9, ho * wo, generator=g, dtype=torch.float64)
@@ -70,21 +88,7 @@ def test_gmax_gradient_matches_central_differences_at_small_max_factors(max_fact
     x = load_digits("test").x[:8].double()
     layers = mo.parse_model(net, torch.float64)
     u0 = torch.log(torch.tensor([1.0, 1.3, 1.6], dtype=torch.float64))
-
-    def f(u):
-        o, _, _ = mo.mse_objective(layers, x, list(torch.exp(u)), sigma=0.01, levels=128, objective="mean",
-                                   max_factors=max_factors)
-        return o
-
-    u = u0.clone().requires_grad_(True)
-    g, = torch.autograd.grad(f(u), u)
-    h = 1e-5
-    fd = torch.zeros(3, dtype=torch.float64)
-    with torch.no_grad():
-        for i in range(3):
-            e = torch.zeros(3, dtype=torch.float64)
-            e[i] = h
-            fd[i] = (f(u0 + e) - f(u0 - e)) / (2 * h)
+    g, fd = _gradient_and_central_differences(layers, x, u0, "mean", max_factors)
     # central differences: truncation ~h^2 f''' and rounding ~1e-16 |f| / h, far below 1e-6 of the gradient
     assert torch.allclose(g, fd, rtol=1e-6, atol=1e-6 * float(g.abs().max())), (g, fd)
 
@@ -128,21 +132,7 @@ def test_gmax_gradient_of_the_reference_cnn_at_small_max_factors(max_factors):
     layers = mo.parse_model(net, torch.float64)
     n = len(mo.crossbar_layers(layers))
     u0 = torch.log(torch.tensor([1.0 + 0.3 * i for i in range(n)], dtype=torch.float64))
-
-    def f(u):
-        o, _, _ = mo.mse_objective(layers, x, list(torch.exp(u)), sigma=0.01, levels=128, objective="max",
-                                   max_factors=max_factors)
-        return o
-
-    u = u0.clone().requires_grad_(True)
-    g, = torch.autograd.grad(f(u), u)
-    h = 1e-5
-    fd = torch.zeros(n, dtype=torch.float64)
-    with torch.no_grad():
-        for i in range(n):
-            e = torch.zeros(n, dtype=torch.float64)
-            e[i] = h
-            fd[i] = (f(u0 + e) - f(u0 - e)) / (2 * h)
+    g, fd = _gradient_and_central_differences(layers, x, u0, "max", max_factors)
     # what stays detached (the spatial eigen-directions of the input mean, moved by G_max only through the
     # activations' curvature) is measured at <= 1.2e-5 of the gradient's scale
     assert torch.allclose(g, fd, rtol=0, atol=1e-4 * float(fd.abs().max())), (g, fd)

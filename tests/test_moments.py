@@ -11,6 +11,8 @@ from scipy import integrate
 from memcim.analysis.memse_sim import monte_carlo_simulator
 from memcim.analysis.moments import activation_moments, parse_model, predict_mse, quantize_weight, reference_output
 
+from _references import dense_local_factors
+
 
 def _gauss_expect(h, mu, sd):
     f = lambda z: h(z) * math.exp(-0.5 * ((z - mu) / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
@@ -294,11 +296,7 @@ def test_channel_local_factors_are_the_dense_factors_written_out():
     loc = torch.randn(b, r, c, h, w, generator=g, dtype=torch.float64)
     old = torch.randn(b, k0, c, h, w, generator=g, dtype=torch.float64)
     mean = torch.randn(b, c, h, w, generator=g, dtype=torch.float64)
-    want = torch.zeros(b, k0 + c * r, c, h, w, dtype=torch.float64)
-    want[:, :k0] = old
-    for ci in range(c):
-        for j in range(r):
-            want[:, k0 + ci * r + j, ci] = loc[:, j, ci]
+    want = dense_local_factors(old, loc)
     var = (want * want).sum(1) + torch.rand(b, c, h, w, generator=g, dtype=torch.float64)
     st = Moments(mean, var, "lowrank", None, old, local=loc)
     assert torch.equal(dense(st).factors, want) and dense(st).local is None

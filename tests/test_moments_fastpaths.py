@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 from memcim.analysis import moments as mo
 
+from _references import dense_local_factors
+
 
 @pytest.mark.parametrize("shape,k,d,p,s", [((3, 2, 17, 19), (3, 2), (2, 1), (1, 2), (2, 3)),
                                          ((2, 3, 12, 12), (3, 3), (1, 1), (1, 1), (1, 1)),
@@ -107,11 +109,7 @@ def test_full_covariance_of_channel_local_factors_is_the_written_out_one():
     b, r, c, h, w, k0 = 2, 3, 4, 2, 3, 5
     loc = torch.randn(b, r, c, h, w, generator=g, dtype=torch.float64)
     old = torch.randn(b, k0, c, h, w, generator=g, dtype=torch.float64)
-    want = torch.zeros(b, k0 + c * r, c, h, w, dtype=torch.float64)
-    want[:, :k0] = old
-    for ci in range(c):
-        for j in range(r):
-            want[:, k0 + ci * r + j, ci] = loc[:, j, ci]
+    want = dense_local_factors(old, loc)
     var = (want * want).sum(1) + torch.rand(b, c, h, w, generator=g, dtype=torch.float64)
     f = want.reshape(b, k0 + c * r, -1)
     low = f.transpose(1, 2) @ f

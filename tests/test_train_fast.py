@@ -16,6 +16,8 @@ from memcim.hardware.device import bernoulli_positions, program_devices, program
 from memcim.mapping.crossbar import map_for_training, map_matrix, training_layout
 from memcim.simulate import program
 
+from _references import plain_read
+
 F64 = torch.float64
 
 
@@ -210,34 +212,13 @@ def test_training_chips_have_the_plain_distribution():
         assert torch.equal((ga == 0).all(0), (gb == 0).all(0))           # padding: no device on either
 
 
-def _plain_read(chip, x):
-    """The read's straight-through value written out with plain torch ops (ideal wires): the DAC's
-    levels (straight through their rounding, the clip's gradient kept), ``u @ (G+ - G-)`` per row
-    tile over that tile's scale, times the input scale; no read noise, no ADC. Autograd through it
-    is the straight-through gradient."""
-    m, hw = chip.mapped, chip.mapped.hw
-    gp, gn = chip.g_pos, chip.g_neg
-    if m.scheme == "offset":             # one reference column per array, subtracted from its columns
-        gn = gn.repeat_interleave(m.tile_cols, dim=-1)
-    T, nrt, R, op = gp.shape
-    w = (gp - gn).reshape(T, nrt * R, op) / m.scale.repeat_interleave(R, dim=0)
-    w = w[:, : m.in_features, : m.out_features]
-    xs = x.detach().abs().amax(-1, keepdim=True) if hw.dac.x_range is None else torch.full_like(x[..., :1],
-                                                                                                hw.dac.x_range)
-    u = x / xs
-    if hw.dac.enabled:                   # the DAC's levels, with the gradient of the clip
-        u = u.clamp(-1.0 if hw.dac.signed else 0.0, 1.0)
-        k = hw.dac.steps
-        u = u + (torch.round(u.detach() * k) / k - u.detach())
-    return torch.matmul(u, w) * xs
-
 
 @pytest.mark.parametrize("name", ["generic", "offset", "unsigned-dac-arrays", "continuous", "no-dac", "x-range"])
 @pytest.mark.parametrize("trials,xdim", [(1, 2), (3, 2), (2, 3)])
 def test_differentiable_read_is_the_read_with_its_gradient(name, trials, xdim):
     """chip.mvm(x, differentiable=True): its values are those of chip.mvm(x) of the same chip from the
     same generator state, bit for bit (read noise on); its gradients for x and W are autograd's
-    through the read's plain formula (:func:`_plain_read`: no rounding, no noise), for one chip or
+    through the read's plain formula (:func:`plain_read`: no rounding, no noise), for one chip or
     several, inputs shared or per chip, and inputs the DAC clips."""
     hw = _configs()[name] if name != "x-range" else preset("generic").replace(dac={"x_range": 2.0})
     W, x = _data(3, 300, 70, 9)
@@ -254,7 +235,7 @@ def test_differentiable_read_is_the_read_with_its_gradient(name, trials, xdim):
             y = chip.mvm(xg, differentiable=True)
             assert y.requires_grad and torch.equal(y.detach(), ref.mvm(xin))
         else:
-            y = _plain_read(chip, xg)
+            y = plain_read(chip, xg)
             if xdim == 2:
                 y = y.expand(trials, *y.shape[-2:]) if y.shape[0] == 1 else y
         go = torch.randn(y.shape, dtype=F64, generator=torch.Generator().manual_seed(5))
@@ -290,7 +271,7 @@ def test_differentiable_read_with_rtn_and_1f_is_the_read():
         gs.append(gw)
     Wp = W.clone().requires_grad_()
     plain = program(plan, seed=1, dtype=F64, weights=Wp)
-    (g0,) = torch.autograd.grad(_plain_read(plain, x).sum(), Wp)
+    (g0,) = torch.autograd.grad(plain_read(plain, x).sum(), Wp)
     r = torch.stack(gs) / g0
     low = (r - 0.9).abs() < 1e-9
     assert bool((low | ((r - 1.0).abs() < 1e-9)).all())

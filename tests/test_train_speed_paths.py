@@ -13,6 +13,8 @@ from memcim.hardware.device import programming_sigma
 from memcim.mapping.crossbar import map_for_training, map_matrix
 from memcim.simulate import program
 
+from _references import plain_read
+
 F64 = torch.float64
 
 
@@ -20,23 +22,6 @@ def _data(seed, n, m, b):
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(n, m, dtype=F64, generator=gen), torch.randn(b, n, dtype=F64, generator=gen)
 
-
-def _plain(chip, x):
-    """``x`` through the DAC's levels (straight through their rounding) times ``(G+ - G-)`` over each
-    row tile's scale, times the input scale: no noise, no ADC (autograd through it is the read's
-    straight-through gradient)."""
-    m, hw = chip.mapped, chip.mapped.hw
-    gp, gn = chip.g_pos, chip.g_neg
-    if m.scheme == "offset":
-        gn = gn.repeat_interleave(m.tile_cols, dim=-1)
-    T, nrt, R, op = gp.shape
-    w = (gp - gn).reshape(T, nrt * R, op) / m.scale.to(gp.dtype).repeat_interleave(R, dim=0)
-    w = w[:, : m.in_features, : m.out_features]
-    xs = x.detach().abs().amax(-1, keepdim=True)
-    u = (x / xs).clamp(-1.0, 1.0)
-    k = hw.dac.steps
-    u = u + (torch.round(u.detach() * k) / k - u.detach())
-    return torch.matmul(u, w) * xs
 
 
 def _targets_reference(plan, W, hw, seed):
@@ -70,7 +55,7 @@ def test_read_gradient_one_product_or_per_tile(per_tile_scale):
     for read in ("mvm", "plain"):
         Wg, xg = W.clone().requires_grad_(), x.clone().requires_grad_()
         chip = program(plan, seed=2, dtype=F64, weights=Wg)
-        y = chip.mvm(xg, differentiable=True) if read == "mvm" else _plain(chip, xg)
+        y = chip.mvm(xg, differentiable=True) if read == "mvm" else plain_read(chip, xg)
         go = torch.randn(y.shape, dtype=F64, generator=torch.Generator().manual_seed(8))
         (y * go).sum().backward()
         grads.append((xg.grad, Wg.grad))
@@ -117,6 +102,6 @@ def test_float32_training_chip_reads_agree():
     chip.generator.set_state(state)
     y2 = chip.mvm(x32)
     assert y1.requires_grad and torch.equal(y1.detach(), y2)
-    ref = _plain(chip, x32).detach()
+    ref = plain_read(chip, x32).detach()
     # ADC step and read noise bound the difference: a few percent of the output range
     assert float((y2 - ref).abs().max()) < 0.1 * float(ref.abs().max())
