@@ -21,7 +21,7 @@ same 8-bit levels, nearest level, best scale: :func:`quantization_floor`); ``flo
 the same at the representable mapping's own alpha (the scale the IR drop leaves it: one device per weight
 cannot get below it, the pair vernier can). Per-column scale (a digital gain per output column after the
 ADC; ``--no-columns`` leaves it out): ``dpe/column`` (each column's own DPE range), ``representable/column``
-(``map_block(..., column_scale=True)``: every column's own scale search) and ``floor/column`` (each column
+(``mapping.scale = "column"``: every column's own scale search) and ``floor/column`` (each column
 at its own best scale); ratios against DPE's one-scale plan (the stronger DPE: per-column ranges raise
 the currents and DPE's IR-drop error) and against ``dpe/column``. ``conductance_sum``: the
 sum of all programmed conductances, a proxy of the array's read power (ratios against DPE's plan).
@@ -110,54 +110,22 @@ def trained_cases(size: int, n_images: int = 3000, seed: int = 0, cnn: bool = Tr
                    "array": (128, 128)}
 
 
-def map_case(W, array, method, second_moment=None, X_eval=None, rounding="pairs"):
+def map_case(W, array, method, second_moment=None, X_eval=None, rounding="pairs", scale="matrix"):
+    """``map_matrix`` of ``W`` on ``array``-sized arrays with ``method``; ``scale="column"``: one alpha per
+    array column (``mapping.scale``, a digital gain per column after the ADC). Errors from the plan's
+    ``realized()`` (the nodal solve), times in wall and CPU seconds."""
     hw = HW.set({"mapping.method": method, "array.rows": array[0], "array.cols": array[1],
-                 "mapping.rounding": rounding})
+                 "mapping.rounding": rounding, "mapping.scale": scale})
     t0, c0 = time.perf_counter(), time.process_time()
     plan = map_matrix(W, hw, second_moment=second_moment)
     Wr = plan.realized().numpy()
     t, cpu = time.perf_counter() - t0, time.process_time() - c0
-    out = {"time_s": t, "cpu_s": cpu, "alpha": float(plan.scale[0, 0]),
-           "conductance_sum": float(plan.g_pos.sum() + plan.g_neg.sum())}
-    out.update(_errors(W, Wr, X_eval))
-    return out
-
-
-def map_case_columns(W, array, method, second_moment=None, X_eval=None):
-    """``method`` with one scale per output column (``map_block(..., column_scale=True)``: a digital gain
-    per column after the ADC). ``map_matrix`` takes one alpha per array from ``map_block``, so the tiles
-    (``map_matrix``'s balanced tiling) are mapped here and put into a linear plan of the same layout
-    with their per-column scales; the errors are from that plan's ``realized()`` (the nodal solve)."""
-    import dataclasses
-
-    from memcim.mapping.irdrop import map_block
-
-    hw = HW.set({"mapping.method": method, "array.rows": array[0], "array.cols": array[1]})
-    t0, c0 = time.perf_counter(), time.process_time()
-    template = map_matrix(W, hw.set("mapping.method", "linear"))
-    nrt, R, m_pad = template.g_pos.shape
-    Cw = template.tile_cols
-    gp = torch.zeros_like(template.g_pos)
-    gn = torch.zeros_like(template.g_neg)
-    scale = torch.ones_like(template.scale)
-    n, m = W.shape
-    for r in range(nrt):
-        rows = slice(r * R, min((r + 1) * R, n))
-        for k in range(template.n_col_tiles):
-            cols = slice(k * Cw, min((k + 1) * Cw, m))
-            M = None if second_moment is None else second_moment[rows, rows]
-            p, q, a, _ = map_block(W[rows, cols], hw.wires, hw.device, hw.mapping, second_moment=M,
-                                   column_scale=True)
-            nr, nc = p.shape
-            gp[r, :nr, cols] = torch.from_numpy(p)
-            gn[r, :nr, cols] = torch.from_numpy(q)
-            scale[r, cols] = torch.as_tensor(np.broadcast_to(a, (nc,)).copy(), dtype=torch.float64)
-    plan = dataclasses.replace(template, g_pos=gp, g_neg=gn, level_pos=None, level_neg=None, scale=scale)
-    Wr = plan.realized().numpy()
-    t, cpu = time.perf_counter() - t0, time.process_time() - c0
-    out = {"time_s": t, "cpu_s": cpu, "alpha_median": float(torch.median(scale[:, :m])),
-           "alpha_min": float(scale[:, :m].min()), "alpha_max": float(scale[:, :m].max()),
-           "conductance_sum": float(gp.sum() + gn.sum())}
+    out = {"time_s": t, "cpu_s": cpu, "conductance_sum": float(plan.g_pos.sum() + plan.g_neg.sum())}
+    if scale == "matrix":
+        out["alpha"] = float(plan.scale[0, 0])
+    else:
+        a = plan.scale[:, :W.shape[1]]
+        out.update(alpha_median=float(torch.median(a)), alpha_min=float(a.min()), alpha_max=float(a.max()))
     out.update(_errors(W, Wr, X_eval))
     return out
 
@@ -246,8 +214,8 @@ def _all_ratios(row):
 
 def _add_columns(row, W, array, X_eval=None):
     """The per-column-scale variants of one block (``--no-columns`` leaves them out)."""
-    row["dpe/column"] = map_case_columns(W, array, "dpe", X_eval=X_eval)
-    row["representable/column"] = map_case_columns(W, array, "representable", X_eval=X_eval)
+    row["dpe/column"] = map_case(W, array, "dpe", X_eval=X_eval, scale="column")
+    row["representable/column"] = map_case(W, array, "representable", X_eval=X_eval, scale="column")
     row["floor/column"] = quantization_floor(W, X_eval=X_eval, column=True)
 
 
