@@ -54,7 +54,8 @@ sees column j's errors only); it runs over the rows.
 
 What bounds one scale, and the per-column scale (``column_scale=True`` of :func:`map_block`,
 :func:`map_dpe`, :func:`map_representable`). The bench's floor is taken at the full-range scale, which the
-wires do not allow: on the 500-300 fc1 128x128 block at a random offset DPE fits only at 0.28x the full
+wires do not allow (the figures in this paragraph up to the per-column scale come from one-off diagnosis
+scripts, not from a command in the repository): on the 500-300 fc1 128x128 block at a random offset DPE fits only at 0.28x the full
 range, and tuned plans above ~1.1x DPE's scale cannot be reached (fixed alpha, unrounded, 40 tuning
 iterations: Frobenius 0.225 at 1.2x, 0.68 at 1.5x, most of it in the column with the largest currents,
 devices at g_max), while more tuning, more pair-rounding passes or common levels, or a Frobenius
