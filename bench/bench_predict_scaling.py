@@ -19,9 +19,16 @@ Issue 17 item 3. Set-up as bench_memse.py (paper 001, Sec. V-A): sigma = 0.01 S,
   for their ratio. A convolution's forward pass itself costs C_in C_out k^2 P, i.e. width^2 (measured: the
   noise-free float32 forward pass at each width, and the closed form's time in such passes); an MLP's
   first layer reads deterministic inputs, so the layers that carry an input covariance are depth - 1.
+* The physical floor for width, from the layer shapes (no timer): the multiply-accumulates (MACs) of one
+  forward pass of the batch (a convolution's C_in C_out k^2 H_out W_out, a linear layer's in x out) and their
+  fitted exponent (width^2 for every layer but the first and the last: anything that touches every weight
+  cannot be linear in width); and the MACs of this kind of moment propagation, the forward MACs of every
+  crossbar layer times (1 + the covariance columns its input carries: the prediction's own factor counts,
+  read from its state, which grow with the channels up to max_factors). Reported next to the closed form's
+  time exponent, with its time per MAC.
 
-Timer: process CPU time. Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/bench_predict_scaling.py [--quick]``
-(writes bench/results/predict_scaling.json).
+Timer: process CPU time. Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/bench_predict_scaling.py [--quick]
+[--widths 1,2,4,8]`` (writes bench/results/predict_scaling.json).
 """
 from __future__ import annotations
 
@@ -34,7 +41,7 @@ import torch
 import torch.nn as nn
 
 from memcim.analysis.memse_sim import monte_carlo_simulator, trials_needed
-from memcim.analysis.moments import parse_model, predict_mse
+from memcim.analysis.moments import CrossbarLayer, parse_model, predict_mse
 from memcim.data.datasets import load_dataset
 from memcim.io import provenance, write_json
 from memcim.nn.loading import load_model
@@ -87,6 +94,79 @@ def error_row(p, mse: np.ndarray) -> dict:
             "rel_err_vs_mc": (p.mse_mean - m) / m, "z": (p.mse_mean - m) / se}
 
 
+def predictor_states(layers, x, **kw) -> list:
+    """The moment states one closed-form prediction (``predict_mse(layers, x, **kw)``) passes between its layers:
+    ``[input state, state after layer 0, after layer 1, ...]`` (``states[i]`` is layer ``i``'s input), read by
+    running the prediction once with :func:`memcim.analysis.moments.run_layers` asked for every state."""
+    import memcim.analysis.moments as mo
+    from memcim.analysis.moments import Moments
+
+    orig, got = mo.run_layers, []
+
+    def spy(layers_, x_, crossbar, **k):
+        st, states = orig(layers_, x_, crossbar, **{**k, "return_all": True})
+        got.append([Moments(x_, torch.zeros_like(x_), k.get("cov", "lowrank"))] + states)
+        return st
+    mo.run_layers = spy
+    try:
+        predict_mse(layers, x, **kw)
+    finally:
+        mo.run_layers = orig
+    if len(got) != 1:
+        raise RuntimeError(f"predictor_states: expected one propagation, saw {len(got)} (batch_chunk?)")
+    return got[0]
+
+
+def covariance_columns(st) -> int:
+    """The covariance columns a state carries into a layer (per sample): dense factors, plus ``r`` for
+    channel-local factors (each meets one input channel: ``r`` dense factors' multiply-adds), or the full
+    covariance's ``D`` rows; 0 for a deterministic input."""
+    if st.cov is not None:
+        return int(st.cov.shape[1])
+    k = 0 if st.factors is None else int(st.factors.shape[1])
+    return k + (0 if st.local is None else int(st.local.shape[1]))
+
+
+def layer_macs(layers, input_shape) -> list:
+    """Multiply-accumulates of one noise-free forward pass per input sample, per crossbar layer, from the layer
+    shapes: a convolution ``C_in C_out kh kw H_out W_out``, a linear layer ``in out`` (pooling, padding and
+    activations are not MACs). ``input_shape`` excludes the batch."""
+    from memcim.analysis.moments import CrossbarLayer, PadLayer, PoolLayer, FlattenLayer
+
+    shape, out = tuple(input_shape), []
+    for l in layers:
+        if isinstance(l, CrossbarLayer):
+            if l.kind == "linear":
+                out.append(int(l.weight.shape[0] * l.weight.shape[1]))
+                shape = (int(l.weight.shape[0]),)
+            else:
+                cout, cin, kh, kw = (int(v) for v in l.weight.shape)
+                ho, wo = ((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
+                          zip(shape[1:], l.padding, l.dilation, (kh, kw), l.stride))
+                out.append(cin * cout * kh * kw * ho * wo)
+                shape = (cout, ho, wo)
+        elif isinstance(l, PoolLayer):
+            shape = (shape[0],) + tuple((n + 2 * p - k) // s + 1 for n, p, k, s in
+                                        zip(shape[1:], l.padding, l.kernel, l.stride))
+        elif isinstance(l, PadLayer):
+            left, right, top, bottom = l.pad
+            shape = (shape[0], shape[1] + top + bottom, shape[2] + left + right)
+        elif isinstance(l, FlattenLayer):
+            shape = (int(np.prod(shape)),)
+    return out
+
+
+def propagation_macs(layers, states) -> int:
+    """Per input sample, the multiply-accumulates of carrying the prediction's covariance columns through every
+    crossbar layer: sum over layers of (1 + covariance columns of its input state) x its forward MACs (the mean
+    pass plus every factor, or every row of a full covariance, through the same weights)."""
+    from memcim.analysis.moments import CrossbarLayer
+
+    macs = iter(layer_macs(layers, tuple(states[0].mean.shape[1:])))
+    return sum((1 + covariance_columns(st)) * next(macs) for l, st in zip(layers, states)
+               if isinstance(l, CrossbarLayer))
+
+
 def fit_exponent(xs, ys) -> float:
     return float(np.polyfit(np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float)), 1)[0])
 
@@ -107,7 +187,7 @@ def mlp(depth: int, width: int = 256) -> nn.Sequential:
     return nn.Sequential(*mods, nn.Linear(prev, 10))
 
 
-def main(quick: bool = False) -> dict:
+def main(quick: bool = False, widths: list | None = None) -> dict:
     torch.set_num_threads(1)
     seed = 0
     res = {"config": {"sigma": SIGMA, "gmax": GMAX, "levels": LEVELS, "batch": 64, "dtype": "float32", "threads": 1,
@@ -136,14 +216,24 @@ def main(quick: bool = False) -> dict:
     xm = torch.rand(64, 256, generator=g)
     sweeps = {"width": [], "depth": []}
     chips = (2, 16) if quick else (4, 32)
-    for mult in ([1, 2, 4] if quick else [1, 2, 4, 8]):
+    for mult in (widths or ([1, 2, 4] if quick else [1, 2, 4, 8])):
         torch.manual_seed(mult)
         net_w = cnn(mult)
         tp, tmc, mse, p = interleaved(net_w, xc, chips[0], chips[1], seed, timings=1)
         fw = forward_s(net_w, xc)
+        lw = parse_model(net_w, torch.float32)
+        states = predictor_states(lw, xc.to(torch.float32), sigma=SIGMA, gmax=GMAX, levels=LEVELS, power=False,
+                                  dtype=torch.float32)
+        macs = xc.shape[0] * sum(layer_macs(lw, tuple(xc.shape[1:])))          # the batch's forward pass
+        pmacs = xc.shape[0] * propagation_macs(lw, states)
         row = {"channel_multiplier": mult, "predict_s": float(tp.min()), "mc_s_per_chip": float(tmc.min()),
                "forward_s": fw, "predict_in_forward_passes": float(tp.min()) / fw,
-               "predict_in_chips": float(tp.min() / tmc.min()), **error_row(p, mse)}
+               "predict_in_chips": float(tp.min() / tmc.min()),
+               "forward_macs": macs, "propagation_macs": pmacs,
+               "covariance_columns": [covariance_columns(st) for l, st in zip(lw, states)
+                                      if isinstance(l, CrossbarLayer)],
+               "predict_ns_per_forward_mac": 1e9 * float(tp.min()) / macs,
+               "predict_ns_per_propagation_mac": 1e9 * float(tp.min()) / pmacs, **error_row(p, mse)}
         sweeps["width"].append(row)
         print(row, flush=True)
     for depth in ([1, 2, 4] if quick else [1, 2, 3, 4, 6, 8]):
@@ -164,6 +254,12 @@ def main(quick: bool = False) -> dict:
         if kind == "width":   # the floor: the network's own forward pass grows as width^2 (C_in C_out k^2 P)
             fits[kind]["forward_exponent"] = fit_exponent(xs, [r["forward_s"] for r in rows])
             fits[kind]["predict_over_forward_exponent"] = fit_exponent(xs, [r["predict_in_forward_passes"] for r in rows])
+            # the physical floor: MACs from the layer shapes (no timer), and the MACs of carrying the prediction's
+            # covariance columns (its factor counts per layer, which grow with width up to max_factors)
+            fits[kind]["forward_mac_exponent"] = fit_exponent(xs, [r["forward_macs"] for r in rows])
+            fits[kind]["propagation_mac_exponent"] = fit_exponent(xs, [r["propagation_macs"] for r in rows])
+            fits[kind]["predict_ns_per_forward_mac_exponent"] = fit_exponent(
+                xs, [r["predict_ns_per_forward_mac"] for r in rows])
         if kind == "depth":   # the first layer's input is deterministic (no covariance): the layers that
             r2 = [r for r in rows if r[key] >= 2]     # carry one are depth - 1
             fits[kind]["predict_exponent_vs_covariance_layers"] = fit_exponent([r[key] - 1 for r in r2],
@@ -177,4 +273,19 @@ def main(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    main(quick="--quick" in sys.argv)
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer chips and points")
+    ap.add_argument("--widths", default=None,
+                    help="comma-separated channel multipliers of the width sweep (default 1,2,4,8; --quick 1,2,4)")
+    a = ap.parse_args()
+    ws = None
+    if a.widths is not None:
+        try:
+            ws = [int(v) for v in a.widths.split(",")]
+        except ValueError:
+            ap.error(f"--widths: {a.widths!r} is not allowed; give positive integers separated by commas, e.g. 1,2,4,8")
+        if len(ws) < 2 or min(ws) < 1:
+            ap.error(f"--widths: {a.widths!r} is not allowed; give at least two positive integers, e.g. 1,2,4,8")
+    main(quick=a.quick, widths=ws)
