@@ -16,16 +16,40 @@ not used for the second moment). Methods: ``dpe`` (Hu et al., DAC 2016), ``repre
 002, with the default ``mapping.rounding = "pairs"``), ``representable/aware`` (the same with the
 one-device rounding ``"aware"``, the default before the pair rounding: the before/after of one run) and
 ``representable+M`` (pairs, tuned on the second moment E[x^T x] of 2000 training inputs of that block,
-i.e. the expected output error on the data). ``floor``: the pure quantization floor (ideal wires, the
-same 8-bit levels, nearest level, best scale: :func:`quantization_floor`); ``floor/at_representable_alpha``
-the same at the representable mapping's own alpha (the scale the IR drop leaves it: one device per weight
-cannot get below it, the pair vernier can). Per-column scale (a digital gain per output column after the
-ADC; ``--no-columns`` leaves it out): ``dpe/column`` (each column's own DPE range), ``representable/column``
-(``mapping.scale = "column"``: every column's own scale search) and ``floor/column`` (each column
-at its own best scale); ratios against DPE's one-scale plan (the stronger DPE: per-column ranges raise
-the currents and DPE's IR-drop error) and against ``dpe/column``. ``conductance_sum``: the
-sum of all programmed conductances, a proxy of the array's read power (ratios against DPE's plan).
-Summary: min and geometric mean of every ratio over all blocks and per block class.
+i.e. the expected output error on the data). Per-column scale (a digital gain per output column after
+the ADC; ``--no-columns`` leaves it out): ``dpe/column`` (each column's own DPE range),
+``representable/column`` (``mapping.scale = "column"``: the one-scale plan and a per-column plan, the
+per-column one kept where it lowers both the Frobenius error and the predicted max output error, see
+:func:`memcim.mapping.irdrop.map_representable`) and ``floor/column``; ratios against DPE's one-scale
+plan (the stronger DPE: per-column ranges raise the currents and DPE's IR-drop error) and against
+``dpe/column``. ``conductance_sum``: the sum of all programmed conductances, a proxy of the array's read
+power (ratios against DPE's plan). Summary: min and geometric mean of every ratio over all blocks and per
+block class.
+
+The floor (``FLOOR_DEFINITION``, also written into the JSON): ``floor`` is the pure quantization floor of
+the block, :func:`quantization_floor`: ideal wires (no IR drop), the same device levels (8 bits over
+[g_min, g_max]), one device of each pair at g_min and the other at the nearest level of
+``alpha max(+-W, 0)``, at one scale ``alpha = f (g_max - g_min) / max|W|`` with f on a grid of 126 points
+from 0.5 to 3.0 (above 1 the largest weights clip) chosen for the lowest Frobenius error. Without wires
+the nearest level is the Frobenius-optimal rounding of every weight, so at one scale no mapping onto these
+levels with one device per weight gets below it. ``floor/column``: the same with one f per output column
+(of that column's own full-range scale). ``floor/at_representable_alpha``: the same at the representable
+plan's own alpha, no search (the scale the IR drop leaves it). Under IR drop the pair rounding (both
+devices of a weight programmed, a vernier finer than one device's levels) can get below the floor, so it
+is the reference the goals are measured against, not a hard limit; for the max output error the floor's
+plan is the Frobenius-optimal one, whose max output error is a reference, not a minimum.
+
+Goal accounting (issue 17 goal 5: DPE error / representable error >= 4x Frobenius and >= 3x max output on
+trained weights): DPE's error over the floor's bounds the gain a mapping can be expected to reach on a
+block. Per block, method (``representable``, ``representable+M``, ``representable/column``) and metric
+(``frobenius_error``, ``max_output_error`` on uniform inputs) ``summary["goals"]`` gives ``gain`` (DPE /
+method), ``bound`` (DPE / floor; for ``representable/column``, which may keep either plan, the larger of
+DPE / floor and DPE / floor/column), ``bound_at_representable_alpha`` (DPE / floor/at_representable_alpha),
+``target = min(goal, bound)`` and ``met`` (gain >= target), ``met_unbounded`` (gain >= goal); also for the
+max output error on the block's real inputs (``max_output_error_data``, goal 3x, the measure ``+M`` is tuned
+for; not part of ``both``); the flat keys
+``goals/<group>/<method>/<metric>/met`` count the blocks meeting the target (``.../both/met``: both metrics)
+out of ``goals/<group>/<method>/blocks``.
 
 Times: wall ``time_s`` and the process's CPU time ``cpu_s`` (on the shared 2-core machine the wall time
 follows the load of other jobs; the CPU time is what one free core would take, up to cache effects, which
@@ -126,6 +150,9 @@ def map_case(W, array, method, second_moment=None, X_eval=None, rounding="pairs"
     else:
         a = plan.scale[:, :W.shape[1]]
         out.update(alpha_median=float(torch.median(a)), alpha_min=float(a.min()), alpha_max=float(a.max()))
+        tiles = plan.info.get("tiles") or []
+        if tiles and "column_scale" in tiles[0]:    # representable: which plan each array kept (one / column)
+            out["column_scale_choice"] = [t["column_scale"] for t in tiles]
     out.update(_errors(W, Wr, X_eval))
     return out
 
@@ -183,6 +210,46 @@ def floor_at_scale(W, alpha, X_eval=None) -> dict:
     IR drop leaves (the pair vernier is what gets below it)."""
     out = {"alpha": float(alpha)}
     out.update(_errors(W, _floor_realized(W, alpha), X_eval))
+    return out
+
+
+FLOOR_DEFINITION = (
+    "floor: ideal wires (no IR drop), the same device levels, one device of each pair at g_min and the other "
+    "at the nearest level of alpha*max(+-W, 0), one scale alpha = f*(g_max - g_min)/max|W|, f on 126 points "
+    "in [0.5, 3.0] chosen for the lowest Frobenius error (f > 1 clips the largest weights); floor/column: one "
+    "f per output column (of its own full-range scale); floor/at_representable_alpha: at the representable "
+    "plan's alpha. The least Frobenius error of one device per weight at one scale on ideal wires; the pair "
+    "rounding under IR drop can go below it (a reference, not a hard limit). Goal bound = DPE error / floor "
+    "error (representable/column: the larger of the one-scale and per-column floors' bounds); "
+    "target = min(goal, bound), goal 4x Frobenius and 3x max output error (uniform inputs).")
+GOALS = {"frobenius_error": 4.0, "max_output_error": 3.0}
+#: the floors bounding each method's gain (a method that may keep either plan: the larger bound)
+GOAL_FLOORS = {"representable": ("floor",), "representable+M": ("floor",),
+               "representable/column": ("floor", "floor/column")}
+
+
+def goal_accounting(row) -> dict:
+    """Per method and metric: the gain over DPE, its floor bound, the target min(goal, bound) and whether it is
+    met (see the module docstring); ``both``: both metrics met."""
+    out = {}
+    for m, floors in GOAL_FLOORS.items():
+        if m not in row:
+            continue
+        out[m] = {}
+        for k, goal in {**GOALS, "max_output_error_data": GOALS["max_output_error"]}.items():
+            if k not in row[m] or k not in row["dpe"]:
+                continue
+            gain = row["dpe"][k] / row[m][k]
+            bound = max(row["dpe"][k] / row[f][k] for f in floors if f in row)
+            e = {"gain": gain, "goal": goal, "bound": bound}
+            if "floor/at_representable_alpha" in row:
+                e["bound_at_representable_alpha"] = row["dpe"][k] / row["floor/at_representable_alpha"][k]
+            e["target"] = min(goal, bound)
+            e["met"] = bool(gain >= e["target"])
+            e["met_unbounded"] = bool(gain >= goal)
+            out[m][k] = e
+        out[m]["both"] = {"met": all(out[m][k]["met"] for k in GOALS),
+                          "met_unbounded": all(out[m][k]["met_unbounded"] for k in GOALS)}
     return out
 
 
@@ -309,7 +376,8 @@ def main():
     if a.quick:
         a.sizes, a.random = [64], 1
     res = {"provenance": provenance(seed=a.seed, load_average=os.getloadavg(), cpus=os.cpu_count()),
-           "hardware": HW.to_dict(), "random": [], "trained": [], "summary": {}}
+           "hardware": HW.to_dict(), "floor_definition": FLOOR_DEFINITION, "goals_definition": GOALS,
+           "random": [], "trained": [], "summary": {}}
     rng = np.random.default_rng(a.seed)
     for n in a.sizes:
         for k in range(a.random):
@@ -370,8 +438,39 @@ def main():
     for size, row in res.get("timing", {}).items():
         for m, v in row.items():
             s[f"timing/{m}_cpu_s_median/{size}"] = v["cpu_s_median"]
+        if "representable/column" in row:
+            s[f"timing/representable/column_over_representable/{size}"] = (
+                row["representable/column"]["cpu_s_median"] / row["representable"]["cpu_s_median"])
+    goals = {}
+    for group in ("random", "trained"):
+        # mapping.scale = "column" against the default (its one-scale plan is the default's): arrays that kept
+        # the per-column plan, and blocks whose Frobenius / max output error the column mode raised
+        rows = [r for r in res[group] if "representable/column" in r]
+        if rows:
+            s[f"column/{group}/arrays_per_column_plan"] = sum(
+                c == "column" for r in rows for c in r["representable/column"].get("column_scale_choice", []))
+            s[f"column/{group}/arrays"] = sum(len(r["representable/column"].get("column_scale_choice", []))
+                                              for r in rows)
+            for k in ("frobenius_error", "max_output_error"):
+                s[f"column/{group}/{k}_above_one_scale/blocks"] = sum(
+                    r["representable/column"][k] > r["representable"][k] * (1 + 1e-9) for r in rows)
+            s[f"column/{group}/blocks"] = len(rows)
+        for r in res[group]:
+            g = goals[r["name"] + (f"@{r['array'][0]}" if "array" in r else "")] = goal_accounting(r)
+            for m, per in g.items():
+                s[f"goals/{group}/{m}/blocks"] = s.get(f"goals/{group}/{m}/blocks", 0) + 1
+                for k, e in per.items():
+                    for flag in ("met", "met_unbounded"):
+                        key = f"goals/{group}/{m}/{k}/{flag}"
+                        s[key] = s.get(key, 0) + int(e[flag])
     for k, v in s.items():
         print(f"{k:<80} {v:8.3f}")
+    s["goals"] = goals
+    print("goals (gain / target, * = met):")
+    for name, g in goals.items():
+        print(f"  {name:<44}" + "  ".join(
+            f"{m:<20} " + " ".join(f"{g[m][k]['gain']:5.2f}/{g[m][k]['target']:4.2f}{'*' if g[m][k]['met'] else ' '}"
+                                   for k in GOALS) for m in g))
     res["load_average_end"] = list(os.getloadavg())
     print("wrote", write_json(a.out, res))
 

@@ -100,3 +100,52 @@ def test_map_matrix_honours_mapping_scale_column(trained_blocks):
         y = program(m, seed=0, dtype=torch.float64).mvm(x)
         err[scale] = float(((y.reshape(ref.shape) - ref) ** 2).sum() / (ref ** 2).sum())
     assert err["column"] < 0.9 * err["matrix"], err
+
+
+def test_max_output_proxy_matches_monte_carlo():
+    """``max_output_proxy`` for one column is |mean| + 3 std of that output's error under inputs uniform on
+    [0, v_cal_i] (and, with a second moment, its RMS): checked against the sample moments of 200,000 drawn
+    inputs. Tolerance per column: 4 standard errors of (|mean| + 3 std), i.e. 4 (s/sqrt(N) + 3 s/sqrt(2N))
+    (z = 4 covers 8 columns x 2 statistics at a family-wise 1e-3, Bonferroni)."""
+    from memcim.mapping.irdrop import max_output_proxy, uniform_second_moment
+
+    rng = np.random.default_rng(11)
+    n, m, N = 20, 8, 200_000
+    E = rng.normal(0, 1, (n, m)) + np.linspace(-0.5, 0.5, m)       # columns with and without a bias
+    v = rng.uniform(0.5, 1.5, n)
+    y = (rng.uniform(0, 1, (N, n)) * v) @ E
+    mean, std, rms = y.mean(0), y.std(0), np.sqrt((y ** 2).mean(0))
+    M = uniform_second_moment(v)
+    for j in range(m):
+        tol = 4 * (std[j] / np.sqrt(N) + 3 * std[j] / np.sqrt(2 * N))
+        assert abs(max_output_proxy(E[:, [j]], v) - (abs(mean[j]) + 3 * std[j])) < tol
+        assert abs(max_output_proxy(E[:, [j]], second_moment=M) - rms[j]) < 4 * std[j] * 2 / np.sqrt(N) + 4 * rms[j] / np.sqrt(N)
+    assert max_output_proxy(E, v) == max(max_output_proxy(E[:, [j]], v) for j in range(m))
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_column_mode_never_worse_than_one_scale(trained_blocks, k):
+    """``column_scale=True`` keeps its per-column plan only where that plan's exact error is lower on the
+    Frobenius norm and not higher on the predicted max output error: against fresh nodal solves of the
+    programmed (8-bit) plans, its Frobenius error and max-output proxy are at most the one-scale mapping's
+    (the default's, ``map_block`` without ``column_scale``), and the errors it reports for its two candidates
+    are those of fresh solves. Blocks: two 32 x 32 blocks of the trained 784-500-300-10 MLP and a uniform
+    random one (where every column has about the same range)."""
+    from memcim.mapping.irdrop import max_output_proxy
+
+    W = trained_blocks[k] if k < 2 else np.random.default_rng(4).uniform(-1, 1, (32, 32))
+    h = HW.set({"mapping.method": "representable", "array.rows": 32, "array.cols": 32})
+    one = map_block(W, h.wires, h.device, h.mapping)
+    col = map_block(W, h.wires, h.device, h.mapping, column_scale=True)
+    E1 = _realized(*one[:3], h.wires) - W
+    Ec = _realized(*col[:3], h.wires) - W
+    info = col[3]
+    assert info["column_scale"] in ("one", "column")
+    np.testing.assert_allclose(info["column_scale_losses"][0], np.sum(E1 ** 2), rtol=1e-9)
+    np.testing.assert_allclose(info["column_scale_losses"][int(info["column_scale"] == "column")],
+                               np.sum(Ec ** 2), rtol=1e-9)
+    assert np.sum(Ec ** 2) <= np.sum(E1 ** 2) * (1 + 1e-9)
+    assert max_output_proxy(Ec) <= max_output_proxy(E1) * (1 + 1e-9)
+    if info["column_scale"] == "one":          # the one-scale plan is the default's, unchanged
+        np.testing.assert_array_equal(col[0], one[0])
+        np.testing.assert_array_equal(col[1], one[1])
