@@ -1,8 +1,10 @@
 """Benchmark: IR-drop-aware mapping (paper 002) -- mapping time and error against DPE, on uniform random
 matrices and on trained weights (the reference MLPs' layers, the small CNN's unfolded convolutions).
 
-Run:  .venv/bin/python bench/bench_irdrop.py [--sizes 64 128] [--quick]
-Writes bench/results/irdrop.json and prints a table.
+Run:  .venv/bin/python bench/bench_irdrop.py [--sizes 64 128] [--quick] [--compare-src /tmp/before/src]
+Writes bench/results/irdrop.json and prints a table. ``--compare-src``: the src folder of another checkout
+(``git worktree add --detach /tmp/before <commit>``) whose representable mappings are timed in the same
+interleaved rounds (``timing/before/...``, ``timing/before_over_now/...``).
 
 Set-up: paper 002 Sec. VI (the ``irdrop`` preset without converters): 1 Ohm wires, 100 Ohm in/out,
 2 kOhm - 3 MOhm devices at 8 bits. A random or MLP block of size n is mapped on one n x n array pair;
@@ -327,10 +329,55 @@ def scale_check(factors=(1.0, 1.1, 1.2), seed: int = 0) -> dict:
     return {"block": case["name"], "alpha_dpe": a_dpe, "rows": rows}
 
 
-def timing(sizes, repeats: int = 3, seed: int = 0, columns: bool = True) -> dict:
+_CHILD = """
+import sys, time
+import numpy as np
+from memcim.config import preset
+from memcim.mapping.irdrop import map_block
+n, seed, column, sizes = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4].split(",")
+rng = np.random.default_rng(seed + 1)
+for m in map(int, sizes):            # the matrices of timing(), drawn in the same order
+    W = rng.uniform(-1, 1, (m, m))
+    if m == n:
+        break
+hw = preset("irdrop").without("dac", "adc").set({"array.rows": n, "array.cols": n, "mapping.method": "representable"})
+kw = {"column_scale": True} if column else {}
+map_block(W[:8, :8], hw.wires, hw.device, hw.mapping, **kw)
+c0 = time.process_time()
+map_block(W, hw.wires, hw.device, hw.mapping, **kw)
+print(time.process_time() - c0)
+"""
+
+
+def _time_other_tree(src: str, n: int, seed: int, column: bool, sizes) -> float:
+    """CPU time of the same ``map_block`` call (:func:`timing`'s matrix) with the memcim package of another
+    source tree (``--compare-src``, e.g. a ``git worktree`` of an older commit), in a child process."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=src, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-c", _CHILD, str(n), str(seed), "1" if column else "0",
+                        ",".join(map(str, sizes))], env=env,
+                       capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.abspath(src)))
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+def _commit_of(src: str) -> str | None:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "-C", src, "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def timing(sizes, repeats: int = 3, seed: int = 0, columns: bool = True, compare_src: str | None = None) -> dict:
     """CPU time of one array's mapping (``map_block``, not memoised) on a uniform random n x n matrix per
     size, ``repeats`` rounds interleaving the methods (DPE, the peer, first): median and min per method.
-    The per-block ``cpu_s`` of the tables is one measurement each and follows the other jobs' load."""
+    The per-block ``cpu_s`` of the tables is one measurement each and follows the other jobs' load.
+    ``compare_src``: also the representable mappings of another source tree (its ``src`` folder) on the same
+    matrix, interleaved (``before/...``), each in a child process (:func:`_time_other_tree`)."""
     from memcim.mapping.irdrop import map_block
 
     rng = np.random.default_rng(seed + 1)
@@ -341,9 +388,15 @@ def timing(sizes, repeats: int = 3, seed: int = 0, columns: bool = True) -> dict
         variants = [("dpe", "dpe", {}), ("representable", "representable", {})]
         if columns:
             variants.append(("representable/column", "representable", {"column_scale": True}))
+        if compare_src:
+            variants += [("before/representable", None, {"column": False})] + (
+                [("before/representable/column", None, {"column": True})] if columns else [])
         ts = {name: [] for name, _, _ in variants}
         for _ in range(repeats):
             for name, method, kw in variants:
+                if method is None:
+                    ts[name].append(_time_other_tree(compare_src, n, seed, sizes=sizes, **kw))
+                    continue
                 c0 = time.process_time()
                 map_block(W, hw.wires, hw.device, hw.set("mapping.method", method).mapping, **kw)
                 ts[name].append(time.process_time() - c0)
@@ -367,6 +420,9 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--time-repeats", type=int, default=3,
                     help="interleaved repeats of the mapping-time measurement (0: leave it out)")
+    ap.add_argument("--compare-src", default=None,
+                    help="the src folder of another memcim tree (e.g. git worktree add --detach /tmp/before <rev>; "
+                         "/tmp/before/src): its representable mappings timed in the same interleaved rounds")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "irdrop.json"))
     a = ap.parse_args()
     if a.scale_check:
@@ -412,7 +468,9 @@ def main():
             _print(row["name"], row)
             res["trained"].append(row)
     if a.time_repeats:
-        res["timing"] = timing(a.sizes, a.time_repeats, a.seed, a.columns)
+        res["timing"] = timing(a.sizes, a.time_repeats, a.seed, a.columns, a.compare_src)
+        if a.compare_src:
+            res["timing_compare"] = {"src": os.path.abspath(a.compare_src), "commit": _commit_of(a.compare_src)}
     s = res["summary"]
     for group in ("random", "trained"):
         rows = res[group]
@@ -438,6 +496,9 @@ def main():
     for size, row in res.get("timing", {}).items():
         for m, v in row.items():
             s[f"timing/{m}_cpu_s_median/{size}"] = v["cpu_s_median"]
+        for m in ("representable", "representable/column"):
+            if f"before/{m}" in row and m in row:
+                s[f"timing/before_over_now/{m}/{size}"] = row[f"before/{m}"]["cpu_s_median"] / row[m]["cpu_s_median"]
         if "representable/column" in row:
             s[f"timing/representable/column_over_representable/{size}"] = (
                 row["representable/column"]["cpu_s_median"] / row["representable"]["cpu_s_median"])
