@@ -856,10 +856,10 @@ def _conv_factors(st: Moments, conv, wq: torch.Tensor, layer: CrossbarLayer,
     if fac is not None:
         fo[:, :k0] = _apply_lin(fac, conv, st.shape)
     new = fo[:, k0:].reshape(b, c, rl, cout, ho, wo)                           # a view: factor (c, j) at k0 + c rl + j
-    wt = wq.transpose(0, 1).contiguous()                                       # (C, Cout, kh, kw): one per input channel
-    lt = loc.transpose(1, 2).contiguous()                                      # (B, C, r, H, W)
+    wt = wq.transpose(0, 1).unsqueeze(2).contiguous()                          # (C, Cout, 1, kh, kw): one per input channel
+    lt = loc.permute(2, 0, 1, 3, 4).reshape(c, b * rl, 1, *loc.shape[3:])      # (C, B r, 1, H, W): one copy
     for ci in range(c):     # dense operands (a strided view costs oneDNN a reorder per call)
-        new[:, ci] = conv(lt[:, ci].reshape(b * rl, 1, *loc.shape[3:]), wt[ci].unsqueeze(1)).reshape(b, rl, cout, ho, wo)
+        new[:, ci] = conv(lt[ci], wt[ci]).reshape(b, rl, cout, ho, wo)
     rq = conv(res, wq * wq)
     var = rq + (fo * fo).sum(1)
     return Moments(mean, var, st.mode, None, fo, resid=rq)
@@ -889,9 +889,9 @@ def _crossbar_step(st: Moments, layer: CrossbarLayer, wq: torch.Tensor, s2: torc
         mean = out.mean + layer.bias
         var = out.var + noise
         cov = out.cov
-        if cov is not None or st.mode == "exact":
-            base = cov if cov is not None else torch.zeros(var.shape[0], var.shape[1], var.shape[1], dtype=var.dtype)
-            cov = base + torch.diag_embed(noise)
+        if cov is not None or st.mode == "exact":   # out.cov is _linear_step's fresh tensor: the noise added in place
+            cov = cov if cov is not None else torch.zeros(var.shape[0], var.shape[1], var.shape[1], dtype=var.dtype)
+            torch.diagonal(cov, dim1=1, dim2=2).add_(noise)
         return Moments(mean, var, st.mode, cov, out.factors)
     # convolution
     conv = lambda x, w=wq: F.conv2d(x, w, None, layer.stride, layer.padding, layer.dilation)
@@ -945,7 +945,7 @@ def _crossbar_step(st: Moments, layer: CrossbarLayer, wq: torch.Tensor, s2: torc
         torch.diagonal(cov.view(b, cout, p, cout, p), dim1=1, dim2=3).add_(nsp.unsqueeze(-1) * s2v)
         if per_weight:  # the diagonal exact, the cross terms with the channel mean of s2
             fix = (exact_noise - diag_noise * s2c).reshape(b, -1)
-            cov = cov + torch.diag_embed(fix)
+            torch.diagonal(cov, dim1=1, dim2=2).add_(fix)
         return Moments(mean, torch.diagonal(cov, dim1=1, dim2=2).reshape(mean.shape), "exact", cov)
     if st.mode == "diagonal" or rank == 0:
         return Moments(mean, var, st.mode, None, out.factors)
@@ -985,7 +985,7 @@ def _elementwise_step(st: Moments, layer: ElementwiseLayer, method: str, order: 
             return Moments(m, v, "exact", None, nonzero=nz)
         sl = slope.reshape(slope.shape[0], -1)
         cov = st.cov * sl.unsqueeze(-1) * sl.unsqueeze(-2)
-        cov = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2)) + torch.diag_embed(v.reshape(v.shape[0], -1))
+        torch.diagonal(cov, dim1=1, dim2=2).copy_(v.reshape(v.shape[0], -1))    # the diagonal is the variance
         return Moments(m, v, "exact", cov, nonzero=nz)
     fac = None if st.factors is None else st.factors * slope.unsqueeze(1)
     loc = None if st.local is None else st.local * slope.unsqueeze(1)
@@ -1031,7 +1031,8 @@ def _to_full(st: Moments) -> Moments:
         blocks = lf.transpose(2, 3) @ lf                                              # (B, C, P, P)
         torch.diagonal(low.view(b, c, p, c, p), dim1=1, dim2=3).add_(blocks.permute(0, 2, 3, 1))
     res = (var - torch.diagonal(low, dim1=1, dim2=2)).clamp_min(0)
-    return Moments(st.mean, st.var, "exact", low + torch.diag_embed(res))
+    torch.diagonal(low, dim1=1, dim2=2).add_(res)                                     # low is a fresh tensor
+    return Moments(st.mean, st.var, "exact", low)
 
 
 def propagate(layers: list, x: torch.Tensor, *, sigma: float, gmax, levels: int = 128, cov: str = "lowrank",

@@ -374,7 +374,7 @@ def _through_slope(mean: torch.Tensor, var: torch.Tensor, out: mo.Moments, slope
     if cov is not None:
         sl = slope.reshape(slope.shape[0], -1)
         cov = cov * sl.unsqueeze(-1) * sl.unsqueeze(-2)
-        cov = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2)) + torch.diag_embed(var.reshape(var.shape[0], -1))
+        torch.diagonal(cov, dim1=1, dim2=2).copy_(var.reshape(var.shape[0], -1))     # the diagonal is the variance
     return mo.Moments(mean, var, out.mode, cov, fac, local=loc)
 
 
@@ -561,7 +561,7 @@ class _HardwareStep:
         if cov is not None:
             kf = (k * torch.ones_like(out.mean[0])).reshape(-1)
             cov = cov * kf.unsqueeze(-1) * kf.unsqueeze(-2)
-            cov = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2)) + torch.diag_embed(var.reshape(var.shape[0], -1))
+            torch.diagonal(cov, dim1=1, dim2=2).copy_(var.reshape(var.shape[0], -1))  # the diagonal is the variance
         return mo.Moments(mean, var, out.mode, cov, fac, out.nonzero, loc)
 
     def _read_moments(self, st: mo.Moments) -> mo.Moments:
@@ -635,7 +635,8 @@ class _HardwareStep:
                 return mo.Moments(mean, out.var, out.mode, out.cov, out.factors, local=out.local)
             cov = out.cov
             if cov is not None:
-                cov = cov + torch.diag_embed(rv.expand_as(out.var).reshape(rv.shape[0], -1))
+                cov = cov.clone()
+                torch.diagonal(cov, dim1=1, dim2=2).add_(rv.expand_as(out.var).reshape(rv.shape[0], -1))
             return mo.Moments(mean, out.var + rv, out.mode, cov, out.factors, local=out.local)
         # --- one ADC per array: every row tile's partial sum is quantized on its own
         T = lh.n_row_tiles
@@ -655,7 +656,16 @@ class _HardwareStep:
                 mk = self.masks[t]
                 wt = self.W * mk
                 mean_t = op(st.mean, wt)
-                vin_t = mo._lin_var(st, lambda x, w=wt: op(x, w), lambda x, w=wt: op(x, w * w))
+                if layer.kind == "linear" and st.cov is not None:
+                    # a full covariance: array t reads only its own rows, so its partial sum's variance is
+                    # diag(W_t^T C_tt W_t) over the (R, R) diagonal block (the full-width masked product cost T^2
+                    # times more and computed the whole output covariance for its diagonal)
+                    r0 = t * lh.tile_rows
+                    wb = self.W[:, r0:r0 + lh.tile_rows]                                # (out, R)
+                    blk = st.cov[:, r0:r0 + lh.tile_rows, r0:r0 + lh.tile_rows]         # (B, R, R)
+                    vin_t = ((blk @ wb.t()) * wb.t()).sum(1)                            # (B, out)
+                else:
+                    vin_t = mo._lin_var(st, lambda x, w=wt: op(x, w), lambda x, w=wt: op(x, w * w))
                 chip = op(m2, self.s2_full * mk)
                 rv = read_var(t)
                 v_t = vin_t + chip if rv is None else vin_t + chip + rv
@@ -706,7 +716,8 @@ class _HardwareStep:
         g = self._reference_factors(st.second_moment().reshape(st.mean.shape[0], -1))
         if out.cov is not None:
             low = g.transpose(1, 2) @ g
-            cov = out.cov + low - torch.diag_embed(torch.diagonal(low, dim1=1, dim2=2))
+            cov = out.cov + low
+            torch.diagonal(cov, dim1=1, dim2=2).sub_(torch.diagonal(low, dim1=1, dim2=2))   # the variances hold it
             return mo.Moments(out.mean, out.var, out.mode, cov, out.factors, out.nonzero, out.local)
         fac = g if out.factors is None else torch.cat([out.factors, g], 1)
         return mo.Moments(out.mean, out.var, out.mode, None, fac, out.nonzero, out.local)
