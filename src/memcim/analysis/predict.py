@@ -311,10 +311,11 @@ def quantizer_moments(m: torch.Tensor, v: torch.Tensor, step: torch.Tensor, adc)
         z = (hi - mn.unsqueeze(-1)) / s_
         c = _cdf(z)
         c[..., -1] = 1.0
-        cdf_lo = torch.cat([torch.zeros_like(c[..., :1]), c[..., :-1]], -1)
-        prob = c - cdf_lo
-        mu = (prob * q).sum(-1)
-        vv = ((prob * q * q).sum(-1) - mu * mu).clamp_min(0.0)
+        prob = c.clone()                                                                # P(level j): the CDF's steps
+        prob[..., 1:] -= c[..., :-1]
+        pq = prob * q
+        mu = pq.sum(-1)
+        vv = ((pq * q).sum(-1) - mu * mu).clamp_min(0.0)
         sl = ((q[..., 1:] - q[..., :-1]) * _phi(z[..., :-1]) / s_).sum(-1)
         # deterministic inputs: the transfer itself
         q0 = adc_convert(mn, fn, adc)
