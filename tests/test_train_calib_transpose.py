@@ -82,11 +82,13 @@ def test_driving_samples_kept_exactly():
             assert rows.tolist() == keep_r
 
 
+@pytest.mark.parametrize("shape", [(37, 53), (260, 300)])       # torch's copy / numpy's (>= 2**16 entries)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_crossbar_order_is_the_transpose_with_its_gradient(dtype):
+def test_crossbar_order_is_the_transpose_with_its_gradient(dtype, shape):
+    o, i = shape
     gen = torch.Generator().manual_seed(0)
-    w = torch.randn(37, 53, generator=gen).to(dtype).requires_grad_(True)
-    g = torch.randn(53, 37, generator=gen).to(dtype)
+    w = torch.randn(o, i, generator=gen).to(dtype).requires_grad_(True)
+    g = torch.randn(i, o, generator=gen).to(dtype)
     W = _CrossbarOrder.apply(w)
     ref = w.detach().t().contiguous()
     assert W.is_contiguous() and torch.equal(W, ref)
@@ -94,10 +96,10 @@ def test_crossbar_order_is_the_transpose_with_its_gradient(dtype):
     assert w.grad.is_contiguous() and torch.equal(w.grad, g.t())
     # a strided gradient (the read's padded columns) comes back the same
     w.grad = None
-    gpad = torch.randn(53, 40, generator=gen).to(dtype)
+    gpad = torch.randn(i, o + 3, generator=gen).to(dtype)
     W = _CrossbarOrder.apply(w)
-    W.backward(gpad[:, :37])
-    assert torch.equal(w.grad, gpad[:, :37].t())
+    W.backward(gpad[:, :o])
+    assert w.grad.is_contiguous() and torch.equal(w.grad, gpad[:, :o].t())
 
 
 def test_analog_layer_weight_gradient_is_plain_autograd():
@@ -105,9 +107,9 @@ def test_analog_layer_weight_gradient_is_plain_autograd():
     ``t().contiguous()`` (the same chip: the layer's generator state restored)."""
     hw = preset("generic")
     gen = torch.Generator().manual_seed(3)
-    lin = nn.Linear(90, 30)
+    lin = nn.Linear(300, 230)                     # 69,000 weights: numpy's copy
     layer = AnalogLinear.from_digital(lin, hw, seed=5).train()
-    x = torch.rand(16, 90, generator=gen)
+    x = torch.rand(16, 300, generator=gen)
     state = layer._train_gen.get_state()
     layer(x).square().sum().backward()
     got = layer.weight.grad.clone()
