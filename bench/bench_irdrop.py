@@ -377,7 +377,10 @@ def timing(sizes, repeats: int = 3, seed: int = 0, columns: bool = True, compare
     size, ``repeats`` rounds interleaving the methods (DPE, the peer, first): median and min per method.
     The per-block ``cpu_s`` of the tables is one measurement each and follows the other jobs' load.
     ``compare_src``: also the representable mappings of another source tree (its ``src`` folder) on the same
-    matrix, interleaved (``before/...``), each in a child process (:func:`_time_other_tree`)."""
+    matrix, interleaved (``before/...``), each in a child process (:func:`_time_other_tree`), and this tree's
+    through the same child process (``child/...``: a fresh process pays its first-touch memory costs, so the
+    before/now ratios compare child with child)."""
+    import memcim
     from memcim.mapping.irdrop import map_block
 
     rng = np.random.default_rng(seed + 1)
@@ -388,14 +391,16 @@ def timing(sizes, repeats: int = 3, seed: int = 0, columns: bool = True, compare
         variants = [("dpe", "dpe", {}), ("representable", "representable", {})]
         if columns:
             variants.append(("representable/column", "representable", {"column_scale": True}))
-        if compare_src:
-            variants += [("before/representable", None, {"column": False})] + (
-                [("before/representable/column", None, {"column": True})] if columns else [])
+        if compare_src:     # the other tree and this one, both through the same child process
+            own = os.path.dirname(os.path.dirname(os.path.abspath(memcim.__file__)))
+            for tag, src in (("before", compare_src), ("child", own)):
+                variants += [(f"{tag}/representable", None, {"column": False, "src": src})] + (
+                    [(f"{tag}/representable/column", None, {"column": True, "src": src})] if columns else [])
         ts = {name: [] for name, _, _ in variants}
         for _ in range(repeats):
             for name, method, kw in variants:
                 if method is None:
-                    ts[name].append(_time_other_tree(compare_src, n, seed, sizes=sizes, **kw))
+                    ts[name].append(_time_other_tree(n=n, seed=seed, sizes=sizes, **kw))
                     continue
                 c0 = time.process_time()
                 map_block(W, hw.wires, hw.device, hw.set("mapping.method", method).mapping, **kw)
@@ -497,8 +502,9 @@ def main():
         for m, v in row.items():
             s[f"timing/{m}_cpu_s_median/{size}"] = v["cpu_s_median"]
         for m in ("representable", "representable/column"):
-            if f"before/{m}" in row and m in row:
-                s[f"timing/before_over_now/{m}/{size}"] = row[f"before/{m}"]["cpu_s_median"] / row[m]["cpu_s_median"]
+            if f"before/{m}" in row and f"child/{m}" in row:
+                s[f"timing/before_over_now/{m}/{size}"] = (row[f"before/{m}"]["cpu_s_median"]
+                                                           / row[f"child/{m}"]["cpu_s_median"])
         if "representable/column" in row:
             s[f"timing/representable/column_over_representable/{size}"] = (
                 row["representable/column"]["cpu_s_median"] / row["representable"]["cpu_s_median"])

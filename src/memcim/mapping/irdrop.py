@@ -102,9 +102,11 @@ PAIRS = {"common": 8, "cost": 0.02, "hyst": 0.05, "iters": 8, "refresh": 1}
 #: ``column_scale``: the per-column plan's scale is DPE's per-column scales times ``factor`` times the factor of
 #: DPE's one scale that the one-scale search chose (one step of the search's beta further inside: per-column
 #: ranges draw more current), then ``final_iters`` tuning iterations (measured on the bench's 64x64 MLP blocks:
-#: a start from the rescaled one-scale plan without tuning, or 6 instead of 8 pair-rounding passes, lost
-#: Frobenius error; 2 or 4 iterations gained nothing measurable; factor 1.0 lost up to 5x on some blocks)
-COLUMN_PASS = {"factor": 0.9, "final_iters": 1}
+#: a start from the rescaled one-scale plan without tuning, 6 instead of 8 pair-rounding passes, or no
+#: refresh of the sensitivities in the rounding lost Frobenius error; 2 or 4 iterations gained nothing
+#: measurable; factor 1.0 lost up to 5x on some blocks); ``dpe_iters``: bisection steps of its DPE scales;
+#: ``aware``: the one-device rounding as a candidate (the one-scale plan keeps it; one circuit evaluation)
+COLUMN_PASS = {"factor": 0.9, "final_iters": 1, "dpe_iters": 30, "aware": False}
 
 
 def error_report(W, Wr, Wr_unquantized=None, inputs=None, second_moment=None) -> dict:
@@ -391,7 +393,8 @@ def round_pairs(gp, gn, alpha, W, E, sens, wires: WiresConfig, dev: DeviceConfig
 
 def map_representable(W, wires: WiresConfig, dev: DeviceConfig, v_cal=None, second_moment=None,
                       beta=0.1, patience=1, max_alpha_evals=4, search_iters=1, final_iters=4, calib_rounds=1,
-                      alpha=None, rounding="pairs", dpe=None, column_scale=False, _with_error=False):
+                      alpha=None, rounding="pairs", dpe=None, column_scale=False, _with_error=False,
+                      _aware=True):
     """Paper 002's mapping; returns (g_pos, g_neg, alpha, info): on the device's levels when it has
     levels (``rounding``, :data:`ROUNDINGS`: "pairs" (default, :func:`round_pairs`), "aware"
     (:func:`round_to_levels`), "plain" (nearest level) or "none" (continuous)), else continuous.
@@ -400,7 +403,7 @@ def map_representable(W, wires: WiresConfig, dev: DeviceConfig, v_cal=None, seco
     ADC). Two plans: the one-scale mapping (exactly the default's), and a per-column plan at DPE's per-column
     scales times the factor of DPE's scale the one-scale search chose, one beta step further inside
     (:data:`COLUMN_PASS`; no search of its own), tuned for one iteration with the calibration correction and
-    rounded the same way. The per-column plan is kept only where its exact circuit error is lower on the
+    rounded by the pair rounding. The per-column plan is kept only where its exact circuit error is lower on the
     objective (Frobenius, or tr(E^T M E)) and not higher on the predicted max output error
     (:func:`max_output_proxy`); ``info["column_scale"]`` says which ("one" / "column"), and
     ``info["column_scale_losses"]`` / ``["column_scale_max_output"]`` give both plans' values. It costs the
@@ -508,18 +511,20 @@ def map_representable(W, wires: WiresConfig, dev: DeviceConfig, v_cal=None, seco
         if rounding == "pairs":
             Mr = uniform_second_moment(v_cal) if M is None else M
             sens = getattr(tuner, "last_d", None)
-            if sens is None:
-                sens = (Crossbar(gp, wires).realized_and_grad()[2], Crossbar(gn, wires).realized_and_grad()[2])
+            if sens is None:            # no tuning iteration: the sensitivities of the evaluated plan's circuits
+                sens = (st[2][0].realized_and_grad()[2], st[2][1].realized_and_grad()[2])
             qp, qn, Ec, info["rounding_passes"] = round_pairs(gp, gn, a_best, W, E + T - W, sens, wires, dev, Mr,
                                                               **PAIRS)
             info["rounding"] = "pairs"
-            # the one-device rounding for the inputs is a candidate too (with a measured second moment it
-            # sometimes wins: 32 x 32 block of the 256-128 MLP's fc1, data MSE 4.1e-7 against 4.7e-7)
-            ap, an = round_to_levels(gp, gn, a_best, W, E + T - W, sens, dev, Mr)
-            Ea = (Crossbar(ap, wires).realized() - Crossbar(an, wires).realized()) / a_best - W
-            tuner.n_evals += info["rounding_passes"] + 1
-            if np.sum(Ea * (Mr @ Ea)) < np.sum(Ec * (Mr @ Ec)):
-                qp, qn, Ec, info["rounding"] = ap, an, Ea, "aware"
+            tuner.n_evals += info["rounding_passes"]
+            if _aware:
+                # the one-device rounding for the inputs is a candidate too (with a measured second moment it
+                # sometimes wins: 32 x 32 block of the 256-128 MLP's fc1, data MSE 4.1e-7 against 4.7e-7)
+                ap, an = round_to_levels(gp, gn, a_best, W, E + T - W, sens, dev, Mr)
+                Ea = (Crossbar(ap, wires).realized() - Crossbar(an, wires).realized()) / a_best - W
+                tuner.n_evals += 1
+                if np.sum(Ea * (Mr @ Ea)) < np.sum(Ec * (Mr @ Ec)):
+                    qp, qn, Ec, info["rounding"] = ap, an, Ea, "aware"
             gp, gn = qp, qn
         else:
             gp, gn, info["rounding"] = _round(tuner, gp, gn, a_best, W, E + T - W, dev, M, v_cal, rounding)
@@ -569,7 +574,7 @@ def _map_column_scale(W, wires, dev, v_cal, M, dpe, kw):
     """``map_representable(..., column_scale=True)``: a one-scale plan and a per-column plan, the per-column
     one kept only where it is better on both measures (see :func:`map_representable`)."""
     d1 = dpe if dpe is not None else map_dpe(W, wires, dev, v_cal=v_cal)
-    dc = map_dpe(W, wires, dev, v_cal=v_cal, column_scale=True)
+    dc = map_dpe(W, wires, dev, v_cal=v_cal, column_scale=True, iters=COLUMN_PASS["dpe_iters"])
     # 1. the one-scale mapping (exactly the default's)
     p1, q1, a1, inf1 = map_representable(W, wires, dev, dpe=d1, _with_error=True, **kw)
     # 2. the per-column plan without a search of its own: DPE's per-column scales times the factor the
@@ -578,8 +583,10 @@ def _map_column_scale(W, wires, dev, v_cal, M, dpe, kw):
     # one-scale one); a short tuning, the calibration correction and the same rounding
     f1 = float(inf1["alpha_searched"]) / float(d1[2])
     kc = dict(kw, final_iters=COLUMN_PASS["final_iters"])
+    if COLUMN_PASS["final_iters"] == 0:
+        kc["calib_rounds"] = 0
     pc, qc, ac, infc = map_representable(W, wires, dev, dpe=dc, alpha=COLUMN_PASS["factor"] * f1 * np.asarray(dc[2]),
-                                         _with_error=True, **kc)
+                                         _with_error=True, _aware=COLUMN_PASS["aware"], **kc)
     cands = []
     for p, q, a, inf in ((p1, q1, a1, inf1), (pc, qc, ac, infc)):
         E = inf.pop("_error", None)                 # the exact error of the returned plan, if computed
