@@ -120,3 +120,53 @@ def test_full_covariance_of_channel_local_factors_is_the_written_out_one():
         if fac is None:
             ref = ref + torch.diag_embed(var.reshape(b, -1) - torch.diagonal(ref, dim1=1, dim2=2))
         torch.testing.assert_close(mo._to_full(st).cov, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_quantizer_level_sum_matches_the_sum_over_every_level():
+    """The ADC's moments of a narrow Gaussian partial sum (summed over the levels near its mean, fewer for
+    narrower sums) against the brute-force sum over every level of the ADC's range in float64 (Python's
+    math.erfc): mean, variance and mean slope, at widths on both sides of every window change and at the
+    range's edges (saturation)."""
+    import math
+
+    from memcim.analysis.predict import quantizer_moments
+    from memcim.config import preset
+
+    adc = preset("generic").adc
+    k_max = adc.steps
+    ratios = [0.0, 0.01, 0.1, 0.142, 0.143, 0.285, 0.286, 0.5, 0.571, 0.572, 0.857, 0.858, 1.0, 1.5, 1.999]
+    centres = [0.0, 0.37, -5.5, 40.2, -0.5, k_max - 0.3, -k_max + 1.7, k_max + 2.0]
+    m, sd = [], []
+    for r in ratios:
+        for c in centres:
+            m.append(c)
+            sd.append(r)
+    step = torch.full((len(m),), 0.75, dtype=torch.float64)
+    mt = torch.tensor(m, dtype=torch.float64) * step
+    vt = (torch.tensor(sd, dtype=torch.float64) * step) ** 2
+    mean, var, slope = quantizer_moments(mt, vt, step, adc)
+
+    def phi_cdf(z):
+        return 0.5 * math.erfc(-z / math.sqrt(2.0))
+
+    for i, (mu, s) in enumerate(zip(mt.tolist(), (vt.sqrt()).tolist())):
+        st = float(step[i])
+        levels = range(-k_max, k_max + 1)
+        if s == 0.0:                       # deterministic: the transfer itself
+            k = max(-k_max, min(k_max, round(mu / st)))
+            assert float(mean[i]) == pytest.approx(k * st, abs=1e-12)
+            assert float(var[i]) == 0.0
+            continue
+        p = []
+        for k in levels:
+            lo = 0.0 if k == -k_max else phi_cdf(((k - 0.5) * st - mu) / s)
+            hi = 1.0 if k == k_max else phi_cdf(((k + 0.5) * st - mu) / s)
+            p.append(hi - lo)
+        e1 = sum(pk * k * st for pk, k in zip(p, levels))
+        e2 = sum(pk * (k * st) ** 2 for pk, k in zip(p, levels))
+        dens = sum(st * math.exp(-0.5 * (((k + 0.5) * st - mu) / s) ** 2) / (s * math.sqrt(2 * math.pi))
+                   for k in range(-k_max, k_max))
+        fs = k_max * st
+        assert abs(float(mean[i]) - e1) <= 1e-8 * fs, (mu, s)
+        assert abs(float(var[i]) - (e2 - e1 * e1)) <= 1e-8 * fs * fs, (mu, s)
+        assert abs(float(slope[i]) - dens) <= 5e-8, (mu, s)

@@ -113,6 +113,10 @@ __all__ = ["predict", "Prediction", "LayerHardware", "layer_hardware", "quantize
 
 _NARROW = 2.0       # a partial sum narrower than this many ADC steps is summed level by level
 _WINDOW = 12        # levels each side of the mean in that sum (6 standard deviations at least)
+#: narrower partial sums sum over fewer levels: (sd/step below, levels each side), the tail lumped into the end
+#: levels (and the thresholds left out of the slope) at least 7 standard deviations away; the widest, as before,
+#: _WINDOW levels up to _NARROW steps (at least 6)
+_WINDOWS = ((1.0 / 7.0, 1), (2.0 / 7.0, 2), (4.0 / 7.0, 4), (6.0 / 7.0, 6), (_NARROW, _WINDOW))
 
 
 # ------------------------------------------------------------------------------------- devices
@@ -299,31 +303,40 @@ def quantizer_moments(m: torch.Tensor, v: torch.Tensor, step: torch.Tensor, adc)
             mean[w] = mw
             var[w] = sw * sw + stw * stw / 12.0
             slope[w] = 1.0
-    # --- narrow: sum over the levels near the mean
+    # --- narrow: sum over the levels near the mean, as many each side as its width needs (_WINDOWS)
     if bool(narrow.any()):
-        mn, sn, stn, fn = m[narrow], sd[narrow], step[narrow], fs[narrow]
-        k0 = torch.round(mn / stn)
-        ks = k0.unsqueeze(-1) + torch.arange(-_WINDOW, _WINDOW + 1, dtype=m.dtype, device=m.device)
-        q = adc_convert(ks * stn.unsqueeze(-1), fn.unsqueeze(-1), adc)                 # the levels' outputs
-        hi = (ks + 0.5) * stn.unsqueeze(-1)
-        pos = sn > 0
-        s_ = torch.where(pos, sn, torch.ones_like(sn)).unsqueeze(-1)
-        z = (hi - mn.unsqueeze(-1)) / s_
-        c = _cdf(z)
-        c[..., -1] = 1.0
-        prob = c.clone()                                                                # P(level j): the CDF's steps
-        prob[..., 1:] -= c[..., :-1]
-        pq = prob * q
-        mu = pq.sum(-1)
-        vv = ((pq * q).sum(-1) - mu * mu).clamp_min(0.0)
-        sl = ((q[..., 1:] - q[..., :-1]) * _phi(z[..., :-1]) / s_).sum(-1)
-        # deterministic inputs: the transfer itself
-        q0 = adc_convert(mn, fn, adc)
-        inside = (mn.abs() < fn - 0.5 * stn) if adc.saturate else torch.ones_like(pos)
-        mean[narrow] = torch.where(pos, mu, q0)
-        var[narrow] = torch.where(pos, vv, torch.zeros_like(vv))
-        slope[narrow] = torch.where(pos, sl, inside.to(m.dtype))
+        ratio = sd / step
+        lo = 0.0
+        for below, half in _WINDOWS:
+            sel = narrow & (ratio >= lo) if half == _WINDOW else narrow & (ratio >= lo) & (ratio < below)
+            lo = below
+            if bool(sel.any()):
+                mean[sel], var[sel], slope[sel] = _narrow_moments(m[sel], sd[sel], step[sel], fs[sel], adc, half)
     return mean, var, slope
+
+
+def _narrow_moments(mn, sn, stn, fn, adc, half: int):
+    """:func:`quantizer_moments` of partial sums narrower than ``_NARROW`` steps: the sum over the ``2 half + 1``
+    levels nearest the mean, the tails lumped into the end levels (a deterministic input: the transfer)."""
+    k0 = torch.round(mn / stn)
+    ks = k0.unsqueeze(-1) + torch.arange(-half, half + 1, dtype=mn.dtype, device=mn.device)
+    q = adc_convert(ks * stn.unsqueeze(-1), fn.unsqueeze(-1), adc)                     # the levels' outputs
+    hi = (ks + 0.5) * stn.unsqueeze(-1)
+    pos = sn > 0
+    s_ = torch.where(pos, sn, torch.ones_like(sn)).unsqueeze(-1)
+    z = (hi - mn.unsqueeze(-1)) / s_
+    c = _cdf(z)
+    c[..., -1] = 1.0
+    prob = c.clone()                                                                    # P(level j): the CDF's steps
+    prob[..., 1:] -= c[..., :-1]
+    pq = prob * q
+    mu = pq.sum(-1)
+    vv = ((pq * q).sum(-1) - mu * mu).clamp_min(0.0)
+    sl = ((q[..., 1:] - q[..., :-1]) * _phi(z[..., :-1]) / s_).sum(-1)
+    q0 = adc_convert(mn, fn, adc)                                                       # deterministic inputs
+    inside = (mn.abs() < fn - 0.5 * stn) if adc.saturate else torch.ones_like(pos)
+    return (torch.where(pos, mu, q0), torch.where(pos, vv, torch.zeros_like(vv)),
+            torch.where(pos, sl, inside.to(mn.dtype)))
 
 
 # ------------------------------------------------------------------------------------- layers
