@@ -304,14 +304,19 @@ def quantizer_moments(m: torch.Tensor, v: torch.Tensor, step: torch.Tensor, adc)
             var[w] = sw * sw + stw * stw / 12.0
             slope[w] = 1.0
     # --- narrow: sum over the levels near the mean, as many each side as its width needs (_WINDOWS)
-    if bool(narrow.any()):
-        ratio = sd / step
-        lo = 0.0
-        for below, half in _WINDOWS:
-            sel = narrow & (ratio >= lo) if half == _WINDOW else narrow & (ratio >= lo) & (ratio < below)
-            lo = below
-            if bool(sel.any()):
-                mean[sel], var[sel], slope[sel] = _narrow_moments(m[sel], sd[sel], step[sel], fs[sel], adc, half)
+    nidx = narrow.reshape(-1).nonzero().squeeze(1)
+    if nidx.numel():         # gathered once; each window's entries are then picked within the narrow ones
+        mn, sn, stn, fn = (t.reshape(-1)[nidx] for t in (m, sd, step, fs))
+        win = torch.bucketize(sn / stn, torch.tensor([b for b, _ in _WINDOWS[:-1]], dtype=m.dtype, device=m.device),
+                              right=True)                                  # window j: ratio in [below_{j-1}, below_j)
+        outs = [torch.empty_like(mn) for _ in range(3)]
+        for j, (_, half) in enumerate(_WINDOWS):
+            sel = (win == j).nonzero().squeeze(1)
+            if sel.numel():
+                for o, r in zip(outs, _narrow_moments(mn[sel], sn[sel], stn[sel], fn[sel], adc, half)):
+                    o[sel] = r
+        for full, o in zip((mean, var, slope), outs):
+            full.reshape(-1)[nidx] = o
     return mean, var, slope
 
 
