@@ -153,7 +153,8 @@ def map_case(W, array, method, second_moment=None, X_eval=None, rounding="pairs"
         a = plan.scale[:, :W.shape[1]]
         out.update(alpha_median=float(torch.median(a)), alpha_min=float(a.min()), alpha_max=float(a.max()))
         tiles = plan.info.get("tiles") or []
-        if tiles and "column_scale" in tiles[0]:    # representable: which plan each array kept (one / column)
+        if tiles and "column_scale" in tiles[0]:    # representable: which plan each array kept (one / column,
+            # "+gain": with its column gains refitted)
             out["column_scale_choice"] = [t["column_scale"] for t in tiles]
     out.update(_errors(W, Wr, X_eval))
     return out
@@ -514,8 +515,9 @@ def main():
         # the per-column plan, and blocks whose Frobenius / max output error the column mode raised
         rows = [r for r in res[group] if "representable/column" in r]
         if rows:
-            s[f"column/{group}/arrays_per_column_plan"] = sum(
-                c == "column" for r in rows for c in r["representable/column"].get("column_scale_choice", []))
+            choices = [c for r in rows for c in r["representable/column"].get("column_scale_choice", [])]
+            s[f"column/{group}/arrays_per_column_plan"] = sum(c.startswith("column") for c in choices)
+            s[f"column/{group}/arrays_gains_refitted"] = sum(c.endswith("+gain") for c in choices)
             s[f"column/{group}/arrays"] = sum(len(r["representable/column"].get("column_scale_choice", []))
                                               for r in rows)
             for k in ("frobenius_error", "max_output_error"):

@@ -71,9 +71,11 @@ DPE, and the bench also gives them against the better DPE of the two (``dpe/best
 ``column_scale`` (``mapping.scale = "column"`` through ``map_matrix``) maps with one scale as the default
 does, then builds a per-column plan from it without a search of its own (DPE's per-column scales times
 the factor of DPE's scale the one-scale search chose, one beta step further inside; one tuning iteration,
-the calibration correction, the same rounding: :data:`COLUMN_PASS`), and keeps the per-column plan only
-where its exact circuit error is lower on the objective and not higher on the predicted max output error
-(:func:`max_output_proxy`: |mean| + 3 std of every output's error for uniform inputs on [0, v_cal]). The
+the calibration correction, the pair rounding: :data:`COLUMN_PASS`); both plans are also candidates with
+every column's digital gain refitted to the exact realized matrix (least squares for the inputs' second
+moment, free: the gain divides the output after the ADC), and the one with the lowest exact objective is
+kept among those whose predicted max output error (:func:`max_output_proxy`: |mean| + 3 std of every
+output's error for uniform inputs on [0, v_cal]) is not above the one-scale plan's. The
 former version ran two complete mappings (the per-column one with its own search: 2x the time, 7.4 s at
 128x128) and kept the lower Frobenius error, which raised the max output error on 7 of 24 MLP blocks
 (bench/results/irdrop.json of commit 854a9a4: the 128x128 fc1 centre blocks 4.6x -> 3.0x and 7.7x ->
@@ -403,11 +405,13 @@ def map_representable(W, wires: WiresConfig, dev: DeviceConfig, v_cal=None, seco
     ADC). Two plans: the one-scale mapping (exactly the default's), and a per-column plan at DPE's per-column
     scales times the factor of DPE's scale the one-scale search chose, one beta step further inside
     (:data:`COLUMN_PASS`; no search of its own), tuned for one iteration with the calibration correction and
-    rounded by the pair rounding. The per-column plan is kept only where its exact circuit error is lower on the
-    objective (Frobenius, or tr(E^T M E)) and not higher on the predicted max output error
-    (:func:`max_output_proxy`); ``info["column_scale"]`` says which ("one" / "column"), and
-    ``info["column_scale_losses"]`` / ``["column_scale_max_output"]`` give both plans' values. It costs the
-    one-scale mapping plus one tuning iteration and one rounding (it was two complete mappings before)."""
+    rounded by the pair rounding. Each of the two plans is a candidate as programmed and with every column's
+    digital gain refitted to its exact realized matrix (least squares for the inputs' second moment: no
+    circuit solve). Kept: the candidate with the lowest exact objective (Frobenius, or tr(E^T M E)) among
+    those whose predicted max output error (:func:`max_output_proxy`) is not above the one-scale plan's;
+    ``info["column_scale"]`` says which ("one", "one+gain", "column", "column+gain"), and
+    ``info["column_scale_losses"]`` / ``["column_scale_max_output"]`` give every candidate's values. It costs
+    the one-scale mapping plus one tuning iteration and one rounding (it was two complete mappings before)."""
     if rounding not in ROUNDINGS:
         raise ValueError(f"mapping.rounding: {rounding!r} is not allowed; choose one of {', '.join(ROUNDINGS)}")
     g_min, g_max = dev.g_min, dev.g_max
@@ -587,24 +591,35 @@ def _map_column_scale(W, wires, dev, v_cal, M, dpe, kw):
         kc["calib_rounds"] = 0
     pc, qc, ac, infc = map_representable(W, wires, dev, dpe=dc, alpha=COLUMN_PASS["factor"] * f1 * np.asarray(dc[2]),
                                          _with_error=True, _aware=COLUMN_PASS["aware"], **kc)
+    Mr = uniform_second_moment(v_cal) if M is None else M
+    loss = (lambda E_: float(np.sum(E_ ** 2))) if M is None else (lambda E_: float(np.sum(E_ * (M @ E_))))
     cands = []
-    for p, q, a, inf in ((p1, q1, a1, inf1), (pc, qc, ac, infc)):
+    for tag, (p, q, a, inf) in (("one", (p1, q1, a1, inf1)), ("column", (pc, qc, ac, infc))):
         E = inf.pop("_error", None)                 # the exact error of the returned plan, if computed
         if dev.levels is not None and kw["rounding"] != "none":
             p, q = quantize_array(p, dev), quantize_array(q, dev)   # (already on the levels: unchanged)
+        a = np.broadcast_to(np.asarray(a, float), (W.shape[1],)).copy()
         if E is None:
             E = (Crossbar(p, wires).realized() - Crossbar(q, wires).realized()) / a - W
-        L = float(np.sum(E ** 2)) if M is None else float(np.sum(E * (M @ E)))
-        cands.append((L, max_output_proxy(E, v_cal, M), p, q, a, inf))
-    # the per-column plan must lower both the objective (Frobenius or tr(E^T M E)) and the predicted max
-    # output error (:func:`max_output_proxy`): the objective alone let it raise the max output error on
-    # 7 of 24 trained MLP blocks (bench/bench_irdrop.py, mapping of 2026-12-02)
-    k = int(cands[1][0] < cands[0][0] and cands[1][1] <= cands[0][1])
-    L, X, p, q, a, inf = cands[k]
-    inf = dict(inf, column_scale="column" if k else "one", column_scale_losses=[c[0] for c in cands],
-               column_scale_max_output=[c[1] for c in cands],
+        cands.append((loss(E), max_output_proxy(E, v_cal, M), p, q, a, inf, tag))
+        # the same programmed plan with every column's digital gain refitted to the exact circuit (no circuit
+        # solve: W^r_j scales with 1 / alpha_j): least squares in the inputs' second moment, s_j =
+        # (W^r_j M W_j) / (W^r_j M W^r_j)
+        Wr = E + W
+        num, den = np.sum(Wr * (Mr @ W), axis=0), np.sum(Wr * (Mr @ Wr), axis=0)
+        sc = np.where((den > 0) & (num > 0), num / np.where(den > 0, den, 1.0), 1.0)
+        E2 = Wr * sc - W
+        cands.append((loss(E2), max_output_proxy(E2, v_cal, M), p, q, a / sc, inf, tag + "+gain"))
+    # the lowest objective (Frobenius or tr(E^T M E)) among the candidates whose predicted max output error
+    # (:func:`max_output_proxy`) is not above the one-scale plan's (the default's): the objective alone let
+    # the per-column plan raise the max output error on 7 of 24 trained MLP blocks (bench/bench_irdrop.py,
+    # mapping of 2026-12-02)
+    k = min((i for i in range(len(cands)) if cands[i][1] <= cands[0][1]), key=lambda i: (cands[i][0], i))
+    L, X, p, q, a, inf, tag = cands[k]
+    inf = dict(inf, column_scale=tag, column_scale_candidates=[c[6] for c in cands],
+               column_scale_losses=[c[0] for c in cands], column_scale_max_output=[c[1] for c in cands],
                circuit_evaluations=inf1["circuit_evaluations"] + infc["circuit_evaluations"])
-    return p, q, np.broadcast_to(a, (W.shape[1],)).astype(float), inf
+    return p, q, a, inf
 
 
 def _round(tuner, gp, gn, alpha, W, E, dev, M, v_cal, rounding):
