@@ -12,8 +12,15 @@ Reports the fastest of ``--repeats`` timings (process CPU time with one thread, 
 is shared; wall time otherwise), the ratio to digital, and each variant's accuracy. The matched
 comparison with aihwkit (``aihwkit_over_memcim_matched``) is memcim with thermal read noise only:
 like aihwkit's ``out_noise``, one Gaussian per array output whose variance does not depend on the
-input (no ``|u| @ G`` product). Floor: one digital pass (the ratio's denominator). Writes
-bench/results/bench_nn.json.
+input (no ``|u| @ G`` product). Peer: one digital pass (the ratio's denominator).
+
+The network's floor, timed in the same run (``floor``): the digital pass plus, per analog layer, what
+bench_mvm.py's floor adds to its product: with all noise one more tiled product (the shot-noise
+variance, ``|u| @ (G+ + G-)``) and one normal draw of the per-tile outputs (batch x row tiles x padded
+outputs); at the matched settings (thermal read noise only) the draw alone. Each part is timed alone
+on buffers allocated once, over the same batches, minimum of ``--repeats``. ``memcim_over_floor`` is
+how far memcim is from it, and ``aihwkit_over_floor_matched`` caps what ``aihwkit_over_memcim_matched``
+can reach on this machine. Writes bench/results/bench_nn.json.
 
     .venv/bin/python bench/bench_nn.py [--threads 1] [--repeats 5] [--before REV]
 
@@ -53,6 +60,34 @@ def timed(fn, x, repeats, batch):
             times.append(CLOCK() - t0)
     timed.all = times
     return min(times), out
+
+
+def floor_parts(analog, x, batch: int, repeats: int) -> dict:
+    """Seconds (min over ``repeats``) over ``x`` in batches of the read floor's parts beyond the digital
+    pass, summed over the analog layers: ``tiled_product`` (one more product of the layer's input rows
+    by its array tiles) and ``draw`` (one normal per tile output), each on buffers allocated once."""
+    from memcim.nn.analog import AnalogLinear
+
+    gen = torch.Generator().manual_seed(0)
+    parts = {"tiled_product": [], "draw": []}
+    for layer in (m for m in analog.modules() if isinstance(m, AnalogLinear)):
+        mapped = layer.chip.mapped
+        nrt, R, op = mapped.n_row_tiles, mapped.tile_rows, mapped.out_pad
+        gd = layer.chip.effective_difference()[0].to(torch.float32).contiguous()
+        u = torch.rand(nrt, batch, R, generator=gen)
+        J = torch.empty(nrt, batch, op)
+        parts["tiled_product"].append(lambda u=u, gd=gd, J=J: torch.matmul(u, gd, out=J))
+        parts["draw"].append(lambda J=J: J.normal_(generator=gen))
+    n_batches = -(-x.shape[0] // batch)
+    best = {}
+    for _ in range(repeats):
+        for k, fns in parts.items():
+            t0 = CLOCK()
+            for _b in range(n_batches):
+                for f in fns:
+                    f()
+            best[k] = min(best.get(k, float("inf")), CLOCK() - t0)
+    return best
 
 
 def aihwkit_model(model):
@@ -159,6 +194,14 @@ def main() -> int:
             rows[-1]["interleaved_current_seconds"] = min(now)
             rows[-1]["speedup_after"] = min(then) / min(now)
 
+    fp = floor_parts(analog, x, args.batch, args.repeats)
+    floor = {"definition": "digital pass + per analog layer: one more tiled product (shot-noise variance) and "
+                           "one normal draw of the per-tile outputs; matched: digital pass + the draw",
+             "parts_seconds": fp, "seconds": t_dig + fp["tiled_product"] + fp["draw"],
+             "seconds_matched": t_dig + fp["draw"]}
+    floor["over_digital"] = floor["seconds"] / t_dig
+    floor["matched_over_digital"] = floor["seconds_matched"] / t_dig
+
     aihw, why = aihwkit_model(model)
     if aihw is not None:
         t, out = timed(aihw, x, args.repeats, args.batch)
@@ -178,6 +221,9 @@ def main() -> int:
            "aihwkit_over_memcim_matched": aih["seconds"] / matched["seconds"] if aih else None,
            "timer": "process CPU time" if args.threads == 1 else "wall time",
            "goal": "memcim (all noise) <= 3x digital; aihwkit / memcim (matched) >= 2.5",
+           "floor": floor, "memcim_over_floor": mem["seconds"] / floor["seconds"],
+           "memcim_matched_over_floor_matched": matched["seconds"] / floor["seconds_matched"],
+           "aihwkit_over_floor_matched": aih["seconds"] / floor["seconds_matched"] if aih else None,
            "aihwkit_skipped": why, "torch": str(torch.__version__), "before": args.before,
            "command": " ".join(["bench/bench_nn.py"] + sys.argv[1:]), "provenance": provenance(seed=0)}
     write_json(OUT, doc)
@@ -188,7 +234,10 @@ def main() -> int:
         if "speedup_after" in r:
             print(f"{r['variant']}: current read {r['speedup_after']:.2f}x faster (interleaved: "
                   f"{r['interleaved_current_seconds'] / t_dig:.2f}x digital now, {r['ratio_to_digital']:.2f}x before)")
+    print(f"floor {floor['over_digital']:.2f}x digital (matched {floor['matched_over_digital']:.2f}x); memcim / floor "
+          f"{doc['memcim_over_floor']:.2f} (matched {doc['memcim_matched_over_floor_matched']:.2f})")
     if aih:
+        print(f"aihwkit / matched floor {doc['aihwkit_over_floor_matched']:.2f} (the most aihwkit / memcim matched can be)")
         print(f"aihwkit / memcim time: {doc['aihwkit_over_memcim']:.2f} (all noise), "
               f"{doc['aihwkit_over_memcim_matched']:.2f} (matched: thermal read noise only)")
     print(f"wrote {OUT}")
