@@ -132,7 +132,7 @@ def test_plan_states_realize_plan_at_calibration(tr):
     W = np.random.default_rng(4).uniform(-1, 1, (6, 5))
     plan = map_matrix(W, hw("representable", **{"device.g_min": 5e-5, "device.g_max": 4e-4}))
     v = np.full(6, 0.1)
-    w, a = plan.hw.wires, plan.scale[0, 0].item()
+    w, a = plan.hw.wires, plan.scale[0, :5].numpy()      # one alpha per column (equal under one scale)
     s_pos, _ = states_from_conductances(plan.g_pos[0].numpy(), v, w, transistor=tr)
     s_neg, _ = states_from_conductances(plan.g_neg[0].numpy(), v, w, transistor=tr)
     y = (NonlinearCrossbar(s_pos, transistor=tr, wires=w).currents(v)
@@ -357,8 +357,8 @@ def mlp_blocks():
 
 def _circuit_errors(W, plan, X=None):
     """Frobenius and max output error of a one-array-pair plan, from new Crossbar solves of its conductances."""
-    w, a = plan.hw.wires, plan.scale[0, 0].item()
     n, m = W.shape
+    w, a = plan.hw.wires, plan.scale[0, :m].numpy()      # one alpha per column (equal under one scale)
     Wr = (Crossbar(plan.g_pos[0, :n, :m].numpy(), w).realized() - Crossbar(plan.g_neg[0, :n, :m].numpy(), w)
           .realized()) / a
     return error_report(W, Wr, inputs=X), Wr
@@ -400,7 +400,7 @@ def test_pair_rounding_beats_one_device_rounding(mlp_blocks, k):
             if k == 0:   # the circuit solve used for the errors, against the dense nodal solve written out below
                 w, v = h.wires, np.random.default_rng(12).uniform(0, 1, (2, W.shape[0]))
                 ref = (nodal_reference(gp, w.r_wire, w.r_in, w.r_out, v)
-                       - nodal_reference(gn, w.r_wire, w.r_in, w.r_out, v)) / plan.scale[0, 0].item()
+                       - nodal_reference(gn, w.r_wire, w.r_in, w.r_out, v)) / plan.scale[0, :W.shape[1]].numpy()
                 np.testing.assert_allclose(v @ Wr, ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max())
             for g in (gp, gn):
                 lv = (g - dev.g_min) / dev.level_step
