@@ -20,9 +20,10 @@ one-device rounding ``"aware"``, the default before the pair rounding: the befor
 ``representable+M`` (pairs, tuned on the second moment E[x^T x] of 2000 training inputs of that block,
 i.e. the expected output error on the data). Per-column scale (a digital gain per output column after
 the ADC; ``--no-columns`` leaves it out): ``dpe/column`` (each column's own DPE range),
-``representable/column`` (``mapping.scale = "column"``: the one-scale plan and a per-column plan, the
-per-column one kept where it lowers both the Frobenius error and the predicted max output error, see
-:func:`memcim.mapping.irdrop.map_representable`) and ``floor/column``; ratios against DPE's one-scale
+``representable/column`` (``mapping.scale = "column"``: the one-scale plan and a per-column plan, each
+also with its column gains refitted, the lowest Frobenius error kept among those not raising the predicted
+max output error, see :func:`memcim.mapping.irdrop.map_representable`; ``column_scale_choice``: the kept
+candidate per array) and ``floor/column``; ratios against DPE's one-scale
 plan (the stronger DPE: per-column ranges raise the currents and DPE's IR-drop error) and against
 ``dpe/column``. ``conductance_sum``: the sum of all programmed conductances, a proxy of the array's read
 power (ratios against DPE's plan). Summary: min and geometric mean of every ratio over all blocks and per
