@@ -38,3 +38,16 @@ def dense_local_factors(old, loc):
         for j in range(r):
             want[:, k0 + ci * r + j, ci] = loc[:, j, ci]
     return want
+
+
+def input_and_weight_grads(y, xg, Wg, seed: int):
+    """``(x.grad, W.grad)`` of the loss ``sum(y * g)`` for a fixed random ``g`` (float64, ``seed``)."""
+    go = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    (y * go).sum().backward()
+    return xg.grad, Wg.grad
+
+
+def assert_same_grads(grads, tol: float = 1e-12):
+    """Two reads' ``(x.grad, W.grad)`` pairs agree to ``tol`` relative (to the second's largest entry)."""
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * float(b.abs().max()))

@@ -378,6 +378,20 @@ def _tup(v, n):
 # ------------------------------------------------------------------------------------ walker
 
 
+def _group_factors(f: torch.Tensor, k: int, *, group_last: bool) -> torch.Tensor:
+    """Per-group factors ``f`` (B, H, G, L, k) -- the top ``k`` directions of group ``g`` of head
+    ``h``, each a vector of length L -- as factors of a (B, H, ., .) state, each living on its own
+    (head, group) only: (B, H*G*k, H, L, G) with the group on the last axis (``group_last``: a
+    column of ``a @ b``), else (B, H*G*k, H, G, L) with the group on the rows (a row of ``a @ b``)."""
+    b, h, G, L, _ = f.shape
+    n = h * G * k
+    eye = torch.eye(h * G, dtype=f.dtype).repeat_interleave(k, 0)
+    vec = f.permute(0, 1, 2, 4, 3)
+    if group_last:
+        return vec.reshape(b, n, 1, L, 1) * eye.reshape(1, n, h, 1, G)
+    return vec.reshape(b, n, 1, 1, L) * eye.reshape(1, n, h, G, 1)
+
+
 def _top_factors(m: torch.Tensor, k: int) -> torch.Tensor:
     """Factors ``f`` (..., n, k) with ``f f^T`` the top ``k`` eigen-part of the symmetric PSD ``m`` (..., n, n)."""
     lam, vec = torch.linalg.eigh(m)
@@ -662,10 +676,7 @@ class _Walker:
         if k <= 0:
             return O
         f = _top_factors(torch.einsum("...ts,...sd,...us->...dtu", a, r, a), k)    # (B, H, dh, T, k)
-        b, h, dh, T, _ = f.shape
-        # factor (h, d, j) lives on channel (h, d) only: (B, H*dh*k, H, T, dh)
-        eye = torch.eye(h * dh, dtype=f.dtype).repeat_interleave(k, 0).reshape(1, h * dh * k, h, 1, dh)
-        return self._with_factors(O, f.permute(0, 1, 2, 4, 3).reshape(b, h * dh * k, 1, T, 1) * eye)
+        return self._with_factors(O, _group_factors(f, k, group_last=True))     # (B, H*dh*k, H, T, dh)
 
     def _with_factors(self, O: GraphState, new: torch.Tensor) -> GraphState:
         """``O`` with the factors ``new`` appended under fresh ids."""
@@ -682,9 +693,7 @@ class _Walker:
         if k <= 0:
             return O
         f = _top_factors(torch.einsum("...sd,...ts,...se->...tde", bm, ra, bm), k)  # (B, H, T, D, k)
-        b, h, T, D, _ = f.shape
-        eye = torch.eye(h * T, dtype=f.dtype).repeat_interleave(k, 0).reshape(1, h * T * k, h, T, 1)
-        return self._with_factors(O, f.permute(0, 1, 2, 4, 3).reshape(b, h * T * k, 1, 1, D) * eye)
+        return self._with_factors(O, _group_factors(f, k, group_last=False))    # (B, H*T*k, H, T, D)
 
     def encoder_layer(self, path: str, m: nn.TransformerEncoderLayer, x: GraphState, others: set) -> GraphState:
         act = m.activation
