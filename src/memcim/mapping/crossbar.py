@@ -759,7 +759,7 @@ def _level_products(L: TrainingLayout, d: torch.Tensor, levels: int) -> torch.Te
 def _level_max(L: TrainingLayout, d: torch.Tensor, levels: int) -> torch.Tensor | None:
     """``max_s |drives_s @ d|`` per row tile and column (nrt, m_pad), int32, exact: per row tile, the int8
     product of the drives that can set the maximum (:func:`_max_tiles`) and the level differences ``d``
-    (nrt, R, m_pad) of the rows they drive, then its largest and smallest value over the samples, while
+    (nrt, R, m_pad) of the rows they drive, then its largest absolute value over the samples, while
     the tile's products are in cache (the values of ``_level_products(...).abs_().amax(dim=1)``). None
     when the int8 product is not available (the caller takes the float product)."""
     if L.calib_tiles is None or levels > 128:

@@ -575,8 +575,9 @@ def max_output_proxy(E, v_cal=None, second_moment=None) -> float:
 
 
 def _map_column_scale(W, wires, dev, v_cal, M, dpe, kw):
-    """``map_representable(..., column_scale=True)``: a one-scale plan and a per-column plan, the per-column
-    one kept only where it is better on both measures (see :func:`map_representable`)."""
+    """``map_representable(..., column_scale=True)``: the one-scale and the per-column plan, each also with
+    refitted column gains; the lowest objective among the candidates whose predicted max output error is not
+    above the one-scale plan's is kept (see :func:`map_representable`)."""
     d1 = dpe if dpe is not None else map_dpe(W, wires, dev, v_cal=v_cal)
     dc = map_dpe(W, wires, dev, v_cal=v_cal, column_scale=True, iters=COLUMN_PASS["dpe_iters"])
     # 1. the one-scale mapping (exactly the default's)
@@ -596,8 +597,6 @@ def _map_column_scale(W, wires, dev, v_cal, M, dpe, kw):
     cands = []
     for tag, (p, q, a, inf) in (("one", (p1, q1, a1, inf1)), ("column", (pc, qc, ac, infc))):
         E = inf.pop("_error", None)                 # the exact error of the returned plan, if computed
-        if dev.levels is not None and kw["rounding"] != "none":
-            p, q = quantize_array(p, dev), quantize_array(q, dev)   # (already on the levels: unchanged)
         a = np.broadcast_to(np.asarray(a, float), (W.shape[1],)).copy()
         if E is None:
             E = (Crossbar(p, wires).realized() - Crossbar(q, wires).realized()) / a - W
@@ -615,7 +614,7 @@ def _map_column_scale(W, wires, dev, v_cal, M, dpe, kw):
     # the per-column plan raise the max output error on 7 of 24 trained MLP blocks (bench/bench_irdrop.py,
     # mapping of 2026-12-02)
     k = min((i for i in range(len(cands)) if cands[i][1] <= cands[0][1]), key=lambda i: (cands[i][0], i))
-    L, X, p, q, a, inf, tag = cands[k]
+    _, _, p, q, a, inf, tag = cands[k]
     inf = dict(inf, column_scale=tag, column_scale_candidates=[c[6] for c in cands],
                column_scale_losses=[c[0] for c in cands], column_scale_max_output=[c[1] for c in cands],
                circuit_evaluations=inf1["circuit_evaluations"] + infc["circuit_evaluations"])
