@@ -670,13 +670,15 @@ class _Walker:
         ``M_d = a diag(r_d) a^T`` (rows x rows) to O's covariance, which the per-unit residual would
         drop. Keep its top ``rank`` eigen-directions per column as factors under fresh ids (their
         variance moves out of the residual; the rest stays independent)."""
-        if self.cov == "diagonal":
+        return self._mix(O, lambda: torch.einsum("...ts,...sd,...us->...dtu", a, r, a),  # (B, H, dh, T, T)
+                         min(self.rank, a.shape[-2]), group_last=True)                   # (B, H*dh*k, H, T, dh)
+
+    def _mix(self, O: GraphState, gram, k: int, *, group_last: bool) -> GraphState:
+        """``O`` with the top ``k`` eigen-directions of each group's matrix ``gram()`` (B, H, G, L, L) as
+        factors on that group only (:func:`_group_factors`); ``O`` itself without covariance or for k = 0."""
+        if self.cov == "diagonal" or k <= 0:
             return O
-        k = min(self.rank, a.shape[-2])
-        if k <= 0:
-            return O
-        f = _top_factors(torch.einsum("...ts,...sd,...us->...dtu", a, r, a), k)    # (B, H, dh, T, k)
-        return self._with_factors(O, _group_factors(f, k, group_last=True))     # (B, H*dh*k, H, T, dh)
+        return self._with_factors(O, _group_factors(_top_factors(gram(), k), k, group_last=group_last))
 
     def _with_factors(self, O: GraphState, new: torch.Tensor) -> GraphState:
         """``O`` with the factors ``new`` appended under fresh ids."""
@@ -687,13 +689,8 @@ class _Walker:
         """``O = a @ b`` mixes a's residual (independent per unit) over b's columns: row ``t`` of
         ``O`` gets ``b^T diag(r_a[t]) b`` (columns x columns), which the per-unit residual would drop.
         Its top ``rank`` eigen-directions per row become factors (fresh ids) on that row only."""
-        if self.cov == "diagonal":
-            return O
-        k = min(self.rank, bm.shape[-1])
-        if k <= 0:
-            return O
-        f = _top_factors(torch.einsum("...sd,...ts,...se->...tde", bm, ra, bm), k)  # (B, H, T, D, k)
-        return self._with_factors(O, _group_factors(f, k, group_last=False))    # (B, H*T*k, H, T, D)
+        return self._mix(O, lambda: torch.einsum("...sd,...ts,...se->...tde", bm, ra, bm),  # (B, H, T, D, D)
+                         min(self.rank, bm.shape[-1]), group_last=False)                   # (B, H*T*k, H, T, D)
 
     def encoder_layer(self, path: str, m: nn.TransformerEncoderLayer, x: GraphState, others: set) -> GraphState:
         act = m.activation
